@@ -1,0 +1,71 @@
+"""Exceptions raised by extagg. Every message names the bad value and what would be accepted."""
+from __future__ import annotations
+
+import difflib
+from typing import Iterable, Sequence
+
+
+class ExtaggError(Exception):
+    """Base class of every error extagg raises on purpose."""
+
+
+def close_matches(name: str, available: Iterable[str], n: int = 3) -> list[str]:
+    """The names in ``available`` closest to ``name`` (difflib ratio >= 0.6), best first."""
+    return difflib.get_close_matches(name, list(available), n=n, cutoff=0.6)
+
+
+def _did_you_mean(suggestions: Sequence[str]) -> str:
+    if not suggestions:
+        return ""
+    return "; did you mean " + " or ".join(repr(s) for s in suggestions) + "?"
+
+
+class UnknownNameError(ExtaggError, LookupError):
+    """A name (component, method, layer, plugin) that is not known.
+
+    Attributes: ``kind`` (what was looked up), ``name``, ``available`` (sorted), ``suggestions``.
+    """
+
+    def __init__(self, kind: str, name: str, available: Iterable[str], context: str = ""):
+        self.kind = kind
+        self.name = name
+        self.available = sorted(available)
+        self.suggestions = close_matches(name, self.available)
+        where = f" in {context!r}" if context else ""
+        shown = ", ".join(self.available[:40]) + (", ..." if len(self.available) > 40 else "")
+        msg = f"unknown {kind} {name!r}{where}{_did_you_mean(self.suggestions)} available: {shown or '(none)'}"
+        super().__init__(msg)
+
+    def __str__(self) -> str:  # LookupError would not quote, but be explicit
+        return self.args[0]
+
+
+class MethodSyntaxError(ExtaggError, ValueError):
+    """A method string that cannot be parsed; ``position`` is the 0-based column of the problem."""
+
+    def __init__(self, text: str, position: int, problem: str):
+        self.text = text
+        self.position = position
+        self.problem = problem
+        pointer = " " * position + "^"
+        super().__init__(f"{problem} at position {position} of method string:\n  {text}\n  {pointer}")
+
+
+class InvalidMethodError(ExtaggError, ValueError):
+    """A method string that parses but does not form a valid composition (e.g. two aggregators)."""
+
+
+class DuplicateNameError(ExtaggError):
+    """Two plugins registered the same component name, or two entry points share a name."""
+
+
+class PluginLoadError(ExtaggError):
+    """A plugin failed to import or register; the message names the plugin and its distribution."""
+
+
+class LayerMismatchError(ExtaggError, TypeError):
+    """An extractor that does not apply to the chosen layer (e.g. ``conv`` on a ReLU)."""
+
+
+class InputError(ExtaggError, ValueError):
+    """Bad images, targets or options given to a computation."""

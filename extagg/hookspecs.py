@@ -1,0 +1,71 @@
+"""The plugin contract: every hook a plugin may implement.
+
+A plugin is a module (or object) whose functions are marked with :data:`extagg.hookimpl` and whose name matches
+a hook below. Each hook receives a ``register`` callback and calls it once per component; extagg validates and
+stores what it receives. Plugins are discovered through the ``extagg`` entry-point group, the built-in
+components included (see ``plugins/extagg_builtins``)::
+
+    # pyproject.toml of a third-party distribution
+    [project.entry-points.extagg]
+    my-plugin = "my_plugin"
+
+    # my_plugin.py
+    import extagg
+    from extagg.specs import Filter
+
+    @extagg.hookimpl
+    def register_filters(register):
+        register(Filter(name="square", fn=lambda x: x * x, doc="Elementwise square."))
+
+Component names are lower case, start with a letter and use letters, digits and ``-``. A name registered twice
+(by one plugin or two) is an error that names both origins.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import pluggy
+
+PROJECT = "extagg"
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+"""Marker to be imported and used in plugins (and for extagg's own built-in components)."""
+
+
+@hookspec
+def register_extractors(register: Callable) -> None:
+    """Register phase-1 extractors: ``register(extagg.specs.Extractor(...))``.
+
+    An extractor maps a layer capture (activation, gradient, module) to the per-location contribution to the
+    gradient of a spatially shared parameter, as a dense tensor or a factored outer product.
+    """
+
+
+@hookspec
+def register_filters(register: Callable) -> None:
+    """Register elementwise filters: ``register(extagg.specs.Filter(...))``, usable before or after the aggregator."""
+
+
+@hookspec
+def register_aggregators(register: Callable) -> None:
+    """Register phase-2 aggregators: ``register(extagg.specs.Aggregator(...))``, one number per location."""
+
+
+@hookspec
+def register_methods(register: Callable) -> None:
+    """Register named methods: ``register(extagg.specs.Alias(name=..., expansion="scaling+sum"))``."""
+
+
+@hookspec
+def register_modifiers(register: Callable) -> None:
+    """Register pass modifiers: ``register(extagg.specs.Modifier(...))``, written ``name(...):method``."""
+
+
+HOOK_KINDS = {
+    "register_extractors": "extractor",
+    "register_filters": "filter",
+    "register_aggregators": "aggregator",
+    "register_methods": "method",
+    "register_modifiers": "modifier",
+}
+"""The component kind each hook registers. A new kind is one hookspec, one record class and one entry here."""

@@ -1,0 +1,246 @@
+"""The registry: an immutable view of every component that the loaded plugins registered.
+
+Build it explicitly with :meth:`Registry.from_plugin_manager`; :func:`default_registry` caches the one built
+from the installed entry points. Nothing registers on import.
+"""
+from __future__ import annotations
+
+import functools
+from types import MappingProxyType
+from typing import Any, Iterable, Mapping, Optional, Union
+
+import attrs
+
+from . import hookspecs
+from .errors import DuplicateNameError, InvalidMethodError, PluginLoadError, UnknownNameError
+from .method import Call, Method, RawCall, scan
+from .plugins import PluginInfo, make_plugin_manager
+from .specs import COMPONENT_TYPES, Aggregator, Alias, Extractor, Filter, Modifier, Origin, Param
+
+_NAME_OK = __import__("re").compile(r"^[a-z][a-z0-9_-]*$")
+
+MethodLike = Union[str, Method]
+
+
+def _convert(param: Param, value: Any, owner: str) -> Any:
+    kind = param.type
+    ok = (
+        (kind is bool and isinstance(value, bool))
+        or (kind is int and isinstance(value, int) and not isinstance(value, bool))
+        or (kind is float and isinstance(value, (int, float)) and not isinstance(value, bool))
+        or (kind is str and isinstance(value, str))
+    )
+    if not ok:
+        raise InvalidMethodError(
+            f"parameter {param.name!r} of {owner!r} must be {kind.__name__}, got {value!r}"
+        )
+    value = kind(value)
+    if param.check is not None:
+        problem = param.check(value)
+        if problem:
+            raise InvalidMethodError(f"parameter {param.name!r} of {owner!r}: {problem} (got {value!r})")
+    return value
+
+
+@attrs.frozen
+class Registry:
+    """Every registered component, by kind and name. Hand it to :func:`extagg.saliency` as ``registry=``."""
+
+    components: Mapping[str, Mapping[str, Any]]
+    plugins: tuple[PluginInfo, ...] = ()
+    _cache: dict = attrs.field(factory=dict, eq=False, repr=False)
+
+    # ----------------------------------------------------------------- building
+    @classmethod
+    def from_plugin_manager(cls, pm) -> "Registry":
+        """Call every registration hook of ``pm`` and collect the records, checking names and duplicates."""
+        infos: dict[str, PluginInfo] = getattr(pm, "extagg_plugins", {})
+        store: dict[str, dict[str, Any]] = {kind: {} for kind in hookspecs.HOOK_KINDS.values()}
+        owner: dict[str, tuple[str, Origin]] = {}
+        for hook_name, kind in hookspecs.HOOK_KINDS.items():
+            record_type = COMPONENT_TYPES[kind]
+            for impl in getattr(pm.hook, hook_name).get_hookimpls():
+                info = infos.get(impl.plugin_name)
+                origin = Origin(impl.plugin_name, info.distribution if info else None, info.version if info else None)
+
+                def register(record, _kind=kind, _type=record_type, _origin=origin):
+                    if not isinstance(record, _type):
+                        raise PluginLoadError(
+                            f"plugin {str(_origin)!r} registered {record!r} through {hook_name}; "
+                            f"expected an extagg.specs.{_type.__name__}"
+                        )
+                    if not _NAME_OK.match(record.name):
+                        raise PluginLoadError(
+                            f"plugin {str(_origin)!r} registered the {_kind} name {record.name!r}; names are lower "
+                            "case, start with a letter and use letters, digits, '-' and '_'"
+                        )
+                    if record.name in owner:
+                        other_kind, other = owner[record.name]
+                        raise DuplicateNameError(
+                            f"the name {record.name!r} is registered twice: as a {other_kind} by {other} and "
+                            f"as a {_kind} by {_origin}"
+                        )
+                    owner[record.name] = (_kind, _origin)
+                    store[_kind][record.name] = attrs.evolve(record, origin=_origin)
+
+                impl.function(**{arg: register for arg in impl.argnames})
+        frozen = {k: MappingProxyType(dict(sorted(v.items()))) for k, v in store.items()}
+        return cls(MappingProxyType(frozen), tuple(infos.values()))
+
+    # ----------------------------------------------------------------- lookup
+    def names(self, kind: str) -> list[str]:
+        """Sorted names of one kind (``extractor``, ``filter``, ``aggregator``, ``method``, ``modifier``)."""
+        return sorted(self.components[kind])
+
+    def get(self, kind: str, name: str) -> Any:
+        """The record of ``kind`` called ``name``; an :class:`UnknownNameError` with suggestions otherwise."""
+        if kind not in self.components:
+            raise UnknownNameError("component kind", kind, self.components)
+        try:
+            return self.components[kind][name.strip().lower()]
+        except KeyError:
+            raise UnknownNameError(kind, name, self.components[kind]) from None
+
+    def find(self, name: str) -> Optional[Any]:
+        """The record called ``name`` whatever its kind, or None."""
+        for table in self.components.values():
+            if name in table:
+                return table[name]
+        return None
+
+    @property
+    def extractors(self) -> Mapping[str, Extractor]:
+        return self.components["extractor"]
+
+    @property
+    def filters(self) -> Mapping[str, Filter]:
+        return self.components["filter"]
+
+    @property
+    def aggregators(self) -> Mapping[str, Aggregator]:
+        return self.components["aggregator"]
+
+    @property
+    def aliases(self) -> Mapping[str, Alias]:
+        return self.components["method"]
+
+    @property
+    def modifiers(self) -> Mapping[str, Modifier]:
+        return self.components["modifier"]
+
+    # ----------------------------------------------------------------- method strings
+    def parse(self, method: MethodLike) -> Method:
+        """Parse and resolve a method string (or pass a :class:`Method` through)."""
+        if isinstance(method, Method):
+            return method
+        if not isinstance(method, str):
+            raise TypeError(f"a method must be a string or extagg.Method, got {type(method).__name__}: {method!r}")
+        hit = self._cache.get(method)
+        if hit is None:
+            hit = self._cache[method] = self._resolve(method)
+        return hit
+
+    def canonical(self, method: MethodLike) -> str:
+        """The canonical string of ``method``."""
+        return str(self.parse(method))
+
+    def _call(self, spec: Any, raw: RawCall, text: str) -> Call:
+        params = {p.name: p for p in spec.params}
+        values: dict[str, Any] = {}
+        for key, value, _pos in raw.args:
+            if key not in params:
+                raise UnknownNameError(f"parameter of {spec.kind} {spec.name!r}", key, params, context=text)
+            values[key] = _convert(params[key], value, spec.name)
+        for p in spec.params:
+            if p.required and p.name not in values:
+                raise InvalidMethodError(
+                    f"{spec.kind} {spec.name!r} needs parameter {p.name!r} ({p.doc or p.type.__name__}), "
+                    f"e.g. '{spec.name}({p.name}=...)', in {text!r}"
+                )
+        kept = tuple(sorted((k, v) for k, v in values.items() if params[k].required or v != params[k].default))
+        return Call(spec.name, kept)
+
+    def _resolve(self, text: str) -> Method:
+        raw = scan(text)
+        modifiers = tuple(self._call(self._lookup("modifier", c, text), c, text) for c in raw.modifiers)
+        head, rest = raw.calls[0], raw.calls[1:]
+        alias = None
+        stages: list[tuple[str, Call]] = []
+        if head.name in self.aliases:
+            if head.args:
+                raise InvalidMethodError(f"named method {head.name!r} takes no parameters, in {text!r}")
+            alias = head.name
+            base = self.parse(self.aliases[head.name].expansion)
+            extractor = base.extractor
+            modifiers = modifiers + base.modifiers
+            stages += [("filter", c) for c in base.pre] + [("aggregator", base.aggregator)]
+            stages += [("filter", c) for c in base.post]
+        elif head.name in self.extractors:
+            extractor = self._call(self.extractors[head.name], head, text)
+        else:
+            choices = {**self.extractors, **self.aliases}
+            if head.name in self.filters or head.name in self.aggregators:
+                raise InvalidMethodError(
+                    f"a method starts with an extractor or a named method, not {head.name!r}, in {text!r}; "
+                    f"e.g. 'scaling+{head.name}'; extractors: {', '.join(sorted(self.extractors))}"
+                )
+            raise UnknownNameError("extractor or named method", head.name, choices, context=text)
+        for c in rest:
+            if c.name in self.filters:
+                stages.append(("filter", self._call(self.filters[c.name], c, text)))
+            elif c.name in self.aggregators:
+                stages.append(("aggregator", self._call(self.aggregators[c.name], c, text)))
+            else:
+                choices = {**self.filters, **self.aggregators}
+                if c.name in self.extractors:
+                    raise InvalidMethodError(
+                        f"extractor {c.name!r} can only come first, in {text!r} (column {c.position})"
+                    )
+                raise UnknownNameError("filter or aggregator", c.name, choices, context=text)
+        aggs = [i for i, (kind, _) in enumerate(stages) if kind == "aggregator"]
+        if len(aggs) != 1:
+            what = "no aggregator" if not aggs else "more than one aggregator (" + ", ".join(
+                str(stages[i][1]) for i in aggs) + ")"
+            raise InvalidMethodError(
+                f"method {text!r} has {what}; it needs exactly one of: {', '.join(sorted(self.aggregators))}"
+            )
+        i = aggs[0]
+        return Method(
+            extractor=extractor,
+            aggregator=stages[i][1],
+            pre=tuple(c for _, c in stages[:i]),
+            post=tuple(c for _, c in stages[i + 1:]),
+            modifiers=modifiers,
+            alias=alias,
+        )
+
+    def _lookup(self, kind: str, raw: RawCall, text: str) -> Any:
+        table = self.components[kind]
+        if raw.name not in table:
+            raise UnknownNameError(kind, raw.name, table, context=text)
+        return table[raw.name]
+
+    # ----------------------------------------------------------------- the design space
+    def methods(self, pattern: Union[str, Iterable[str]] = "*", exclude: Union[str, Iterable[str]] = ()) -> list[str]:
+        """Every valid composition as canonical strings, filtered with fnmatch wildcards; see :mod:`extagg.space`."""
+        from .space import enumerate_methods
+
+        return enumerate_methods(self, pattern, exclude)
+
+    def describe(self, method: MethodLike) -> str:
+        """A human-readable account of a method: composition, formula of each part, origins."""
+        from .describe import describe
+
+        return describe(self, method)
+
+
+@functools.lru_cache(maxsize=1)
+def default_registry() -> Registry:
+    """The registry built from the installed entry points (cached; :func:`reload_plugins` rebuilds it)."""
+    return Registry.from_plugin_manager(make_plugin_manager())
+
+
+def reload_plugins() -> Registry:
+    """Forget the cached default registry and build it again (after installing a plugin in a running session)."""
+    default_registry.cache_clear()
+    return default_registry()

@@ -1,0 +1,147 @@
+"""Immutable records that plugins register and the registry hands out.
+
+Every record is a frozen attrs class. Plugins build them without an ``origin``; the registry fills in the
+origin (plugin name, distribution, version) with :func:`attrs.evolve` when it stores them.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Optional
+
+import attrs
+
+REQUIRED: Any = attrs.make_class("Required", [], repr=False)()
+"""Sentinel default of a :class:`Param` that the method string must give."""
+
+
+@attrs.frozen
+class Origin:
+    """Where a component came from: the pluggy plugin name, its distribution and version (None if unknown)."""
+
+    plugin: str
+    distribution: Optional[str] = None
+    version: Optional[str] = None
+
+    def __str__(self) -> str:
+        if not self.distribution:
+            return self.plugin
+        version = f" {self.version}" if self.version else ""
+        return f"{self.plugin} ({self.distribution}{version})"
+
+
+@attrs.frozen
+class Param:
+    """A parameter a component accepts in method strings, e.g. ``dwconv(k=5)``.
+
+    ``type`` is one of ``int``, ``float``, ``bool``, ``str``; ``check`` may return an error message for a bad value.
+    """
+
+    name: str
+    type: type = int
+    default: Any = REQUIRED
+    doc: str = ""
+    check: Optional[Callable[[Any], Optional[str]]] = attrs.field(default=None, eq=False, repr=False)
+
+    @property
+    def required(self) -> bool:
+        return self.default is REQUIRED
+
+
+def _tuple(x: Any) -> tuple:
+    return tuple(x)
+
+
+@attrs.frozen(kw_only=True)
+class Extractor:
+    """Phase 1: the per-location contribution to the gradient of a spatially shared parameter.
+
+    ``fn(capture, **params)`` receives an :class:`extagg.capture.LayerCapture` and returns a
+    :class:`extagg.contributions.Dense` or :class:`extagg.contributions.Factored`.
+    ``needs`` is a subset of ``{"output", "input", "grad"}``: what the capture must hold.
+    ``applies_to`` restricts the layer's module type (None: any module, and the ``"input"`` layer).
+    """
+
+    name: str
+    fn: Callable[..., Any] = attrs.field(eq=False, repr=False)
+    doc: str = ""
+    formula: str = ""
+    params: tuple[Param, ...] = attrs.field(default=(), converter=_tuple)
+    needs: frozenset = attrs.field(default=frozenset({"output", "grad"}), converter=frozenset)
+    applies_to: Optional[tuple[type, ...]] = None
+    origin: Optional[Origin] = None
+    kind = "extractor"
+
+
+@attrs.frozen(kw_only=True)
+class Filter:
+    """An elementwise function, used before the aggregator (on each contribution) or after it (on the map).
+
+    ``sign_profile = (a, b)`` declares ``f(x) = a*x`` for ``x > 0`` and ``f(x) = -b*x`` for ``x < 0`` with
+    ``a, b`` in ``{-1, 0, 1}`` (relu is ``(1, 0)``, abs ``(1, 1)``); it lets aggregators use closed forms on
+    factored contributions. Leave it None for any other function: the generic chunked path is then used.
+    """
+
+    name: str
+    fn: Callable[..., Any] = attrs.field(eq=False, repr=False)
+    doc: str = ""
+    formula: str = ""
+    params: tuple[Param, ...] = attrs.field(default=(), converter=_tuple)
+    sign_profile: Optional[tuple[int, int]] = None
+    origin: Optional[Origin] = None
+    kind = "filter"
+
+
+@attrs.frozen(kw_only=True)
+class Aggregator:
+    """Phase 2: reduce each location's contribution vector to one number.
+
+    ``reduce(c, dim)`` reduces a dense tensor along ``dim``. ``closed_form(contribution, profile)`` may compute
+    the same result on a :class:`extagg.contributions.Factored` contribution whose pre-filters compose to the
+    sign ``profile`` without materialising it; it returns None where it has no closed form.
+    ``nonnegative``: the result is always >= 0 (a later relu/abs is a no-op). ``keeps_sign``: nonnegative
+    contributions give a nonnegative result. ``abs_invariant``: an ``abs`` pre-filter changes nothing.
+    """
+
+    name: str
+    reduce: Callable[..., Any] = attrs.field(eq=False, repr=False)
+    doc: str = ""
+    formula: str = ""
+    params: tuple[Param, ...] = attrs.field(default=(), converter=_tuple)
+    closed_form: Optional[Callable[..., Any]] = attrs.field(default=None, eq=False, repr=False)
+    nonnegative: bool = False
+    keeps_sign: bool = False
+    abs_invariant: bool = False
+    origin: Optional[Origin] = None
+    kind = "aggregator"
+
+
+@attrs.frozen(kw_only=True)
+class Alias:
+    """A named method: ``name`` stands for the composition ``expansion`` (e.g. ``normgrad`` -> ``conv1x1+norm``)."""
+
+    name: str
+    expansion: str
+    doc: str = ""
+    reference: str = ""
+    origin: Optional[Origin] = None
+    kind = "method"
+
+
+@attrs.frozen(kw_only=True)
+class Modifier:
+    """A pass modifier written before the composition, ``meta(lr=0.002):normgrad``.
+
+    ``fn(model, images, targets, **params)`` returns a context manager inside which extagg runs the forward
+    and backward pass of every method that shares this modifier; it may change the model's weights (extagg
+    restores the model exactly afterwards). ``targets`` is an (N, T) long tensor or None.
+    """
+
+    name: str
+    fn: Callable[..., Any] = attrs.field(eq=False, repr=False)
+    doc: str = ""
+    params: tuple[Param, ...] = attrs.field(default=(), converter=_tuple)
+    origin: Optional[Origin] = None
+    kind = "modifier"
+
+
+COMPONENT_TYPES = {cls.kind: cls for cls in (Extractor, Filter, Aggregator, Alias, Modifier)}
+"""Record class of each component kind."""

@@ -1,0 +1,87 @@
+"""Objectives: which score is explained. By default the logit of the target class, ``+d logit / d activation``."""
+from __future__ import annotations
+
+from typing import Callable, Optional, Sequence, Union
+
+import torch
+
+from .errors import InputError
+
+Targets = Union[None, int, Sequence[int], torch.Tensor]
+Objective = Callable[[torch.Tensor], torch.Tensor]
+
+
+def as_target_matrix(targets: Targets, n: int, num_classes: Optional[int]) -> Optional[torch.Tensor]:
+    """Targets as an (N, T) long tensor (CPU), validated; None stays None (explain the predicted class).
+
+    Accepted: an int (same class for every image), a sequence or 1-D tensor of N ints (one per image), or an
+    (N, T) tensor (T classes per image, giving (N, T, h, w) maps).
+    """
+    if targets is None:
+        return None
+    if isinstance(targets, bool):
+        raise InputError(f"targets must be class indices, got {targets!r}")
+    if isinstance(targets, int):
+        t = torch.full((n, 1), targets, dtype=torch.long)
+    else:
+        if not isinstance(targets, torch.Tensor):
+            try:
+                targets = torch.as_tensor(list(targets))
+            except (TypeError, ValueError, RuntimeError) as exc:
+                raise InputError(f"targets must be an int, N ints or an (N, T) tensor, got {targets!r}") from exc
+        if targets.is_floating_point() or targets.is_complex() or targets.dtype == torch.bool:
+            raise InputError(f"targets must be integer class indices, got dtype {targets.dtype}")
+        t = targets.detach().to("cpu", torch.long)
+        if t.ndim == 0:
+            t = t.expand(n).reshape(n, 1)
+        elif t.ndim == 1:
+            if t.shape[0] != n:
+                raise InputError(f"targets has {t.shape[0]} entries for {n} images; give one per image, "
+                                 "an int for all, or an (N, T) tensor")
+            t = t[:, None]
+        elif t.ndim == 2:
+            if t.shape[0] != n or t.shape[1] == 0:
+                raise InputError(f"targets of shape {tuple(t.shape)} does not fit {n} images; expected ({n}, T), T >= 1")
+        else:
+            raise InputError(f"targets must be 0-, 1- or 2-D, got shape {tuple(t.shape)}")
+    if num_classes is not None:
+        bad = (t < 0) | (t >= num_classes)
+        if bad.any():
+            raise InputError(f"target {int(t[bad][0])} is out of range: the model has {num_classes} classes "
+                             f"(valid 0..{num_classes - 1})")
+    return t
+
+
+def class_scores(output: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """The (N, T) scores ``output[n, targets[n, t]]``, summed over any spatial dims (fully convolutional nets)."""
+    if output.ndim > 2:
+        output = output.flatten(2).sum(2)
+    return output.gather(1, targets.to(output.device))
+
+
+def num_classes_of(output) -> Optional[int]:
+    return output.shape[1] if isinstance(output, torch.Tensor) and output.ndim >= 2 else None
+
+
+def objective_scores(output, targets: Optional[torch.Tensor], objective: Optional[Objective]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scores (N, T), targets (N, T)) from the model's output; targets default to the predicted class."""
+    if objective is not None:
+        scores = objective(output)
+        if not isinstance(scores, torch.Tensor):
+            raise InputError(f"objective must return a tensor of shape (N,) or (N, T), got {type(scores).__name__}")
+        if scores.ndim == 1:
+            scores = scores[:, None]
+        if scores.ndim != 2:
+            raise InputError(f"objective must return shape (N,) or (N, T), got {tuple(scores.shape)}")
+        return scores, torch.arange(scores.shape[1]).expand(scores.shape[0], -1)
+    if not isinstance(output, torch.Tensor) or output.ndim < 2:
+        raise InputError(
+            f"the model returned {type(output).__name__}"
+            + (f" of shape {tuple(output.shape)}" if isinstance(output, torch.Tensor) else "")
+            + "; class targets need (N, C) logits; pass objective=callable(output) -> (N,) scores instead"
+        )
+    if targets is None:
+        with torch.no_grad():
+            flat = output.flatten(2).sum(2) if output.ndim > 2 else output
+            targets = flat.argmax(1, keepdim=True).cpu()
+    return class_scores(output, targets), targets

@@ -1,0 +1,84 @@
+"""Built-in extractors: virtual identity layers after the chosen module, the module's own conv, BatchNorm affine."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+import extagg
+from extagg.contributions import Dense, Factored, PatchGeometry
+from extagg.specs import Extractor, Param
+
+
+def _odd(k: int):
+    return None if k >= 1 and k % 2 == 1 else "must be an odd integer >= 1"
+
+
+def bias(c):
+    return Dense(c.grad)
+
+
+def scaling(c):
+    return Dense(c.output[:, None] * c.grad)
+
+
+def pooled_scaling(c):
+    return Dense(c.output[:, None] * c.grad.mean(dim=(-2, -1), keepdim=True))
+
+
+def identity_conv(c, k: int = 3):
+    return Factored(c.grad, c.output, PatchGeometry((k, k), (1, 1), (k // 2, k // 2)))
+
+
+def depthwise_conv(c, k: int = 3):
+    channels = c.output.shape[1]
+    return Factored(c.grad, c.output, PatchGeometry((k, k), (1, 1), (k // 2, k // 2), groups=channels))
+
+
+def real_conv(c):
+    return Factored(c.grad, c.input, PatchGeometry.of_conv(c.module))
+
+
+def _normalised_input(c) -> torch.Tensor:
+    bn, x = c.module, c.input
+    if bn.training or bn.running_mean is None:
+        mean = x.mean(dim=(0, 2, 3))
+        var = x.var(dim=(0, 2, 3), unbiased=False)
+    else:
+        mean, var = bn.running_mean.to(x.dtype), bn.running_var.to(x.dtype)
+    return (x - mean[:, None, None]) / torch.sqrt(var[:, None, None] + bn.eps)
+
+
+def bn_scale(c):
+    return Dense(_normalised_input(c)[:, None] * c.grad)
+
+
+_K = Param("k", int, 3, "odd kernel size", check=_odd)
+_KREQ = Param("k", int, doc="odd kernel size", check=_odd)
+
+
+@extagg.hookimpl
+def register_extractors(register):
+    register(Extractor(name="bias", fn=bias, formula="g_u",
+                       doc="Virtual bias after the layer: the gradient at each location."))
+    register(Extractor(name="scaling", fn=scaling, formula="x_u * g_u",
+                       doc="Virtual per-channel scaling after the layer: activation times gradient."))
+    register(Extractor(name="pooled-scaling", fn=pooled_scaling, formula="x_u * mean_v g_v",
+                       doc="Scaling whose gradient is pooled over space (Grad-CAM's channel weights)."))
+    register(Extractor(name="conv1x1", fn=lambda c: identity_conv(c, 1), formula="vec(g_u x_u^T)",
+                       doc="Virtual 1x1 identity convolution after the layer (NormGrad)."))
+    register(Extractor(name="conv3x3", fn=lambda c: identity_conv(c, 3), formula="vec(g_u p_u^T), p_u = 3x3 patch of x, zero pad 1",
+                       doc="Virtual 3x3 identity convolution after the layer."))
+    register(Extractor(name="iconv", fn=identity_conv, params=[_KREQ],
+                       formula="vec(g_u p_u^T), p_u = kxk patch of x, zero pad k//2",
+                       doc="Virtual kxk identity convolution after the layer, any odd k: 'iconv(k=5)'."))
+    register(Extractor(name="dwconv", fn=depthwise_conv, params=[_K],
+                       formula="(g_{k,u} x_{k,u+d})_{k,d}, d in kxk offsets",
+                       doc="Virtual depthwise kxk identity convolution after the layer."))
+    register(Extractor(name="conv", fn=real_conv, needs={"input", "grad"}, applies_to=(nn.Conv2d,),
+                       formula="vec(g_u p_u^T), p_u = the conv's own input patch (kernel, stride, padding, dilation, groups)",
+                       doc="The chosen Conv2d's own weight gradient, per output location (no identity trick)."))
+    register(Extractor(name="bn-scale", fn=bn_scale, needs={"input", "grad"}, applies_to=(nn.BatchNorm2d,),
+                       formula="g_u * xhat_u, xhat = (x_in - mean) / sqrt(var + eps)",
+                       doc="The chosen BatchNorm2d's real scale (weight) gradient, per location."))
+    register(Extractor(name="bn-bias", fn=bias, applies_to=(nn.BatchNorm2d,), formula="g_u",
+                       doc="The chosen BatchNorm2d's real bias gradient, per location."))
