@@ -3,7 +3,8 @@
 A composition is ``extractor [+ pre-filter] + aggregator [+ post-filter]`` (at most one filter on each side;
 longer chains are valid method strings but are not enumerated). Extractors with a required parameter are
 left out (write them by hand, e.g. ``iconv(k=5)+norm``); the others appear at their defaults.
-Compositions in which a filter provably does nothing are left out:
+Modifier variants (``meta:scaling+sum``, each modifier at its defaults) are listed only when a pattern
+contains ``:`` (``"*:*"`` lists them all, ``"meta:*+norm"`` some). Compositions in which a filter provably does nothing are left out:
 
 * an ``abs``-like pre-filter (sign profile ``(1, 1)``) before an ``abs_invariant`` aggregator (``norm``);
 * a post-filter that is the identity or zero on nonnegative numbers (profile ``(1, b)`` or ``(0, b)``) after a
@@ -52,6 +53,9 @@ def enumerate_methods(registry, pattern: Union[str, Iterable[str]] = "*",
     include = [_expand(registry, p) for p in _patterns(pattern)]
     excluded = [_expand(registry, p) for p in _patterns(exclude)]
     filters = [None, *registry.filters.values()]
+    prefixes = [""]
+    if any(":" in p for p in include):  # modifier variants are listed only when a pattern asks for them
+        prefixes += [f"{m.name}:" for m in registry.modifiers.values() if not any(p.required for p in m.params)]
     out = []
     for ext in registry.extractors.values():
         if any(p.required for p in ext.params):
@@ -59,16 +63,19 @@ def enumerate_methods(registry, pattern: Union[str, Iterable[str]] = "*",
         for pre, agg, post in itertools.product(filters, registry.aggregators.values(), filters):
             if is_redundant(pre, agg, post):
                 continue
-            text = "+".join(x.name for x in (ext, pre, agg, post) if x is not None)
-            if any(fnmatch.fnmatchcase(text, p) for p in include) and not any(
-                fnmatch.fnmatchcase(text, p) for p in excluded
-            ):
-                out.append(text)
+            body = "+".join(x.name for x in (ext, pre, agg, post) if x is not None)
+            for prefix in prefixes:
+                text = prefix + body
+                if any(fnmatch.fnmatchcase(text, p) for p in include) and not any(
+                    fnmatch.fnmatchcase(text, p) for p in excluded
+                ):
+                    out.append(text)
     return sorted(out, key=natural_key)
 
 
 def _expand(registry, pattern: str) -> str:
     pattern = pattern.strip().lower().replace(" ", "")
-    if pattern in registry.aliases:
-        return str(registry.parse(pattern))
+    head, _, tail = pattern.rpartition(":")
+    if tail in registry.aliases:
+        return (head + ":" if head else "") + str(registry.parse(tail))
     return pattern
