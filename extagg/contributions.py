@@ -59,24 +59,37 @@ class PatchGeometry:
 
     kernel: tuple[int, int] = (1, 1)
     stride: tuple[int, int] = (1, 1)
-    padding: tuple[int, int] = (0, 0)
+    padding: tuple[int, int, int, int] = (0, 0, 0, 0)  # left, right, top, bottom (F.pad order)
     dilation: tuple[int, int] = (1, 1)
     groups: int = 1
     padding_mode: str = "zeros"
 
     @classmethod
+    def identity(cls, k: int, groups: int = 1) -> "PatchGeometry":
+        """A stride-1, 'same' zero-padded kxk convolution (k odd)."""
+        return cls((k, k), (1, 1), (k // 2,) * 4, groups=groups)
+
+    @classmethod
     def of_conv(cls, conv: torch.nn.Conv2d) -> "PatchGeometry":
+        """The geometry of a Conv2d, including a ``static_padding`` pad module (TF-style 'same' convs)."""
         if isinstance(conv.padding, str):
-            raise ValueError(f"conv padding={conv.padding!r} is not supported; use explicit integer padding")
-        return cls(tuple(conv.kernel_size), tuple(conv.stride), tuple(conv.padding), tuple(conv.dilation),
+            if conv.padding != "valid":
+                raise ValueError(f"conv padding={conv.padding!r} is not supported; use explicit integer padding")
+            ph = pw = 0
+        else:
+            ph, pw = conv.padding
+        pad = (pw, pw, ph, ph)
+        extra = getattr(conv, "static_padding", None)
+        if isinstance(extra, (torch.nn.ZeroPad2d, torch.nn.ConstantPad2d)) and getattr(extra, "value", 0) == 0:
+            pad = tuple(a + b for a, b in zip(pad, extra.padding))
+        return cls(tuple(conv.kernel_size), tuple(conv.stride), pad, tuple(conv.dilation),
                    conv.groups, conv.padding_mode)
 
     def pad(self, x: torch.Tensor) -> torch.Tensor:
-        ph, pw = self.padding
-        if not ph and not pw:
+        if not any(self.padding):
             return x
         mode = {"zeros": "constant"}.get(self.padding_mode, self.padding_mode)
-        return F.pad(x, (pw, pw, ph, ph), mode=mode)
+        return F.pad(x, self.padding, mode=mode)
 
 
 @attrs.define(eq=False)
@@ -92,10 +105,12 @@ class Factored:
         groups = self.geometry.groups
         if self.g.shape[2] % groups or self.x.shape[1] % groups:
             raise ValueError(f"channels {self.g.shape[2]}, {self.x.shape[1]} not divisible by groups={groups}")
-        if tuple(self.patch_max(IDENTITY).shape[-2:]) != tuple(self.g.shape[-2:]):
+        grid = tuple(self.patch_max(IDENTITY).shape[-2:])
+        if grid != tuple(self.g.shape[-2:]):
             raise ValueError(
-                f"patch grid {tuple(self.patch_max(IDENTITY).shape[-2:])} does not match gradient grid "
-                f"{tuple(self.g.shape[-2:])}"
+                f"the patch grid {grid} read with {self.geometry} does not match the gradient's grid "
+                f"{tuple(self.g.shape[-2:])}; for a real conv this means its forward differs from nn.Conv2d's "
+                "(custom padding or reshaping)"
             )
 
     @property

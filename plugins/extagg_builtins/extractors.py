@@ -26,12 +26,11 @@ def pooled_scaling(c):
 
 
 def identity_conv(c, k: int = 3):
-    return Factored(c.grad, c.output, PatchGeometry((k, k), (1, 1), (k // 2, k // 2)))
+    return Factored(c.grad, c.output, PatchGeometry.identity(k))
 
 
 def depthwise_conv(c, k: int = 3):
-    channels = c.output.shape[1]
-    return Factored(c.grad, c.output, PatchGeometry((k, k), (1, 1), (k // 2, k // 2), groups=channels))
+    return Factored(c.grad, c.output, PatchGeometry.identity(k, groups=c.output.shape[1]))
 
 
 def real_conv(c):

@@ -1,0 +1,127 @@
+"""Command line: ``extagg methods | plugins | describe | explain | evaluate``."""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Optional, Sequence
+
+from .errors import ExtaggError
+
+
+def _registry():
+    from .registry import default_registry
+
+    return default_registry()
+
+
+def cmd_methods(args) -> int:
+    names = _registry().methods(args.pattern or "*", exclude=args.exclude or ())
+    for name in names:
+        print(name)
+    if not names:
+        print(f"no method matches {args.pattern or '*'}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_plugins(args) -> int:
+    reg = _registry()
+    by_plugin: dict[str, list[str]] = {}
+    for kind, table in reg.components.items():
+        for name, spec in table.items():
+            by_plugin.setdefault(spec.origin.plugin, []).append(f"{kind} {name}")
+    for info in reg.plugins:
+        dist = f"{info.distribution} {info.version}" if info.distribution else "(not from a distribution)"
+        print(f"{info.name}  [{dist}]  module {info.module}")
+        for line in by_plugin.get(info.name, []) if args.components else []:
+            print(f"    {line}")
+        if not args.components:
+            counts: dict[str, int] = {}
+            for line in by_plugin.get(info.name, []):
+                kind = line.split()[0]
+                counts[kind] = counts.get(kind, 0) + 1
+            print("    " + ", ".join(f"{n} {k}{'s' if n > 1 else ''}" for k, n in counts.items()))
+    return 0
+
+
+def cmd_describe(args) -> int:
+    print(_registry().describe(args.method))
+    return 0
+
+
+def cmd_explain(args) -> int:
+    import torch
+
+    from . import models
+    from .engine import saliency
+    from .layers import last_spatial_layer
+    from .viz import overlay, save_png
+
+    model, preprocess = models.load_model(args.model, args.weights)
+    path = args.image or models.sample_image_path()
+    image = models.load_image(path)
+    x = preprocess(image)[None]
+    layer = args.layer or last_spatial_layer(model, x)
+    targets = None if args.target is None else int(args.target)
+    maps = saliency(model, x, args.method, layers=layer, targets=targets)
+    m = maps[args.method, layer]
+    cls = int(maps.targets[0, 0])
+    with torch.no_grad():
+        prob = torch.softmax(model(x).float(), 1)[0, cls].item()
+    names = models.imagenet_categories()
+    label = names[cls] if cls < len(names) else str(cls)
+    out = save_png(overlay(image, m[0, 0], alpha=args.alpha), args.output)
+    print(f"image {path}: class {cls} ({label}, p={prob:.3f}); method {maps.methods[0]} at layer {layer} "
+          f"({tuple(m.shape[-2:])} map) -> {out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="extagg", description="Extract & Aggregate saliency, composable.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("methods", help="list the design space (canonical method strings)")
+    s.add_argument("pattern", nargs="*", help="fnmatch patterns, e.g. 'scaling+*' '*+norm' (default: all)")
+    s.add_argument("--exclude", "-x", action="append", help="fnmatch pattern to leave out (repeatable)")
+    s.set_defaults(func=cmd_methods)
+
+    s = sub.add_parser("plugins", help="loaded plugins, their distributions, versions and components")
+    s.add_argument("--components", "-c", action="store_true", help="list every component of each plugin")
+    s.set_defaults(func=cmd_plugins)
+
+    s = sub.add_parser("describe", help="composition, formula and origin of a method")
+    s.add_argument("method")
+    s.set_defaults(func=cmd_describe)
+
+    s = sub.add_parser("explain", help="saliency overlay of one image as a PNG")
+    s.add_argument("image", nargs="?", help="image file (default: a photo of a cat shipped with scikit-image)")
+    s.add_argument("--model", default="efficientnet-lite0",
+                   help="efficientnet-lite0 (default, pretrained offline) or a torchvision model name")
+    s.add_argument("--weights", help="torchvision weights name (e.g. DEFAULT) or a state_dict file")
+    s.add_argument("--method", default="gradcam", help="method string (default: gradcam)")
+    s.add_argument("--layer", help="layer name (default: the last spatial layer)")
+    s.add_argument("--target", type=int, help="class index (default: the predicted class)")
+    s.add_argument("--alpha", type=float, default=0.5, help="heatmap opacity (default 0.5)")
+    s.add_argument("-o", "--output", default="extagg-explain.png", help="output PNG (default extagg-explain.png)")
+    s.set_defaults(func=cmd_explain)
+
+    try:
+        from .evaluation.cli import add_evaluate_command
+    except ImportError:
+        pass
+    else:
+        add_evaluate_command(sub)
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ExtaggError as exc:
+        print(f"extagg: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
