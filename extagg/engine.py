@@ -88,13 +88,14 @@ def run_pass(model, images, needs: dict[str, set[str]], targets: Targets, object
     """
     _, dtype = model_device_dtype(model, images)
     cdtype = compute_dtype(dtype)
-    with Probes(model, needs) as probes, torch.enable_grad():
-        output = model(probes.input_probe(images))
-    probes.check()
-    matrix = None if objective is not None else as_target_matrix(targets, images.shape[0], num_classes_of(output))
-    scores, matrix = objective_scores(output, matrix, objective)
-    layers = list(needs)
-    grads = _backward(scores, [probes.probes[layer] for layer in layers])
+    with torch.enable_grad():
+        with Probes(model, needs) as probes:
+            output = model(probes.input_probe(images))
+        probes.check()
+        matrix = None if objective is not None else as_target_matrix(targets, images.shape[0], num_classes_of(output))
+        scores, matrix = objective_scores(output, matrix, objective)
+        layers = list(needs)
+        grads = _backward(scores, [probes.probes[layer] for layer in layers])
     captures = {}
     for layer, grad in zip(layers, grads):
         raw = probes.raw[layer]

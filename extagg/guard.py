@@ -9,7 +9,9 @@ import torch
 _HOOK_DICTS = (
     "_forward_hooks", "_forward_hooks_with_kwargs", "_forward_hooks_always_called", "_forward_pre_hooks",
     "_forward_pre_hooks_with_kwargs", "_backward_hooks", "_backward_pre_hooks", "_state_dict_hooks",
+    "_state_dict_pre_hooks", "_load_state_dict_pre_hooks", "_load_state_dict_post_hooks",
 )
+_STRUCTURE_DICTS = ("_parameters", "_buffers", "_modules")
 
 
 @contextlib.contextmanager
@@ -17,9 +19,11 @@ def preserved(model: torch.nn.Module, *, weights: bool = False) -> Iterator[torc
     """Snapshot the model's mutable state on entry and restore it on exit, also when the block raises.
 
     Restored: every module's ``training`` flag, every parameter's ``requires_grad`` and ``.grad`` (the same
-    tensor object), buffers (values copied back in place), and the set of registered hooks (hooks added inside
-    the block are removed). With ``weights=True`` parameter values are also copied back bit for bit (for code that
-    updates them, such as meta-saliency).
+    tensor object), buffers (values copied back in place), and the registered hooks (hooks added inside the block
+    are removed, hooks removed inside it are put back). The module structure is restored too: a parameter, buffer
+    or submodule that was reassigned, added or deleted inside the block (``module.weight = nn.Parameter(...)``)
+    is put back as the original object. With ``weights=True`` parameter values and the values of pre-existing
+    ``.grad`` tensors are also copied back bit for bit (for code that updates them, such as meta-saliency).
     """
     modules = list(model.modules())
     training = [m.training for m in modules]
@@ -30,10 +34,18 @@ def preserved(model: torch.nn.Module, *, weights: bool = False) -> Iterator[torc
     buffers = [(b, b.detach().clone()) for b in model.buffers()]
     values = [p.detach().clone() for p in params] if weights else None
     hooks = [{name: dict(getattr(m, name)) for name in _HOOK_DICTS if hasattr(m, name)} for m in modules]
+    structure = [{name: dict(getattr(m, name)) for name in _STRUCTURE_DICTS} for m in modules]
+    non_persistent = [set(getattr(m, "_non_persistent_buffers_set", ())) for m in modules]
     try:
         yield model
     finally:
         with torch.no_grad():
+            for m, saved, names in zip(modules, structure, non_persistent):
+                for name, before in saved.items():
+                    _restore_dict(getattr(m, name), before)
+                if hasattr(m, "_non_persistent_buffers_set") and m._non_persistent_buffers_set != names:
+                    m._non_persistent_buffers_set.clear()
+                    m._non_persistent_buffers_set.update(names)
             for m, flag in zip(modules, training):
                 m.training = flag
             for i, p in enumerate(params):
@@ -48,9 +60,15 @@ def preserved(model: torch.nn.Module, *, weights: bool = False) -> Iterator[torc
                     b.copy_(v)
             for m, saved in zip(modules, hooks):
                 for name, before in saved.items():
-                    current = getattr(m, name)
-                    for key in [k for k in current if k not in before]:
-                        del current[key]
+                    _restore_dict(getattr(m, name), before)
+
+
+def _restore_dict(current: dict, before: dict) -> None:
+    """Make ``current`` hold exactly the entries of ``before`` (same objects, same order), in place."""
+    if list(current) == list(before) and all(current[k] is v for k, v in before.items()):
+        return
+    current.clear()
+    current.update(before)
 
 
 def model_device_dtype(model: torch.nn.Module, fallback: torch.Tensor) -> tuple[torch.device, torch.dtype]:

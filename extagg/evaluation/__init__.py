@@ -1,0 +1,56 @@
+"""The evaluations of Rebuffi et al. 2020 and Khakzar et al. / Adebayo et al., for any method string on any model.
+
+Every evaluation takes a model, a data source (an iterable of :class:`Sample`, e.g. :class:`VOCPointing`,
+:class:`COCOPointing`, :class:`ImageFolderSamples`, or a plain list), method strings or fnmatch patterns and
+layer names or patterns, and returns tidy :class:`Record` ``(method, layer, subset, metric, value, count)``
+lists; all maps come from :func:`extagg.saliency` (one forward and one backward per batch). The user's model is
+left exactly as it was (parameter randomisation works on a deep copy). See docs/evaluation.md.
+
+* :func:`pointing_game`: pointing accuracy (all / difficult subsets) and the centre baseline.
+* :func:`class_sensitivity`: Spearman between the most- and least-probable-class maps.
+* :func:`parameter_randomisation`: cascading / independent randomisation; Spearman (+abs), SSIM, HOG.
+* :func:`identity_check`: NormGrad identity trick vs the real conv (correlation, pointing difference).
+"""
+from __future__ import annotations
+
+from .common import expand_layers, expand_methods
+from .datasets import (
+    VOC_CLASSES,
+    COCOPointing,
+    ImageFolderSamples,
+    Sample,
+    VOCPointing,
+    annotation_mask,
+    load_image,
+    polygon_rle_counts,
+    rle_counts_from_string,
+    rle_decode,
+    voc_sample,
+)
+from .difficult import compute_difficult_flags, difficult_by_rule, read_difficult_flags, write_difficult_flags
+from .identity_check import identity_check
+from .pointing import (
+    CENTER,
+    PointingScore,
+    center_point,
+    gaussian_smooth,
+    pointing_game,
+    pointing_hit,
+    saliency_point,
+    spatial_softmax_objective,
+)
+from .randomisation import parameter_randomisation, randomise_module
+from .records import Record, format_table, records_to_csv, records_to_json, summarise, write_records
+from .sensitivity import class_sensitivity, top_bottom_classes
+from .similarity import average_ranks, hog, hog_similarity, map_similarities, minmax, spearman, ssim
+
+__all__ = [
+    "CENTER", "COCOPointing", "ImageFolderSamples", "PointingScore", "Record", "Sample", "VOCPointing",
+    "VOC_CLASSES", "annotation_mask", "average_ranks", "center_point", "class_sensitivity",
+    "compute_difficult_flags", "difficult_by_rule", "expand_layers", "expand_methods", "format_table",
+    "gaussian_smooth", "hog", "hog_similarity", "identity_check", "load_image", "map_similarities", "minmax",
+    "parameter_randomisation", "pointing_game", "pointing_hit", "polygon_rle_counts", "randomise_module",
+    "read_difficult_flags", "records_to_csv", "records_to_json", "rle_counts_from_string", "rle_decode",
+    "saliency_point", "spatial_softmax_objective", "spearman", "ssim", "summarise", "top_bottom_classes",
+    "voc_sample", "write_difficult_flags", "write_records",
+]

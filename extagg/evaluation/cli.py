@@ -1,0 +1,125 @@
+"""``extagg evaluate``: run an evaluation from the command line (wire with :func:`add_evaluate_command`).
+
+Example::
+
+    extagg evaluate --model resnet50 --metric pointing --data voc --root ~/data --methods gradcam 'scaling+*' \
+        --layers layer4 layer3 --limit 500 -o pointing.csv
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Optional
+
+from ..errors import InputError
+
+METRICS = ("pointing", "sensitivity", "randomisation", "identity")
+DATA = ("voc", "coco", "folder")
+
+
+def add_evaluate_command(subparsers) -> argparse.ArgumentParser:
+    """Add the ``evaluate`` sub-command to an argparse ``subparsers``; it sets ``func`` (call ``args.func(args)``)."""
+    p = subparsers.add_parser(
+        "evaluate", help="pointing game, class sensitivity, randomisation and identity checks",
+        description="Evaluate saliency methods on a model and a data set read from disk (never downloaded). "
+                    "Writes tidy records (method, layer, subset, metric, value, count).")
+    p.add_argument("--model", default=None,
+                   help="model name for extagg.models.load_model (default: its default model); the model's own "
+                        "preprocessing sets the input size")
+    p.add_argument("--weights", default=None, help="weights for load_model (a path or name; default: its default)")
+    p.add_argument("--metric", required=True, choices=METRICS)
+    p.add_argument("--data", required=True, choices=DATA,
+                   help="voc: ROOT/VOCdevkit/VOC<year>; coco: ROOT/annotations/instances_<split>.json + ROOT/<split>/; "
+                        "folder: an ImageFolder (ROOT/<class>/<image>)")
+    p.add_argument("--root", required=True, help="data root folder")
+    p.add_argument("--split", default=None, help="VOC image set (default test) or COCO split (default val2014)")
+    p.add_argument("--year", default="2007", help="VOC year (default 2007)")
+    p.add_argument("--methods", nargs="+", required=False, default=None,
+                   help="method strings or fnmatch patterns (default: normgrad and normgrad-conv for identity)")
+    p.add_argument("--layers", nargs="+", default=["input"], help="layer names or fnmatch patterns (default input)")
+    p.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")
+    p.add_argument("--per-class-images", type=int, default=None,
+                   help="folder data: first K images of each class (the paper's class-sensitivity set is K = 1)")
+    p.add_argument("-o", "--output", default=None, help="write records to a .csv or .json file")
+    p.add_argument("--difficult-file", default=None,
+                   help="TorchRay difficult-flags file; default: the paper's rule (area < 25%% and another class)")
+    p.add_argument("--tolerance", type=float, default=15, help="pointing tolerance in pixels (strict <; default 15)")
+    p.add_argument("--smooth", type=float, default=0.0, help="TorchRay smoothing of input-layer maps (e.g. 0.02)")
+    p.add_argument("--spatial-softmax", action="store_true",
+                   help="pointing: weight a fully convolutional output by its spatial softmax (TorchRay)")
+    p.add_argument("--per-class", action="store_true", help="pointing: also write per-class accuracies")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--randomise", nargs="+", default=None,
+                   help="randomisation: blocks to re-initialise, output first (default: top-level children)")
+    p.add_argument("--mode", choices=("cascading", "independent", "both"), default="both")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--hog-cell", type=int, default=16, help="HOG cell size in pixels (default 16)")
+    p.add_argument("--targets", choices=("label", "predicted"), default="label", help="identity check targets")
+    p.add_argument("--device", default=None, help="torch device for the model (default: where it loads)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run_evaluate)
+    return p
+
+
+def _data(args):
+    from .datasets import COCOPointing, ImageFolderSamples, VOCPointing
+
+    if args.data == "voc":
+        return VOCPointing(args.root, year=args.year, image_set=args.split or "test", limit=args.limit)
+    if args.data == "coco":
+        return COCOPointing(args.root, split=args.split or "val2014", limit=args.limit)
+    return ImageFolderSamples(args.root, per_class=args.per_class_images, limit=args.limit)
+
+
+def run_evaluate(args, out=None) -> int:
+    """Run ``extagg evaluate`` with parsed ``args``; prints a table, writes ``--output``; returns 0."""
+    from ..models import load_model  # lazily: only this command needs model loading
+    from . import class_sensitivity, identity_check, parameter_randomisation, pointing_game
+    from .records import format_table, write_records
+
+    out = out or sys.stdout
+    if args.output and not args.output.lower().endswith((".csv", ".json")):
+        raise InputError(f"--output must end in .csv or .json, got {args.output!r}")
+    if args.metric == "pointing" and args.data == "folder":
+        raise InputError("--metric pointing needs localisation data: --data voc or --data coco")
+    model, preprocess = load_model(args.model, weights=args.weights) if args.model else load_model()
+    if args.device:
+        model = model.to(args.device)
+    data = _data(args)
+    progress = not args.no_progress
+    common = dict(preprocess=preprocess, limit=args.limit, progress=progress)
+    methods = args.methods
+    if args.metric != "identity" and not methods:
+        raise InputError("--methods is required for this metric (method strings or patterns, e.g. 'gradcam' '*+norm')")
+    if args.metric == "pointing":
+        records = pointing_game(model, data, methods, args.layers, difficult=args.difficult_file or "rule",
+                                tolerance=args.tolerance, smooth=args.smooth, spatial_softmax=args.spatial_softmax,
+                                per_class=args.per_class, **common)
+    elif args.metric == "sensitivity":
+        records = class_sensitivity(model, data, methods, args.layers, batch_size=args.batch_size, **common)
+    elif args.metric == "randomisation":
+        records = parameter_randomisation(model, data, methods, args.layers, randomise=args.randomise, mode=args.mode,
+                                          seed=args.seed, hog_cell=args.hog_cell, batch_size=args.batch_size, **common)
+    else:
+        records = identity_check(model, data, args.layers, targets=args.targets, batch_size=args.batch_size,
+                                 tolerance=args.tolerance, difficult=args.difficult_file or "rule", **common)
+    if args.output:
+        write_records(records, args.output)
+    shown = [r for r in records if not r.metric.startswith("class_accuracy:")]
+    print(format_table(shown), file=out)
+    if args.output:
+        print(f"wrote {len(records)} records to {args.output}", file=out)
+    return 0
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """Stand-alone entry (``python -m extagg.evaluation.cli evaluate ...``) until ``extagg evaluate`` is wired."""
+    parser = argparse.ArgumentParser(prog="extagg")
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_evaluate_command(sub)
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,191 @@
+"""Similarity of saliency maps, in torch on the maps' device: Spearman, SSIM, HOG similarity, normalisations.
+
+All functions take batches: the trailing dimensions hold one map (or one feature vector), the leading ones
+are a batch, and the result has the leading shape. Computation is in float64 (float32 where the device has
+no float64, e.g. MPS).
+
+* :func:`spearman`: rank correlation with **average ranks for ties** (as ``scipy.stats.spearmanr``); NaN when
+  either side is constant or contains NaN.
+* :func:`ssim`: Wang et al.'s SSIM with a Gaussian window, exactly ``skimage.metrics.structural_similarity(a, b,
+  gaussian_weights=True, data_range=...)`` (sigma 1.5, truncate 3.5, 11x11 window, sample covariance, mean over
+  the valid interior).
+* :func:`hog`: ``skimage.feature.hog(image, orientations, pixels_per_cell, cells_per_block, 'L2-Hys')``.
+* :func:`hog_similarity`: Spearman between the HOG vectors (Adebayo et al. 2018).
+* :func:`minmax`: per-map ``(m - min) / (max - min)``; a constant map becomes all zeros (not NaN).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import InputError
+
+
+def _float(t: torch.Tensor) -> torch.Tensor:
+    return t.to(torch.float32 if t.device.type == "mps" else torch.float64)
+
+
+def _pair(a: torch.Tensor, b: torch.Tensor, ndim: int, what: str) -> tuple[torch.Tensor, torch.Tensor]:
+    if not isinstance(a, torch.Tensor) or not isinstance(b, torch.Tensor):
+        raise InputError(f"{what} needs two tensors, got {type(a).__name__} and {type(b).__name__}")
+    if a.shape != b.shape:
+        raise InputError(f"{what} needs tensors of the same shape, got {tuple(a.shape)} and {tuple(b.shape)}")
+    if a.ndim < ndim:
+        raise InputError(f"{what} needs at least {ndim} dimensions, got shape {tuple(a.shape)}")
+    return _float(a), _float(b.to(a.device))
+
+
+def average_ranks(x: torch.Tensor) -> torch.Tensor:
+    """Ranks 1..P along the last dimension, ties given their average rank (``scipy.stats.rankdata``)."""
+    p = x.shape[-1]
+    flat = x.reshape(-1, p)
+    values, order = flat.sort(dim=1, stable=True)
+    new = torch.ones_like(values, dtype=torch.bool)
+    new[:, 1:] = values[:, 1:] != values[:, :-1]
+    group = new.long().cumsum(1) - 1
+    pos = torch.arange(1, p + 1, device=x.device, dtype=values.dtype).expand_as(values)
+    first = torch.where(new, pos, torch.zeros_like(pos)).cummax(1).values
+    counts = torch.zeros_like(values).scatter_add_(1, group, torch.ones_like(values)).gather(1, group)
+    avg = first + (counts - 1) / 2
+    return torch.empty_like(avg).scatter_(1, order, avg).reshape(x.shape)
+
+
+def pearson(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Pearson correlation along the last dimension; NaN where either side has zero variance."""
+    ac = a - a.mean(-1, keepdim=True)
+    bc = b - b.mean(-1, keepdim=True)
+    num = (ac * bc).sum(-1)
+    den = torch.sqrt((ac * ac).sum(-1) * (bc * bc).sum(-1))
+    r = torch.where(den > 0, num / den.clamp(min=torch.finfo(den.dtype).tiny), torch.full_like(num, math.nan))
+    return r.clamp(-1, 1)
+
+
+def spearman(a: torch.Tensor, b: torch.Tensor, *, ndim: int = 2) -> torch.Tensor:
+    """Spearman rank correlation over the last ``ndim`` dims (2: maps (..., H, W); 1: vectors (..., F)).
+
+    Average ranks for ties; NaN where either side is constant or holds a NaN. Result shape ``a.shape[:-ndim]``.
+    """
+    a, b = _pair(a, b, ndim, "spearman")
+    lead = a.shape[: a.ndim - ndim]
+    a, b = a.reshape(*lead, -1), b.reshape(*lead, -1)
+    r = pearson(average_ranks(a), average_ranks(b))
+    bad = torch.isnan(a).any(-1) | torch.isnan(b).any(-1)
+    return torch.where(bad, torch.full_like(r, math.nan), r)
+
+
+def minmax(m: torch.Tensor) -> torch.Tensor:
+    """Per-map min-max normalisation over the last two dims to [0, 1]; constant maps become zeros."""
+    m = _float(m)
+    lo = m.amin((-2, -1), keepdim=True)
+    span = m.amax((-2, -1), keepdim=True) - lo
+    return torch.where(span > 0, (m - lo) / torch.where(span > 0, span, torch.ones_like(span)), torch.zeros_like(m))
+
+
+def gaussian_kernel1d(sigma: float, radius: int, device, dtype) -> torch.Tensor:
+    """``exp(-x^2 / (2 sigma^2))`` for x in [-radius, radius], normalised to sum 1 (scipy.ndimage's kernel)."""
+    x = torch.arange(-radius, radius + 1, device=device, dtype=dtype)
+    k = torch.exp(-0.5 * (x / sigma) ** 2)
+    return k / k.sum()
+
+
+def ssim(a: torch.Tensor, b: torch.Tensor, *, data_range: float = 1.0, sigma: float = 1.5,
+         truncate: float = 3.5, k1: float = 0.01, k2: float = 0.03, sample_covariance: bool = True) -> torch.Tensor:
+    """Mean SSIM of maps (..., H, W) with a Gaussian window, as scikit-image's ``gaussian_weights=True``.
+
+    The window radius is ``int(truncate * sigma + 0.5)`` (5 by default: 11x11); local statistics use the
+    window's sample covariance (factor ``P/(P-1)``, P = window pixels) unless ``sample_covariance=False``;
+    the mean is over positions whose window lies inside the map. Maps must be at least 11x11 (by default).
+    """
+    a, b = _pair(a, b, 2, "ssim")
+    if data_range <= 0:
+        raise InputError(f"ssim: data_range must be > 0, got {data_range!r}")
+    r = int(truncate * sigma + 0.5)
+    win = 2 * r + 1
+    h, w = a.shape[-2:]
+    if h < win or w < win:
+        raise InputError(f"ssim needs maps of at least {win}x{win} pixels (Gaussian window, sigma {sigma}), got "
+                         f"{h}x{w}; compare maps resized to the input resolution")
+    lead = a.shape[:-2]
+    x = a.reshape(-1, 1, h, w)
+    y = b.reshape(-1, 1, h, w)
+    g = gaussian_kernel1d(sigma, r, a.device, a.dtype)
+
+    def filt(t):
+        return F.conv2d(F.conv2d(t, g.view(1, 1, 1, win)), g.view(1, 1, win, 1))
+
+    ux, uy = filt(x), filt(y)
+    uxx, uyy, uxy = filt(x * x), filt(y * y), filt(x * y)
+    norm = win * win / (win * win - 1) if sample_covariance else 1.0
+    vx, vy, vxy = norm * (uxx - ux * ux), norm * (uyy - uy * uy), norm * (uxy - ux * uy)
+    c1, c2 = (k1 * data_range) ** 2, (k2 * data_range) ** 2
+    s = ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux * ux + uy * uy + c1) * (vx + vy + c2))
+    return s.mean((-2, -1)).reshape(lead)
+
+
+def hog(image: torch.Tensor, *, cell: int = 16, block: int = 3, orientations: int = 9) -> torch.Tensor:
+    """Histogram of oriented gradients of maps (..., H, W) -> (..., F), as ``skimage.feature.hog``.
+
+    Central-difference gradients (zero on the border rows/columns), unsigned orientation in [0, 180) split in
+    ``orientations`` equal bins, magnitudes averaged over ``cell`` x ``cell`` cells (whole cells from the top
+    left), ``block`` x ``block`` blocks with stride one cell, L2-Hys normalisation (clip 0.2, eps 1e-5).
+    """
+    if cell < 1 or block < 1 or orientations < 1:
+        raise InputError(f"hog: cell, block and orientations must be >= 1, got {cell}, {block}, {orientations}")
+    x = _float(image)
+    h, w = x.shape[-2:]
+    ncr, ncc = h // cell, w // cell
+    if ncr < block or ncc < block:
+        raise InputError(f"hog with {cell}-pixel cells and {block}x{block}-cell blocks needs maps of at least "
+                         f"{cell * block}x{cell * block} pixels, got {h}x{w}; use a smaller hog cell size")
+    lead = x.shape[:-2]
+    x = x.reshape(-1, h, w)
+    g_row = torch.zeros_like(x)
+    g_col = torch.zeros_like(x)
+    g_row[:, 1:-1, :] = x[:, 2:, :] - x[:, :-2, :]
+    g_col[:, :, 1:-1] = x[:, :, 2:] - x[:, :, :-2]
+    mag = torch.hypot(g_col, g_row)
+    ori = torch.remainder(torch.rad2deg(torch.atan2(g_row, g_col)), 180.0)
+    width = 180.0 / orientations
+    edges = torch.tensor([width * (i + 1) for i in range(orientations)], device=x.device, dtype=x.dtype)
+    # bin i holds width*i <= ori < width*(i+1) (skimage's comparisons); ori == 180 falls in no bin, as there
+    lower = torch.cat([torch.zeros(1, device=x.device, dtype=x.dtype), edges[:-1]])
+    onehot = (ori[..., None] >= lower) & (ori[..., None] < edges)
+    contrib = (mag[..., None] * onehot)[:, : ncr * cell, : ncc * cell]
+    hist = contrib.reshape(-1, ncr, cell, ncc, cell, orientations).sum((2, 4)) / (cell * cell)
+    blocks = hist.unfold(1, block, 1).unfold(2, block, 1)          # (B, nbr, nbc, O, block, block)
+    blocks = blocks.permute(0, 1, 2, 4, 5, 3).reshape(hist.shape[0], ncr - block + 1, ncc - block + 1, -1)
+    eps = 1e-5
+    out = blocks / torch.sqrt((blocks ** 2).sum(-1, keepdim=True) + eps ** 2)
+    out = out.clamp(max=0.2)
+    out = out / torch.sqrt((out ** 2).sum(-1, keepdim=True) + eps ** 2)
+    return out.reshape(*lead, -1)
+
+
+def hog_similarity(a: torch.Tensor, b: torch.Tensor, *, cell: int = 16, block: int = 3,
+                   orientations: int = 9) -> torch.Tensor:
+    """Spearman correlation between the HOG vectors of two (..., H, W) maps (Adebayo et al. 2018).
+
+    Apply to min-max normalised maps (:func:`minmax`) as Adebayo et al. do; NaN if either HOG vector is constant
+    (e.g. a constant map).
+    """
+    a, b = _pair(a, b, 2, "hog_similarity")
+    kw = dict(cell=cell, block=block, orientations=orientations)
+    return spearman(hog(a, **kw), hog(b, **kw), ndim=1)
+
+
+def map_similarities(a: torch.Tensor, b: torch.Tensor, *, hog_cell: int = 16) -> dict[str, torch.Tensor]:
+    """The four randomisation-test similarities of maps (..., H, W), as Adebayo et al. define them for 2-D masks.
+
+    ``spearman``: signed maps; ``spearman_abs``: ``|a|`` vs ``|b|`` (their ``m / max|m|`` and ``|m| / max|m|``
+    normalisations are positive rescalings, which Spearman ignores); ``ssim`` and ``hog``: on min-max
+    normalised maps, SSIM with ``data_range=1``.
+    """
+    a01, b01 = minmax(a), minmax(b)
+    return {
+        "spearman": spearman(a, b),
+        "spearman_abs": spearman(a.abs(), b.abs()),
+        "ssim": ssim(a01, b01, data_range=1.0),
+        "hog": hog_similarity(a01, b01, cell=hog_cell),
+    }

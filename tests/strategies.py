@@ -1,0 +1,113 @@
+"""All hypothesis strategies of the test suite: small CNN architectures and method strings."""
+from __future__ import annotations
+
+import attrs
+import torch
+from hypothesis import strategies as st
+from torch import nn
+
+
+@attrs.frozen
+class ConvSpec:
+    cin: int
+    cout: int
+    k: int
+    stride: int
+    padding: int
+    dilation: int
+    groups: int
+
+
+@attrs.frozen
+class NetSpec:
+    """A Sequential of [conv, bn?, relu]* blocks, then optionally GAP + Linear, in float64."""
+
+    convs: tuple[ConvSpec, ...]
+    batchnorm: bool
+    size: int
+    classes: int
+    seed: int
+    head: str  # "gap" (GAP -> Linear) or "flatten" (Flatten -> Linear: gradients vary in space)
+
+    def build(self) -> nn.Sequential:
+        torch.manual_seed(self.seed)
+        layers: list[nn.Module] = []
+        for c in self.convs:
+            layers.append(nn.Conv2d(c.cin, c.cout, c.k, c.stride, c.padding, c.dilation, c.groups))
+            if self.batchnorm:
+                bn = nn.BatchNorm2d(c.cout)
+                with torch.no_grad():
+                    bn.running_mean.uniform_(-0.5, 0.5)
+                    bn.running_var.uniform_(0.5, 2.0)
+                    bn.weight.uniform_(0.5, 1.5)
+                    bn.bias.uniform_(-0.2, 0.2)
+                layers.append(bn)
+            layers.append(nn.ReLU())
+        if self.head == "gap":
+            layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(self.convs[-1].cout, self.classes)]
+        else:
+            h = self.size
+            for c in self.convs:
+                h = (h + 2 * c.padding - c.dilation * (c.k - 1) - 1) // c.stride + 1
+            layers += [nn.Flatten(), nn.Linear(self.convs[-1].cout * h * h, self.classes)]
+        return nn.Sequential(*layers).double().eval()
+
+    def images(self, n: int = 2) -> torch.Tensor:
+        g = torch.Generator().manual_seed(self.seed + 1)
+        return torch.randn(n, self.convs[0].cin, self.size, self.size, generator=g, dtype=torch.float64)
+
+
+@st.composite
+def conv_specs(draw, cin: int) -> ConvSpec:
+    groups = draw(st.sampled_from([1, 1, 2]))
+    if cin % groups:
+        groups = 1
+    cout = groups * draw(st.integers(1, 3))
+    k = draw(st.sampled_from([1, 3]))
+    return ConvSpec(cin, cout, k, draw(st.sampled_from([1, 1, 2])), draw(st.integers(0, k // 2 + 1)),
+                    draw(st.sampled_from([1, 1, 2])), groups)
+
+
+@st.composite
+def net_specs(draw, head: str | None = None) -> NetSpec:
+    size = draw(st.integers(7, 10))
+    cin = draw(st.sampled_from([1, 2, 3]))
+    convs = []
+    for _ in range(draw(st.integers(1, 3))):
+        c = draw(conv_specs(cin))
+        convs.append(c)
+        cin = c.cout
+    spec = NetSpec(tuple(convs), draw(st.booleans()), size, draw(st.integers(2, 5)), draw(st.integers(0, 10_000)),
+                   head or draw(st.sampled_from(["gap", "flatten"])))
+    h = size
+    for c in spec.convs:  # keep only nets whose maps stay at least 1x1
+        h = (h + 2 * c.padding - c.dilation * (c.k - 1) - 1) // c.stride + 1
+        if h < 1:
+            return draw(net_specs(head))
+    return spec
+
+
+def names(registry, kind: str):
+    return st.sampled_from(sorted(registry.components[kind]))
+
+
+@st.composite
+def method_texts(draw, registry) -> str:
+    """Random valid method strings with random case, spacing and (default or explicit) parameters."""
+    def spell(spec) -> str:
+        parts = []
+        for p in spec.params:
+            if p.required or draw(st.booleans()):
+                value = p.default if not p.required else 3
+                if p.type is int and p.name == "k":
+                    value = draw(st.sampled_from([1, 3, 5]))
+                parts.append(f"{p.name} = {str(value).lower() if isinstance(value, bool) else value}")
+        name = draw(st.sampled_from([spec.name, spec.name.upper(), spec.name.title()]))
+        return name + (f"({', '.join(parts)})" if parts else "")
+
+    space = draw(st.sampled_from(["", " ", "  "]))
+    head = spell(draw(st.sampled_from(list(registry.extractors.values()))))
+    pre = [spell(draw(st.sampled_from(list(registry.filters.values())))) for _ in range(draw(st.integers(0, 2)))]
+    agg = spell(draw(st.sampled_from(list(registry.aggregators.values()))))
+    post = [spell(draw(st.sampled_from(list(registry.filters.values())))) for _ in range(draw(st.integers(0, 2)))]
+    return f"{space}+{space}".join([head, *pre, agg, *post])

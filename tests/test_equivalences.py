@@ -1,0 +1,109 @@
+"""Every builtin method equals its definition; the paper's identities hold (and fail where they should not)."""
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import extagg
+from tests import oracle
+from tests.strategies import NetSpec, ConvSpec, net_specs
+
+
+def _layers_of(net, kinds):
+    return [i for i, m in enumerate(net) if isinstance(m, kinds)]
+
+
+@given(spec=net_specs(), data=st.data())
+def test_every_builtin_composition_equals_its_materialised_definition(registry, spec, data):
+    """Closed forms (and the dense path) equal the contribution materialised by an outer product, then reduced."""
+    net, x = spec.build(), spec.images()
+    convs = _layers_of(net, torch.nn.Conv2d)
+    bns = _layers_of(net, torch.nn.BatchNorm2d)
+    relus = _layers_of(net, torch.nn.ReLU)
+    targets = torch.tensor([[0, 1], [1, 0]])
+    for extractor in sorted(registry.extractors):
+        spec_ = registry.extractors[extractor]
+        if spec_.origin.distribution != "extagg":
+            continue
+        pool = {"conv": convs, "bn-scale": bns, "bn-bias": bns}.get(extractor, relus + convs)
+        if not pool:
+            continue
+        index = data.draw(st.sampled_from(pool), label=f"layer for {extractor}")
+        head = f"{extractor}(k={data.draw(st.sampled_from([1, 3, 5]))})" if spec_.params else extractor
+        pre = data.draw(st.lists(st.sampled_from(["relu", "abs", "neg"]), max_size=2), label="pre")
+        agg = data.draw(st.sampled_from(["sum", "max", "min", "norm"]), label="agg")
+        post = data.draw(st.lists(st.sampled_from(["relu", "abs", "neg"]), max_size=1), label="post")
+        method = registry.parse("+".join([head, *pre, agg, *post]))
+        got = extagg.saliency(net, x, method, layers=str(index), targets=targets)[method, str(index)]
+        want = oracle.method_map(method, net, x, index, targets)
+        assert got.shape == want.shape
+        torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-12, msg=f"{method} at layer {index}")
+
+
+@pytest.mark.parametrize("method", ["normgrad", "selective-normgrad", "linear-approx", "gradient", "gradient-sum",
+                                    "normgrad-conv", "gradcam", "conv3x3+norm", "dwconv+relu+norm", "conv+max"])
+def test_named_and_builtin_methods_match_definition_on_fixed_net(tiny_net, images, method):
+    reg = extagg.default_registry()
+    m = reg.parse(method)
+    index = 3 if m.extractor.name == "conv" else 2  # layer 3 is a stride-2 conv; layer 2 a ReLU(inplace=True)
+    targets = torch.tensor([[1], [3]])
+    got = extagg.saliency(tiny_net, images, method, layers=str(index), targets=targets)[method, str(index)]
+    torch.testing.assert_close(got, oracle.method_map(m, tiny_net, images, index, targets), rtol=1e-9, atol=1e-12)
+
+
+def test_closed_forms_equal_generic_chunked_path(registry, tiny_net, images):
+    """The closed forms and the generic materialising path agree on the whole design space."""
+    ms = extagg.methods()
+    fast = extagg.saliency(tiny_net, images, ms, layers=["2", "3"], targets=torch.tensor([[0, 2], [1, 3]]),
+                           mismatched="skip")
+    slow = extagg.saliency(tiny_net, images, ms, layers=["2", "3"], targets=torch.tensor([[0, 2], [1, 3]]),
+                           mismatched="skip", closed_forms=False)
+    assert len(fast) == len(slow) > 300
+    for key in fast:
+        torch.testing.assert_close(fast[key], slow[key], rtol=1e-9, atol=1e-12, msg=str(key))
+
+
+@given(spec=net_specs(head="gap"))
+def test_gradcam_equals_scaling_sum_relu_when_layer_feeds_global_average_pooling(spec):
+    net, x = spec.build(), spec.images()
+    last = str(len(net) - 4)  # the last ReLU, followed by GAP, Flatten, Linear
+    maps = extagg.saliency(net, x, ["gradcam", "scaling+sum+relu"], layers=last, targets=0)
+    assert torch.equal(maps["gradcam", last], maps["scaling+sum+relu", last]) or torch.allclose(
+        maps["gradcam", last], maps["scaling+sum+relu", last], rtol=1e-12, atol=1e-15)
+
+
+def test_gradcam_differs_from_scaling_sum_relu_when_gradient_varies_in_space():
+    spec = NetSpec((ConvSpec(3, 4, 3, 1, 1, 1, 1), ConvSpec(4, 4, 3, 1, 1, 1, 1)), False, 8, 3, 7, "flatten")
+    net, x = spec.build(), spec.images()
+    maps = extagg.saliency(net, x, ["gradcam", "scaling+sum+relu"], layers="1", targets=0)
+    assert (maps["gradcam", "1"] - maps["scaling+sum+relu", "1"]).abs().max() > 1e-3
+
+
+@given(spec=net_specs())
+def test_gradient_at_input_is_max_abs_partial_derivative(spec):
+    net, x = spec.build(), spec.images()
+    leaf = x.clone().requires_grad_(True)
+    grad = torch.autograd.grad(net(leaf)[:, 1].sum(), leaf)[0]
+    got = extagg.saliency(net, x, "gradient", layers="input", targets=1)["gradient", "input"]
+    torch.testing.assert_close(got[:, 0], grad.abs().amax(1), rtol=1e-12, atol=0)
+
+
+@given(spec=net_specs(head="gap"), target=st.integers(0, 1))
+def test_linear_approx_sums_to_logit_minus_bias_before_gap(spec, target):
+    net, x = spec.build(), spec.images()
+    last = str(len(net) - 4)
+    m = extagg.saliency(net, x, "linear-approx", layers=last, targets=target)["linear-approx", last]
+    with torch.no_grad():
+        logit = net(x)[:, target]
+    torch.testing.assert_close(m.sum((1, 2, 3)), logit - net[-1].bias[target], rtol=1e-10, atol=1e-12)
+
+
+def test_linear_approx_sum_is_not_logit_minus_bias_where_biases_intervene():
+    """The same check at the input of a net with conv biases fails: the conv biases carry part of the logit."""
+    spec = NetSpec((ConvSpec(3, 4, 3, 1, 1, 1, 1),), False, 6, 3, 3, "gap")
+    net, x = spec.build(), spec.images()
+    with torch.no_grad():
+        net[0].bias.fill_(0.5)
+        logit = net(x)[:, 0]
+    m = extagg.saliency(net, x, "linear-approx", layers="input", targets=0)["linear-approx", "input"]
+    assert (m.sum((1, 2, 3)) - (logit - net[-1].bias[0])).abs().max() > 1e-3
