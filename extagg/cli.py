@@ -121,6 +121,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except ExtaggError as exc:
         print(f"extagg: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `extagg methods | head`
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":

@@ -24,8 +24,12 @@ import torch
 import torch.nn.functional as F
 
 from .capture import INPUT, Probes, resolve_layers, split_layer
+from .engine import check_images, saliency
 from .errors import InputError
-from .guard import preserved
+from .guard import model_device_dtype, preserved
+from .meta import saliency_per_example
+from .registry import default_registry
+from .targets import as_target_matrix
 
 MODES = ("sum", "product")
 NAMED_WEIGHTINGS = ("uniform", "linear")
@@ -208,9 +212,6 @@ def layer_order(model: torch.nn.Module, layers: Sequence[str], images: Optional[
 def pooled_features(model: torch.nn.Module, images: torch.Tensor, layers: Sequence[str],
                     batch_size: int = 64) -> dict[str, torch.Tensor]:
     """``{layer: (M, K)}`` spatial means of each layer's output (the image itself for ``"input"``), eval mode, no grad."""
-    from .engine import check_images
-    from .guard import model_device_dtype
-
     images = check_images(images)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise InputError(f"batch_size must be an int >= 1, got {batch_size!r}")
@@ -389,10 +390,6 @@ def combination_sweep(model: torch.nn.Module, images: torch.Tensor, methods, lay
     entry, e.g. a pointing game closed over the masks. Methods with a ``meta`` modifier run one pass per
     (image, target) when the batch has several. Single-layer maps are raw (not normalised); combinations are in [0, 1].
     """
-    from .engine import check_images, saliency
-    from .meta import saliency_per_example
-    from .registry import default_registry
-
     images = check_images(images)
     layers = list(dict.fromkeys([layers] if isinstance(layers, str) else layers))
     if not layers:
@@ -405,8 +402,8 @@ def combination_sweep(model: torch.nn.Module, images: torch.Tensor, methods, lay
     items = [methods] if isinstance(methods, str) else list(methods)
     canon = [registry.canonical(m) for m in items]
     saliency_kwargs["resize"] = size
-    n_pairs = images.shape[0] * (1 if targets is None or isinstance(targets, int) or torch.as_tensor(targets).ndim < 2
-                                 else torch.as_tensor(targets).shape[1])
+    matrix = as_target_matrix(targets, images.shape[0], None) if saliency_kwargs.get("objective") is None else None
+    n_pairs = images.shape[0] * (1 if matrix is None else matrix.shape[1])
     per_example = [c for c in canon if n_pairs > 1 and any(x.name == "meta" for x in registry.parse(c).modifiers)]
     plain = [c for c in canon if c not in per_example]
     results = [saliency(model, images, plain, layers, targets, **saliency_kwargs)] if plain else []

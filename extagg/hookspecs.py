@@ -17,7 +17,7 @@ components included (see ``plugins/extagg_builtins``)::
     def register_filters(register):
         register(Filter(name="square", fn=lambda x: x * x, doc="Elementwise square."))
 
-Component names are lower case, start with a letter and use letters, digits and ``-``. A name registered twice
+Component names are lower case, start with a letter and use letters, digits, ``-`` and ``_``. A name registered twice
 (by one plugin or two) is an error that names both origins.
 """
 from __future__ import annotations

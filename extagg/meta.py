@@ -109,7 +109,7 @@ def meta_step(model: torch.nn.Module, images: torch.Tensor, targets: Optional[to
         with torch.no_grad():
             for p, g in zip(params, grads):
                 if g is not None:
-                    p.copy_(p - 0.9 * lr * g)
+                    p.copy_(p - lr * g)
         handle = model.register_forward_hook(_same_class_check(target) if targets is None else _noop)
         try:
             yield model

@@ -114,7 +114,9 @@ def make_plugin_manager(
     try:
         pm.check_pending()
     except pluggy.PluginValidationError as exc:
-        raise PluginLoadError(f"extagg plugin {exc.plugin!r} is invalid: {exc}") from exc
+        name = pm.get_name(exc.plugin) or getattr(exc.plugin, "__name__", repr(exc.plugin))
+        dist = infos[name].distribution if name in infos else None
+        raise PluginLoadError(f"extagg plugin {name!r} (distribution {dist!r}) is invalid: {exc}") from exc
     pm.extagg_plugins = infos  # public attribute read by the registry and the CLI
     return pm
 

@@ -1,7 +1,7 @@
 """The design space: every valid composition of the registered components, as canonical strings.
 
 A composition is ``extractor [+ pre-filter] + aggregator [+ post-filter]`` (at most one filter on each side;
-longer chains are valid method strings but are not enumerated). Extractors with a required parameter are
+longer chains are valid method strings but are not enumerated). Components with a required parameter are
 left out (write them by hand, e.g. ``iconv(k=5)+norm``); the others appear at their defaults.
 Modifier variants (``meta:scaling+sum``, each modifier at its defaults) are listed only when a pattern
 contains ``:`` (``"*:*"`` lists them all, ``"meta:*+norm"`` some). Compositions in which a filter provably does nothing are left out:
@@ -52,15 +52,19 @@ def enumerate_methods(registry, pattern: Union[str, Iterable[str]] = "*",
     """
     include = [_expand(registry, p) for p in _patterns(pattern)]
     excluded = [_expand(registry, p) for p in _patterns(exclude)]
-    filters = [None, *registry.filters.values()]
+    def ready(spec) -> bool:  # components with a required parameter cannot be enumerated
+        return not any(p.required for p in spec.params)
+
+    filters = [None, *(f for f in registry.filters.values() if ready(f))]
+    aggregators = [a for a in registry.aggregators.values() if ready(a)]
     prefixes = [""]
     if any(":" in p for p in include):  # modifier variants are listed only when a pattern asks for them
         prefixes += [f"{m.name}:" for m in registry.modifiers.values() if not any(p.required for p in m.params)]
     out = []
     for ext in registry.extractors.values():
-        if any(p.required for p in ext.params):
+        if not ready(ext):
             continue
-        for pre, agg, post in itertools.product(filters, registry.aggregators.values(), filters):
+        for pre, agg, post in itertools.product(filters, aggregators, filters):
             if is_redundant(pre, agg, post):
                 continue
             body = "+".join(x.name for x in (ext, pre, agg, post) if x is not None)

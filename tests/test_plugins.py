@@ -84,7 +84,7 @@ def test_misspelled_hook_is_an_error():
     def register_aggregator(register):  # missing "s"
         register(Aggregator(name="x", reduce=lambda c, dim: c.sum(dim)))
     eps = [*builtin_eps(), FakeEntryPoint("typo", plugin_module("typo_mod", register_aggregator=register_aggregator), "typo-dist")]
-    with pytest.raises(PluginLoadError, match="register_aggregator"):
+    with pytest.raises(PluginLoadError, match=r"'typo' \(distribution 'typo-dist'\).*register_aggregator"):
         make_plugin_manager(entry_points=eps)
 
 

@@ -49,3 +49,19 @@ def test_order_is_natural_and_deterministic():
 def test_every_enumerated_method_parses_to_itself():
     for m in extagg.methods():
         assert str(REG.parse(m)) == m
+
+
+def test_components_with_required_parameters_are_not_enumerated():
+    """A plugin aggregator that needs a parameter would otherwise appear as an unparseable 'scaling+q'."""
+    import types
+
+    from extagg import Registry, hookimpl, make_plugin_manager
+    from extagg.specs import Aggregator, Param
+
+    mod = types.ModuleType("q_plugin")
+    mod.register_aggregators = hookimpl(lambda register: register(
+        Aggregator(name="q", reduce=lambda c, dim, p: c.quantile(p, dim=dim), params=[Param("p", float)])))
+    reg = Registry.from_plugin_manager(make_plugin_manager(autoload=False, extra=[mod]))
+    assert "q" in reg.aggregators and not reg.methods("*+q*")
+    for m in reg.methods():
+        reg.parse(m)

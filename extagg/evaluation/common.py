@@ -143,3 +143,34 @@ def total_of(data, limit: Optional[int]) -> Optional[int]:
     except TypeError:
         return limit
     return n if limit is None else min(n, limit)
+
+
+PER_EXAMPLE_MODIFIERS = frozenset({"meta"})
+"""Pass modifiers that take one (image, target) pair per pass (meta-saliency's SGD step)."""
+
+
+def run_saliency(model: torch.nn.Module, x: torch.Tensor, methods: Sequence[str], layers: Sequence[str], *,
+                 targets=None, registry: Optional[Registry] = None, **kwargs):
+    """``extagg.saliency`` for all methods; methods with a per-example modifier (``meta:...``) go through
+    ``extagg.meta.saliency_per_example`` (one step and one pass per pair), explaining the same targets.
+
+    Returns ``({(method, layer): (N, T, h, w)}, targets (N, T) or None)``.
+    """
+    from ..engine import saliency
+
+    registry = registry or default_registry()
+    plain = [m for m in methods if not any(c.name in PER_EXAMPLE_MODIFIERS for c in registry.parse(m).modifiers)]
+    special = [m for m in methods if m not in plain]
+    maps: dict = {}
+    if plain:
+        result = saliency(model, x, plain, layers, targets, registry=registry, **kwargs)
+        maps.update(result.items())
+        if targets is None and kwargs.get("objective") is None:
+            targets = result.targets
+    if special:
+        from ..meta import saliency_per_example
+
+        result = saliency_per_example(model, x, special, layers, targets, registry=registry, **kwargs)
+        maps.update(result.items())
+        targets = targets if targets is not None else result.targets
+    return maps, targets

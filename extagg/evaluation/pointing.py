@@ -204,8 +204,8 @@ def pointing_game(model: torch.nn.Module, data, methods, layers="input", *, prep
     :returns: records with subsets ``"all"`` and ``"difficult"``; metrics from :meth:`PointingScore.records`.
         Every image gets ONE forward and ONE backward for all its classes (``targets`` of shape (1, T)).
     """
-    from ..engine import saliency
-    from .common import any_pattern, expand_layers, expand_methods, iterate, model_inputs, resize, total_of
+    from .common import any_pattern, expand_layers, expand_methods, iterate, model_inputs, resize, run_saliency
+    from .common import total_of
     from .common import progress as bar
     from .difficult import difficult_by_rule, difficult_from_file
 
@@ -246,7 +246,7 @@ def pointing_game(model: torch.nn.Module, data, methods, layers="input", *, prep
         x = model_inputs(model, [sample.image], preprocess)
         targets = torch.tensor([classes], dtype=torch.long)
         kw = dict(objective=spatial_softmax_objective(targets)) if spatial_softmax else dict(targets=targets)
-        maps = saliency(model, x, method_list, layer_list, mismatched=mismatched, registry=registry, **kw)
+        maps, _ = run_saliency(model, x, method_list, layer_list, mismatched=mismatched, registry=registry, **kw)
         resized = {}
         for (method, layer), m in maps.items():
             m = resize(m, (h, w))[0]

@@ -22,9 +22,8 @@ from typing import Callable, Optional, Sequence, Union
 
 import torch
 
-from ..engine import saliency
 from ..errors import InputError, UnknownNameError
-from .common import any_pattern, batches, expand_layers, expand_methods, iterate, logits, model_inputs
+from .common import any_pattern, batches, expand_layers, expand_methods, iterate, logits, model_inputs, run_saliency
 from .common import progress as bar
 from .records import Record, summarise
 from .similarity import map_similarities
@@ -133,8 +132,8 @@ def parameter_randomisation(model: torch.nn.Module, data, methods, layers="input
     values: dict[tuple[str, str, str], dict[str, list[torch.Tensor]]] = {}
 
     def run(x, targets):
-        return saliency(work, x, method_list, layer_list, targets=targets, resize=True,
-                        mismatched=mismatched, registry=registry)
+        return run_saliency(work, x, method_list, layer_list, targets=targets, resize=True,
+                            mismatched=mismatched, registry=registry)
 
     def compare(subset, base, other):
         for key, m in base.items():
@@ -148,9 +147,7 @@ def parameter_randomisation(model: torch.nn.Module, data, methods, layers="input
         x = model_inputs(work, [s.image for s in group], preprocess)
         if order is None:
             order = _blocks(work, randomise, x)
-        base_maps = run(x, None)
-        base = dict(base_maps.items())
-        targets = base_maps.targets
+        base, targets = run(x, None)
         if baseline:
             if noise is None:
                 noise = torch.Generator(device=x.device).manual_seed(seed)
@@ -159,12 +156,12 @@ def parameter_randomisation(model: torch.nn.Module, data, methods, layers="input
         if mode in ("cascading", "both"):
             for i, block in enumerate(order):
                 randomise_module(work.get_submodule(block), seed + 7919 * (i + 1), init)
-                compare(f"cascading:{block}", base, dict(run(x, targets).items()))
+                compare(f"cascading:{block}", base, run(x, targets)[0])
         if mode in ("independent", "both"):
             for i, block in enumerate(order):
                 work.load_state_dict(trained)
                 randomise_module(work.get_submodule(block), seed + 7919 * (i + 1), init)
-                compare(f"independent:{block}", base, dict(run(x, targets).items()))
+                compare(f"independent:{block}", base, run(x, targets)[0])
     records: list[Record] = []
     for (method, layer, subset), slot in values.items():
         for metric, parts in slot.items():

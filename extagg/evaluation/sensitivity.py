@@ -12,9 +12,8 @@ from typing import Optional
 
 import torch
 
-from ..engine import saliency
 from ..errors import InputError
-from .common import any_pattern, batches, expand_layers, expand_methods, iterate, logits, model_inputs, total_of
+from .common import any_pattern, batches, expand_layers, expand_methods, iterate, logits, model_inputs, run_saliency
 from .common import progress as bar
 from .records import Record, summarise
 from .similarity import spearman
@@ -52,8 +51,8 @@ def class_sensitivity(model: torch.nn.Module, data, methods, layers="input", *, 
     for group in bar(batches(iterate(data, limit), batch_size), progress, None, "class sensitivity"):
         x = model_inputs(model, [s.image for s in group], preprocess)
         targets = top_bottom_classes(logits(model, x))
-        maps = saliency(model, x, method_list, layer_list, targets=targets, resize=True,
-                        mismatched=mismatched, registry=registry)
+        maps, _ = run_saliency(model, x, method_list, layer_list, targets=targets, resize=True,
+                               mismatched=mismatched, registry=registry)
         for key, m in maps.items():
             slot = values.setdefault(key, {"spearman": [], "spearman_abs": []})
             slot["spearman"].append(spearman(m[:, 0], m[:, 1]).cpu())

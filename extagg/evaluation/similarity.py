@@ -62,16 +62,25 @@ def pearson(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return r.clamp(-1, 1)
 
 
+def _flat(x: torch.Tensor, eps: float) -> torch.Tensor:
+    """Rows that are constant up to rounding: range <= 16 eps max|x| (eps of the caller's dtype)."""
+    top = x.abs().nan_to_num(0).amax(-1)
+    return (x.nan_to_num(0).amax(-1) - x.nan_to_num(0).amin(-1)) <= 16 * eps * top
+
+
 def spearman(a: torch.Tensor, b: torch.Tensor, *, ndim: int = 2) -> torch.Tensor:
     """Spearman rank correlation over the last ``ndim`` dims (2: maps (..., H, W); 1: vectors (..., F)).
 
-    Average ranks for ties; NaN where either side is constant or holds a NaN. Result shape ``a.shape[:-ndim]``.
+    Average ranks for ties; NaN where either side holds a NaN or is constant. "Constant" includes maps that vary
+    only by rounding noise (range <= 16 machine epsilons of the input dtype times max |value|, e.g. a gradient
+    that is mathematically constant over space), whose ranks would be meaningless. Shape ``a.shape[:-ndim]``.
     """
+    eps = [torch.finfo(t.dtype).eps if t.is_floating_point() else 0.0 for t in (a, b)]
     a, b = _pair(a, b, ndim, "spearman")
     lead = a.shape[: a.ndim - ndim]
     a, b = a.reshape(*lead, -1), b.reshape(*lead, -1)
     r = pearson(average_ranks(a), average_ranks(b))
-    bad = torch.isnan(a).any(-1) | torch.isnan(b).any(-1)
+    bad = torch.isnan(a).any(-1) | torch.isnan(b).any(-1) | _flat(a, eps[0]) | _flat(b, eps[1])
     return torch.where(bad, torch.full_like(r, math.nan), r)
 
 

@@ -1,0 +1,322 @@
+"""Similarity measures against scipy / scikit-image, records, and the sensitivity / randomisation / identity
+evaluations on a tiny model against straightforward independent computations."""
+from __future__ import annotations
+
+import copy
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from scipy.stats import spearmanr
+from skimage.feature import hog as sk_hog
+from skimage.metrics import structural_similarity
+from strategies_evaluation import assert_same_state, map_pairs, model_state, tiny_cnn
+
+import extagg
+from extagg.errors import InputError
+from extagg.evaluation import (Record, Sample, class_sensitivity, hog, hog_similarity, identity_check, minmax,
+                               parameter_randomisation, randomise_module, records_to_csv, records_to_json,
+                               spearman, ssim, summarise, write_records)
+
+
+# ----------------------------------------------------------------------------- similarity
+@settings(max_examples=60, deadline=None)
+@given(map_pairs())
+def test_spearman_matches_scipy_with_ties(pair):
+    a, b = pair
+    expected = spearmanr(a.ravel(), b.ravel())[0] if a.std() > 0 and b.std() > 0 else math.nan
+    got = float(spearman(torch.tensor(a), torch.tensor(b)))
+    if math.isnan(expected):
+        assert math.isnan(got)
+    else:
+        assert got == pytest.approx(expected, abs=1e-12)
+
+
+def test_spearman_constant_nan_shift_and_batch():
+    a = torch.rand(2, 3, 6, 5, dtype=torch.float64)
+    b = torch.rand(2, 3, 6, 5, dtype=torch.float64)
+    r = spearman(a, b)
+    assert r.shape == (2, 3)
+    assert float(r[1, 2]) == pytest.approx(spearmanr(a[1, 2].ravel(), b[1, 2].ravel())[0], abs=1e-12)
+    torch.testing.assert_close(spearman(a + 1e-6, b), r)
+    assert torch.isnan(spearman(torch.zeros(4, 4), torch.rand(4, 4)))
+    nan_map = torch.rand(4, 4)
+    nan_map[1, 1] = math.nan
+    assert torch.isnan(spearman(nan_map, torch.rand(4, 4)))
+    assert float(spearman(a[0, 0], -a[0, 0])) == pytest.approx(-1.0)
+    with pytest.raises(InputError, match="same shape"):
+        spearman(torch.rand(3, 3), torch.rand(3, 4))
+
+
+def test_ssim_matches_skimage():
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(2, 30, 41, dtype=torch.float64, generator=g)
+    y = (x + 0.4 * torch.rand(2, 30, 41, dtype=torch.float64, generator=g)).clamp(0, 1)
+    got = ssim(x, y, data_range=1.0)
+    for i in range(2):
+        ref = structural_similarity(x[i].numpy(), y[i].numpy(), gaussian_weights=True, data_range=1.0)
+        assert float(got[i]) == pytest.approx(ref, abs=1e-10)
+    assert float(ssim(x[0], x[0])) == pytest.approx(1.0)
+    with pytest.raises(InputError, match="11x11"):
+        ssim(torch.rand(8, 20), torch.rand(8, 20))
+
+
+def test_hog_and_hog_similarity_match_skimage():
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(2, 50, 70, dtype=torch.float64, generator=g)
+    y = torch.rand(2, 50, 70, dtype=torch.float64, generator=g)
+    h = hog(x, cell=16)
+    for i in range(2):
+        ref = sk_hog(x[i].numpy(), pixels_per_cell=(16, 16))
+        np.testing.assert_allclose(h[i].numpy(), ref, atol=1e-6)
+    ref8 = sk_hog(x[0].numpy(), pixels_per_cell=(8, 8), cells_per_block=(2, 2), orientations=6)
+    np.testing.assert_allclose(hog(x[0], cell=8, block=2, orientations=6).numpy(), ref8, atol=1e-6)
+    sim = hog_similarity(x, y)
+    ref = spearmanr(sk_hog(x[1].numpy(), pixels_per_cell=(16, 16)), sk_hog(y[1].numpy(), pixels_per_cell=(16, 16)))[0]
+    assert float(sim[1]) == pytest.approx(ref, abs=1e-6)
+    with pytest.raises(InputError, match="48x48"):
+        hog(torch.rand(40, 60))
+
+
+def test_minmax_constant_map_is_zero():
+    m = torch.tensor([[1.0, 3.0], [2.0, 5.0]])
+    torch.testing.assert_close(minmax(m), torch.tensor([[0.0, 0.5], [0.25, 1.0]], dtype=torch.float64))
+    assert minmax(torch.full((3, 3), 7.0)).abs().max() == 0
+
+
+# ----------------------------------------------------------------------------- records
+def test_summarise_counts_nan_separately():
+    recs = {r.metric: r for r in summarise(torch.tensor([0.5, math.nan, 0.1]), "m", "l", "s", "spearman")}
+    assert recs["spearman"].value == pytest.approx(0.3) and recs["spearman"].count == 2
+    assert recs["spearman_std"].value == pytest.approx(0.2)
+    assert recs["spearman_nan"].value == 1 and recs["spearman_nan"].count == 3
+    allnan = {r.metric: r for r in summarise(torch.tensor([math.nan]), "m", "l", "s", "x")}
+    assert math.isnan(allnan["x"].value) and allnan["x"].count == 0
+
+
+def test_record_writers(tmp_path):
+    recs = [Record("scaling+sum", "layer4", "all", "pointing_accuracy", 0.75, 4), Record("c", "", "all", "x", math.nan, 0)]
+    csv_text = records_to_csv(recs)
+    assert csv_text.splitlines()[0] == "method,layer,subset,metric,value,count"
+    assert csv_text.splitlines()[1] == "scaling+sum,layer4,all,pointing_accuracy,0.75,4"
+    data = json.loads(records_to_json(recs))
+    assert data[0] == {"method": "scaling+sum", "layer": "layer4", "subset": "all", "metric": "pointing_accuracy",
+                       "value": 0.75, "count": 4}
+    assert data[1]["value"] is None
+    write_records(recs, tmp_path / "r.json")
+    assert json.loads((tmp_path / "r.json").read_text())[0]["count"] == 4
+    with pytest.raises(InputError, match=".csv or .json"):
+        write_records(recs, tmp_path / "r.txt")
+
+
+# ----------------------------------------------------------------------------- class sensitivity
+def _images(n=5, h=20, w=18, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [Sample(torch.rand(3, h, w, generator=g, dtype=torch.float64), f"i{i}", (i % 3,)) for i in range(n)]
+
+
+def test_class_sensitivity_matches_straightforward_computation():
+    model = tiny_cnn(num_classes=6)
+    samples = _images()
+    before = model_state(model)
+    recs = class_sensitivity(model, samples, ["linear-approx", "gradient"], ["input", "2"], batch_size=2)
+    assert_same_state(before, model)
+    got = {(r.method, r.layer, r.metric): r for r in recs}
+    for method in ("linear-approx", "gradient"):
+        canon = str(extagg.parse_method(method))
+        for layer in ("input", "2"):
+            signed, absolute = [], []
+            for s in samples:
+                x = s.image[None]
+                with torch.no_grad():
+                    probs = torch.softmax(model(x), 1)[0]
+                top, bottom = int(probs.argmax()), int(probs.argmin())
+                mt = extagg.saliency(model, x, method, layer, targets=top, resize=True)[method, layer][0, 0].numpy()
+                mb = extagg.saliency(model, x, method, layer, targets=bottom, resize=True)[method, layer][0, 0].numpy()
+                signed.append(spearmanr(mt.ravel(), mb.ravel())[0])
+                absolute.append(spearmanr(np.abs(mt).ravel(), np.abs(mb).ravel())[0])
+            assert got[canon, layer, "spearman"].value == pytest.approx(np.mean(signed), abs=1e-9)
+            assert got[canon, layer, "spearman_std"].value == pytest.approx(np.std(signed), abs=1e-9)
+            assert got[canon, layer, "spearman_abs"].value == pytest.approx(np.mean(absolute), abs=1e-9)
+            assert got[canon, layer, "spearman"].count == len(samples)
+
+
+def test_class_sensitivity_counts_constant_maps_as_nan():
+    # at the layer feeding GAP + Linear, d score / d activation is constant over space: 'bias+sum' maps are constant
+    model = tiny_cnn(num_classes=4)
+    recs = {r.metric: r for r in class_sensitivity(model, _images(3), "gradient-sum", "3")}
+    assert recs["spearman_nan"].value == 3 and recs["spearman_nan"].count == 3
+    assert recs["spearman"].count == 0 and math.isnan(recs["spearman"].value)
+
+
+def test_class_sensitivity_needs_two_classes():
+    model = tiny_cnn(num_classes=1)
+    with pytest.raises(InputError, match="C >= 2"):
+        class_sensitivity(model, _images(1), "gradient", "input")
+
+
+# ----------------------------------------------------------------------------- randomisation
+def test_randomise_module_is_deterministic_keeps_buffers_and_global_rng():
+    model = tiny_cnn(bn=True)
+    model[3].running_mean.fill_(0.5)
+    a, b = copy.deepcopy(model), copy.deepcopy(model)
+    state = torch.random.get_rng_state()
+    randomise_module(a[2], 11)
+    randomise_module(b[2], 11)
+    assert torch.equal(torch.random.get_rng_state(), state)
+    assert torch.equal(a[2].weight, b[2].weight) and not torch.equal(a[2].weight, model[2].weight)
+    randomise_module(a[3], 5)
+    assert torch.equal(a[3].running_mean, model[3].running_mean)          # running statistics kept
+    randomise_module(b[2], 12)
+    assert not torch.equal(a[2].weight, b[2].weight)
+    with pytest.raises(InputError, match="init"):
+        randomise_module(a[2], 1, init="uniform")
+
+
+def test_randomisation_records_match_independent_metrics_and_model_untouched():
+    model = tiny_cnn(num_classes=4)
+    model.train()                                    # must stay in train mode
+    model[0].weight.grad = torch.ones_like(model[0].weight)
+    samples = _images(4, h=24, w=24)
+    before = model_state(model)
+    recs = parameter_randomisation(model, samples, ["linear-approx", "normgrad"], ["input", "3"],
+                                   randomise=["6", "2"], mode="both", hog_cell=8, batch_size=3)
+    assert_same_state(before, model)
+    got = {(r.method, r.layer, r.subset, r.metric): r.value for r in recs}
+    # independent: randomise copies ourselves with the public re-initialiser, metrics with scipy / skimage
+    trained = copy.deepcopy(model).eval()
+    casc = copy.deepcopy(trained)
+    randomise_module(casc.get_submodule("6"), 0 + 7919 * 1)
+    randomise_module(casc.get_submodule("2"), 0 + 7919 * 2)
+    indep = copy.deepcopy(trained)
+    randomise_module(indep.get_submodule("2"), 0 + 7919 * 2)
+    for method in ("linear-approx", "normgrad"):
+        canon = str(extagg.parse_method(method))
+        for layer in ("input", "3"):
+            for subset, other in (("cascading:2", casc), ("independent:2", indep)):
+                sp, ss = [], []
+                for s in samples:
+                    x = s.image[None]
+                    base = extagg.saliency(trained, x, method, layer, resize=True)
+                    m0 = base[method, layer][0, 0].numpy()
+                    m1 = extagg.saliency(other, x, method, layer, targets=base.targets, resize=True)[method, layer][0, 0].numpy()
+                    sp.append(spearmanr(m0.ravel(), m1.ravel())[0])
+                    n0 = (m0 - m0.min()) / (m0.max() - m0.min())
+                    n1 = (m1 - m1.min()) / (m1.max() - m1.min())
+                    ss.append(structural_similarity(n0, n1, gaussian_weights=True, data_range=1.0))
+                assert got[canon, layer, subset, "spearman"] == pytest.approx(np.mean(sp), abs=1e-9)
+                assert got[canon, layer, subset, "ssim"] == pytest.approx(np.mean(ss), abs=1e-9)
+    # the first cascading step and the independent step of the same block are the same model
+    for key in [k for k in got if k[2] == "cascading:6"]:
+        assert got[key] == got[(key[0], key[1], "independent:6", key[3])]
+    # NormGrad at the layer feeding GAP: ||g_u|| is constant over space, so re-drawing the head only rescales the map
+    for metric in ("spearman", "spearman_abs", "ssim", "hog"):
+        assert got["conv1x1+norm", "3", "independent:6", metric] == pytest.approx(1.0, abs=1e-9)
+    assert got["scaling+sum", "3", "independent:6", "spearman"] < 0.9
+    assert abs(got["scaling+sum", "input", "random-map", "spearman"]) < 0.2
+
+
+def test_randomisation_default_blocks_in_output_first_order_and_model_untouched_on_error():
+    model = tiny_cnn(num_classes=4)
+    recs = parameter_randomisation(model, _images(2, h=24, w=24), "linear-approx", "input", mode="cascading",
+                                   hog_cell=8, baseline=False)
+    subsets = list(dict.fromkeys(r.subset for r in recs))
+    assert subsets == ["cascading:6", "cascading:2", "cascading:0"]
+
+    def broken():
+        yield from _images(2, h=24, w=24)
+        raise RuntimeError("disk went away")
+
+    before = model_state(model)
+    with pytest.raises(RuntimeError, match="disk went away"):
+        parameter_randomisation(model, broken(), "linear-approx", "input", hog_cell=8, batch_size=1)
+    assert_same_state(before, model)
+    with pytest.raises(InputError, match="mode"):
+        parameter_randomisation(model, _images(1), "gradient", "input", mode="sideways")
+    with pytest.raises(InputError, match="no parameters"):
+        parameter_randomisation(model, _images(1, h=24, w=24), "gradient", "input", randomise=["1"], hog_cell=8)
+    with pytest.raises(extagg.UnknownNameError):
+        parameter_randomisation(model, _images(1, h=24, w=24), "gradient", "input", randomise=["nope"], hog_cell=8)
+
+
+# ----------------------------------------------------------------------------- identity check
+def _conv_maps(model, x, target, layer_index):
+    """Straightforward NormGrad maps at a conv: identity (||g|| ||x_out||) and real conv (||g|| ||patch(x_in)||)."""
+    conv = model[layer_index]
+    store = {}
+    h1 = conv.register_forward_hook(lambda m, a, o: store.update(inp=a[0].detach(), out=o))
+    try:
+        x = x.clone()
+        out = model(x)
+        g = torch.autograd.grad(out[0, target], store["out"])[0]
+    finally:
+        h1.remove()
+    patches = F.unfold(store["inp"], conv.kernel_size, padding=conv.padding, stride=conv.stride)
+    gn = g.norm(dim=1)[0]
+    ident = gn * store["out"].detach().norm(dim=1)[0]
+    real = gn * patches.norm(dim=1).reshape(gn.shape)
+    size = x.shape[-2:]
+    up = lambda m: F.interpolate(m[None, None], size=size, mode="bilinear", align_corners=False)[0, 0].numpy()
+    return up(ident), up(real)
+
+
+def test_identity_check_matches_straightforward_computation():
+    model = tiny_cnn(num_classes=4)
+    samples = _images(4)
+    before = model_state(model)
+    recs = identity_check(model, samples, ["0", "2"], batch_size=3)
+    assert_same_state(before, model)
+    got = {(r.layer, r.metric): r for r in recs}
+    for layer in (0, 2):
+        rs = []
+        for s in samples:
+            a, b = _conv_maps(model, s.image[None], s.classes[0], layer)
+            rs.append(spearmanr(a.ravel(), b.ravel())[0])
+        assert got[str(layer), "spearman"].value == pytest.approx(np.mean(rs), abs=1e-9)
+        assert got[str(layer), "spearman_std"].value == pytest.approx(np.std(rs), abs=1e-9)
+    assert {r.method for r in recs} == {"normgrad vs normgrad-conv"}
+
+
+def test_identity_check_pointing_difference_and_errors():
+    model = tiny_cnn(num_classes=4)
+    g = torch.Generator().manual_seed(0)
+    masks = torch.zeros(2, 20, 20, dtype=torch.bool)
+    masks[0, :3, :3] = True
+    masks[1, 10:, 10:] = True
+    samples = [Sample(torch.rand(3, 20, 20, generator=g), f"p{i}", (0, 2), masks) for i in range(3)]
+    recs = identity_check(model, samples, "2", num_classes=4)
+    acc = {(r.method, r.subset): r.value for r in recs if r.metric == "pointing_accuracy" and r.layer == "2"}
+    diff = {r.subset: r.value for r in recs if r.metric == "pointing_difference"}
+    assert diff["all"] == pytest.approx(acc["conv1x1+norm", "all"] - acc["conv+norm", "all"])
+    assert [r.count for r in recs if r.metric == "spearman"] == [6]        # (image, class) pairs
+    with pytest.raises(InputError, match="Conv2d"):
+        identity_check(model, _images(1), "1")
+    with pytest.raises(InputError, match="targets"):
+        identity_check(model, _images(1), "0", targets="ground-truth")
+    with pytest.raises(InputError, match="label"):
+        identity_check(model, [Sample(torch.rand(3, 8, 8), "x")], "0")
+
+
+def test_class_sensitivity_meta_variant_matches_per_pair_computation():
+    model = tiny_cnn(num_classes=5)
+    samples = _images(3, h=12, w=12)
+    before = model_state(model)
+    recs = class_sensitivity(model, samples, ["meta(lr=0.01):normgrad", "normgrad"], "2", batch_size=3)
+    assert_same_state(before, model)
+    got = {(r.method, r.metric): r.value for r in recs}
+    for method in ("meta(lr=0.01):normgrad", "normgrad"):
+        canon = str(extagg.parse_method(method))
+        rs = []
+        for s in samples:
+            x = s.image[None]
+            with torch.no_grad():
+                out = model(x)[0]
+            mt = extagg.saliency(model, x, method, "2", targets=int(out.argmax()), resize=True)[method, "2"][0, 0]
+            mb = extagg.saliency(model, x, method, "2", targets=int(out.argmin()), resize=True)[method, "2"][0, 0]
+            rs.append(spearmanr(mt.numpy().ravel(), mb.numpy().ravel())[0])
+        assert got[canon, "spearman"] == pytest.approx(np.mean(rs), abs=1e-9)
+    assert got["meta(lr=0.01):conv1x1+norm", "spearman"] != got["conv1x1+norm", "spearman"]
