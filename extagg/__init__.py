@@ -31,6 +31,15 @@ from .method import Call, Method
 from .plugins import make_plugin_manager
 from .registry import Registry, default_registry, reload_plugins
 from .result import SaliencyMaps
+from .combine import (
+    LayerWeights,
+    combination_sweep,
+    combine as combine_layers,
+    feature_spread_weights,
+    layer_order,
+    probe_accuracy_weights,
+)
+from .meta import meta_saliency, saliency_per_example
 
 __version__ = "0.1.0"
 
@@ -56,4 +65,6 @@ __all__ = [
     "LayerCapture", "LayerMismatchError", "Method", "MethodSyntaxError", "PatchGeometry", "PluginLoadError",
     "Registry", "SaliencyMaps", "UnknownNameError", "default_registry", "describe", "hookimpl",
     "make_plugin_manager", "methods", "parse_method", "reload_plugins", "saliency",
+    "LayerWeights", "combination_sweep", "combine_layers", "feature_spread_weights", "layer_order",
+    "probe_accuracy_weights", "meta_saliency", "saliency_per_example",
 ]

@@ -27,6 +27,7 @@ from .capture import INPUT, Probes, resolve_layers, split_layer
 from .engine import check_images, saliency
 from .errors import InputError
 from .guard import model_device_dtype, preserved
+from .layers import execution_order
 from .meta import saliency_per_example
 from .registry import default_registry
 from .targets import as_target_matrix
@@ -184,27 +185,15 @@ def layer_order(model: torch.nn.Module, layers: Sequence[str], images: Optional[
             return (-1, 0) if layer == INPUT else (rank[base], at or 0)
 
         return sorted(layers, key=key)
-    finished: list[tuple[int, int]] = []
-    with preserved(model), torch.no_grad():
-        model.eval()
-        for module in {id(m): m for m in modules.values() if m is not None}.values():
-            module.register_forward_hook(lambda mod, _a, _o: finished.append((id(mod), 0)))
-        model(images[:1])
-    seen: dict[tuple[int, int], int] = {}
-    counts: dict[int, int] = {}
-    for position, (key, _) in enumerate(finished):
-        k = counts.get(key, 0)
-        counts[key] = k + 1
-        seen[key, k] = position
+    position = {name: i for i, (name, _) in enumerate(execution_order(model, images[:1]))}
+    position[INPUT] = -1
 
     def when(layer):
-        if modules[layer] is None:
-            return -1
-        _, at = split_layer(layer)
-        pos = seen.get((id(modules[layer]), at or 0))
-        if pos is None:
-            raise InputError(f"layer {layer!r} was not called in the forward pass; choose a layer the model uses")
-        return pos
+        base, at = split_layer(layer)
+        for name in (layer, base if not at else None):
+            if name in position:
+                return position[name]
+        raise InputError(f"layer {layer!r} was not called in the forward pass; choose a layer the model uses")
 
     return sorted(layers, key=when)
 

@@ -241,18 +241,24 @@ def factored_norm(c: Factored, profile: Profile) -> torch.Tensor:
     return sq.clamp(min=0).sqrt()
 
 
-def factored_max(c: Factored, profile: Profile) -> Optional[torch.Tensor]:
-    """``max_i f(c_u)_i``: ``max(f(M), f(m))`` for the extreme entries ``M, m``; exact unless ``f = -|x|``."""
+def _min_abs(c: Factored) -> torch.Tensor:
+    """``min_i |c_u|_i = min |g| * min |p|`` per block, minimised over blocks."""
+    return (c.g_max((-1, -1)) * c.patch_max((-1, -1))).amin(2)  # (-min|g|) * (-min|p|)
+
+
+def factored_max(c: Factored, profile: Profile) -> torch.Tensor:
+    """``max_i f(c_u)_i``: ``max(f(M), f(m))`` for the extreme entries ``M, m`` (f monotone or convex);
+    for ``f = -|x|`` it is ``-min|g| min|p|``."""
     if profile == (-1, -1):
-        return None
+        return -_min_abs(c)
     hi, lo = c.extremes()
     return torch.maximum(apply_profile(hi, profile), apply_profile(lo, profile))
 
 
-def factored_min(c: Factored, profile: Profile) -> Optional[torch.Tensor]:
-    """``min_i f(c_u)_i``: ``min(f(M), f(m))``; exact unless ``f = |x|``."""
+def factored_min(c: Factored, profile: Profile) -> torch.Tensor:
+    """``min_i f(c_u)_i``: ``min(f(M), f(m))`` (f monotone or concave); for ``f = |x|`` it is ``min|g| min|p|``."""
     if profile == (1, 1):
-        return None
+        return _min_abs(c)
     hi, lo = c.extremes()
     return torch.minimum(apply_profile(hi, profile), apply_profile(lo, profile))
 

@@ -229,7 +229,7 @@ class Registry:
 
     def describe(self, method: MethodLike) -> str:
         """A human-readable account of a method: composition, formula of each part, origins."""
-        from .describe import describe
+        from .description import describe
 
         return describe(self, method)
 
