@@ -1,8 +1,9 @@
 """Phase 2 on captured layers: turn contributions into maps, sharing work between methods.
 
-Methods at one layer that share an extractor share its contribution; methods that share an extractor and a
-pre-filter chain share the filtered dense tensor; factored contributions cache their patch statistics, so a
-whole sweep costs a handful of pooling operations per layer.
+Methods at one layer that share an extractor share its contribution and its cached statistics (see
+:mod:`extagg.contributions`); aggregators with a closed form read those statistics, so a whole sweep costs a
+handful of reductions and pooling operations per layer. Components without a closed form get the filtered dense
+tensor (shared by methods with the same pre-filters) or, for factored contributions, bounded chunks.
 """
 from __future__ import annotations
 
@@ -64,16 +65,16 @@ class LayerEvaluator:
         contribution = self.contribution(method.extractor)
         agg = self.registry.aggregators[method.aggregator.name]
         kwargs = method.aggregator.kwargs
-        if isinstance(contribution, Dense):
-            fkey = (method.extractor, method.pre)
-            if fkey not in self._filtered:
-                self._filtered[fkey] = self._apply(method.pre, contribution.values)
-            return agg.reduce(self._filtered[fkey], dim=2, **kwargs)
         profile = self._profile(method.pre)
         if self.closed_forms and profile is not None and agg.closed_form is not None:
             out = agg.closed_form(contribution, profile, **kwargs)
             if out is not None:
                 return out
+        if isinstance(contribution, Dense):
+            fkey = (method.extractor, method.pre)
+            if fkey not in self._filtered:
+                self._filtered[fkey] = self._apply(method.pre, contribution.values)
+            return agg.reduce(self._filtered[fkey], dim=2, **kwargs)
         return self._chunked(contribution, method.pre, agg, kwargs)
 
     def _chunked(self, c: Factored, pre: tuple[Call, ...], agg, kwargs) -> torch.Tensor:

@@ -9,6 +9,12 @@ An extractor returns one of two descriptions of ``c_u``, the contribution of loc
   convolutions (grouped ones as one block per group) take this form; ``c_u`` is never materialised for the
   builtin filters and aggregators. Patch statistics come from pooling, not ``unfold``.
 
+Both forms offer the same cached statistics per location (each (N, T, h, w)): ``total_sum()``,
+``total_square_sum()``, ``signed_sums()`` (sums of the positive and negative parts), ``signed_square_sums()``,
+``extremes()`` (largest and smallest entry), ``min_abs()`` and ``size`` (entries per location). Closed forms
+(:func:`factored_sum` and friends, and a plugin aggregator's ``closed_form``) are written against these and so
+serve both forms: a whole sweep costs a few reductions per contribution, whatever the number of methods.
+
 Element order of a materialised factored contribution: block, then gradient index, then patch index (the
 patch index in :func:`torch.nn.functional.unfold` order, channel-major).
 """
@@ -41,16 +47,70 @@ def compose_profiles(first: Profile, then: Profile) -> Profile:
     return coef(first[0], then), coef(first[1], then)
 
 
-@attrs.frozen
-class Dense:
+class _Stats:
+    """Statistics shared by both forms; subclasses fill ``_compute(name)``, results are cached."""
+
+    def _stat(self, name: str):
+        if name not in self._cache:
+            self._cache[name] = self._compute(name)
+        return self._cache[name]
+
+    def total_sum(self) -> torch.Tensor:
+        """``sum_i c_i``."""
+        return self._stat("sum")
+
+    def total_square_sum(self) -> torch.Tensor:
+        """``sum_i c_i**2``."""
+        return self._stat("sq")
+
+    def signed_sums(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(sum_i max(c_i, 0), sum_i max(-c_i, 0))``."""
+        return self._stat("signed")
+
+    def signed_square_sums(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(sum_i max(c_i, 0)**2, sum_i max(-c_i, 0)**2)``."""
+        return self._stat("signed_sq")
+
+    def extremes(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(max_i c_i, min_i c_i)``."""
+        return self._stat("extremes")
+
+    def min_abs(self) -> torch.Tensor:
+        """``min_i |c_i|``."""
+        return self._stat("min_abs")
+
+
+@attrs.define(eq=False)
+class Dense(_Stats):
     """A contribution given in full: ``values`` has shape ``(N, T, D, h, w)``."""
 
     values: torch.Tensor
+    _cache: dict = attrs.field(factory=dict, repr=False)
 
     @property
     def shape(self) -> tuple[int, int, int, int]:
         n, t, _, h, w = self.values.shape
         return n, t, h, w
+
+    @property
+    def size(self) -> int:
+        return self.values.shape[2]
+
+    def _compute(self, name: str):
+        v = self.values
+        if name == "sum":
+            return v.sum(2)
+        if name == "sq":
+            return (v * v).sum(2)
+        if name in ("signed", "signed_sq"):
+            pos = v.clamp(min=0)
+            neg = pos - v
+            if name == "signed":
+                return pos.sum(2), neg.sum(2)
+            return (pos * pos).sum(2), (neg * neg).sum(2)
+        if name == "extremes":
+            return v.amax(2), v.amin(2)
+        return v.abs().amin(2)
 
 
 @attrs.frozen
@@ -93,7 +153,7 @@ class PatchGeometry:
 
 
 @attrs.define(eq=False)
-class Factored:
+class Factored(_Stats):
     """A block outer product ``g_u (p_u)^T``; see the module docstring. Statistics are computed lazily and cached."""
 
     g: torch.Tensor  # (N, T, C_g, h, w)
@@ -105,7 +165,7 @@ class Factored:
         groups = self.geometry.groups
         if self.g.shape[2] % groups or self.x.shape[1] % groups:
             raise ValueError(f"channels {self.g.shape[2]}, {self.x.shape[1]} not divisible by groups={groups}")
-        grid = tuple(self.patch_max(IDENTITY).shape[-2:])
+        grid = tuple(self._ps("max").shape[-2:])
         if grid != tuple(self.g.shape[-2:]):
             raise ValueError(
                 f"the patch grid {grid} read with {self.geometry} does not match the gradient's grid "
@@ -128,60 +188,54 @@ class Factored:
         kh, kw = self.geometry.kernel
         return self.g.shape[2] // self.blocks, self.x.shape[1] // self.blocks * kh * kw
 
-    # ---- gradient side: (N, T, B, h, w)
+    @property
+    def size(self) -> int:
+        dg, dp = self.dims
+        return self.blocks * dg * dp
+
+    # ---- gradient side: per block, (N, T, B, h, w)
     def _g_blocks(self) -> torch.Tensor:
         n, t, c, h, w = self.g.shape
         return self.g.reshape(n, t, self.blocks, c // self.blocks, h, w)
 
-    def g_sum(self, profile: Profile, square: bool = False) -> torch.Tensor:
-        key = ("gs", profile, square)
+    def _gs(self, name: str) -> torch.Tensor:
+        key = "g:" + name
         if key not in self._cache:
-            v = apply_profile(self._g_blocks(), profile)
-            self._cache[key] = (v * v if square else v).sum(3)
+            self._cache[key] = _side_stat(self._g_blocks(), name, dim=3)
         return self._cache[key]
 
-    def g_max(self, profile: Profile) -> torch.Tensor:
-        key = ("gm", profile)
-        if key not in self._cache:
-            self._cache[key] = apply_profile(self._g_blocks(), profile).amax(3)
-        return self._cache[key]
-
-    # ---- patch side: (N, 1, B, h, w), from pooling the padded input
-    def _grouped(self, v: torch.Tensor, reduce: str) -> torch.Tensor:
-        n, c, hh, ww = v.shape
-        v = v.reshape(n, self.blocks, c // self.blocks, hh, ww)
-        return v.sum(2) if reduce == "sum" else v.amax(2)
-
-    def patch_sum(self, profile: Profile, square: bool = False) -> torch.Tensor:
-        """Sum over each block's patch of ``f(x)`` (or ``f(x)**2``); padding counts as zeros only in 'zeros' mode."""
-        key = ("ps", profile, square)
+    # ---- patch side: per block, (N, 1, B, h, w): reduce channels per pixel, then pool the padded reduced map
+    def _ps(self, name: str) -> torch.Tensor:
+        key = "p:" + name
         if key not in self._cache:
             geo = self.geometry
-            v = apply_profile(geo.pad(self.x), profile)
-            v = self._grouped(v * v if square else v, "sum")
-            ones = v.new_ones(self.blocks, 1, *geo.kernel)
-            s = F.conv2d(v, ones, stride=geo.stride, dilation=geo.dilation, groups=self.blocks)
-            self._cache[key] = s.unsqueeze(1)
+            n, c, hh, ww = self.x.shape
+            pixel = _side_stat(self.x.reshape(n, self.blocks, c // self.blocks, hh, ww), name, dim=2)
+            pixel = geo.pad(pixel)  # padding pixels are whole zero (or copied) pixels, so this commutes
+            if name in ("max", "min", "min_abs"):
+                sign = -1 if name != "max" else 1
+                out = sign * F.max_pool2d(sign * pixel, geo.kernel, stride=geo.stride, dilation=geo.dilation)
+            else:
+                ones = pixel.new_ones(self.blocks, 1, *geo.kernel)
+                out = F.conv2d(pixel, ones, stride=geo.stride, dilation=geo.dilation, groups=self.blocks)
+            self._cache[key] = out.unsqueeze(1)
         return self._cache[key]
 
-    def patch_max(self, profile: Profile) -> torch.Tensor:
-        key = ("pm", profile)
-        if key not in self._cache:
-            geo = self.geometry
-            v = self._grouped(apply_profile(geo.pad(self.x), profile), "max")
-            m = F.max_pool2d(v, geo.kernel, stride=geo.stride, dilation=geo.dilation)
-            self._cache[key] = m.unsqueeze(1)
-        return self._cache[key]
-
-    def extremes(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per location, the largest and smallest entry of ``c_u`` (from the four corner products per block)."""
-        key = ("ext",)
-        if key not in self._cache:
-            gmax, gmin = self.g_max(IDENTITY), -self.g_max((-1, 1))
-            pmax, pmin = self.patch_max(IDENTITY), -self.patch_max((-1, 1))
+    def _compute(self, name: str):
+        g, p = self._gs, self._ps
+        if name == "sum":
+            return (g("sum") * p("sum")).sum(2)
+        if name == "sq":
+            return (g("sq") * p("sq")).sum(2)
+        if name in ("signed", "signed_sq"):
+            sq = "_sq" if name == "signed_sq" else ""
+            gp, gn, pp, pn = g("pos" + sq), g("neg" + sq), p("pos" + sq), p("neg" + sq)
+            return (gp * pp + gn * pn).sum(2), (gp * pn + gn * pp).sum(2)
+        if name == "extremes":
+            gmax, gmin, pmax, pmin = g("max"), g("min"), p("max"), p("min")
             corners = torch.stack([gmax * pmax, gmax * pmin, gmin * pmax, gmin * pmin])
-            self._cache[key] = (corners.amax(0).amax(2), corners.amin(0).amin(2))
-        return self._cache[key]
+            return corners.amax(0).amax(2), corners.amin(0).amin(2)
+        return (g("min_abs") * p("min_abs")).amin(2)
 
     # ---- materialisation, for components without a closed form and for the reference path
     def patches(self) -> torch.Tensor:
@@ -216,49 +270,61 @@ class Factored:
         return Dense(c.reshape(n, t, -1, h, w))
 
 
+def _side_stat(v: torch.Tensor, name: str, dim: int) -> torch.Tensor:
+    """One statistic of ``v`` along ``dim``: sum, sq, pos, neg, pos_sq, neg_sq, max, min, min_abs."""
+    if name == "sum":
+        return v.sum(dim)
+    if name == "sq":
+        return (v * v).sum(dim)
+    if name in ("pos", "pos_sq"):
+        part = v.clamp(min=0)
+    elif name in ("neg", "neg_sq"):
+        part = (-v).clamp(min=0)
+    elif name == "max":
+        return v.amax(dim)
+    elif name == "min":
+        return v.amin(dim)
+    else:
+        return v.abs().amin(dim)
+    return (part * part if name.endswith("_sq") else part).sum(dim)
+
+
 # ----------------------------------------------------------------------------- closed forms for builtins
-def factored_sum(c: Factored, profile: Profile) -> torch.Tensor:
-    """``sum_i f(c_u)_i`` for the sign-linear ``f`` of ``profile``, from block sums."""
+# Each takes a Dense or Factored contribution and the sign profile (a, b) of the composed pre-filters,
+# f(x) = a*max(x, 0) + b*max(-x, 0), and returns the (N, T, h, w) map.
+def factored_sum(c, profile: Profile) -> torch.Tensor:
+    """``sum_i f(c_u)_i = a * sum c+ + b * sum c-``."""
     a, b = profile
     if a == -b:
-        return a * (c.g_sum(IDENTITY) * c.patch_sum(IDENTITY)).sum(2)
-    if a == b:
-        return a * (c.g_sum((1, 1)) * c.patch_sum((1, 1))).sum(2)
-    gp, gn = c.g_sum((1, 0)), c.g_sum((0, 1))
-    pp, pn = c.patch_sum((1, 0)), c.patch_sum((0, 1))
-    return (a * (gp * pp + gn * pn) + b * (gp * pn + gn * pp)).sum(2)
+        return a * c.total_sum()
+    pos, neg = c.signed_sums()
+    return a * (pos + neg) if a == b else a * pos + b * neg
 
 
-def factored_norm(c: Factored, profile: Profile) -> torch.Tensor:
-    """``||f(c_u)||_2`` from block sums of squares of positive and negative parts."""
+def factored_norm(c, profile: Profile) -> torch.Tensor:
+    """``||f(c_u)||_2 = sqrt(a^2 sum (c+)^2 + b^2 sum (c-)^2)``."""
     a, b = profile
     if a * a == b * b:
-        sq = (c.g_sum(IDENTITY, True) * c.patch_sum(IDENTITY, True)).sum(2) * (a * a)
+        sq = a * a * c.total_square_sum()
     else:
-        gp, gn = c.g_sum((1, 0), True), c.g_sum((0, 1), True)
-        pp, pn = c.patch_sum((1, 0), True), c.patch_sum((0, 1), True)
-        sq = (a * a * (gp * pp + gn * pn) + b * b * (gp * pn + gn * pp)).sum(2)
+        pos, neg = c.signed_square_sums()
+        sq = a * a * pos + b * b * neg
     return sq.clamp(min=0).sqrt()
 
 
-def _min_abs(c: Factored) -> torch.Tensor:
-    """``min_i |c_u|_i = min |g| * min |p|`` per block, minimised over blocks."""
-    return (c.g_max((-1, -1)) * c.patch_max((-1, -1))).amin(2)  # (-min|g|) * (-min|p|)
-
-
-def factored_max(c: Factored, profile: Profile) -> torch.Tensor:
+def factored_max(c, profile: Profile) -> torch.Tensor:
     """``max_i f(c_u)_i``: ``max(f(M), f(m))`` for the extreme entries ``M, m`` (f monotone or convex);
-    for ``f = -|x|`` it is ``-min|g| min|p|``."""
+    ``-min|c|`` for ``f = -|x|``."""
     if profile == (-1, -1):
-        return -_min_abs(c)
+        return -c.min_abs()
     hi, lo = c.extremes()
     return torch.maximum(apply_profile(hi, profile), apply_profile(lo, profile))
 
 
-def factored_min(c: Factored, profile: Profile) -> torch.Tensor:
-    """``min_i f(c_u)_i``: ``min(f(M), f(m))`` (f monotone or concave); for ``f = |x|`` it is ``min|g| min|p|``."""
+def factored_min(c, profile: Profile) -> torch.Tensor:
+    """``min_i f(c_u)_i``: ``min(f(M), f(m))`` (f monotone or concave); ``min|c|`` for ``f = |x|``."""
     if profile == (1, 1):
-        return _min_abs(c)
+        return c.min_abs()
     hi, lo = c.extremes()
     return torch.minimum(apply_profile(hi, profile), apply_profile(lo, profile))
 

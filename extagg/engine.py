@@ -189,11 +189,13 @@ def saliency(
             captures, scores, matrix = run_pass(model, images, needs, targets, objective)
         out_targets = matrix if out_targets is None else out_targets
         out_scores = scores if out_scores is None else out_scores
-        evaluators = {layer: LayerEvaluator(registry, c, closed_forms=closed_forms) for layer, c in captures.items()}
-        for method, layer in group:
-            m = evaluators[layer].map(method)
-            if size is not None:
-                m = F.interpolate(m, size=size, mode="bilinear", align_corners=False)
-            maps[str(method), layer] = m
+        for layer in list(captures):  # one layer at a time, freeing its capture and caches when done
+            evaluator = LayerEvaluator(registry, captures.pop(layer), closed_forms=closed_forms)
+            for method in (m for m, at in group if at == layer):
+                m = evaluator.map(method)
+                if size is not None:
+                    m = F.interpolate(m, size=size, mode="bilinear", align_corners=False)
+                maps[str(method), layer] = m
+            del evaluator
     ordered = {(str(m), layer): maps[str(m), layer] for m, layer in pairs}
     return SaliencyMaps(registry, ordered, spelled, out_targets, out_scores)
