@@ -1,0 +1,69 @@
+"""Closed forms equal the materialised definition for every sign profile, on dense and factored contributions."""
+import itertools
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from extagg.contributions import (Dense, Factored, PatchGeometry, apply_profile, compose_profiles, factored_max,
+                                  factored_min, factored_norm, factored_sum)
+
+PROFILES = list(itertools.product([-1, 0, 1], repeat=2))
+REDUCE = {factored_sum: lambda c: c.sum(2), factored_norm: lambda c: c.pow(2).sum(2).sqrt(),
+          factored_max: lambda c: c.amax(2), factored_min: lambda c: c.amin(2)}
+
+
+@st.composite
+def factored(draw):
+    groups = draw(st.sampled_from([1, 2, 3]))
+    k = draw(st.sampled_from([1, 2, 3]))
+    stride, dilation = draw(st.sampled_from([1, 2])), draw(st.sampled_from([1, 2]))
+    pad = tuple(draw(st.integers(0, 2)) for _ in range(4))
+    mode = draw(st.sampled_from(["zeros", "zeros", "replicate", "reflect"]))
+    size = draw(st.integers(5, 8))
+    if mode == "reflect":
+        pad = tuple(min(p, size - 1) for p in pad)
+    geo = PatchGeometry((k, k), (stride, stride), pad, (dilation, dilation), groups, mode)
+    gen = torch.Generator().manual_seed(draw(st.integers(0, 999)))
+    x = torch.randn(2, groups * draw(st.integers(1, 2)), size, size, generator=gen, dtype=torch.float64)
+    out_h = (size + pad[2] + pad[3] - dilation * (k - 1) - 1) // stride + 1
+    out_w = (size + pad[0] + pad[1] - dilation * (k - 1) - 1) // stride + 1
+    if min(out_h, out_w) < 1:
+        return draw(factored())
+    g = torch.randn(2, draw(st.integers(1, 2)), groups * draw(st.integers(1, 2)), out_h, out_w, generator=gen,
+                    dtype=torch.float64)
+    return Factored(g, x, geo)
+
+
+@given(c=factored(), profile=st.sampled_from(PROFILES), form=st.sampled_from(list(REDUCE)))
+def test_closed_forms_on_factored_equal_materialised(c, profile, form):
+    want = REDUCE[form](apply_profile(c.dense().values, profile))
+    torch.testing.assert_close(form(c, profile), want, rtol=1e-10, atol=1e-12)
+
+
+@given(seed=st.integers(0, 999), profile=st.sampled_from(PROFILES), form=st.sampled_from(list(REDUCE)))
+def test_closed_forms_on_dense_equal_direct_reduction(seed, profile, form):
+    values = torch.randn(2, 3, 7, 4, 5, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    values[0, 0, :, 0, 0] = 0.0  # a location of zeros
+    torch.testing.assert_close(form(Dense(values), profile), REDUCE[form](apply_profile(values, profile)),
+                               rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("first,then", list(itertools.product(PROFILES, repeat=2)))
+def test_profile_composition(first, then):
+    x = torch.linspace(-3, 3, 13, dtype=torch.float64)
+    assert torch.equal(apply_profile(apply_profile(x, first), then), apply_profile(x, compose_profiles(first, then)))
+
+
+def test_materialised_factored_is_the_conv_weight_gradient_summand():
+    """sum_u g_u p_u^T equals autograd's weight gradient of a real strided, dilated, grouped conv."""
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(4, 6, 3, stride=2, padding=2, dilation=2, groups=2).double()
+    x = torch.randn(1, 4, 9, 9, dtype=torch.float64)
+    y = conv(x)
+    g = torch.randn_like(y)
+    (y * g).sum().backward()
+    c = Factored(g[:, None], x, PatchGeometry.of_conv(conv))
+    summed = c.dense().values.sum((3, 4))[0, 0].reshape(2, 3, 2 * 9)  # (block, out per block, patch per block)
+    torch.testing.assert_close(summed.reshape(6, 2, 3, 3), conv.weight.grad)
