@@ -29,6 +29,7 @@ class LayerEvaluator:
         self._contrib: dict[Call, object] = {}
         self._filtered: dict[tuple, torch.Tensor] = {}
         self._reduced: dict[tuple, torch.Tensor] = {}
+        self._shared: dict = {}  # side statistics shared by this layer's factored contributions
 
     def contribution(self, call: Call):
         if call not in self._contrib:
@@ -37,6 +38,8 @@ class LayerEvaluator:
             if not isinstance(out, (Dense, Factored)):
                 raise TypeError(f"extractor {call.name!r} ({spec.origin}) returned {type(out).__name__}, "
                                 "expected extagg.contributions.Dense or Factored")
+            if isinstance(out, Factored):
+                out.shared = self._shared
             self._contrib[call] = out
         return self._contrib[call]
 

@@ -160,6 +160,9 @@ class Factored(_Stats):
     x: torch.Tensor  # (N, C_x, H, W): the tensor the patches are read from
     geometry: PatchGeometry
     _cache: dict = attrs.field(factory=dict, repr=False)
+    shared: dict = attrs.field(factory=dict, repr=False)
+    """Per-pixel and per-block side statistics, keyed by tensor identity; the evaluator hands one dict to every
+    contribution of a layer, so ``conv1x1`` and ``conv3x3`` read the same gradient and channel statistics once."""
 
     def __attrs_post_init__(self) -> None:
         groups = self.geometry.groups
@@ -199,19 +202,24 @@ class Factored(_Stats):
         return self.g.reshape(n, t, self.blocks, c // self.blocks, h, w)
 
     def _gs(self, name: str) -> torch.Tensor:
-        key = "g:" + name
-        if key not in self._cache:
-            self._cache[key] = _side_stat(self._g_blocks(), name, dim=3)
-        return self._cache[key]
+        key = ("g", id(self.g), self.blocks, name)
+        if key not in self.shared:
+            self.shared[key] = _side_stat(self._g_blocks(), name, dim=3)
+        return self.shared[key]
+
+    def _pixel(self, name: str) -> torch.Tensor:
+        key = ("x", id(self.x), self.blocks, name)
+        if key not in self.shared:
+            n, c, hh, ww = self.x.shape
+            self.shared[key] = _side_stat(self.x.reshape(n, self.blocks, c // self.blocks, hh, ww), name, dim=2)
+        return self.shared[key]
 
     # ---- patch side: per block, (N, 1, B, h, w): reduce channels per pixel, then pool the padded reduced map
     def _ps(self, name: str) -> torch.Tensor:
         key = "p:" + name
         if key not in self._cache:
             geo = self.geometry
-            n, c, hh, ww = self.x.shape
-            pixel = _side_stat(self.x.reshape(n, self.blocks, c // self.blocks, hh, ww), name, dim=2)
-            pixel = geo.pad(pixel)  # padding pixels are whole zero (or copied) pixels, so this commutes
+            pixel = geo.pad(self._pixel(name))  # padding pixels are whole zero (or copied) pixels, so this commutes
             if name in ("max", "min", "min_abs"):
                 sign = -1 if name != "max" else 1
                 out = sign * F.max_pool2d(sign * pixel, geo.kernel, stride=geo.stride, dilation=geo.dilation)
