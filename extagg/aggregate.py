@@ -43,6 +43,13 @@ class LayerEvaluator:
             self._contrib[call] = out
         return self._contrib[call]
 
+    def release(self, call: Call) -> None:
+        """Forget the contribution of ``call`` and everything derived from it (after its last method)."""
+        self._contrib.pop(call, None)
+        for cache in (self._filtered, self._reduced):
+            for key in [k for k in cache if k[0] == call]:
+                del cache[key]
+
     def _profile(self, pre: tuple[Call, ...]) -> Optional[Profile]:
         profile = IDENTITY
         for call in pre:

@@ -201,18 +201,23 @@ class Factored(_Stats):
         n, t, c, h, w = self.g.shape
         return self.g.reshape(n, t, self.blocks, c // self.blocks, h, w)
 
+    def _store(self) -> dict:
+        # ungrouped side statistics are shared with the layer's other contributions; grouped ones (depthwise:
+        # as large as the activation) stay private, so they are freed with this contribution
+        return self.shared if self.blocks == 1 else self._cache
+
     def _gs(self, name: str) -> torch.Tensor:
-        key = ("g", id(self.g), self.blocks, name)
-        if key not in self.shared:
-            self.shared[key] = _side_stat(self._g_blocks(), name, dim=3)
-        return self.shared[key]
+        key, store = ("g", id(self.g), self.blocks, name), self._store()
+        if key not in store:
+            store[key] = _side_stat(self._g_blocks(), name, dim=3)
+        return store[key]
 
     def _pixel(self, name: str) -> torch.Tensor:
-        key = ("x", id(self.x), self.blocks, name)
-        if key not in self.shared:
+        key, store = ("x", id(self.x), self.blocks, name), self._store()
+        if key not in store:
             n, c, hh, ww = self.x.shape
-            self.shared[key] = _side_stat(self.x.reshape(n, self.blocks, c // self.blocks, hh, ww), name, dim=2)
-        return self.shared[key]
+            store[key] = _side_stat(self.x.reshape(n, self.blocks, c // self.blocks, hh, ww), name, dim=2)
+        return store[key]
 
     # ---- patch side: per block, (N, 1, B, h, w): reduce channels per pixel, then pool the padded reduced map
     def _ps(self, name: str) -> torch.Tensor:
@@ -220,6 +225,9 @@ class Factored(_Stats):
         if key not in self._cache:
             geo = self.geometry
             pixel = geo.pad(self._pixel(name))  # padding pixels are whole zero (or copied) pixels, so this commutes
+            if geo.kernel == (1, 1):  # a 1x1 patch is the pixel itself
+                self._cache[key] = pixel[..., :: geo.stride[0], :: geo.stride[1]].unsqueeze(1)
+                return self._cache[key]
             if name in ("max", "min", "min_abs"):
                 sign = -1 if name != "max" else 1
                 out = sign * F.max_pool2d(sign * pixel, geo.kernel, stride=geo.stride, dilation=geo.dilation)

@@ -191,11 +191,17 @@ def saliency(
         out_scores = scores if out_scores is None else out_scores
         for layer in list(captures):  # one layer at a time, freeing its capture and caches when done
             evaluator = LayerEvaluator(registry, captures.pop(layer), closed_forms=closed_forms)
-            for method in (m for m, at in group if at == layer):
-                m = evaluator.map(method)
-                if size is not None:
-                    m = F.interpolate(m, size=size, mode="bilinear", align_corners=False)
-                maps[str(method), layer] = m
+            by_extractor: dict = {}
+            for method, at in group:
+                if at == layer:
+                    by_extractor.setdefault(method.extractor, []).append(method)
+            for extractor, methods_here in by_extractor.items():
+                for method in methods_here:
+                    m = evaluator.map(method)
+                    if size is not None:
+                        m = F.interpolate(m, size=size, mode="bilinear", align_corners=False)
+                    maps[str(method), layer] = m
+                evaluator.release(extractor)
             del evaluator
     ordered = {(str(m), layer): maps[str(m), layer] for m, layer in pairs}
     return SaliencyMaps(registry, ordered, spelled, out_targets, out_scores)

@@ -36,7 +36,7 @@ def format_value(value: Any) -> str:
     return str(value)
 
 
-@attrs.frozen
+@attrs.frozen(cache_hash=True)
 class Call:
     """One component in a method string: its name and its non-default parameters, sorted by name."""
 
@@ -53,7 +53,7 @@ class Call:
         return dict(self.params)
 
 
-@attrs.frozen
+@attrs.frozen(cache_hash=True)
 class Method:
     """A parsed, resolved method: ``modifiers : extractor + pre-filters + aggregator + post-filters``.
 
