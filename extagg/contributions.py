@@ -132,13 +132,15 @@ class PatchGeometry:
     @classmethod
     def of_conv(cls, conv: torch.nn.Conv2d) -> "PatchGeometry":
         """The geometry of a Conv2d, including a ``static_padding`` pad module (TF-style 'same' convs)."""
-        if isinstance(conv.padding, str):
-            if conv.padding != "valid":
-                raise ValueError(f"conv padding={conv.padding!r} is not supported; use explicit integer padding")
-            ph = pw = 0
+        if conv.padding == "same":  # torch pads total = dilation*(k-1): total//2 before, the rest after
+            (top, bottom), (left, right) = [(d * (k - 1) // 2, d * (k - 1) - d * (k - 1) // 2)
+                                            for d, k in zip(conv.dilation, conv.kernel_size)]
+            pad = (left, right, top, bottom)
+        elif conv.padding == "valid":
+            pad = (0, 0, 0, 0)
         else:
             ph, pw = conv.padding
-        pad = (pw, pw, ph, ph)
+            pad = (pw, pw, ph, ph)
         extra = getattr(conv, "static_padding", None)
         if isinstance(extra, (torch.nn.ZeroPad2d, torch.nn.ConstantPad2d)) and getattr(extra, "value", 0) == 0:
             pad = tuple(a + b for a, b in zip(pad, extra.padding))

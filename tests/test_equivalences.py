@@ -135,3 +135,22 @@ def test_conv_extractor_on_tf_same_padding_conv_sums_to_the_weight_gradient(kern
     slow = extagg.saliency(net, x, "conv+norm", layers="0", targets=2, closed_forms=False)["conv+norm", "0"]
     torch.testing.assert_close(fast, slow)
     torch.testing.assert_close(fast[0, 0], c.dense().values.pow(2).sum(2).sqrt()[0, 0])
+
+
+@pytest.mark.filterwarnings("ignore:Using padding='same'")
+@pytest.mark.parametrize("padding,kernel,dilation", [("same", 4, 1), ("same", 3, 2), ("valid", 3, 1)])
+def test_conv_extractor_with_string_padding_equals_weight_gradient(padding, kernel, dilation):
+    from extagg.capture import LayerCapture
+    from extagg_builtins.extractors import real_conv
+
+    torch.manual_seed(kernel)
+    conv = torch.nn.Conv2d(3, 4, kernel, padding=padding, dilation=dilation).double()
+    head = torch.nn.Sequential(torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.LazyLinear(2)).double()
+    x = torch.randn(1, 3, 9, 9, dtype=torch.float64)
+    y = conv(x)
+    head(y)  # materialise the lazy layer
+    weight_grad = torch.autograd.grad(head(conv(x))[0, 1], conv.weight)[0]
+    leaf = y.detach().requires_grad_(True)
+    g = torch.autograd.grad(head(leaf)[0, 1], leaf)[0]
+    c = real_conv(LayerCapture("c", conv, output=leaf.detach(), input=x, grad=g[:, None]))
+    torch.testing.assert_close(c.dense().values.sum((3, 4))[0, 0].reshape(weight_grad.shape), weight_grad)
