@@ -31,6 +31,7 @@ from .layers import execution_order
 from .meta import saliency_per_example
 from .registry import default_registry
 from .targets import as_target_matrix
+from .viz import normalise
 
 MODES = ("sum", "product")
 NAMED_WEIGHTINGS = ("uniform", "linear")
@@ -61,10 +62,7 @@ def minmax_normalise(maps: torch.Tensor) -> torch.Tensor:
         raise InputError(f"maps must be floating tensors (..., h, w), got {getattr(maps, 'shape', type(maps))}")
     if not torch.isfinite(maps).all():
         raise InputError("maps contain NaN or inf; min-max normalisation needs finite values")
-    lo = maps.amin(dim=(-2, -1), keepdim=True)
-    span = maps.amax(dim=(-2, -1), keepdim=True) - lo
-    shifted = maps - lo
-    return torch.where(span > 0, shifted / torch.where(span > 0, span, torch.ones_like(span)), torch.zeros_like(maps))
+    return normalise(maps)
 
 
 def normalise_weights(weights: Mapping[str, float], layers: Sequence[str]) -> dict[str, float]:

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from .errors import InputError
 from .guard import preserved
+from .targets import class_logits
 
 DEFAULT_LR = 0.002
 """The paper's ``theta - 2 eps grad`` with ``eps = 0.001`` (TorchRay's function defaults to 1e-4, its scripts to 0.0025)."""
@@ -47,8 +48,7 @@ def cross_entropy_of(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor
 
 
 def _predicted(output: torch.Tensor) -> torch.Tensor:
-    flat = output.flatten(2).sum(2) if output.ndim > 2 else output
-    return flat.argmax(1)
+    return class_logits(output).argmax(1)
 
 
 @contextlib.contextmanager

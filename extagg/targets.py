@@ -52,11 +52,14 @@ def as_target_matrix(targets: Targets, n: int, num_classes: Optional[int]) -> Op
     return t
 
 
+def class_logits(output: torch.Tensor) -> torch.Tensor:
+    """(N, C) class scores: the output itself, or summed over spatial dims for fully convolutional nets."""
+    return output.flatten(2).sum(2) if output.ndim > 2 else output
+
+
 def class_scores(output: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """The (N, T) scores ``output[n, targets[n, t]]``, summed over any spatial dims (fully convolutional nets)."""
-    if output.ndim > 2:
-        output = output.flatten(2).sum(2)
-    return output.gather(1, targets.to(output.device))
+    """The (N, T) scores ``output[n, targets[n, t]]`` of :func:`class_logits`."""
+    return class_logits(output).gather(1, targets.to(output.device))
 
 
 def num_classes_of(output) -> Optional[int]:
@@ -82,6 +85,5 @@ def objective_scores(output, targets: Optional[torch.Tensor], objective: Optiona
         )
     if targets is None:
         with torch.no_grad():
-            flat = output.flatten(2).sum(2) if output.ndim > 2 else output
-            targets = flat.argmax(1, keepdim=True).cpu()
+            targets = class_logits(output).argmax(1, keepdim=True).cpu()
     return class_scores(output, targets), targets

@@ -12,7 +12,7 @@ def normalise(m: torch.Tensor) -> torch.Tensor:
     """Min-max to [0, 1] per map over the last two dims; a constant map becomes all zeros (never NaN)."""
     lo = m.amin(dim=(-2, -1), keepdim=True)
     span = m.amax(dim=(-2, -1), keepdim=True) - lo
-    return torch.where(span > 0, (m - lo) / span.clamp(min=torch.finfo(m.dtype).tiny), torch.zeros_like(m))
+    return torch.where(span > 0, (m - lo) / torch.where(span > 0, span, torch.ones_like(span)), torch.zeros_like(m))
 
 
 def jet(v: torch.Tensor) -> torch.Tensor:

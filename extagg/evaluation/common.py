@@ -11,6 +11,7 @@ from ..capture import INPUT
 from ..errors import InputError, UnknownNameError
 from ..guard import model_device_dtype, preserved
 from ..registry import Registry, default_registry
+from ..targets import class_logits
 from .datasets import Sample
 
 Patterns = Union[str, Sequence[str]]
@@ -116,7 +117,7 @@ def logits(model: torch.nn.Module, x: torch.Tensor, eval_mode: bool = True) -> t
         out = model(x.to(dtype))
     if not isinstance(out, torch.Tensor) or out.ndim < 2:
         raise InputError("the model must return (N, C) class scores (or (N, C, h, w)) for this evaluation")
-    return out.flatten(2).sum(2) if out.ndim > 2 else out
+    return class_logits(out)
 
 
 def resize(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import InputError
+from ..viz import normalise
 
 
 def _float(t: torch.Tensor) -> torch.Tensor:
@@ -86,10 +87,7 @@ def spearman(a: torch.Tensor, b: torch.Tensor, *, ndim: int = 2) -> torch.Tensor
 
 def minmax(m: torch.Tensor) -> torch.Tensor:
     """Per-map min-max normalisation over the last two dims to [0, 1]; constant maps become zeros."""
-    m = _float(m)
-    lo = m.amin((-2, -1), keepdim=True)
-    span = m.amax((-2, -1), keepdim=True) - lo
-    return torch.where(span > 0, (m - lo) / torch.where(span > 0, span, torch.ones_like(span)), torch.zeros_like(m))
+    return normalise(_float(m))
 
 
 def gaussian_kernel1d(sigma: float, radius: int, device, dtype) -> torch.Tensor:
