@@ -9,27 +9,60 @@ from __future__ import annotations
 
 from typing import Optional
 
+import attrs
 import torch
 
 from .capture import LayerCapture
 from .contributions import IDENTITY, Dense, Factored, Profile, compose_profiles
+from .statistics import Store
 from .method import Call, Method
 
 CHUNK_BUDGET = 1 << 24
 """Upper bound on elements materialised at once by the generic path (64 MiB in float32)."""
 
 
-class LayerEvaluator:
-    """Computes maps of many methods at one captured layer, caching shared intermediate results."""
+@attrs.frozen
+class Plan:
+    """What phase 2 does for one method, resolved once per call: the reduction to share and the post-filters."""
 
-    def __init__(self, registry, capture: LayerCapture, *, closed_forms: bool = True):
+    extractor: Call
+    pre: tuple[Call, ...]
+    profile: Optional[Profile]  # sign profile of the composed pre-filters; None if one has no profile
+    aggregator: Call
+    post: tuple  # (filter fn, kwargs) pairs
+    key: tuple  # methods with equal keys share one reduction
+
+    @classmethod
+    def of(cls, registry, method: Method) -> "Plan":
+        profile = IDENTITY
+        for call in method.pre:
+            spec = registry.filters[call.name]
+            if spec.sign_profile is None:
+                profile = None
+                break
+            profile = compose_profiles(profile, tuple(spec.sign_profile))
+        post = tuple((registry.filters[c.name].fn, c.kwargs) for c in method.post)
+        key = (method.extractor, method.pre if profile is None else profile, method.aggregator)
+        return cls(method.extractor, method.pre, profile, method.aggregator, post, key)
+
+
+class LayerEvaluator:
+    """Computes maps of many methods at one captured layer, caching shared intermediate results.
+
+    ``plans`` may be shared between the evaluators of one call (a method's plan does not depend on the layer).
+    """
+
+    def __init__(self, registry, capture: LayerCapture, *, closed_forms: bool = True,
+                 plans: Optional[dict] = None):
         self.registry = registry
         self.capture = capture
         self.closed_forms = closed_forms
+        self.plans = {} if plans is None else plans
         self._contrib: dict[Call, object] = {}
         self._filtered: dict[tuple, torch.Tensor] = {}
         self._reduced: dict[tuple, torch.Tensor] = {}
-        self._shared: dict = {}  # side statistics shared by this layer's factored contributions
+        # parts and side statistics of the captured tensors, shared by this layer's contributions
+        self._store = Store(pinned=(capture.grad, capture.output, capture.input))
 
     def contribution(self, call: Call):
         if call not in self._contrib:
@@ -38,8 +71,7 @@ class LayerEvaluator:
             if not isinstance(out, (Dense, Factored)):
                 raise TypeError(f"extractor {call.name!r} ({spec.origin}) returned {type(out).__name__}, "
                                 "expected extagg.contributions.Dense or Factored")
-            if isinstance(out, Factored):
-                out.shared = self._shared
+            out.store = self._store
             self._contrib[call] = out
         return self._contrib[call]
 
@@ -50,15 +82,6 @@ class LayerEvaluator:
             for key in [k for k in cache if k[0] == call]:
                 del cache[key]
 
-    def _profile(self, pre: tuple[Call, ...]) -> Optional[Profile]:
-        profile = IDENTITY
-        for call in pre:
-            spec = self.registry.filters[call.name]
-            if spec.sign_profile is None:
-                return None
-            profile = compose_profiles(profile, tuple(spec.sign_profile))
-        return profile
-
     def _apply(self, calls: tuple[Call, ...], x: torch.Tensor) -> torch.Tensor:
         for call in calls:
             x = self.registry.filters[call.name].fn(x, **call.kwargs)
@@ -66,26 +89,30 @@ class LayerEvaluator:
 
     def map(self, method: Method) -> torch.Tensor:
         """The map of ``method`` (modifiers ignored: they act on the pass), shape (N, T, h, w)."""
-        key = (method.extractor, method.pre, method.aggregator)
-        if key not in self._reduced:
-            self._reduced[key] = self._reduce(method)
-        return self._apply(method.post, self._reduced[key])
+        plan = self.plans.get(method)
+        if plan is None:
+            plan = self.plans[method] = Plan.of(self.registry, method)
+        out = self._reduced.get(plan.key)
+        if out is None:
+            out = self._reduced[plan.key] = self._reduce(plan)
+        for fn, kwargs in plan.post:
+            out = fn(out, **kwargs)
+        return out
 
-    def _reduce(self, method: Method) -> torch.Tensor:
-        contribution = self.contribution(method.extractor)
-        agg = self.registry.aggregators[method.aggregator.name]
-        kwargs = method.aggregator.kwargs
-        profile = self._profile(method.pre)
-        if self.closed_forms and profile is not None and agg.closed_form is not None:
-            out = agg.closed_form(contribution, profile, **kwargs)
+    def _reduce(self, plan: Plan) -> torch.Tensor:
+        contribution = self.contribution(plan.extractor)
+        agg = self.registry.aggregators[plan.aggregator.name]
+        kwargs = plan.aggregator.kwargs
+        if self.closed_forms and plan.profile is not None and agg.closed_form is not None:
+            out = agg.closed_form(contribution, plan.profile, **kwargs)
             if out is not None:
                 return out
         if isinstance(contribution, Dense):
-            fkey = (method.extractor, method.pre)
+            fkey = (plan.extractor, plan.pre)
             if fkey not in self._filtered:
-                self._filtered[fkey] = self._apply(method.pre, contribution.values)
+                self._filtered[fkey] = self._apply(plan.pre, contribution.values)
             return agg.reduce(self._filtered[fkey], dim=2, **kwargs)
-        return self._chunked(contribution, method.pre, agg, kwargs)
+        return self._chunked(contribution, plan.pre, agg, kwargs)
 
     def _chunked(self, c: Factored, pre: tuple[Call, ...], agg, kwargs) -> torch.Tensor:
         n, t, h, w = c.shape

@@ -26,17 +26,32 @@ import attrs
 import torch
 import torch.nn.functional as F
 
+from .statistics import Store, SideStats, pool_extreme, pool_sum
+
 Profile = tuple[int, int]
 IDENTITY: Profile = (1, -1)
 
 
 def apply_profile(x: torch.Tensor, profile: Profile) -> torch.Tensor:
     """The sign-linear function ``a*relu(x) + b*relu(-x)`` of ``profile = (a, b)``."""
+    fast = _PROFILE_FNS.get(profile)
+    if fast is not None:
+        return fast(x)
     a, b = profile
-    if profile == IDENTITY:
-        return x
     out = x.clamp(min=0) * a if a else torch.zeros_like(x)
     return out + x.clamp(max=0) * (-b) if b else out
+
+
+_PROFILE_FNS = {
+    IDENTITY: lambda x: x,
+    (1, 0): lambda x: x.clamp(min=0),
+    (1, 1): torch.abs,
+    (-1, 1): torch.neg,
+    (0, 1): lambda x: x.clamp(max=0).neg_(),
+    (0, -1): lambda x: x.clamp(max=0),
+    (-1, 0): lambda x: x.clamp(min=0).neg_(),
+    (-1, -1): lambda x: x.abs().neg_(),
+}
 
 
 def compose_profiles(first: Profile, then: Profile) -> Profile:
@@ -79,13 +94,27 @@ class _Stats:
         """``min_i |c_i|``."""
         return self._stat("min_abs")
 
+    def _zero(self) -> torch.Tensor:
+        n, t, h, w = self.shape
+        return self._ref().new_zeros(n, t, h, w)
 
-@attrs.define(eq=False)
+
 class Dense(_Stats):
     """A contribution given in full: ``values`` has shape ``(N, T, D, h, w)``."""
 
-    values: torch.Tensor
-    _cache: dict = attrs.field(factory=dict, repr=False)
+    def __init__(self, values: torch.Tensor):
+        self._values = values
+        self._cache: dict = {}
+        self.store = Store()
+        """Set by the evaluator: shares statistics of the layer's captured tensors (``bias`` and the gradient side
+        of the factored extractors read the same gradient statistics)."""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(shape={tuple(self.values.shape)})"
+
+    @property
+    def values(self) -> torch.Tensor:
+        return self._values
 
     @property
     def shape(self) -> tuple[int, int, int, int]:
@@ -96,21 +125,103 @@ class Dense(_Stats):
     def size(self) -> int:
         return self.values.shape[2]
 
+    def _ref(self) -> torch.Tensor:
+        return self.values
+
     def _compute(self, name: str):
-        v = self.values
-        if name == "sum":
-            return v.sum(2)
-        if name == "sq":
-            return (v * v).sum(2)
-        if name in ("signed", "signed_sq"):
-            pos = v.clamp(min=0)
-            neg = pos - v
-            if name == "signed":
-                return pos.sum(2), neg.sum(2)
-            return (pos * pos).sum(2), (neg * neg).sum(2)
+        side = self.store.side(self.values, self.values.shape, 2)
+        if name == "signed":
+            return side.get("pos"), _or_zero(side.get("neg"), self)
+        if name == "signed_sq":
+            return side.get("pos_sq"), _or_zero(side.get("neg_sq"), self)
         if name == "extremes":
-            return v.amax(2), v.amin(2)
-        return v.abs().amin(2)
+            return side.get("max"), side.get("min")
+        return side.get(name)
+
+
+class Scaled(Dense):
+    """``c_u = w * x_u``: an activation ``x`` (N, C, h, w) scaled per channel by weights ``w`` (N, T, C) that do
+    not vary over space, as in Grad-CAM (``w`` = the spatially pooled gradient). A :class:`Dense` whose sums
+    (of the parts and of their squares) are matrix-vector products, so they never build the (N, T, C, h, w)
+    ``values``; the extremes materialise them once."""
+
+    def __init__(self, x: torch.Tensor, w: torch.Tensor):
+        if x.ndim != 4 or w.ndim != 3 or w.shape[0] != x.shape[0] or w.shape[2] != x.shape[1]:
+            raise ValueError(f"Scaled needs x (N, C, h, w) and w (N, T, C), got {tuple(x.shape)} and {tuple(w.shape)}")
+        super().__init__(None)
+        self.x, self.w = x, w
+
+    @property
+    def values(self) -> torch.Tensor:
+        if self._values is None:
+            self._values = self.x[:, None] * self.w[..., None, None]
+        return self._values
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        n, _, h, w = self.x.shape
+        return n, self.w.shape[1], h, w
+
+    @property
+    def size(self) -> int:
+        return self.x.shape[1]
+
+    def _ref(self) -> torch.Tensor:
+        return self.x
+
+    def _mv(self, x: Optional[torch.Tensor], w: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+        """``sum_c w[n, t, c] x[n, c, u]`` as (N, T, h, w); None for a zero factor."""
+        if x is None or w is None:
+            return None
+        n, c, h, ww = x.shape
+        return torch.matmul(w, x.reshape(n, c, h * ww)).reshape(n, w.shape[1], h, ww)
+
+    def _x_parts(self, sq: bool):
+        key = "x_sq" if sq else "x_parts"
+        if key not in self._cache:
+            parts = self.store.parts(self.x)
+            xp, xn = parts.pos(), parts.neg()
+            self._cache[key] = (xp * xp, None if xn is None else xn * xn) if sq else (xp, xn)
+        return self._cache[key]
+
+    def _compute(self, name: str):
+        if name in ("extremes", "min_abs"):
+            return super()._compute(name)
+        w = self.w
+        if name == "sum":
+            return self._mv(self.x, w)
+        wp = w.clamp(min=0)
+        wn = wp - w
+        if name in ("sq", "signed_sq"):
+            xp, xn = self._x_parts(sq=True)
+            wp, wn = wp * wp, wn * wn
+            if name == "sq":
+                return _add(self._mv(xp, wp + wn), self._mv(xn, wp + wn))
+        else:
+            xp, xn = self._x_parts(sq=False)
+        pos = _or_zero(_add(self._mv(xp, wp), self._mv(xn, wn)), self)
+        neg = _or_zero(_add(self._mv(xp, wn), self._mv(xn, wp)), self)
+        return pos, neg
+
+
+def _mul_add(a, b, c, d) -> Optional[torch.Tensor]:
+    """``a*b + c*d`` where a None factor is an exact zero; None if both terms are."""
+    ab = None if a is None or b is None else a * b
+    if c is None or d is None:
+        return ab
+    return c * d if ab is None else torch.addcmul(ab, c, d)
+
+
+def _add(a: Optional[torch.Tensor], b: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    return a if b is None else (b if a is None else a + b)
+
+
+_SUM_STATS = ("sum", "sq", "pos", "neg", "pos_sq", "neg_sq")
+_EXTREME_STATS = ("max", "min", "min_abs")  # "max" first: _ps pools a family with the op of its first member
+
+
+def _or_zero(t: Optional[torch.Tensor], c: "_Stats") -> torch.Tensor:
+    return c._zero() if t is None else t
 
 
 @attrs.frozen
@@ -162,15 +273,17 @@ class Factored(_Stats):
     x: torch.Tensor  # (N, C_x, H, W): the tensor the patches are read from
     geometry: PatchGeometry
     _cache: dict = attrs.field(factory=dict, repr=False)
-    shared: dict = attrs.field(factory=dict, repr=False)
-    """Per-pixel and per-block side statistics, keyed by tensor identity; the evaluator hands one dict to every
-    contribution of a layer, so ``conv1x1`` and ``conv3x3`` read the same gradient and channel statistics once."""
+    store: Store = attrs.field(factory=Store, repr=False)
+    """Set by the evaluator: shares parts and statistics of the layer's captured ``g`` and ``x`` between its
+    contributions (``conv1x1``, ``conv3x3``, ``dwconv`` and ``bias`` read the same gradient statistics once)."""
 
     def __attrs_post_init__(self) -> None:
         groups = self.geometry.groups
         if self.g.shape[2] % groups or self.x.shape[1] % groups:
             raise ValueError(f"channels {self.g.shape[2]}, {self.x.shape[1]} not divisible by groups={groups}")
-        grid = tuple(self._ps("max").shape[-2:])
+        geo = self.geometry
+        size = [self.x.shape[-2] + geo.padding[2] + geo.padding[3], self.x.shape[-1] + geo.padding[0] + geo.padding[1]]
+        grid = tuple((s - d * (k - 1) - 1) // st + 1 for s, k, st, d in zip(size, geo.kernel, geo.stride, geo.dilation))
         if grid != tuple(self.g.shape[-2:]):
             raise ValueError(
                 f"the patch grid {grid} read with {self.geometry} does not match the gradient's grid "
@@ -198,62 +311,150 @@ class Factored(_Stats):
         dg, dp = self.dims
         return self.blocks * dg * dp
 
-    # ---- gradient side: per block, (N, T, B, h, w)
+    def _ref(self) -> torch.Tensor:
+        return self.g
+
     def _g_blocks(self) -> torch.Tensor:
         n, t, c, h, w = self.g.shape
         return self.g.reshape(n, t, self.blocks, c // self.blocks, h, w)
 
-    def _store(self) -> dict:
-        # ungrouped side statistics are shared with the layer's other contributions; grouped ones (depthwise:
-        # as large as the activation) stay private, so they are freed with this contribution
-        return self.shared if self.blocks == 1 else self._cache
+    # ---- gradient side: per block, (N, T, B, h, w); None where exactly zero
+    def _g_side(self) -> SideStats:
+        n, t, c, h, w = self.g.shape
+        if self.blocks == 1:  # the same statistics as Dense(g), i.e. the bias extractor's
+            return self.store.side(self.g, self.g.shape, 2)
+        return self.store.side(self.g, (n, t, self.blocks, c // self.blocks, h, w), 3)
 
-    def _gs(self, name: str) -> torch.Tensor:
-        key, store = ("g", id(self.g), self.blocks, name), self._store()
-        if key not in store:
-            store[key] = _side_stat(self._g_blocks(), name, dim=3)
-        return store[key]
-
-    def _pixel(self, name: str) -> torch.Tensor:
-        key, store = ("x", id(self.x), self.blocks, name), self._store()
-        if key not in store:
-            n, c, hh, ww = self.x.shape
-            store[key] = _side_stat(self.x.reshape(n, self.blocks, c // self.blocks, hh, ww), name, dim=2)
-        return store[key]
+    def _gs(self, name: str) -> Optional[torch.Tensor]:
+        out = self._g_side().get(name)
+        return out.unsqueeze(2) if out is not None and self.blocks == 1 else out
 
     # ---- patch side: per block, (N, 1, B, h, w): reduce channels per pixel, then pool the padded reduced map
-    def _ps(self, name: str) -> torch.Tensor:
-        key = "p:" + name
+    def _ps(self, name: str) -> Optional[torch.Tensor]:
+        n, c, hh, ww = self.x.shape
+        side = self.store.side(self.x, (n, self.blocks, c // self.blocks, hh, ww), 2)
+        key = "p:" + side.resolve(name)
         if key not in self._cache:
-            geo = self.geometry
-            pixel = geo.pad(self._pixel(name))  # padding pixels are whole zero (or copied) pixels, so this commutes
-            if geo.kernel == (1, 1):  # a 1x1 patch is the pixel itself
-                self._cache[key] = pixel[..., :: geo.stride[0], :: geo.stride[1]].unsqueeze(1)
-                return self._cache[key]
-            if name in ("max", "min", "min_abs"):
-                sign = -1 if name != "max" else 1
-                out = sign * F.max_pool2d(sign * pixel, geo.kernel, stride=geo.stride, dilation=geo.dilation)
+            if self.blocks == 1:  # one-channel maps: pool the whole family of statistics in one call
+                family = _EXTREME_STATS if name in _EXTREME_STATS else _SUM_STATS
+                names = [m for m in dict.fromkeys(side.resolve(m) for m in family) if side.get(m) is not None]
+                flip = [m in ("min", "min_abs") for m in names]  # minima as maxima of the negated maps
+                pooled = self._pool(torch.cat([-side.get(m) if f else side.get(m) for m, f in zip(names, flip)], 1),
+                                    family[0])
+                self._cache.update({"p:" + m: (-pooled[:, None, i:i + 1] if f else pooled[:, None, i:i + 1])
+                                    for i, (m, f) in enumerate(zip(names, flip))})
+                self._cache.setdefault(key, None)
             else:
-                ones = pixel.new_ones(self.blocks, 1, *geo.kernel)
-                out = F.conv2d(pixel, ones, stride=geo.stride, dilation=geo.dilation, groups=self.blocks)
-            self._cache[key] = out.unsqueeze(1)
+                pixel = side.get(name)
+                self._cache[key] = None if pixel is None else self._pool(pixel, name).unsqueeze(1)
         return self._cache[key]
+
+    def _pool(self, pixel: torch.Tensor, name: str) -> torch.Tensor:
+        """Pool pixel statistics (N, B, H, W) over each patch; extremes take max of max, min of min and min|.|."""
+        geo = self.geometry
+        if name in _EXTREME_STATS:  # padding pixels are whole zero (or copied) pixels: this commutes
+            return pool_extreme(geo.pad(pixel), geo.kernel, geo.stride, geo.dilation, largest=name == "max")
+        left, right, top, bottom = geo.padding
+        if geo.padding_mode == "zeros" and left == right and top == bottom:
+            return pool_sum(pixel, geo.kernel, geo.stride, geo.dilation, (top, left))
+        return pool_sum(geo.pad(pixel), geo.kernel, geo.stride, geo.dilation)
 
     def _compute(self, name: str):
         g, p = self._gs, self._ps
+        if self.dims[0] == 1:
+            return self._compute_one_per_block(name)
+        if self.blocks == 1:
+            return self._compute_one_block(name)
         if name == "sum":
-            return (g("sum") * p("sum")).sum(2)
+            return self._fold("sum", (g("sum"), p("sum")))
         if name == "sq":
-            return (g("sq") * p("sq")).sum(2)
+            if "signed_sq" in self._cache:
+                return sum(self._cache["signed_sq"])
+            return self._fold("sum", (g("sq"), p("sq")))
         if name in ("signed", "signed_sq"):
             sq = "_sq" if name == "signed_sq" else ""
             gp, gn, pp, pn = g("pos" + sq), g("neg" + sq), p("pos" + sq), p("neg" + sq)
-            return (gp * pp + gn * pn).sum(2), (gp * pn + gn * pp).sum(2)
+            return self._fold("sum", (gp, pp), (gn, pn)), self._fold("sum", (gp, pn), (gn, pp))
         if name == "extremes":
             gmax, gmin, pmax, pmin = g("max"), g("min"), p("max"), p("min")
             corners = torch.stack([gmax * pmax, gmax * pmin, gmin * pmax, gmin * pmin])
             return corners.amax(0).amax(2), corners.amin(0).amin(2)
-        return (g("min_abs") * p("min_abs")).amin(2)
+        return self._fold("amin", (g("min_abs"), p("min_abs")))
+
+    def _compute_one_block(self, name: str):
+        """Ungrouped: every statistic is a product of a gradient statistic (N, T, h, w), shared with ``bias``, and
+        a pooled patch statistic (N, 1, h, w)."""
+        side = self._g_side()
+
+        def p(stat):
+            out = self._ps(stat)
+            return None if out is None else out[:, :, 0]
+
+        if name == "sum":
+            return side.get("sum") * p("sum")
+        if name == "sq":
+            if "signed_sq" in self._cache:
+                return sum(self._cache["signed_sq"])
+            return side.get("sq") * p("sq")
+        if name in ("signed", "signed_sq"):
+            sq = "_sq" if name == "signed_sq" else ""
+            gp, gn, pp, pn = side.get("pos" + sq), side.get("neg" + sq), p("pos" + sq), p("neg" + sq)
+            return (_or_zero(_mul_add(gp, pp, gn, pn), self), _or_zero(_mul_add(gp, pn, gn, pp), self))
+        if name == "extremes":
+            gmax, gmin, pmax, pmin = side.get("max"), side.get("min"), p("max"), p("min")
+            if self.store.parts(self.x).nonneg:  # patches >= 0: the extremes pair each g extreme with one p extreme
+                return torch.maximum(gmax * pmax, gmax * pmin), torch.minimum(gmin * pmax, gmin * pmin)
+            a, b, c, d = gmax * pmax, gmax * pmin, gmin * pmax, gmin * pmin
+            return torch.maximum(torch.maximum(a, b), torch.maximum(c, d)), torch.minimum(torch.minimum(a, b),
+                                                                                         torch.minimum(c, d))
+        return side.get("min_abs") * p("min_abs")
+
+    def _compute_one_per_block(self, name: str):
+        """Blocks with one gradient entry (depthwise): g's block statistics are g's own parts, full size, so
+        every statistic is one fused pass through a reused buffer. Uses that g+ and g- have disjoint supports:
+        ``(g+)^2 A + (g-)^2 B = |g| (g+ A + g- B)``, and ``max_j g p_j = g+ max p - g- min p``."""
+        parts = self.store.parts(self.g)
+        shape = self.g.shape[:3] + self.g.shape[-2:]
+        gp, gn = self._gs("pos"), self._gs("neg")
+        p = self._ps
+        if name in ("sq", "signed_sq", "min_abs") and "|g|" not in self._cache:
+            self._cache["|g|"] = gp if gn is None else parts.v.abs().reshape(shape)
+        if name == "sum":
+            return self._fold("sum", (parts.v.reshape(shape), p("sum")))
+        if name == "sq":
+            if "signed_sq" in self._cache:
+                return sum(self._cache["signed_sq"])
+            return self._fold("sum", (self._cache["|g|"], p("sq")), scale=self._cache["|g|"])
+        if name in ("signed", "signed_sq"):
+            sq = "_sq" if name == "signed_sq" else ""
+            pp, pn = p("pos" + sq), p("neg" + sq)
+            scale = self._cache["|g|"] if sq else None
+            return (self._fold("sum", (gp, pp), (gn, pn), scale=scale),
+                    self._fold("sum", (gp, pn), (gn, pp), scale=scale))
+        if name == "extremes":
+            pmax, pmin = p("max"), p("min")
+            return (self._fold("amax", (gp, pmax), (gn, pmin, -1)), self._fold("amin", (gp, pmin), (gn, pmax, -1)))
+        return self._fold("amin", (self._cache["|g|"], p("min_abs")))
+
+    def _fold(self, op: str, *terms, scale: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``op`` over the block axis of ``scale * sum_k sign_k a_k b_k`` for terms ``(a, b[, sign])``; a None
+        factor is an exact zero. Computed in one buffer reused by every statistic of this contribution."""
+        terms = [t for t in terms if t[0] is not None and t[1] is not None]
+        if not terms:
+            return self._zero()
+        shape = tuple(max(sizes) for sizes in zip(*(t.shape for term in terms for t in term[:2])))
+        buf = self._cache.get("buffer")
+        if buf is None or buf.shape != shape:
+            buf = self._cache["buffer"] = torch.empty(shape, dtype=self.g.dtype, device=self.g.device)
+        (a, b, *sign), rest = terms[0], terms[1:]
+        torch.mul(a, b, out=buf)
+        if sign and sign[0] < 0:
+            buf.neg_()
+        for a, b, *sign in rest:
+            buf.addcmul_(a, b, value=sign[0] if sign else 1)
+        if scale is not None:
+            buf.mul_(scale)
+        return getattr(buf, op)(2)
 
     # ---- materialisation, for components without a closed form and for the reference path
     def patches(self) -> torch.Tensor:
@@ -288,46 +489,40 @@ class Factored(_Stats):
         return Dense(c.reshape(n, t, -1, h, w))
 
 
-def _side_stat(v: torch.Tensor, name: str, dim: int) -> torch.Tensor:
-    """One statistic of ``v`` along ``dim``: sum, sq, pos, neg, pos_sq, neg_sq, max, min, min_abs."""
-    if name == "sum":
-        return v.sum(dim)
-    if name == "sq":
-        return (v * v).sum(dim)
-    if name in ("pos", "pos_sq"):
-        part = v.clamp(min=0)
-    elif name in ("neg", "neg_sq"):
-        part = (-v).clamp(min=0)
-    elif name == "max":
-        return v.amax(dim)
-    elif name == "min":
-        return v.amin(dim)
-    else:
-        return v.abs().amin(dim)
-    return (part * part if name.endswith("_sq") else part).sum(dim)
-
-
 # ----------------------------------------------------------------------------- closed forms for builtins
 # Each takes a Dense or Factored contribution and the sign profile (a, b) of the composed pre-filters,
 # f(x) = a*max(x, 0) + b*max(-x, 0), and returns the (N, T, h, w) map.
+def _scaled(k: int, t: torch.Tensor) -> torch.Tensor:
+    return t if k == 1 else (-t if k == -1 else k * t)
+
+
+def _combine(a: int, x: torch.Tensor, b: int, y: torch.Tensor) -> torch.Tensor:
+    """``a*x + b*y`` without multiplying by 0 or 1."""
+    if not b:
+        return _scaled(a, x) if a else torch.zeros_like(x)
+    if not a:
+        return _scaled(b, y)
+    return torch.add(_scaled(a, x), y, alpha=b)
+
+
 def factored_sum(c, profile: Profile) -> torch.Tensor:
     """``sum_i f(c_u)_i = a * sum c+ + b * sum c-``."""
     a, b = profile
     if a == -b:
-        return a * c.total_sum()
+        return _scaled(a, c.total_sum())
     pos, neg = c.signed_sums()
-    return a * (pos + neg) if a == b else a * pos + b * neg
+    return _scaled(a, pos + neg) if a == b else _combine(a, pos, b, neg)
 
 
 def factored_norm(c, profile: Profile) -> torch.Tensor:
     """``||f(c_u)||_2 = sqrt(a^2 sum (c+)^2 + b^2 sum (c-)^2)``."""
     a, b = profile
     if a * a == b * b:
-        sq = a * a * c.total_square_sum()
+        sq = _scaled(a * a, c.total_square_sum())
     else:
         pos, neg = c.signed_square_sums()
-        sq = a * a * pos + b * b * neg
-    return sq.clamp(min=0).sqrt()
+        sq = _combine(a * a, pos, b * b, neg)
+    return sq.sqrt()
 
 
 def factored_max(c, profile: Profile) -> torch.Tensor:
@@ -336,6 +531,10 @@ def factored_max(c, profile: Profile) -> torch.Tensor:
     if profile == (-1, -1):
         return -c.min_abs()
     hi, lo = c.extremes()
+    if profile == IDENTITY:
+        return hi
+    if profile == (-1, 1):
+        return -lo
     return torch.maximum(apply_profile(hi, profile), apply_profile(lo, profile))
 
 
@@ -344,6 +543,10 @@ def factored_min(c, profile: Profile) -> torch.Tensor:
     if profile == (1, 1):
         return c.min_abs()
     hi, lo = c.extremes()
+    if profile == IDENTITY:
+        return lo
+    if profile == (-1, 1):
+        return -hi
     return torch.minimum(apply_profile(hi, profile), apply_profile(lo, profile))
 
 

@@ -173,6 +173,7 @@ def saliency(
     maps: dict[tuple[str, str], torch.Tensor] = {}
     out_targets, out_scores = None, None
     size = tuple(images.shape[-2:]) if resize is True else (tuple(resize) if resize else None)
+    plans: dict = {}  # each method's phase-2 plan, shared by all layers
     for modifiers, group in passes.items():
         needs: dict[str, set[str]] = {}
         for method, layer in group:
@@ -190,7 +191,7 @@ def saliency(
         out_targets = matrix if out_targets is None else out_targets
         out_scores = scores if out_scores is None else out_scores
         for layer in list(captures):  # one layer at a time, freeing its capture and caches when done
-            evaluator = LayerEvaluator(registry, captures.pop(layer), closed_forms=closed_forms)
+            evaluator = LayerEvaluator(registry, captures.pop(layer), closed_forms=closed_forms, plans=plans)
             by_extractor: dict = {}
             for method, at in group:
                 if at == layer:

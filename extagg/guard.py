@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 from typing import Iterator
 
 import torch
@@ -31,18 +32,17 @@ def preserved(model: torch.nn.Module, *, weights: bool = False) -> Iterator[torc
     flags = [p.requires_grad for p in params]
     grads = [p.grad for p in params]
     grad_values = [None if g is None else g.detach().clone() for g in grads] if weights else None
-    buffers = [(b, b.detach().clone()) for b in model.buffers()]
+    buffers = _Buffers(model)
     values = [p.detach().clone() for p in params] if weights else None
-    hooks = [{name: dict(getattr(m, name)) for name in _HOOK_DICTS if hasattr(m, name)} for m in modules]
-    structure = [{name: dict(getattr(m, name)) for name in _STRUCTURE_DICTS} for m in modules]
+    hooks = [_snapshot(m, _HOOK_DICTS) for m in modules]
+    structure = [_snapshot(m, _STRUCTURE_DICTS) for m in modules]
     non_persistent = [set(getattr(m, "_non_persistent_buffers_set", ())) for m in modules]
     try:
         yield model
     finally:
         with torch.no_grad():
             for m, saved, names in zip(modules, structure, non_persistent):
-                for name, before in saved.items():
-                    _restore_dict(getattr(m, name), before)
+                _restore(m, saved)
                 if hasattr(m, "_non_persistent_buffers_set") and m._non_persistent_buffers_set != names:
                     m._non_persistent_buffers_set.clear()
                     m._non_persistent_buffers_set.update(names)
@@ -55,25 +55,62 @@ def preserved(model: torch.nn.Module, *, weights: bool = False) -> Iterator[torc
                 p.grad = grads[i]
                 if grad_values is not None and grads[i] is not None:
                     grads[i].copy_(grad_values[i])
-            for b, v in buffers:
-                if b.shape == v.shape:
-                    b.copy_(v)
+            buffers.restore()
             for m, saved in zip(modules, hooks):
-                for name, before in saved.items():
-                    _restore_dict(getattr(m, name), before)
+                _restore(m, saved)
 
 
-def _restore_dict(current: dict, before: dict) -> None:
-    """Make ``current`` hold exactly the entries of ``before`` (same objects, same order), in place."""
-    if list(current) == list(before) and all(current[k] is v for k, v in before.items()):
-        return
-    current.clear()
-    current.update(before)
+class _Buffers:
+    """A copy of every buffer's values, taken as one flat tensor per dtype and device; on restore, a group whose
+    values are unchanged costs one comparison, a changed one is copied back buffer by buffer (where the buffer
+    still has its original shape)."""
+
+    def __init__(self, model: torch.nn.Module):
+        self.groups: dict = {}
+        for b in model.buffers():
+            self.groups.setdefault((b.dtype, b.device), []).append((b, b.shape))
+        self.flat = {key: _flat([b for b, _ in group]).clone() for key, group in self.groups.items()}
+
+    def restore(self) -> None:
+        for key, group in self.groups.items():
+            before = self.flat[key]
+            if torch.equal(_flat([b for b, _ in group]), before):
+                continue
+            start = 0
+            for b, shape in group:
+                n = shape.numel()
+                if b.shape == shape:
+                    b.copy_(before[start:start + n].view(shape))
+                start += n
+
+
+def _flat(tensors: list[torch.Tensor]) -> torch.Tensor:
+    return torch.cat([t.detach().reshape(-1) for t in tensors])
+
+
+def _snapshot(module: torch.nn.Module, names: tuple[str, ...]) -> list[tuple[str, tuple]]:
+    """The entries of the module's dicts ``names`` (those it has), as (name, items) pairs."""
+    state = module.__dict__
+    return [(name, tuple(state[name].items())) for name in names if name in state]
+
+
+def _restore(module: torch.nn.Module, saved: list[tuple[str, tuple]]) -> None:
+    """Make each saved dict of ``module`` hold exactly its saved entries (same objects, same order), in place."""
+    for name, items in saved:
+        current = getattr(module, name)
+        if not items:
+            if current:
+                current.clear()
+            continue
+        if len(current) == len(items) and all(a == k and current[k] is v for a, (k, v) in zip(current, items)):
+            continue
+        current.clear()
+        current.update(items)
 
 
 def model_device_dtype(model: torch.nn.Module, fallback: torch.Tensor) -> tuple[torch.device, torch.dtype]:
     """The device and floating dtype of the model's first floating parameter or buffer (else the input's)."""
-    for t in list(model.parameters()) + list(model.buffers()):
+    for t in itertools.chain(model.parameters(), model.buffers()):
         if t.is_floating_point():
             return t.device, t.dtype
     return fallback.device, fallback.dtype if fallback.is_floating_point() else torch.get_default_dtype()

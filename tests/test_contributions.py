@@ -6,7 +6,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from extagg.contributions import (Dense, Factored, PatchGeometry, apply_profile, compose_profiles, factored_max,
+from extagg.contributions import (Dense, Factored, PatchGeometry, Scaled, apply_profile, compose_profiles, factored_max,
                                   factored_min, factored_norm, factored_sum)
 
 PROFILES = list(itertools.product([-1, 0, 1], repeat=2))
@@ -33,7 +33,13 @@ def factored(draw):
         return draw(factored())
     g = torch.randn(2, draw(st.integers(1, 2)), groups * draw(st.integers(1, 2)), out_h, out_w, generator=gen,
                     dtype=torch.float64)
-    return Factored(g, x, geo)
+    return Factored(signed(draw, g), signed(draw, x), geo)
+
+
+def signed(draw, v: torch.Tensor) -> torch.Tensor:
+    """``v``, or a one-signed version of it (ReLU outputs: the closed forms skip the exactly-zero negative part)."""
+    sign = draw(st.sampled_from(["mixed", "mixed", "nonneg", "nonpos", "zero"]))
+    return {"mixed": v, "nonneg": v.clamp(min=0), "nonpos": v.clamp(max=0), "zero": v * 0}[sign]
 
 
 @given(c=factored(), profile=st.sampled_from(PROFILES), form=st.sampled_from(list(REDUCE)))
@@ -42,12 +48,31 @@ def test_closed_forms_on_factored_equal_materialised(c, profile, form):
     torch.testing.assert_close(form(c, profile), want, rtol=1e-10, atol=1e-12)
 
 
-@given(seed=st.integers(0, 999), profile=st.sampled_from(PROFILES), form=st.sampled_from(list(REDUCE)))
-def test_closed_forms_on_dense_equal_direct_reduction(seed, profile, form):
+@given(seed=st.integers(0, 999), profile=st.sampled_from(PROFILES), form=st.sampled_from(list(REDUCE)),
+       data=st.data())
+def test_closed_forms_on_dense_equal_direct_reduction(seed, profile, form, data):
     values = torch.randn(2, 3, 7, 4, 5, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
     values[0, 0, :, 0, 0] = 0.0  # a location of zeros
+    values = signed(data.draw, values)
     torch.testing.assert_close(form(Dense(values), profile), REDUCE[form](apply_profile(values, profile)),
                                rtol=1e-10, atol=1e-12)
+
+
+@given(seed=st.integers(0, 999), profile=st.sampled_from(PROFILES), form=st.sampled_from(list(REDUCE)),
+       data=st.data())
+def test_closed_forms_on_scaled_equal_its_materialised_values(seed, profile, form, data):
+    """Scaled's matrix-vector sums equal the reductions of w * x built in full, for any signs of x and w."""
+    gen = torch.Generator().manual_seed(seed)
+    x = signed(data.draw, torch.randn(2, 5, 4, 3, generator=gen, dtype=torch.float64))
+    w = signed(data.draw, torch.randn(2, data.draw(st.integers(1, 3)), 5, generator=gen, dtype=torch.float64))
+    values = x[:, None] * w[..., None, None]
+    torch.testing.assert_close(form(Scaled(x, w), profile), REDUCE[form](apply_profile(values, profile)),
+                               rtol=1e-10, atol=1e-12)
+
+
+def test_scaled_rejects_mismatched_shapes():
+    with pytest.raises(ValueError, match=r"x \(N, C, h, w\) and w \(N, T, C\), got \(1, 4, 2, 2\) and \(1, 1, 3\)"):
+        Scaled(torch.ones(1, 4, 2, 2), torch.ones(1, 1, 3))
 
 
 @pytest.mark.parametrize("first,then", list(itertools.product(PROFILES, repeat=2)))

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 import extagg
-from extagg.contributions import Dense, Factored, PatchGeometry
+from extagg.contributions import Dense, Factored, PatchGeometry, Scaled
 from extagg.specs import Extractor, Param
 
 
@@ -22,7 +22,7 @@ def scaling(c):
 
 
 def pooled_scaling(c):
-    return Dense(c.output[:, None] * c.grad.mean(dim=(-2, -1), keepdim=True))
+    return Scaled(c.output, c.grad.mean(dim=(-2, -1)))
 
 
 def identity_conv(c, k: int = 3):

@@ -1,0 +1,217 @@
+"""Per-location statistics of one tensor along one axis, and the patch pooling that turns pixel statistics into
+patch statistics. The machinery behind :mod:`extagg.contributions`; nothing here is public API.
+
+A :class:`Parts` holds a tensor with its positive and negative parts, computed at most once and shared by every
+statistic that needs them; a nonnegative tensor (a ReLU output) is its own positive part and has no negative
+part, which callers see as ``None`` ("exactly zero") and skip. :class:`SideStats` reduces a view of that tensor
+along one axis; along an axis of size one the statistics are the parts themselves (no reduction, no copy).
+A :class:`Store` shares both between the contributions of one layer, for the layer's own captured tensors only
+(temporaries such as ``x * g`` stay private, so nothing is looked up by the id of a freed tensor).
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+NAMES = ("sum", "sq", "pos", "neg", "pos_sq", "neg_sq", "max", "min", "min_abs")
+_NONNEG_ALIAS = {"pos": "sum", "pos_sq": "sq", "min_abs": "min"}
+_FRESH = ("sq", "pos_sq", "neg_sq", "min_abs")
+
+
+class Parts:
+    """``v`` and, on demand, ``relu(v)``, ``relu(-v)`` and whether ``v >= 0`` everywhere."""
+
+    __slots__ = ("v", "_nonneg", "_pos", "_neg")
+
+    def __init__(self, v: torch.Tensor):
+        self.v = v
+        self._nonneg: Optional[bool] = None
+        self._pos = self._neg = None
+
+    @property
+    def nonneg(self) -> bool:
+        if self._nonneg is None:
+            self._nonneg = bool(self.v.amin() >= 0) if self.v.numel() else True
+        return self._nonneg
+
+    def pos(self) -> torch.Tensor:
+        if self.nonneg:
+            return self.v
+        if self._pos is None:
+            self._pos = self.v.clamp(min=0)
+        return self._pos
+
+    def neg(self) -> Optional[torch.Tensor]:
+        """``relu(-v)``, or None where ``v >= 0`` everywhere."""
+        if self.nonneg:
+            return None
+        if self._neg is None:
+            self._neg = self.pos() - self.v
+        return self._neg
+
+
+class SideStats:
+    """Statistics of ``parts.v.reshape(shape)`` along ``dim``, each computed once.
+
+    ``get(name)`` for ``name`` in :data:`NAMES` returns a tensor, or None for a statistic that is exactly zero
+    (``neg`` and ``neg_sq`` of a nonnegative tensor).
+    """
+
+    __slots__ = ("parts", "shape", "dim", "_out", "_scratch", "_moved")
+
+    def __init__(self, parts: Parts, shape: tuple[int, ...], dim: int):
+        self.parts, self.shape, self.dim = parts, tuple(shape), dim
+        self._out: dict[str, Optional[torch.Tensor]] = {}
+        self._scratch: Optional[torch.Tensor] = None
+        self._moved: Optional[torch.Tensor] = None
+
+    def nonneg(self) -> bool:
+        return self.parts.nonneg
+
+    def _view(self, t: torch.Tensor) -> torch.Tensor:
+        return t.reshape(self.shape)
+
+    @property
+    def single(self) -> bool:
+        """Whether the reduced axis has one entry: the statistics are then full-size elementwise functions."""
+        return self.shape[self.dim] == 1
+
+    def get(self, name: str) -> Optional[torch.Tensor]:
+        name = self.resolve(name)
+        if name in self._out:
+            return self._out[name]
+        out = self._compute(name)
+        if not (self.single and name in _FRESH):  # full-size fresh results are pooled and cached by the caller
+            self._out[name] = out
+        return out
+
+    def resolve(self, name: str) -> str:
+        """The statistic that ``name`` equals here (for a nonnegative tensor ``pos`` is ``sum``, ...)."""
+        if self.parts.nonneg:
+            return _NONNEG_ALIAS.get(name, name)
+        return name
+
+    def _reduce(self, fn, a: torch.Tensor, b: Optional[torch.Tensor], op: str) -> torch.Tensor:
+        """``op`` of the elementwise ``fn(a, b)`` along the axis, through one reused buffer."""
+        if self._scratch is None:
+            self._scratch = torch.empty_like(a)
+        buf = fn(a, b, out=self._scratch) if b is not None else fn(a, out=self._scratch)
+        return getattr(buf, op)(self.dim)
+
+    def _compute(self, name: str) -> Optional[torch.Tensor]:
+        parts, dim, single = self.parts, self.dim, self.single
+        if parts.nonneg and name in ("neg", "neg_sq"):
+            return None
+        v = self._view(parts.v)
+        if name in ("pos", "neg", "pos_sq", "neg_sq"):
+            part = self._view(parts.pos() if name.startswith("pos") else parts.neg())
+            if not name.endswith("_sq"):
+                return part.squeeze(dim) if single else part.sum(dim)
+            if single:
+                return (part * part).squeeze(dim)
+            return self._reduce(torch.mul, part, part, "sum")
+        if name == "sq":
+            if single:
+                return (v * v).squeeze(dim)
+            if not parts.nonneg and "pos_sq" in self._out and "neg_sq" in self._out:
+                return self._out["pos_sq"] + self._out["neg_sq"]
+            return self._reduce(torch.mul, v, v, "sum")
+        if name == "min_abs":
+            return v.abs().squeeze(dim) if single else self._reduce(torch.abs, v, None, "amin")
+        if single:
+            return v.squeeze(dim)
+        if name == "sum":
+            return v.sum(dim)
+        if name in ("max", "min"):
+            return self._extreme(v, name)
+        raise KeyError(name)
+
+    def _extreme(self, v: torch.Tensor, name: str) -> torch.Tensor:
+        """amax/amin along the axis; with few entries after the axis (7x7 maps) through a copy that puts it last,
+        where the CPU kernels vectorise (several times faster than reducing a middle axis of inner size 49)."""
+        inner = 1
+        for size in self.shape[self.dim + 1:]:
+            inner *= size
+        if inner >= 128 or v.device.type != "cpu":
+            return v.amax(self.dim) if name == "max" else v.amin(self.dim)
+        if self._moved is None:
+            self._moved = v.movedim(self.dim, -1).contiguous()
+        return self._moved.amax(-1) if name == "max" else self._moved.amin(-1)
+
+
+class Store:
+    """Parts and side statistics shared by the contributions of one layer, for ``pinned`` tensors only."""
+
+    def __init__(self, pinned=()):
+        self._pinned = {id(t): t for t in pinned if t is not None}
+        self._parts: dict[int, Parts] = {}
+        self._sides: dict[tuple, SideStats] = {}
+
+    def pin(self, t: Optional[torch.Tensor]) -> None:
+        if t is not None:
+            self._pinned[id(t)] = t
+
+    def parts(self, t: torch.Tensor) -> Parts:
+        if self._pinned.get(id(t)) is not t:
+            return Parts(t)
+        if id(t) not in self._parts:
+            self._parts[id(t)] = Parts(t)
+        return self._parts[id(t)]
+
+    def side(self, t: torch.Tensor, shape: tuple[int, ...], dim: int) -> SideStats:
+        """Statistics of ``t.reshape(shape)`` along ``dim``, shared if ``t`` is pinned."""
+        if self._pinned.get(id(t)) is not t:
+            return SideStats(Parts(t), shape, dim)
+        key = (id(t), tuple(shape), dim)
+        if key not in self._sides:
+            self._sides[key] = SideStats(self.parts(t), shape, dim)
+        return self._sides[key]
+
+
+# ----------------------------------------------------------------------------- pooling over patches
+def _windows(t: torch.Tensor, axis: int, k: int, stride: int, dilation: int):
+    """The k shifted, strided views of ``t`` along ``axis`` whose elementwise reduction is a 1-D pool."""
+    out = (t.shape[axis] - dilation * (k - 1) - 1) // stride + 1
+    for a in range(k):
+        start = a * dilation
+        yield t.narrow(axis, start, (out - 1) * stride + 1)[(slice(None),) * (axis % t.ndim) + (slice(None, None, stride),)]
+
+
+def pool_extreme(t: torch.Tensor, kernel, stride, dilation, largest: bool) -> torch.Tensor:
+    """Max (or min) over each window of an already padded (..., H, W) map: separable, no indices, no sign flips."""
+    op = torch.maximum if largest else torch.minimum
+    for axis, k, s, d in ((-2, kernel[0], stride[0], dilation[0]), (-1, kernel[1], stride[1], dilation[1])):
+        views = _windows(t, axis, k, s, d)
+        acc = next(views)
+        if k > 1:
+            acc = op(acc, next(views))
+            for view in views:
+                acc = op(acc, view, out=acc) if acc.is_contiguous() else op(acc, view)
+        t = acc
+    return t
+
+
+_SMALL = 1 << 16
+
+
+def pool_sum(t: torch.Tensor, kernel, stride, dilation, padding=(0, 0)) -> torch.Tensor:
+    """Sum over each window of a (N, B, H, W) map, zero-padded by ``padding`` (one ones-kernel depthwise
+    convolution)."""
+    if tuple(kernel) == (1, 1) and not any(padding):
+        return t[..., :: stride[0], :: stride[1]]
+    if t.numel() < _SMALL:  # a convolution call costs more than a few slice additions on a small map
+        if any(padding):
+            t = F.pad(t, (padding[1], padding[1], padding[0], padding[0]))
+        for axis, k, s, d in ((-2, kernel[0], stride[0], dilation[0]), (-1, kernel[1], stride[1], dilation[1])):
+            views = _windows(t, axis, k, s, d)
+            acc = next(views)
+            acc = acc + next(views) if k > 1 else acc
+            for view in views:
+                acc += view
+            t = acc
+        return t
+    b = t.shape[1]
+    ones = torch.ones((b, 1, *kernel), dtype=t.dtype, device=t.device)
+    return F.conv2d(t, ones, stride=tuple(stride), padding=tuple(padding), dilation=tuple(dilation), groups=b)
