@@ -25,12 +25,14 @@ CHUNK_BUDGET = 1 << 24
 class Plan:
     """What phase 2 does for one method, resolved once per call: the reduction to share and the post-filters."""
 
+    name: str  # the method's canonical string
     extractor: Call
     pre: tuple[Call, ...]
     profile: Optional[Profile]  # sign profile of the composed pre-filters; None if one has no profile
     aggregator: Call
     post: tuple  # (filter fn, kwargs) pairs
-    key: tuple  # methods with equal keys share one reduction
+    extractor_key: str
+    key: str  # methods of one extractor with equal keys share one reduction
 
     @classmethod
     def of(cls, registry, method: Method) -> "Plan":
@@ -42,8 +44,9 @@ class Plan:
                 break
             profile = compose_profiles(profile, tuple(spec.sign_profile))
         post = tuple((registry.filters[c.name].fn, c.kwargs) for c in method.post)
-        key = (method.extractor, method.pre if profile is None else profile, method.aggregator)
-        return cls(method.extractor, method.pre, profile, method.aggregator, post, key)
+        shared = "+".join(map(str, method.pre)) if profile is None else repr(profile)
+        return cls(str(method), method.extractor, method.pre, profile, method.aggregator, post,
+                   str(method.extractor), f"{shared}|{method.aggregator}")
 
 
 class LayerEvaluator:
@@ -58,29 +61,50 @@ class LayerEvaluator:
         self.capture = capture
         self.closed_forms = closed_forms
         self.plans = {} if plans is None else plans
-        self._contrib: dict[Call, object] = {}
-        self._filtered: dict[tuple, torch.Tensor] = {}
-        self._reduced: dict[tuple, torch.Tensor] = {}
+        self._contrib: dict[str, object] = {}  # by extractor string
+        self._filtered: dict[str, dict] = {}  # by extractor string, then pre-filters
+        self._reduced: dict[str, dict] = {}  # by extractor string, then plan key
         # parts and side statistics of the captured tensors, shared by this layer's contributions
         self._store = Store(pinned=(capture.grad, capture.output, capture.input))
 
+    def plan(self, method: Method) -> Plan:
+        plan = self.plans.get(method)
+        if plan is None:
+            plan = self.plans[method] = Plan.of(self.registry, method)
+        return plan
+
     def contribution(self, call: Call):
-        if call not in self._contrib:
+        key = str(call)
+        out = self._contrib.get(key)
+        if out is None:
             spec = self.registry.extractors[call.name]
             out = spec.fn(self.capture, **call.kwargs)
             if not isinstance(out, (Dense, Factored)):
                 raise TypeError(f"extractor {call.name!r} ({spec.origin}) returned {type(out).__name__}, "
-                                "expected extagg.contributions.Dense or Factored")
+                                "expected extagg.contributions.Dense (or Scaled) or Factored")
             out.store = self._store
-            self._contrib[call] = out
-        return self._contrib[call]
+            self._contrib[key] = out
+        return out
+
+    def prefetch(self, extractor: Call, methods) -> None:
+        """Let the contribution of ``extractor`` compute, in one sweep, every statistic that the closed forms of
+        ``methods`` declare they read (see :class:`extagg.specs.Aggregator` ``reads``)."""
+        if not self.closed_forms:
+            return
+        names: dict = {}
+        for method in methods:
+            plan = self.plan(method)
+            agg = self.registry.aggregators[plan.aggregator.name]
+            if plan.profile is not None and agg.closed_form is not None and agg.reads is not None:
+                names.update(dict.fromkeys(agg.reads(plan.profile, **plan.aggregator.kwargs)))
+        if names:
+            self.contribution(extractor).prefetch(list(names))
 
     def release(self, call: Call) -> None:
         """Forget the contribution of ``call`` and everything derived from it (after its last method)."""
-        self._contrib.pop(call, None)
-        for cache in (self._filtered, self._reduced):
-            for key in [k for k in cache if k[0] == call]:
-                del cache[key]
+        key = str(call)
+        for cache in (self._contrib, self._filtered, self._reduced):
+            cache.pop(key, None)
 
     def _apply(self, calls: tuple[Call, ...], x: torch.Tensor) -> torch.Tensor:
         for call in calls:
@@ -89,12 +113,13 @@ class LayerEvaluator:
 
     def map(self, method: Method) -> torch.Tensor:
         """The map of ``method`` (modifiers ignored: they act on the pass), shape (N, T, h, w)."""
-        plan = self.plans.get(method)
-        if plan is None:
-            plan = self.plans[method] = Plan.of(self.registry, method)
-        out = self._reduced.get(plan.key)
+        plan = self.plans.get(method) or self.plan(method)
+        reduced = self._reduced.get(plan.extractor_key)
+        if reduced is None:
+            reduced = self._reduced[plan.extractor_key] = {}
+        out = reduced.get(plan.key)
         if out is None:
-            out = self._reduced[plan.key] = self._reduce(plan)
+            out = reduced[plan.key] = self._reduce(plan)
         for fn, kwargs in plan.post:
             out = fn(out, **kwargs)
         return out
@@ -108,10 +133,11 @@ class LayerEvaluator:
             if out is not None:
                 return out
         if isinstance(contribution, Dense):
-            fkey = (plan.extractor, plan.pre)
-            if fkey not in self._filtered:
-                self._filtered[fkey] = self._apply(plan.pre, contribution.values)
-            return agg.reduce(self._filtered[fkey], dim=2, **kwargs)
+            filtered = self._filtered.setdefault(plan.extractor_key, {})
+            fkey = "+".join(map(str, plan.pre))
+            if fkey not in filtered:
+                filtered[fkey] = self._apply(plan.pre, contribution.values)
+            return agg.reduce(filtered[fkey], dim=2, **kwargs)
         return self._chunked(contribution, plan.pre, agg, kwargs)
 
     def _chunked(self, c: Factored, pre: tuple[Call, ...], agg, kwargs) -> torch.Tensor:

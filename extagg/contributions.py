@@ -26,7 +26,8 @@ import attrs
 import torch
 import torch.nn.functional as F
 
-from .statistics import Store, SideStats, pool_extreme, pool_sum
+from .depthwise import one_per_block_stats
+from .statistics import CHUNK, SideStats, Store, accumulate, fold, pool_extreme, pool_sum
 
 Profile = tuple[int, int]
 IDENTITY: Profile = (1, -1)
@@ -94,6 +95,11 @@ class _Stats:
         """``min_i |c_i|``."""
         return self._stat("min_abs")
 
+    def prefetch(self, names) -> None:
+        """Compute the statistics ``names`` (``"sum"``, ``"sq"``, ``"signed"``, ``"signed_sq"``, ``"extremes"``,
+        ``"min_abs"``) now, together, in as few sweeps over the data as the form allows; later calls of the
+        accessors read them from the cache. Optional: every accessor computes what it needs on its own."""
+
     def _zero(self) -> torch.Tensor:
         n, t, h, w = self.shape
         return self._ref().new_zeros(n, t, h, w)
@@ -128,8 +134,17 @@ class Dense(_Stats):
     def _ref(self) -> torch.Tensor:
         return self.values
 
+    def _side(self) -> SideStats:
+        side = self._cache.get("side")
+        if side is None:
+            side = self._cache["side"] = self.store.side(self.values, self.values.shape, 2)
+        return side
+
+    def prefetch(self, names) -> None:
+        self._side().prefetch([m for name in names if name not in self._cache for m in _SIDE_STATS[name]])
+
     def _compute(self, name: str):
-        side = self.store.side(self.values, self.values.shape, 2)
+        side = self._side()
         if name == "signed":
             return side.get("pos"), _or_zero(side.get("neg"), self)
         if name == "signed_sq":
@@ -169,6 +184,23 @@ class Scaled(Dense):
     def _ref(self) -> torch.Tensor:
         return self.x
 
+    def prefetch(self, names) -> None:
+        """Sums are matrix-vector products, computed when asked; extremes and ``min_abs`` in one sweep over
+        chunks of channels, without building ``values``."""
+        want = {m for name in names if name in ("extremes", "min_abs") and name not in self._cache
+                for m in _SIDE_STATS[name]}
+        if not want or self._values is not None:
+            return super().prefetch(names) if want else None
+        acc: dict = {}
+        w = self.w[..., None, None]
+        for start, xc in _channel_chunks(self.x):
+            chunk = xc[:, None] * w[:, :, start:start + xc.shape[1]]
+            accumulate(acc, chunk, 2, want, nonneg=False)
+        if "max" in acc:
+            self._cache["extremes"] = (acc["max"], acc["min"])
+        if "min_abs" in acc:
+            self._cache["min_abs"] = acc["min_abs"]
+
     def _mv(self, x: Optional[torch.Tensor], w: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
         """``sum_c w[n, t, c] x[n, c, u]`` as (N, T, h, w); None for a zero factor."""
         if x is None or w is None:
@@ -179,7 +211,7 @@ class Scaled(Dense):
     def _x_parts(self, sq: bool):
         key = "x_sq" if sq else "x_parts"
         if key not in self._cache:
-            parts = self.store.parts(self.x)
+            parts = self._cache.get("x") or self._cache.setdefault("x", self.store.parts(self.x))
             xp, xn = parts.pos(), parts.neg()
             self._cache[key] = (xp * xp, None if xn is None else xn * xn) if sq else (xp, xn)
         return self._cache[key]
@@ -212,11 +244,21 @@ def _mul_add(a, b, c, d) -> Optional[torch.Tensor]:
     return c * d if ab is None else torch.addcmul(ab, c, d)
 
 
+def _channel_chunks(x: torch.Tensor):
+    """``(start, x[:, start:stop])`` over chunks of channels of about :data:`extagg.statistics.CHUNK` elements."""
+    step = max(1, CHUNK // max(1, x.numel() // max(1, x.shape[1])))
+    for start in range(0, x.shape[1], step):
+        yield start, x[:, start:start + step]
+
+
 def _add(a: Optional[torch.Tensor], b: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
     return a if b is None else (b if a is None else a + b)
 
 
 _SUM_STATS = ("sum", "sq", "pos", "neg", "pos_sq", "neg_sq")
+_SIDE_STATS = {"sum": ("sum",), "sq": ("sq",), "signed": ("pos", "neg"), "signed_sq": ("pos_sq", "neg_sq"),
+               "extremes": ("max", "min"), "min_abs": ("min_abs",)}
+"""The side statistics (:mod:`extagg.statistics`) that each contribution statistic is built from."""
 _EXTREME_STATS = ("max", "min", "min_abs")  # "max" first: _ps pools a family with the op of its first member
 
 
@@ -320,10 +362,22 @@ class Factored(_Stats):
 
     # ---- gradient side: per block, (N, T, B, h, w); None where exactly zero
     def _g_side(self) -> SideStats:
-        n, t, c, h, w = self.g.shape
-        if self.blocks == 1:  # the same statistics as Dense(g), i.e. the bias extractor's
-            return self.store.side(self.g, self.g.shape, 2)
-        return self.store.side(self.g, (n, t, self.blocks, c // self.blocks, h, w), 3)
+        side = self._cache.get("g side")
+        if side is None:
+            n, t, c, h, w = self.g.shape
+            if self.blocks == 1:  # the same statistics as Dense(g), i.e. the bias extractor's
+                side = self.store.side(self.g, self.g.shape, 2)
+            else:
+                side = self.store.side(self.g, (n, t, self.blocks, c // self.blocks, h, w), 3)
+            self._cache["g side"] = side
+        return side
+
+    def _x_side(self) -> SideStats:
+        side = self._cache.get("x side")
+        if side is None:
+            n, c, hh, ww = self.x.shape
+            side = self._cache["x side"] = self.store.side(self.x, (n, self.blocks, c // self.blocks, hh, ww), 2)
+        return side
 
     def _gs(self, name: str) -> Optional[torch.Tensor]:
         out = self._g_side().get(name)
@@ -331,8 +385,7 @@ class Factored(_Stats):
 
     # ---- patch side: per block, (N, 1, B, h, w): reduce channels per pixel, then pool the padded reduced map
     def _ps(self, name: str) -> Optional[torch.Tensor]:
-        n, c, hh, ww = self.x.shape
-        side = self.store.side(self.x, (n, self.blocks, c // self.blocks, hh, ww), 2)
+        side = self._x_side()
         key = "p:" + side.resolve(name)
         if key not in self._cache:
             if self.blocks == 1:  # one-channel maps: pool the whole family of statistics in one call
@@ -343,7 +396,8 @@ class Factored(_Stats):
                                     family[0])
                 self._cache.update({"p:" + m: (-pooled[:, None, i:i + 1] if f else pooled[:, None, i:i + 1])
                                     for i, (m, f) in enumerate(zip(names, flip))})
-                self._cache.setdefault(key, None)
+                for m in family:  # exactly-zero statistics (the negative part of a ReLU output)
+                    self._cache.setdefault("p:" + side.resolve(m), None)
             else:
                 pixel = side.get(name)
                 self._cache[key] = None if pixel is None else self._pool(pixel, name).unsqueeze(1)
@@ -402,7 +456,7 @@ class Factored(_Stats):
             return (_or_zero(_mul_add(gp, pp, gn, pn), self), _or_zero(_mul_add(gp, pn, gn, pp), self))
         if name == "extremes":
             gmax, gmin, pmax, pmin = side.get("max"), side.get("min"), p("max"), p("min")
-            if self.store.parts(self.x).nonneg:  # patches >= 0: the extremes pair each g extreme with one p extreme
+            if self._x_side().parts.nonneg:  # patches >= 0: the extremes pair each g extreme with one p extreme
                 return torch.maximum(gmax * pmax, gmax * pmin), torch.minimum(gmin * pmax, gmin * pmin)
             a, b, c, d = gmax * pmax, gmax * pmin, gmin * pmax, gmin * pmin
             return torch.maximum(torch.maximum(a, b), torch.maximum(c, d)), torch.minimum(torch.minimum(a, b),
@@ -410,51 +464,26 @@ class Factored(_Stats):
         return side.get("min_abs") * p("min_abs")
 
     def _compute_one_per_block(self, name: str):
-        """Blocks with one gradient entry (depthwise): g's block statistics are g's own parts, full size, so
-        every statistic is one fused pass through a reused buffer. Uses that g+ and g- have disjoint supports:
-        ``(g+)^2 A + (g-)^2 B = |g| (g+ A + g- B)``, and ``max_j g p_j = g+ max p - g- min p``."""
-        parts = self.store.parts(self.g)
-        shape = self.g.shape[:3] + self.g.shape[-2:]
-        gp, gn = self._gs("pos"), self._gs("neg")
-        p = self._ps
-        if name in ("sq", "signed_sq", "min_abs") and "|g|" not in self._cache:
-            self._cache["|g|"] = gp if gn is None else parts.v.abs().reshape(shape)
-        if name == "sum":
-            return self._fold("sum", (parts.v.reshape(shape), p("sum")))
-        if name == "sq":
-            if "signed_sq" in self._cache:
-                return sum(self._cache["signed_sq"])
-            return self._fold("sum", (self._cache["|g|"], p("sq")), scale=self._cache["|g|"])
-        if name in ("signed", "signed_sq"):
-            sq = "_sq" if name == "signed_sq" else ""
-            pp, pn = p("pos" + sq), p("neg" + sq)
-            scale = self._cache["|g|"] if sq else None
-            return (self._fold("sum", (gp, pp), (gn, pn), scale=scale),
-                    self._fold("sum", (gp, pn), (gn, pp), scale=scale))
-        if name == "extremes":
-            pmax, pmin = p("max"), p("min")
-            return (self._fold("amax", (gp, pmax), (gn, pmin, -1)), self._fold("amin", (gp, pmin), (gn, pmax, -1)))
-        return self._fold("amin", (self._cache["|g|"], p("min_abs")))
+        self.prefetch([name])
+        return self._cache[name]
+
+    def prefetch(self, names) -> None:
+        names = [name for name in names if name not in self._cache]
+        if not names:
+            return
+        if self.dims[0] == 1:  # depthwise: every statistic in one sweep over chunks of blocks
+            stats = one_per_block_stats(self.g, self.x, self.blocks, self._pool, names,
+                                        g_nonneg=self._g_side().parts.nonneg, x_nonneg=self._x_side().parts.nonneg)
+            for name, value in stats.items():
+                self._cache[name] = (tuple(_or_zero(v, self) for v in value) if isinstance(value, tuple)
+                                     else _or_zero(value, self))
+        elif self.blocks == 1:  # ungrouped: the side statistics, each side in one sweep
+            side_names = [m for name in names for m in _SIDE_STATS[name]]
+            self._g_side().prefetch(side_names)
+            self._x_side().prefetch(side_names)
 
     def _fold(self, op: str, *terms, scale: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """``op`` over the block axis of ``scale * sum_k sign_k a_k b_k`` for terms ``(a, b[, sign])``; a None
-        factor is an exact zero. Computed in one buffer reused by every statistic of this contribution."""
-        terms = [t for t in terms if t[0] is not None and t[1] is not None]
-        if not terms:
-            return self._zero()
-        shape = tuple(max(sizes) for sizes in zip(*(t.shape for term in terms for t in term[:2])))
-        buf = self._cache.get("buffer")
-        if buf is None or buf.shape != shape:
-            buf = self._cache["buffer"] = torch.empty(shape, dtype=self.g.dtype, device=self.g.device)
-        (a, b, *sign), rest = terms[0], terms[1:]
-        torch.mul(a, b, out=buf)
-        if sign and sign[0] < 0:
-            buf.neg_()
-        for a, b, *sign in rest:
-            buf.addcmul_(a, b, value=sign[0] if sign else 1)
-        if scale is not None:
-            buf.mul_(scale)
-        return getattr(buf, op)(2)
+        return _or_zero(fold(self._cache, op, *terms, scale=scale), self)
 
     # ---- materialisation, for components without a closed form and for the reference path
     def patches(self) -> torch.Tensor:
@@ -548,6 +577,26 @@ def factored_min(c, profile: Profile) -> torch.Tensor:
     if profile == (-1, 1):
         return -hi
     return torch.minimum(apply_profile(hi, profile), apply_profile(lo, profile))
+
+
+def reads_sum(profile: Profile) -> tuple[str, ...]:
+    """The statistics :func:`factored_sum` reads."""
+    return ("sum",) if profile[0] == -profile[1] else ("signed",)
+
+
+def reads_norm(profile: Profile) -> tuple[str, ...]:
+    """The statistics :func:`factored_norm` reads."""
+    return ("sq",) if profile[0] ** 2 == profile[1] ** 2 else ("signed_sq",)
+
+
+def reads_max(profile: Profile) -> tuple[str, ...]:
+    """The statistics :func:`factored_max` reads."""
+    return ("min_abs",) if tuple(profile) == (-1, -1) else ("extremes",)
+
+
+def reads_min(profile: Profile) -> tuple[str, ...]:
+    """The statistics :func:`factored_min` reads."""
+    return ("min_abs",) if tuple(profile) == (1, 1) else ("extremes",)
 
 
 ClosedForm = Callable[[Factored, Profile], Optional[torch.Tensor]]

@@ -197,11 +197,12 @@ def saliency(
                 if at == layer:
                     by_extractor.setdefault(method.extractor, []).append(method)
             for extractor, methods_here in by_extractor.items():
+                evaluator.prefetch(extractor, methods_here)
                 for method in methods_here:
                     m = evaluator.map(method)
                     if size is not None:
                         m = F.interpolate(m, size=size, mode="bilinear", align_corners=False)
-                    maps[str(method), layer] = m
+                    maps[evaluator.plan(method).name, layer] = m
                 evaluator.release(extractor)
             del evaluator
     ordered = {(str(m), layer): maps[str(m), layer] for m, layer in pairs}

@@ -97,6 +97,9 @@ class Aggregator:
     ``reduce(c, dim)`` reduces a dense tensor along ``dim``. ``closed_form(contribution, profile)`` may compute
     the same result on a :class:`extagg.contributions.Factored` contribution whose pre-filters compose to the
     sign ``profile`` without materialising it; it returns None where it has no closed form.
+    ``reads(profile, **params)`` (optional) names the contribution statistics that ``closed_form`` will read for
+    that profile (``"sum"``, ``"sq"``, ``"signed"``, ``"signed_sq"``, ``"extremes"``, ``"min_abs"``), so that a
+    sweep can compute all the statistics its methods need in one pass over the data.
     ``nonnegative``: the result is always >= 0 (a later relu/abs is a no-op). ``keeps_sign``: nonnegative
     contributions give a nonnegative result. ``abs_invariant``: an ``abs`` pre-filter changes nothing.
     """
@@ -107,6 +110,7 @@ class Aggregator:
     formula: str = ""
     params: tuple[Param, ...] = attrs.field(default=(), converter=_tuple)
     closed_form: Optional[Callable[..., Any]] = attrs.field(default=None, eq=False, repr=False)
+    reads: Optional[Callable[..., Any]] = attrs.field(default=None, eq=False, repr=False)
     nonnegative: bool = False
     keeps_sign: bool = False
     abs_invariant: bool = False

@@ -17,6 +17,8 @@ import torch.nn.functional as F
 
 NAMES = ("sum", "sq", "pos", "neg", "pos_sq", "neg_sq", "max", "min", "min_abs")
 _NONNEG_ALIAS = {"pos": "sum", "pos_sq": "sq", "min_abs": "min"}
+CHUNK = 1 << 19
+"""Elements per chunk in fused statistic sweeps (2 MiB in float32: a chunk's temporaries stay in cache)."""
 _FRESH = ("sq", "pos_sq", "neg_sq", "min_abs")
 
 
@@ -93,6 +95,27 @@ class SideStats:
             return _NONNEG_ALIAS.get(name, name)
         return name
 
+    def prefetch(self, names) -> None:
+        """Compute the statistics ``names`` that are not known yet in one sweep over chunks of the reduced axis
+        (about :data:`CHUNK` elements each, so every chunk is read from memory once and stays in cache while all
+        its statistics are taken; no full-size temporaries). Results equal :meth:`get`'s up to rounding."""
+        if self.single:
+            return
+        want = {self.resolve(n) for n in names} - set(self._out)
+        if self.parts.nonneg:
+            want -= {"neg", "neg_sq"}
+        if not want:
+            return
+        if "sq" in want and not self.parts.nonneg and {"pos_sq", "neg_sq"} <= want:
+            want.discard("sq")  # the sum of the two, below
+        v, dim = self._view(self.parts.v), self.dim
+        acc: dict[str, torch.Tensor] = {}
+        for c in chunks(v, dim):
+            accumulate(acc, c, dim, want, self.parts.nonneg)
+        if "pos_sq" in acc and "neg_sq" in acc and "sq" not in self._out:
+            acc.setdefault("sq", acc["pos_sq"] + acc["neg_sq"])
+        self._out.update(acc)
+
     def _reduce(self, fn, a: torch.Tensor, b: Optional[torch.Tensor], op: str) -> torch.Tensor:
         """``op`` of the elementwise ``fn(a, b)`` along the axis, through one reused buffer."""
         if self._scratch is None:
@@ -141,6 +164,61 @@ class SideStats:
         return self._moved.amax(-1) if name == "max" else self._moved.amin(-1)
 
 
+def chunks(v: torch.Tensor, dim: int):
+    """Consecutive slices of ``v`` along ``dim`` of about :data:`CHUNK` elements each (at least one index)."""
+    n = v.shape[dim]
+    step = max(1, CHUNK // max(1, v.numel() // max(1, n)))
+    for start in range(0, n, step):
+        yield v.narrow(dim, start, min(step, n - start))
+
+
+def accumulate(acc: dict, c: torch.Tensor, dim: int, want: set, nonneg: bool) -> None:
+    """Fold the statistics ``want`` of chunk ``c`` along ``dim`` into ``acc`` (sums add, extremes compare)."""
+    def add(name, r, op=torch.add):
+        acc[name] = r if name not in acc else op(acc[name], r, out=acc[name])
+
+    if "sum" in want:
+        add("sum", c.sum(dim))
+    if "sq" in want:
+        add("sq", (c * c).sum(dim))
+    if want & {"pos", "neg", "pos_sq", "neg_sq"}:
+        pos = c if nonneg else c.clamp(min=0)
+        neg = None if nonneg else pos - c
+        for name, part, square in (("pos", pos, False), ("neg", neg, False), ("pos_sq", pos, True),
+                                   ("neg_sq", neg, True)):
+            if name in want and part is not None:
+                add(name, (part * part if square else part).sum(dim))
+    if "max" in want:
+        add("max", c.amax(dim), torch.maximum)
+    if "min" in want:
+        add("min", c.amin(dim), torch.minimum)
+    if "min_abs" in want:
+        add("min_abs", (c if nonneg else c.abs()).amin(dim), torch.minimum)
+
+
+def fold(cache: dict, op: str, *terms, scale: Optional[torch.Tensor] = None) -> Optional[torch.Tensor]:
+    """``op`` ("sum", "amax", "amin") over axis 2 of ``scale * sum_k sign_k a_k b_k`` for terms ``(a, b[, sign])``
+    (broadcasting); a None factor is an exact zero, and None is returned if every term is. The elementwise part
+    runs in one buffer kept in ``cache`` and reused by later calls of the same shape."""
+    terms = [t for t in terms if t[0] is not None and t[1] is not None]
+    if not terms:
+        return None
+    shape = tuple(max(sizes) for sizes in zip(*(t.shape for term in terms for t in term[:2])))
+    buf = cache.get("buffer")
+    if buf is None or buf.shape != shape:
+        a = terms[0][0]
+        buf = cache["buffer"] = torch.empty(shape, dtype=a.dtype, device=a.device)
+    (a, b, *sign), rest = terms[0], terms[1:]
+    torch.mul(a, b, out=buf)
+    if sign and sign[0] < 0:
+        buf.neg_()
+    for a, b, *sign in rest:
+        buf.addcmul_(a, b, value=sign[0] if sign else 1)
+    if scale is not None:
+        buf.mul_(scale)
+    return getattr(buf, op)(2)
+
+
 class Store:
     """Parts and side statistics shared by the contributions of one layer, for ``pinned`` tensors only."""
 
@@ -174,9 +252,13 @@ class Store:
 def _windows(t: torch.Tensor, axis: int, k: int, stride: int, dilation: int):
     """The k shifted, strided views of ``t`` along ``axis`` whose elementwise reduction is a 1-D pool."""
     out = (t.shape[axis] - dilation * (k - 1) - 1) // stride + 1
+    lead = (slice(None),) * (axis % t.ndim)
     for a in range(k):
         start = a * dilation
-        yield t.narrow(axis, start, (out - 1) * stride + 1)[(slice(None),) * (axis % t.ndim) + (slice(None, None, stride),)]
+        if stride == 1:
+            yield t.narrow(axis, start, out)
+        else:
+            yield t[lead + (slice(start, start + (out - 1) * stride + 1, stride),)]
 
 
 def pool_extreme(t: torch.Tensor, kernel, stride, dilation, largest: bool) -> torch.Tensor:
@@ -193,7 +275,7 @@ def pool_extreme(t: torch.Tensor, kernel, stride, dilation, largest: bool) -> to
     return t
 
 
-_SMALL = 1 << 16
+_SMALL = 1 << 21
 
 
 def pool_sum(t: torch.Tensor, kernel, stride, dilation, padding=(0, 0)) -> torch.Tensor:
@@ -201,7 +283,7 @@ def pool_sum(t: torch.Tensor, kernel, stride, dilation, padding=(0, 0)) -> torch
     convolution)."""
     if tuple(kernel) == (1, 1) and not any(padding):
         return t[..., :: stride[0], :: stride[1]]
-    if t.numel() < _SMALL:  # a convolution call costs more than a few slice additions on a small map
+    if t.numel() <= _SMALL:  # below a few MiB, slice additions beat the convolution (its cost is nearly fixed)
         if any(padding):
             t = F.pad(t, (padding[1], padding[1], padding[0], padding[0]))
         for axis, k, s, d in ((-2, kernel[0], stride[0], dilation[0]), (-1, kernel[1], stride[1], dilation[1])):
