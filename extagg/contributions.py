@@ -27,7 +27,8 @@ import torch
 import torch.nn.functional as F
 
 from .depthwise import one_per_block_stats
-from .statistics import CHUNK, SideStats, Store, accumulate, fold, pool_extreme, pool_sum
+from . import statistics
+from .statistics import SideStats, Store, accumulate, fold, pool_extreme, pool_sum
 
 Profile = tuple[int, int]
 IDENTITY: Profile = (1, -1)
@@ -246,7 +247,7 @@ def _mul_add(a, b, c, d) -> Optional[torch.Tensor]:
 
 def _channel_chunks(x: torch.Tensor):
     """``(start, x[:, start:stop])`` over chunks of channels of about :data:`extagg.statistics.CHUNK` elements."""
-    step = max(1, CHUNK // max(1, x.numel() // max(1, x.shape[1])))
+    step = max(1, statistics.CHUNK // max(1, x.numel() // max(1, x.shape[1])))
     for start in range(0, x.shape[1], step):
         yield start, x[:, start:start + step]
 
@@ -404,14 +405,19 @@ class Factored(_Stats):
         return self._cache[key]
 
     def _pool(self, pixel: torch.Tensor, name: str) -> torch.Tensor:
-        """Pool pixel statistics (N, B, H, W) over each patch; extremes take max of max, min of min and min|.|."""
+        """Pool pixel statistics (N, B, H, W) over each patch; extremes take max of max, min of min and min|.|.
+        Padding pixels are whole zero (or copied) pixels, so padding commutes with the pixel statistics."""
         geo = self.geometry
-        if name in _EXTREME_STATS:  # padding pixels are whole zero (or copied) pixels: this commutes
-            return pool_extreme(geo.pad(pixel), geo.kernel, geo.stride, geo.dilation, largest=name == "max")
         left, right, top, bottom = geo.padding
-        if geo.padding_mode == "zeros" and left == right and top == bottom:
+        if name not in _EXTREME_STATS and pixel.numel() > statistics.SMALL_MAP and geo.padding_mode == "zeros" \
+                and left == right and top == bottom:  # one convolution, padding included
             return pool_sum(pixel, geo.kernel, geo.stride, geo.dilation, (top, left))
-        return pool_sum(geo.pad(pixel), geo.kernel, geo.stride, geo.dilation)
+        last = self._cache.get("padded")  # statistics that are the same map (x itself) share one padded copy
+        if last is None or last[0] is not pixel:
+            last = self._cache["padded"] = (pixel, geo.pad(pixel))
+        if name in _EXTREME_STATS:
+            return pool_extreme(last[1], geo.kernel, geo.stride, geo.dilation, largest=name == "max")
+        return pool_sum(last[1], geo.kernel, geo.stride, geo.dilation)
 
     def _compute(self, name: str):
         g, p = self._gs, self._ps

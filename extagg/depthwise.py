@@ -13,7 +13,8 @@ from typing import Callable, Optional
 
 import torch
 
-from .statistics import CHUNK, Parts, SideStats, fold
+from . import statistics
+from .statistics import Parts, SideStats, fold
 
 Pool = Callable[[torch.Tensor, str], torch.Tensor]
 _COMBINE = {"sum": torch.add, "amax": torch.maximum, "amin": torch.minimum}
@@ -29,7 +30,7 @@ def one_per_block_stats(g: torch.Tensor, x: torch.Tensor, blocks: int, pool: Poo
     c, hh, ww = x.shape[1] // blocks, x.shape[-2], x.shape[-1]
     xb = x.reshape(n, blocks, c, hh, ww)
     names = list(dict.fromkeys(names))
-    step = max(1, CHUNK // max(1, n * t * h * w + n * c * hh * ww))
+    step = max(1, statistics.CHUNK // max(1, n * t * h * w + n * c * hh * ww))
     acc: dict = {}
     for b0 in range(0, blocks, step):
         b = min(step, blocks - b0)

@@ -143,8 +143,8 @@ class SideStats:
             return self._reduce(torch.mul, v, v, "sum")
         if name == "min_abs":
             return v.abs().squeeze(dim) if single else self._reduce(torch.abs, v, None, "amin")
-        if single:
-            return v.squeeze(dim)
+        if single:  # sum, max and min of one entry: the entry itself, one view shared by all three
+            return v.squeeze(dim) if name == "sum" else self.get("sum")
         if name == "sum":
             return v.sum(dim)
         if name in ("max", "min"):
@@ -275,7 +275,8 @@ def pool_extreme(t: torch.Tensor, kernel, stride, dilation, largest: bool) -> to
     return t
 
 
-_SMALL = 1 << 21
+SMALL_MAP = 1 << 21
+"""Up to this many elements, sum pooling by slice additions beats a ones-kernel convolution (nearly fixed cost)."""
 
 
 def pool_sum(t: torch.Tensor, kernel, stride, dilation, padding=(0, 0)) -> torch.Tensor:
@@ -283,7 +284,7 @@ def pool_sum(t: torch.Tensor, kernel, stride, dilation, padding=(0, 0)) -> torch
     convolution)."""
     if tuple(kernel) == (1, 1) and not any(padding):
         return t[..., :: stride[0], :: stride[1]]
-    if t.numel() <= _SMALL:  # below a few MiB, slice additions beat the convolution (its cost is nearly fixed)
+    if t.numel() <= SMALL_MAP:
         if any(padding):
             t = F.pad(t, (padding[1], padding[1], padding[0], padding[0]))
         for axis, k, s, d in ((-2, kernel[0], stride[0], dilation[0]), (-1, kernel[1], stride[1], dilation[1])):

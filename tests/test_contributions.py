@@ -6,40 +6,14 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
+from strategies import factored, signed
+
 from extagg.contributions import (Dense, Factored, PatchGeometry, Scaled, apply_profile, compose_profiles, factored_max,
                                   factored_min, factored_norm, factored_sum)
 
 PROFILES = list(itertools.product([-1, 0, 1], repeat=2))
 REDUCE = {factored_sum: lambda c: c.sum(2), factored_norm: lambda c: c.pow(2).sum(2).sqrt(),
           factored_max: lambda c: c.amax(2), factored_min: lambda c: c.amin(2)}
-
-
-@st.composite
-def factored(draw):
-    groups = draw(st.sampled_from([1, 2, 3]))
-    k = draw(st.sampled_from([1, 2, 3]))
-    stride, dilation = draw(st.sampled_from([1, 2])), draw(st.sampled_from([1, 2]))
-    pad = tuple(draw(st.integers(0, 2)) for _ in range(4))
-    mode = draw(st.sampled_from(["zeros", "zeros", "replicate", "reflect"]))
-    size = draw(st.integers(5, 8))
-    if mode == "reflect":
-        pad = tuple(min(p, size - 1) for p in pad)
-    geo = PatchGeometry((k, k), (stride, stride), pad, (dilation, dilation), groups, mode)
-    gen = torch.Generator().manual_seed(draw(st.integers(0, 999)))
-    x = torch.randn(2, groups * draw(st.integers(1, 2)), size, size, generator=gen, dtype=torch.float64)
-    out_h = (size + pad[2] + pad[3] - dilation * (k - 1) - 1) // stride + 1
-    out_w = (size + pad[0] + pad[1] - dilation * (k - 1) - 1) // stride + 1
-    if min(out_h, out_w) < 1:
-        return draw(factored())
-    g = torch.randn(2, draw(st.integers(1, 2)), groups * draw(st.integers(1, 2)), out_h, out_w, generator=gen,
-                    dtype=torch.float64)
-    return Factored(signed(draw, g), signed(draw, x), geo)
-
-
-def signed(draw, v: torch.Tensor) -> torch.Tensor:
-    """``v``, or a one-signed version of it (ReLU outputs: the closed forms skip the exactly-zero negative part)."""
-    sign = draw(st.sampled_from(["mixed", "mixed", "nonneg", "nonpos", "zero"]))
-    return {"mixed": v, "nonneg": v.clamp(min=0), "nonpos": v.clamp(max=0), "zero": v * 0}[sign]
 
 
 @given(c=factored(), profile=st.sampled_from(PROFILES), form=st.sampled_from(list(REDUCE)))

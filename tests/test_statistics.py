@@ -1,0 +1,147 @@
+"""Phase-2 machinery: separable pooling equals unfold, fused chunked sweeps equal the lazy per-statistic path,
+and every aggregator reads exactly the statistics it declares."""
+import itertools
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from strategies import factored, signed
+
+import extagg
+from extagg import statistics
+from extagg.contributions import Dense, Factored, PatchGeometry, Scaled
+from extagg.statistics import Store, pool_extreme, pool_sum
+
+STATS = ("sum", "sq", "signed", "signed_sq", "extremes", "min_abs")
+PROFILES = list(itertools.product([-1, 0, 1], repeat=2))
+
+
+def windows(x, k, stride, dilation):
+    """(N, C, k*k, L) patches of an already padded map, by unfold: the definition the pools must match."""
+    n, c = x.shape[:2]
+    return F.unfold(x, k, dilation=dilation, stride=stride).reshape(n, c, k[0] * k[1], -1)
+
+
+@st.composite
+def padded_maps(draw):
+    k = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
+    stride, dilation = (draw(st.integers(1, 3)),) * 2, (draw(st.integers(1, 2)),) * 2
+    h, w = draw(st.integers(5, 9)), draw(st.integers(5, 9))
+    seed = draw(st.integers(0, 999))
+    x = torch.randn(2, draw(st.integers(1, 3)), h, w, generator=torch.Generator().manual_seed(seed),
+                    dtype=torch.float64)
+    return x, k, stride, dilation
+
+
+@given(case=padded_maps(), small=st.booleans())
+def test_pools_equal_reductions_of_the_unfolded_windows(case, small, monkeypatch_module):
+    x, k, stride, dilation = case
+    monkeypatch_module.setattr(statistics, "SMALL_MAP", 1 << 30 if small else 0)  # slices, or the convolution
+    cols = windows(x, k, stride, dilation)
+    oh = (x.shape[-2] - dilation[0] * (k[0] - 1) - 1) // stride[0] + 1
+    shape = (*x.shape[:2], oh, -1)
+    torch.testing.assert_close(pool_sum(x, k, stride, dilation), cols.sum(2).reshape(shape))
+    assert torch.equal(pool_extreme(x, k, stride, dilation, largest=True), cols.amax(2).reshape(shape))
+    assert torch.equal(pool_extreme(x, k, stride, dilation, largest=False), cols.amin(2).reshape(shape))
+
+
+def test_sum_pool_with_implicit_zero_padding_equals_padding_first():
+    x = torch.randn(1, 3, 6, 7, dtype=torch.float64)
+    want = pool_sum(F.pad(x, (2, 2, 1, 1)), (3, 5), (1, 1), (1, 1))
+    torch.testing.assert_close(pool_sum(x, (3, 5), (1, 1), (1, 1), padding=(1, 2)), want)
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    with pytest.MonkeyPatch.context() as mp:
+        yield mp
+
+
+def _lazy_and_fused(make, names, chunk, monkeypatch):
+    """Statistics of two equal contributions: one read lazily, one prefetched in chunks of ``chunk`` elements."""
+    lazy = make()
+    want = {name: lazy._stat(name) for name in names}
+    monkeypatch.setattr(statistics, "CHUNK", chunk)
+    fused = make()
+    fused.prefetch(list(names))
+    return want, {name: fused._stat(name) for name in names}
+
+
+def _assert_same(want, got):
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], rtol=1e-10, atol=1e-12, msg=name)
+
+
+@settings(max_examples=60)
+@given(c=factored(), names=st.lists(st.sampled_from(STATS), min_size=1, unique=True), chunk=st.sampled_from([1, 7, 1 << 19]))
+def test_fused_factored_statistics_equal_lazy_ones(c, names, chunk, monkeypatch_module):
+    """Every form of Factored (ungrouped, grouped, depthwise), any set of statistics, one to many chunks."""
+    def make():
+        store = Store(pinned=(c.g, c.x))  # as the evaluator shares them
+        out = Factored(c.g, c.x, c.geometry)
+        out.store = store
+        return out
+
+    monkeypatch_module.setattr(statistics, "CHUNK", 1 << 19)
+    want, got = _lazy_and_fused(make, names, chunk, monkeypatch_module)
+    _assert_same(want, got)
+
+
+@settings(max_examples=40)
+@given(seed=st.integers(0, 999), names=st.lists(st.sampled_from(STATS), min_size=1, unique=True),
+       chunk=st.sampled_from([1, 9, 1 << 19]), data=st.data())
+def test_fused_dense_and_scaled_statistics_equal_lazy_ones(seed, names, chunk, data, monkeypatch_module):
+    gen = torch.Generator().manual_seed(seed)
+    x = signed(data.draw, torch.randn(2, 5, 3, 4, generator=gen, dtype=torch.float64))
+    w = signed(data.draw, torch.randn(2, 2, 5, generator=gen, dtype=torch.float64))
+    values = signed(data.draw, torch.randn(2, 2, 5, 3, 4, generator=gen, dtype=torch.float64))
+    for make in (lambda: Dense(values), lambda: Scaled(x, w)):
+        monkeypatch_module.setattr(statistics, "CHUNK", 1 << 19)
+        want, got = _lazy_and_fused(make, names, chunk, monkeypatch_module)
+        _assert_same(want, got)
+    # and Scaled's statistics are those of its materialised values
+    _assert_same({n: Dense(Scaled(x, w).values)._stat(n) for n in names}, {n: Scaled(x, w)._stat(n) for n in names})
+
+
+def test_the_fused_sweep_detects_a_wrong_statistic(monkeypatch):
+    """The comparison above can fail: a sweep that drops the last chunk gives different statistics."""
+    g, x = torch.randn(1, 1, 6, 4, 4, dtype=torch.float64), torch.randn(1, 6, 4, 4, dtype=torch.float64)
+    want = Factored(g, x, PatchGeometry.identity(3, groups=6))._stat("sum")
+    monkeypatch.setattr(statistics, "CHUNK", 16 * 2)  # one block per chunk
+    real = extagg.depthwise.one_per_block_stats
+
+    def drop_last(g, x, blocks, *args, **kwargs):
+        return real(g[:, :, :-1], x[:, :-1], blocks - 1, *args, **kwargs)
+
+    monkeypatch.setattr(extagg.contributions, "one_per_block_stats", drop_last)
+    broken = Factored(g, x, PatchGeometry.identity(3, groups=6))
+    broken.prefetch(["sum"])
+    assert not torch.allclose(broken._stat("sum"), want)
+
+
+class _Spy(Dense):
+    """Records which statistics a closed form reads."""
+
+    def __init__(self, values):
+        super().__init__(values)
+        self.read = set()
+
+    def _stat(self, name):
+        self.read.add(name)
+        return super()._stat(name)
+
+
+@pytest.mark.parametrize("name", sorted(extagg.default_registry().aggregators))
+@pytest.mark.parametrize("profile", PROFILES)
+def test_every_aggregator_reads_what_it_declares(name, profile):
+    """``reads`` must cover what ``closed_form`` uses, or a sweep would prefetch too little (and silently
+    recompute); here both sides are checked for every registered aggregator that declares it."""
+    spec = extagg.default_registry().aggregators[name]
+    if spec.reads is None or spec.closed_form is None:
+        pytest.skip(f"{name} declares no reads")
+    c = _Spy(torch.randn(1, 1, 4, 2, 2, dtype=torch.float64))
+    spec.closed_form(c, profile)
+    assert c.read <= set(spec.reads(profile)), (c.read, spec.reads(profile))
