@@ -33,6 +33,9 @@ class Plan:
     post: tuple  # (filter fn, kwargs) pairs
     extractor_key: str
     key: str  # methods of one extractor with equal keys share one reduction
+    spec: object  # the aggregator's record
+    kwargs: dict  # the aggregator's parameters
+    reads: tuple[str, ...]  # the statistics its closed form declares it reads (empty: unknown or none)
 
     @classmethod
     def of(cls, registry, method: Method) -> "Plan":
@@ -45,8 +48,12 @@ class Plan:
             profile = compose_profiles(profile, tuple(spec.sign_profile))
         post = tuple((registry.filters[c.name].fn, c.kwargs) for c in method.post)
         shared = "+".join(map(str, method.pre)) if profile is None else repr(profile)
+        spec, kwargs = registry.aggregators[method.aggregator.name], method.aggregator.kwargs
+        reads = ()
+        if profile is not None and spec.closed_form is not None and spec.reads is not None:
+            reads = tuple(spec.reads(profile, **kwargs))
         return cls(str(method), method.extractor, method.pre, profile, method.aggregator, post,
-                   str(method.extractor), f"{shared}|{method.aggregator}")
+                   str(method.extractor), f"{shared}|{method.aggregator}", spec, kwargs, reads)
 
 
 class LayerEvaluator:
@@ -93,10 +100,7 @@ class LayerEvaluator:
             return
         names: dict = {}
         for method in methods:
-            plan = self.plan(method)
-            agg = self.registry.aggregators[plan.aggregator.name]
-            if plan.profile is not None and agg.closed_form is not None and agg.reads is not None:
-                names.update(dict.fromkeys(agg.reads(plan.profile, **plan.aggregator.kwargs)))
+            names.update(dict.fromkeys(self.plan(method).reads))
         if names:
             self.contribution(extractor).prefetch(list(names))
 
@@ -126,8 +130,7 @@ class LayerEvaluator:
 
     def _reduce(self, plan: Plan) -> torch.Tensor:
         contribution = self.contribution(plan.extractor)
-        agg = self.registry.aggregators[plan.aggregator.name]
-        kwargs = plan.aggregator.kwargs
+        agg, kwargs = plan.spec, plan.kwargs
         if self.closed_forms and plan.profile is not None and agg.closed_form is not None:
             out = agg.closed_form(contribution, plan.profile, **kwargs)
             if out is not None:

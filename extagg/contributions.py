@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from .depthwise import one_per_block_stats
 from . import statistics
-from .statistics import SideStats, Store, accumulate, fold, pool_extreme, pool_sum
+from .statistics import SideStats, Store, accumulate, fold, pad_zeros, pool_extreme, pool_sum
 
 Profile = tuple[int, int]
 IDENTITY: Profile = (1, -1)
@@ -304,8 +304,9 @@ class PatchGeometry:
     def pad(self, x: torch.Tensor) -> torch.Tensor:
         if not any(self.padding):
             return x
-        mode = {"zeros": "constant"}.get(self.padding_mode, self.padding_mode)
-        return F.pad(x, self.padding, mode=mode)
+        if self.padding_mode == "zeros":
+            return pad_zeros(x, self.padding)
+        return F.pad(x, self.padding, mode=self.padding_mode)
 
 
 @attrs.define(eq=False)

@@ -249,6 +249,22 @@ class Store:
 
 
 # ----------------------------------------------------------------------------- pooling over patches
+def pad_zeros(t: torch.Tensor, padding) -> torch.Tensor:
+    """``F.pad(t, padding)`` (left, right, top, bottom) with zeros, writing only the border (no full fill)."""
+    left, right, top, bottom = padding
+    h, w = t.shape[-2], t.shape[-1]
+    out = t.new_empty((*t.shape[:-2], h + top + bottom, w + left + right))
+    out[..., top:top + h, left:left + w] = t
+    if top:
+        out[..., :top, :] = 0
+    if bottom:
+        out[..., top + h:, :] = 0
+    if left:
+        out[..., top:top + h, :left] = 0
+    if right:
+        out[..., top:top + h, left + w:] = 0
+    return out
+
 def _windows(t: torch.Tensor, axis: int, k: int, stride: int, dilation: int):
     """The k shifted, strided views of ``t`` along ``axis`` whose elementwise reduction is a 1-D pool."""
     out = (t.shape[axis] - dilation * (k - 1) - 1) // stride + 1
@@ -286,7 +302,7 @@ def pool_sum(t: torch.Tensor, kernel, stride, dilation, padding=(0, 0)) -> torch
         return t[..., :: stride[0], :: stride[1]]
     if t.numel() <= SMALL_MAP:
         if any(padding):
-            t = F.pad(t, (padding[1], padding[1], padding[0], padding[0]))
+            t = pad_zeros(t, (padding[1], padding[1], padding[0], padding[0]))
         for axis, k, s, d in ((-2, kernel[0], stride[0], dilation[0]), (-1, kernel[1], stride[1], dilation[1])):
             views = _windows(t, axis, k, s, d)
             acc = next(views)

@@ -13,7 +13,7 @@ from strategies import factored, signed
 import extagg
 from extagg import statistics
 from extagg.contributions import Dense, Factored, PatchGeometry, Scaled
-from extagg.statistics import Store, pool_extreme, pool_sum
+from extagg.statistics import Store, pad_zeros, pool_extreme, pool_sum
 
 STATS = ("sum", "sq", "signed", "signed_sq", "extremes", "min_abs")
 PROFILES = list(itertools.product([-1, 0, 1], repeat=2))
@@ -46,6 +46,12 @@ def test_pools_equal_reductions_of_the_unfolded_windows(case, small, monkeypatch
     torch.testing.assert_close(pool_sum(x, k, stride, dilation), cols.sum(2).reshape(shape))
     assert torch.equal(pool_extreme(x, k, stride, dilation, largest=True), cols.amax(2).reshape(shape))
     assert torch.equal(pool_extreme(x, k, stride, dilation, largest=False), cols.amin(2).reshape(shape))
+
+
+@given(pad=st.tuples(*[st.integers(0, 3)] * 4), h=st.integers(1, 5), w=st.integers(1, 5))
+def test_pad_zeros_equals_constant_padding(pad, h, w):
+    x = torch.randn(2, 3, h, w, dtype=torch.float64)
+    assert torch.equal(pad_zeros(x, pad), F.pad(x, pad))
 
 
 def test_sum_pool_with_implicit_zero_padding_equals_padding_first():
