@@ -13,7 +13,8 @@ import attrs
 import torch
 
 from .capture import LayerCapture
-from .contributions import IDENTITY, Dense, Factored, Profile, compose_profiles
+from .closed_forms import IDENTITY, Profile, compose_profiles
+from .contributions import Dense, Factored
 from .statistics import Store
 from .method import Call, Method
 

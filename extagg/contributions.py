@@ -1,4 +1,4 @@
-"""Per-location contributions, the output of phase 1, and the closed forms of phase 2 on them.
+"""Per-location contributions, the output of phase 1, and the statistics phase 2 reads from them.
 
 An extractor returns one of two descriptions of ``c_u``, the contribution of location ``u``:
 
@@ -12,8 +12,9 @@ An extractor returns one of two descriptions of ``c_u``, the contribution of loc
 Both forms offer the same cached statistics per location (each (N, T, h, w)): ``total_sum()``,
 ``total_square_sum()``, ``signed_sums()`` (sums of the positive and negative parts), ``signed_square_sums()``,
 ``extremes()`` (largest and smallest entry), ``min_abs()`` and ``size`` (entries per location). Closed forms
-(:func:`factored_sum` and friends, and a plugin aggregator's ``closed_form``) are written against these and so
-serve both forms: a whole sweep costs a few reductions per contribution, whatever the number of methods.
+(:mod:`extagg.closed_forms`, re-exported here, and a plugin aggregator's ``closed_form``) are written against
+these and so serve both forms: a whole sweep costs a few reductions per contribution, whatever the number of
+methods. :class:`Scaled` is a :class:`Dense` given as an activation scaled per channel (Grad-CAM).
 
 Element order of a materialised factored contribution: block, then gradient index, then patch index (the
 patch index in :func:`torch.nn.functional.unfold` order, channel-major).
@@ -26,43 +27,12 @@ import attrs
 import torch
 import torch.nn.functional as F
 
-from .depthwise import one_per_block_stats
 from . import statistics
+from .closed_forms import (IDENTITY, ClosedForm, Profile, apply_profile, compose_profiles,  # noqa: F401 (re-exported)
+                           factored_max, factored_min, factored_norm, factored_sum, reads_max, reads_min, reads_norm,
+                           reads_sum)
+from .depthwise import one_per_block_stats
 from .statistics import SideStats, Store, accumulate, fold, pad_zeros, pool_extreme, pool_sum
-
-Profile = tuple[int, int]
-IDENTITY: Profile = (1, -1)
-
-
-def apply_profile(x: torch.Tensor, profile: Profile) -> torch.Tensor:
-    """The sign-linear function ``a*relu(x) + b*relu(-x)`` of ``profile = (a, b)``."""
-    fast = _PROFILE_FNS.get(profile)
-    if fast is not None:
-        return fast(x)
-    a, b = profile
-    out = x.clamp(min=0) * a if a else torch.zeros_like(x)
-    return out + x.clamp(max=0) * (-b) if b else out
-
-
-_PROFILE_FNS = {
-    IDENTITY: lambda x: x,
-    (1, 0): lambda x: x.clamp(min=0),
-    (1, 1): torch.abs,
-    (-1, 1): torch.neg,
-    (0, 1): lambda x: x.clamp(max=0).neg_(),
-    (0, -1): lambda x: x.clamp(max=0),
-    (-1, 0): lambda x: x.clamp(min=0).neg_(),
-    (-1, -1): lambda x: x.abs().neg_(),
-}
-
-
-def compose_profiles(first: Profile, then: Profile) -> Profile:
-    """The profile of ``then(first(x))``."""
-    def coef(s: int, prof: Profile) -> int:  # value s*|x| goes through prof
-        return prof[0] * s if s > 0 else (prof[1] * -s if s < 0 else 0)
-
-    return coef(first[0], then), coef(first[1], then)
-
 
 class _Stats:
     """Statistics shared by both forms; subclasses fill ``_compute(name)``, results are cached."""
@@ -523,87 +493,3 @@ class Factored(_Stats):
         g = self._g_blocks().reshape(n, t, self.blocks, dg, h * w)
         c = g[:, :, :, :, None, :] * p[:, None, :, None, :, :]
         return Dense(c.reshape(n, t, -1, h, w))
-
-
-# ----------------------------------------------------------------------------- closed forms for builtins
-# Each takes a Dense or Factored contribution and the sign profile (a, b) of the composed pre-filters,
-# f(x) = a*max(x, 0) + b*max(-x, 0), and returns the (N, T, h, w) map.
-def _scaled(k: int, t: torch.Tensor) -> torch.Tensor:
-    return t if k == 1 else (-t if k == -1 else k * t)
-
-
-def _combine(a: int, x: torch.Tensor, b: int, y: torch.Tensor) -> torch.Tensor:
-    """``a*x + b*y`` without multiplying by 0 or 1."""
-    if not b:
-        return _scaled(a, x) if a else torch.zeros_like(x)
-    if not a:
-        return _scaled(b, y)
-    return torch.add(_scaled(a, x), y, alpha=b)
-
-
-def factored_sum(c, profile: Profile) -> torch.Tensor:
-    """``sum_i f(c_u)_i = a * sum c+ + b * sum c-``."""
-    a, b = profile
-    if a == -b:
-        return _scaled(a, c.total_sum())
-    pos, neg = c.signed_sums()
-    return _scaled(a, pos + neg) if a == b else _combine(a, pos, b, neg)
-
-
-def factored_norm(c, profile: Profile) -> torch.Tensor:
-    """``||f(c_u)||_2 = sqrt(a^2 sum (c+)^2 + b^2 sum (c-)^2)``."""
-    a, b = profile
-    if a * a == b * b:
-        sq = _scaled(a * a, c.total_square_sum())
-    else:
-        pos, neg = c.signed_square_sums()
-        sq = _combine(a * a, pos, b * b, neg)
-    return sq.sqrt()
-
-
-def factored_max(c, profile: Profile) -> torch.Tensor:
-    """``max_i f(c_u)_i``: ``max(f(M), f(m))`` for the extreme entries ``M, m`` (f monotone or convex);
-    ``-min|c|`` for ``f = -|x|``."""
-    if profile == (-1, -1):
-        return -c.min_abs()
-    hi, lo = c.extremes()
-    if profile == IDENTITY:
-        return hi
-    if profile == (-1, 1):
-        return -lo
-    return torch.maximum(apply_profile(hi, profile), apply_profile(lo, profile))
-
-
-def factored_min(c, profile: Profile) -> torch.Tensor:
-    """``min_i f(c_u)_i``: ``min(f(M), f(m))`` (f monotone or concave); ``min|c|`` for ``f = |x|``."""
-    if profile == (1, 1):
-        return c.min_abs()
-    hi, lo = c.extremes()
-    if profile == IDENTITY:
-        return lo
-    if profile == (-1, 1):
-        return -hi
-    return torch.minimum(apply_profile(hi, profile), apply_profile(lo, profile))
-
-
-def reads_sum(profile: Profile) -> tuple[str, ...]:
-    """The statistics :func:`factored_sum` reads."""
-    return ("sum",) if profile[0] == -profile[1] else ("signed",)
-
-
-def reads_norm(profile: Profile) -> tuple[str, ...]:
-    """The statistics :func:`factored_norm` reads."""
-    return ("sq",) if profile[0] ** 2 == profile[1] ** 2 else ("signed_sq",)
-
-
-def reads_max(profile: Profile) -> tuple[str, ...]:
-    """The statistics :func:`factored_max` reads."""
-    return ("min_abs",) if tuple(profile) == (-1, -1) else ("extremes",)
-
-
-def reads_min(profile: Profile) -> tuple[str, ...]:
-    """The statistics :func:`factored_min` reads."""
-    return ("min_abs",) if tuple(profile) == (1, 1) else ("extremes",)
-
-
-ClosedForm = Callable[[Factored, Profile], Optional[torch.Tensor]]

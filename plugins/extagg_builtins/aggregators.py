@@ -4,8 +4,8 @@ from __future__ import annotations
 import torch
 
 import extagg
-from extagg.contributions import (factored_max, factored_min, factored_norm, factored_sum, reads_max, reads_min,
-                                  reads_norm, reads_sum)
+from extagg.closed_forms import (factored_max, factored_min, factored_norm, factored_sum, reads_max, reads_min,
+                                 reads_norm, reads_sum)
 from extagg.specs import Aggregator
 
 

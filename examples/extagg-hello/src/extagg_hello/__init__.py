@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 
 import extagg
-from extagg.contributions import factored_sum
+from extagg.closed_forms import factored_sum
 from extagg.specs import Aggregator, Filter, Param
 
 __version__ = "0.1.0"
