@@ -12,6 +12,7 @@ Per (model, batch), timed interleaved (median of ``--repeats``):
 * ``extagg all``: ``extagg.saliency`` of every method of ``extagg.methods()`` at every layer (one call);
 * ``extagg issue list``: the subset issue 3 names as the least a sweep must cover, {bias, scaling, conv1x1,
   conv3x3, conv} x {sum, max, norm} with no pre-filter, relu or abs (45 methods), at the same layers (one call);
+* ``extagg all but dwconv``: the whole space without the depthwise extractor (192 methods; one call);
 * ``extagg gradcam``: Grad-CAM alone at the issue's layers (one call).
 
 The reference way (one forward + backward per method, factored contributions materialised in chunks,
@@ -51,6 +52,8 @@ def configs(arch: str, batch: int, device: str):
         "limit": lambda: C.limit_pass(model, images, layers, targets),
         "fwd+bwd(weights)": lambda: C.forward_backward_weights(model, images, targets),
         "extagg all": lambda: extagg.saliency(model, images, methods, layers, targets=targets, mismatched="skip"),
+        "extagg all but dwconv": lambda: extagg.saliency(model, images, [m for m in methods if not m.startswith("dwconv")],
+                                                         layers, targets=targets, mismatched="skip"),
         "extagg issue list": lambda: extagg.saliency(model, images, ISSUE_LIST, layers, targets=targets,
                                                      mismatched="skip"),
         "extagg gradcam": lambda: extagg.saliency(model, images, C.GRADCAM, C.LAYERS[arch], targets=targets),
