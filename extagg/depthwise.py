@@ -34,8 +34,7 @@ def one_per_block_stats(g: torch.Tensor, x: torch.Tensor, blocks: int, pool: Poo
     acc: dict = {}
     for b0 in range(0, blocks, step):
         b = min(step, blocks - b0)
-        parts = Parts(xb[:, b0:b0 + b].reshape(n, b * c, hh, ww))
-        parts._nonneg = x_nonneg
+        parts = Parts(xb[:, b0:b0 + b].reshape(n, b * c, hh, ww), nonneg=x_nonneg)
         chunk = _Chunk(g[:, :, b0:b0 + b], SideStats(parts, (n, b, c, hh, ww), 2), pool, g_nonneg)
         for name in names:
             for key, op, value in chunk.stat(name, names):

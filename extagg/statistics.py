@@ -27,9 +27,9 @@ class Parts:
 
     __slots__ = ("v", "_nonneg", "_pos", "_neg")
 
-    def __init__(self, v: torch.Tensor):
+    def __init__(self, v: torch.Tensor, nonneg: Optional[bool] = None):
         self.v = v
-        self._nonneg: Optional[bool] = None
+        self._nonneg = nonneg  # None: checked when first needed
         self._pos = self._neg = None
 
     @property
