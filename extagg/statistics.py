@@ -69,9 +69,6 @@ class SideStats:
         self._scratch: Optional[torch.Tensor] = None
         self._moved: Optional[torch.Tensor] = None
 
-    def nonneg(self) -> bool:
-        return self.parts.nonneg
-
     def _view(self, t: torch.Tensor) -> torch.Tensor:
         return t.reshape(self.shape)
 
@@ -226,10 +223,6 @@ class Store:
         self._pinned = {id(t): t for t in pinned if t is not None}
         self._parts: dict[int, Parts] = {}
         self._sides: dict[tuple, SideStats] = {}
-
-    def pin(self, t: Optional[torch.Tensor]) -> None:
-        if t is not None:
-            self._pinned[id(t)] = t
 
     def parts(self, t: torch.Tensor) -> Parts:
         if self._pinned.get(id(t)) is not t:
