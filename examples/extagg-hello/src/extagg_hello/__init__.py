@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 
 import extagg
-from extagg.closed_forms import factored_sum
+from extagg.closed_forms import factored_sum, reads_sum
 from extagg.specs import Aggregator, Filter, Param
 
 __version__ = "0.1.0"
@@ -43,6 +43,12 @@ def l1_closed_form(c, profile):
     return factored_sum(c, (abs(a), abs(b)))
 
 
+def l1_reads(profile):
+    """The statistics ``l1_closed_form`` reads, so that a sweep computes them with the others in one pass."""
+    a, b = profile
+    return reads_sum((abs(a), abs(b)))
+
+
 def topk(x: torch.Tensor, dim: int, k: int = 3) -> torch.Tensor:
     """The mean of the ``k`` largest entries along ``dim`` (all of them if there are fewer than ``k``)."""
     k = min(k, x.shape[dim])
@@ -61,7 +67,7 @@ def register_aggregators(register):
         doc="Median entry of the contribution; robust to a few large entries.",
     ))
     register(Aggregator(
-        name="l1", reduce=l1, closed_form=l1_closed_form, nonnegative=True, abs_invariant=True,
+        name="l1", reduce=l1, closed_form=l1_closed_form, reads=l1_reads, nonnegative=True, abs_invariant=True,
         formula="sum_i |c_i|",
         doc="L1 norm of the contribution.",
     ))
