@@ -30,7 +30,6 @@ class Plan:
     extractor: Call
     pre: tuple[Call, ...]
     profile: Optional[Profile]  # sign profile of the composed pre-filters; None if one has no profile
-    aggregator: Call
     post: tuple  # (filter fn, kwargs) pairs
     extractor_key: str
     key: str  # methods of one extractor with equal keys share one reduction
@@ -53,7 +52,7 @@ class Plan:
         reads = ()
         if profile is not None and spec.closed_form is not None and spec.reads is not None:
             reads = tuple(spec.reads(profile, **kwargs))
-        return cls(str(method), method.extractor, method.pre, profile, method.aggregator, post,
+        return cls(str(method), method.extractor, method.pre, profile, post,
                    str(method.extractor), f"{shared}|{method.aggregator}", spec, kwargs, reads)
 
 
@@ -118,7 +117,7 @@ class LayerEvaluator:
 
     def map(self, method: Method) -> torch.Tensor:
         """The map of ``method`` (modifiers ignored: they act on the pass), shape (N, T, h, w)."""
-        plan = self.plans.get(method) or self.plan(method)
+        plan = self.plan(method)
         reduced = self._reduced.get(plan.extractor_key)
         if reduced is None:
             reduced = self._reduced[plan.extractor_key] = {}

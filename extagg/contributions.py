@@ -21,7 +21,7 @@ patch index in :func:`torch.nn.functional.unfold` order, channel-major).
 """
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Optional
 
 import attrs
 import torch
@@ -32,7 +32,7 @@ from .closed_forms import (IDENTITY, ClosedForm, Profile, apply_profile, compose
                            factored_max, factored_min, factored_norm, factored_sum, reads_max, reads_min, reads_norm,
                            reads_sum)
 from .depthwise import one_per_block_stats
-from .statistics import SideStats, Store, accumulate, fold, pad_zeros, pool_extreme, pool_sum
+from .statistics import SideStats, Store, accumulate, chunks, fold, pad_zeros, pool_extreme, pool_sum
 
 class _Stats:
     """Statistics shared by both forms; subclasses fill ``_compute(name)``, results are cached."""
@@ -164,7 +164,7 @@ class Scaled(Dense):
             return super().prefetch(names) if want else None
         acc: dict = {}
         w = self.w[..., None, None]
-        for start, xc in _channel_chunks(self.x):
+        for start, xc in chunks(self.x, 1):
             chunk = xc[:, None] * w[:, :, start:start + xc.shape[1]]
             accumulate(acc, chunk, 2, want, nonneg=False)
         if "max" in acc:
@@ -182,7 +182,7 @@ class Scaled(Dense):
     def _x_parts(self, sq: bool):
         key = "x_sq" if sq else "x_parts"
         if key not in self._cache:
-            parts = self._cache.get("x") or self._cache.setdefault("x", self.store.parts(self.x))
+            parts = self._cache.setdefault("x", self.store.parts(self.x))
             xp, xn = parts.pos(), parts.neg()
             self._cache[key] = (xp * xp, None if xn is None else xn * xn) if sq else (xp, xn)
         return self._cache[key]
@@ -213,13 +213,6 @@ def _mul_add(a, b, c, d) -> Optional[torch.Tensor]:
     if c is None or d is None:
         return ab
     return c * d if ab is None else torch.addcmul(ab, c, d)
-
-
-def _channel_chunks(x: torch.Tensor):
-    """``(start, x[:, start:stop])`` over chunks of channels of about :data:`extagg.statistics.CHUNK` elements."""
-    step = max(1, statistics.CHUNK // max(1, x.numel() // max(1, x.shape[1])))
-    for start in range(0, x.shape[1], step):
-        yield start, x[:, start:start + step]
 
 
 def _add(a: Optional[torch.Tensor], b: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
@@ -392,6 +385,8 @@ class Factored(_Stats):
 
     def _compute(self, name: str):
         g, p = self._gs, self._ps
+        if name == "sq" and "signed_sq" in self._cache:  # the sum of its two parts: no further pass
+            return sum(self._cache["signed_sq"])
         if self.dims[0] == 1:
             return self._compute_one_per_block(name)
         if self.blocks == 1:
@@ -399,8 +394,6 @@ class Factored(_Stats):
         if name == "sum":
             return self._fold("sum", (g("sum"), p("sum")))
         if name == "sq":
-            if "signed_sq" in self._cache:
-                return sum(self._cache["signed_sq"])
             return self._fold("sum", (g("sq"), p("sq")))
         if name in ("signed", "signed_sq"):
             sq = "_sq" if name == "signed_sq" else ""
@@ -424,8 +417,6 @@ class Factored(_Stats):
         if name == "sum":
             return side.get("sum") * p("sum")
         if name == "sq":
-            if "signed_sq" in self._cache:
-                return sum(self._cache["signed_sq"])
             return side.get("sq") * p("sq")
         if name in ("signed", "signed_sq"):
             sq = "_sq" if name == "signed_sq" else ""

@@ -13,11 +13,10 @@ from typing import Callable, Optional
 
 import torch
 
-from . import statistics
-from .statistics import Parts, SideStats, fold
+from .statistics import Parts, SideStats, chunk_step, combine, fold
 
 Pool = Callable[[torch.Tensor, str], torch.Tensor]
-_COMBINE = {"sum": torch.add, "amax": torch.maximum, "amin": torch.minimum}
+_OPS = {"sum": torch.add, "amax": torch.maximum, "amin": torch.minimum}
 
 
 def one_per_block_stats(g: torch.Tensor, x: torch.Tensor, blocks: int, pool: Pool, names, *,
@@ -30,7 +29,7 @@ def one_per_block_stats(g: torch.Tensor, x: torch.Tensor, blocks: int, pool: Poo
     c, hh, ww = x.shape[1] // blocks, x.shape[-2], x.shape[-1]
     xb = x.reshape(n, blocks, c, hh, ww)
     names = list(dict.fromkeys(names))
-    step = max(1, statistics.CHUNK // max(1, n * t * h * w + n * c * hh * ww))
+    step = chunk_step(n * t * h * w + n * c * hh * ww)
     acc: dict = {}
     for b0 in range(0, blocks, step):
         b = min(step, blocks - b0)
@@ -39,7 +38,7 @@ def one_per_block_stats(g: torch.Tensor, x: torch.Tensor, blocks: int, pool: Poo
         for name in names:
             for key, op, value in chunk.stat(name, names):
                 if value is not None:
-                    acc[key] = value if key not in acc else _COMBINE[op](acc[key], value, out=acc[key])
+                    combine(acc, key, value, _OPS[op])
     out: dict = {}
     for name in names:
         if name in ("signed", "signed_sq", "extremes"):

@@ -107,7 +107,7 @@ class SideStats:
             want.discard("sq")  # the sum of the two, below
         v, dim = self._view(self.parts.v), self.dim
         acc: dict[str, torch.Tensor] = {}
-        for c in chunks(v, dim):
+        for _, c in chunks(v, dim):
             accumulate(acc, c, dim, want, self.parts.nonneg)
         if "pos_sq" in acc and "neg_sq" in acc and "sq" not in self._out:
             acc.setdefault("sq", acc["pos_sq"] + acc["neg_sq"])
@@ -161,18 +161,29 @@ class SideStats:
         return self._moved.amax(-1) if name == "max" else self._moved.amin(-1)
 
 
+def chunk_step(per_index: int) -> int:
+    """How many indices of an axis make a chunk of about :data:`CHUNK` elements (at least one), when one index
+    spans ``per_index`` elements."""
+    return max(1, CHUNK // max(1, per_index))
+
+
 def chunks(v: torch.Tensor, dim: int):
-    """Consecutive slices of ``v`` along ``dim`` of about :data:`CHUNK` elements each (at least one index)."""
+    """``(start, slice)`` for consecutive slices of ``v`` along ``dim`` of about :data:`CHUNK` elements each."""
     n = v.shape[dim]
-    step = max(1, CHUNK // max(1, v.numel() // max(1, n)))
+    step = chunk_step(v.numel() // max(1, n))
     for start in range(0, n, step):
-        yield v.narrow(dim, start, min(step, n - start))
+        yield start, v.narrow(dim, start, min(step, n - start))
+
+
+def combine(acc: dict, key, value: torch.Tensor, op=torch.add) -> None:
+    """Fold one chunk's ``value`` into ``acc[key]`` with ``op`` (add for sums, maximum/minimum for extremes)."""
+    acc[key] = value if key not in acc else op(acc[key], value, out=acc[key])
 
 
 def accumulate(acc: dict, c: torch.Tensor, dim: int, want: set, nonneg: bool) -> None:
     """Fold the statistics ``want`` of chunk ``c`` along ``dim`` into ``acc`` (sums add, extremes compare)."""
     def add(name, r, op=torch.add):
-        acc[name] = r if name not in acc else op(acc[name], r, out=acc[name])
+        combine(acc, name, r, op)
 
     if "sum" in want:
         add("sum", c.sum(dim))
