@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Iterable, Union
 
 from .capture import LayerCapture
-from .contributions import Dense, Factored, PatchGeometry, Scaled
+from .contributions import Dense, Factored, PatchGeometry, Product, Scaled
 from .engine import saliency
 from .errors import (
     DuplicateNameError,
@@ -61,7 +61,7 @@ def describe(method: Union[str, Method], registry: Registry = None) -> str:
 
 
 __all__ = [
-    "Call", "Dense", "Scaled", "DuplicateNameError", "ExtaggError", "Factored", "InputError", "InvalidMethodError",
+    "Call", "Dense", "Product", "Scaled", "DuplicateNameError", "ExtaggError", "Factored", "InputError", "InvalidMethodError",
     "LayerCapture", "LayerMismatchError", "Method", "MethodSyntaxError", "PatchGeometry", "PluginLoadError",
     "Registry", "SaliencyMaps", "UnknownNameError", "default_registry", "describe", "hookimpl",
     "make_plugin_manager", "methods", "parse_method", "reload_plugins", "saliency",

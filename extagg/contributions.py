@@ -27,7 +27,7 @@ import attrs
 import torch
 import torch.nn.functional as F
 
-from . import statistics
+from . import native, statistics
 from .closed_forms import (IDENTITY, ClosedForm, Profile, apply_profile, compose_profiles,  # noqa: F401 (re-exported)
                            factored_max, factored_min, factored_norm, factored_sum, reads_max, reads_min, reads_norm,
                            reads_sum)
@@ -87,7 +87,8 @@ class Dense(_Stats):
         of the factored extractors read the same gradient statistics)."""
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(shape={tuple(self.values.shape)})"
+        n, t, h, w = self.shape
+        return f"{type(self).__name__}(shape={(n, t, self.size, h, w)})"
 
     @property
     def values(self) -> torch.Tensor:
@@ -156,8 +157,11 @@ class Scaled(Dense):
         return self.x
 
     def prefetch(self, names) -> None:
-        """Sums are matrix-vector products, computed when asked; extremes and ``min_abs`` in one sweep over
-        chunks of channels, without building ``values``."""
+        """All statistics from one read of ``x`` where the native kernels apply; else sums are matrix-vector
+        products, computed when asked, and extremes and ``min_abs`` come from one sweep over chunks of channels.
+        Neither builds ``values``."""
+        if self._values is None and _fused_side(self, names, self.x, scale=self.w):
+            return
         want = {m for name in names if name in ("extremes", "min_abs") and name not in self._cache
                 for m in _SIDE_STATS[name]}
         if not want or self._values is not None:
@@ -205,6 +209,59 @@ class Scaled(Dense):
         pos = _or_zero(_add(self._mv(xp, wp), self._mv(xn, wn)), self)
         neg = _or_zero(_add(self._mv(xp, wn), self._mv(xn, wp)), self)
         return pos, neg
+
+
+class Product(Dense):
+    """``c_u = x_u * g_u`` entry by entry: an activation ``x`` (N, D, h, w) times a gradient ``g`` (N, T, D, h, w),
+    as in gradient x activation (the ``scaling`` extractor). A :class:`Dense` whose statistics come from one read
+    of ``x`` and ``g`` where the native kernels apply, without building the (N, T, D, h, w) ``values``; elsewhere
+    ``values`` is built once, on first use."""
+
+    def __init__(self, x: torch.Tensor, g: torch.Tensor):
+        if x.ndim != 4 or g.ndim != 5 or g.shape[0] != x.shape[0] or g.shape[2:] != x.shape[1:]:
+            raise ValueError(f"Product needs x (N, D, h, w) and g (N, T, D, h, w), got {tuple(x.shape)} and "
+                             f"{tuple(g.shape)}")
+        super().__init__(None)
+        self.x, self.g = x, g
+
+    @property
+    def values(self) -> torch.Tensor:
+        if self._values is None:
+            self._values = self.x[:, None] * self.g
+        return self._values
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        n, t, _, h, w = self.g.shape
+        return n, t, h, w
+
+    @property
+    def size(self) -> int:
+        return self.g.shape[2]
+
+    def _ref(self) -> torch.Tensor:
+        return self.g
+
+    def prefetch(self, names) -> None:
+        if self._values is None and _fused_side(self, names, self.x, other=self.g):
+            return
+        super().prefetch(names)
+
+
+def _fused_side(c: Dense, names, x: torch.Tensor, **factors) -> bool:
+    """Fill ``c``'s cache with the statistics ``names`` of ``x`` times ``factors`` (see
+    :func:`extagg.native.side_stats`) in one native read; False where the kernels do not apply."""
+    names = [name for name in names if name not in c._cache]
+    if not names:
+        return True
+    n, t, h, w = c.shape
+    side = native.side_stats(x, (n, t, c.size, h, w), 2, {m for name in names for m in _SIDE_STATS[name]}, **factors)
+    if side is None:
+        return False
+    for name in names:
+        parts = [side[m] for m in _SIDE_STATS[name]]
+        c._cache[name] = tuple(parts) if len(parts) > 1 else parts[0]
+    return True
 
 
 def _mul_add(a, b, c, d) -> Optional[torch.Tensor]:
@@ -440,6 +497,12 @@ class Factored(_Stats):
         if not names:
             return
         if self.dims[0] == 1:  # depthwise: every statistic in one sweep over chunks of blocks
+            fused = native.depthwise_stats(self.g, self.x, self.geometry)
+            if fused is not None:
+                pairs = ("signed", "signed_sq", "extremes")
+                self._cache.update({name: value for name, value in fused.items() if "." not in name})
+                self._cache.update({name: (fused[name + ".0"], fused[name + ".1"]) for name in pairs})
+                return
             stats = one_per_block_stats(self.g, self.x, self.blocks, self._pool, names,
                                         g_nonneg=self._g_side().parts.nonneg, x_nonneg=self._x_side().parts.nonneg)
             for name, value in stats.items():

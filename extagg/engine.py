@@ -43,12 +43,16 @@ def check_images(images) -> torch.Tensor:
     return images
 
 
+def fits(registry: Registry, method: Method, module: Optional[torch.nn.Module]) -> bool:
+    """Whether the method's extractor applies to the layer's module (None: the input image)."""
+    spec = registry.extractors[method.extractor.name]
+    return spec.applies_to is None or (module is not None and isinstance(module, spec.applies_to))
+
+
 def check_layer_fit(registry: Registry, method: Method, layer: str, module: Optional[torch.nn.Module]) -> None:
     """Raise :class:`LayerMismatchError` if the method's extractor does not apply to the layer's module."""
-    spec = registry.extractors[method.extractor.name]
-    if spec.applies_to is None:
-        return
-    if module is None or not isinstance(module, spec.applies_to):
+    if not fits(registry, method, module):
+        spec = registry.extractors[method.extractor.name]
         got = "the input image" if module is None else type(module).__name__
         want = " or ".join(t.__name__ for t in spec.applies_to)
         raise LayerMismatchError(
@@ -142,26 +146,22 @@ def saliency(
     """
     registry = registry or default_registry()
     spelled = {}
-    parsed: list[Method] = []
+    names: dict[Method, str] = {}  # each distinct method once, in order, with its canonical name
     for m in _as_list(methods, "methods"):
         method = registry.parse(m)
-        spelled[m if isinstance(m, str) else str(m)] = str(method)
-        if method not in parsed:
-            parsed.append(method)
+        name = names.setdefault(method, str(method))
+        spelled[m if isinstance(m, str) else str(m)] = name
     layer_list = list(dict.fromkeys(_as_list(layers, "layers")))
     modules = resolve_layers(model, layer_list)
     if mismatched not in ("raise", "skip"):
         raise InputError(f"mismatched must be 'raise' or 'skip', got {mismatched!r}")
     pairs = []
-    for method in parsed:
+    for method in names:
         for layer in layer_list:
-            try:
+            if fits(registry, method, modules[layer]):
+                pairs.append((method, layer))
+            elif mismatched == "raise":
                 check_layer_fit(registry, method, layer, modules[layer])
-            except LayerMismatchError:
-                if mismatched == "raise":
-                    raise
-                continue
-            pairs.append((method, layer))
     images = check_images(images)
     device, dtype = model_device_dtype(model, images)
     images = images.to(device=device, dtype=dtype)
@@ -205,5 +205,5 @@ def saliency(
                     maps[evaluator.plan(method).name, layer] = m
                 evaluator.release(extractor)
             del evaluator
-    ordered = {(str(m), layer): maps[str(m), layer] for m, layer in pairs}
+    ordered = {(names[m], layer): maps[names[m], layer] for m, layer in pairs}
     return SaliencyMaps(registry, ordered, spelled, out_targets, out_scores)

@@ -15,6 +15,8 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
+from . import native
+
 NAMES = ("sum", "sq", "pos", "neg", "pos_sq", "neg_sq", "max", "min", "min_abs")
 _NONNEG_ALIAS = {"pos": "sum", "pos_sq": "sq", "min_abs": "min"}
 CHUNK = 1 << 19
@@ -37,6 +39,16 @@ class Parts:
         if self._nonneg is None:
             self._nonneg = bool(self.v.amin() >= 0) if self.v.numel() else True
         return self._nonneg
+
+    @property
+    def sign_known(self) -> bool:
+        """Whether :attr:`nonneg` is known without a pass over ``v``."""
+        return self._nonneg is not None
+
+    def learn_sign(self, minimum: torch.Tensor) -> None:
+        """Record whether ``v >= 0`` from ``minimum``, a reduction of ``v``'s entries by min (all of them)."""
+        if self._nonneg is None:
+            self._nonneg = bool(minimum.amin() >= 0) if minimum.numel() else True
 
     def pos(self) -> torch.Tensor:
         if self.nonneg:
@@ -98,13 +110,27 @@ class SideStats:
         its statistics are taken; no full-size temporaries). Results equal :meth:`get`'s up to rounding."""
         if self.single:
             return
-        want = {self.resolve(n) for n in names} - set(self._out)
+        want = set(names) - set(self._out)
+        learn = not self.parts.sign_known
+        fused = native.side_stats(self.parts.v, self.shape, self.dim, want | ({"min"} if learn else set()))
+        if fused is not None:  # one read for all; the sign of v comes with it
+            if learn:
+                self.parts.learn_sign(fused["min"])
+            if self.parts.nonneg:  # exact zeros are None here
+                fused.update({name: None for name in ("neg", "neg_sq") if name in fused})
+            self._out.update(fused)
+            return
+        want = {self.resolve(n) for n in want}
         if self.parts.nonneg:
             want -= {"neg", "neg_sq"}
         if not want:
             return
         if "sq" in want and not self.parts.nonneg and {"pos_sq", "neg_sq"} <= want:
             want.discard("sq")  # the sum of the two, below
+        fused = native.side_stats(self.parts.v, self.shape, self.dim, want)
+        if fused is not None:
+            self._out.update(fused)
+            return
         v, dim = self._view(self.parts.v), self.dim
         acc: dict[str, torch.Tensor] = {}
         for _, c in chunks(v, dim):

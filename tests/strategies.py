@@ -142,3 +142,25 @@ def signed(draw, v: torch.Tensor) -> torch.Tensor:
     """``v``, or a one-signed version of it (ReLU outputs: the closed forms skip the exactly-zero negative part)."""
     sign = draw(st.sampled_from(["mixed", "mixed", "nonneg", "nonpos", "zero"]))
     return {"mixed": v, "nonneg": v.clamp(min=0), "nonpos": v.clamp(max=0), "zero": v * 0}[sign]
+
+
+@st.composite
+def depthwise(draw, dtype=torch.float64):
+    """A depthwise :class:`Factored` with zero padding (one gradient entry and one input channel per block), of
+    any kernel, stride, dilation and asymmetric padding, non-square maps, 1-2 images and 1-3 targets: the form
+    that the native depthwise kernel computes."""
+    kh, kw = draw(st.sampled_from([1, 2, 3, 5])), draw(st.sampled_from([1, 3]))
+    stride = (draw(st.integers(1, 2)), draw(st.integers(1, 2)))
+    dilation = (draw(st.integers(1, 2)), draw(st.integers(1, 2)))
+    pad = tuple(draw(st.integers(0, 2)) for _ in range(4))
+    hh, ww = draw(st.integers(1, 9)), draw(st.integers(1, 9))
+    out_h = (hh + pad[2] + pad[3] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
+    out_w = (ww + pad[0] + pad[1] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
+    if min(out_h, out_w) < 1:
+        return draw(depthwise(dtype))
+    c, n, t = draw(st.integers(1, 5)), draw(st.integers(1, 2)), draw(st.integers(1, 3))
+    gen = torch.Generator().manual_seed(draw(st.integers(0, 999)))
+    x = torch.randn(n, c, hh, ww, generator=gen, dtype=dtype)
+    g = torch.randn(n, t, c, out_h, out_w, generator=gen, dtype=dtype)
+    geo = PatchGeometry((kh, kw), stride, pad, dilation, c)
+    return Factored(signed(draw, g), signed(draw, x), geo)

@@ -1,5 +1,6 @@
 """Phase-2 machinery: separable pooling equals unfold, fused chunked sweeps equal the lazy per-statistic path,
-and every aggregator reads exactly the statistics it declares."""
+and every aggregator reads exactly the statistics it declares. The PyTorch path only: the native kernels, which
+replace the chunked sweeps where they load, are compared with it in ``test_native.py``."""
 import itertools
 
 import pytest
@@ -11,7 +12,7 @@ from hypothesis import strategies as st
 from strategies import factored, signed
 
 import extagg
-from extagg import statistics
+from extagg import native, statistics
 from extagg.contributions import Dense, Factored, PatchGeometry, Scaled
 from extagg.statistics import Store, pad_zeros, pool_extreme, pool_sum
 
@@ -58,6 +59,12 @@ def test_sum_pool_with_implicit_zero_padding_equals_padding_first():
     x = torch.randn(1, 3, 6, 7, dtype=torch.float64)
     want = pool_sum(F.pad(x, (2, 2, 1, 1)), (3, 5), (1, 1), (1, 1))
     torch.testing.assert_close(pool_sum(x, (3, 5), (1, 1), (1, 1), padding=(1, 2)), want)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def pytorch_path():
+    with native.enabled(False):
+        yield
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 import extagg
-from extagg.contributions import Dense, Factored, PatchGeometry, Scaled
+from extagg.contributions import Dense, Factored, PatchGeometry, Product, Scaled
 from extagg.specs import Extractor, Param
 
 
@@ -18,7 +18,7 @@ def bias(c):
 
 
 def scaling(c):
-    return Dense(c.output[:, None] * c.grad)
+    return Product(c.output, c.grad)
 
 
 def pooled_scaling(c):
@@ -48,7 +48,7 @@ def _normalised_input(c) -> torch.Tensor:
 
 
 def bn_scale(c):
-    return Dense(_normalised_input(c)[:, None] * c.grad)
+    return Product(_normalised_input(c), c.grad)
 
 
 _K = Param("k", int, 3, "odd kernel size", check=_odd)

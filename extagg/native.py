@@ -1,0 +1,209 @@
+"""Optional fused CPU kernels for phase 2 (``native_kernels.c``), compiled on first use and loaded with ctypes.
+
+Phase 2 of a sweep is a handful of statistics per captured tensor; in PyTorch each is several full passes over
+memory (about 35 for a depthwise contribution). The two kernels here take every statistic from one read:
+
+* :func:`side_stats`: the statistics of :mod:`extagg.statistics` (``sum``, ``sq``, ``pos``, ``neg``, ``pos_sq``,
+  ``neg_sq``, ``max``, ``min``, ``min_abs``) of a tensor along one axis;
+* :func:`depthwise_stats`: the contribution statistics of a depthwise :class:`~extagg.contributions.Factored`
+  (``dwconv``, and real depthwise convolutions) with zero padding.
+
+They run on float32/float64 CPU tensors (made contiguous) outside autograd, with ``torch.get_num_threads()`` threads.
+Anything else (CUDA, half precision, other padding modes, a tensor that requires grad while grad mode is on)
+returns None and the caller takes the PyTorch path, which is also the test oracle. Results equal that path's up
+to the order of summation. The shared library is built once per source, compiler and CPU with the system C
+compiler (``$CC``, else ``cc``) into ``$EXTAGG_CACHE_DIR`` (default ``~/.cache/extagg``); if no compiler is found
+or the build fails, a warning is issued once and the PyTorch path is used. ``EXTAGG_NATIVE=0`` turns the kernels
+off; :func:`enabled` does so for a block of code.
+"""
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import hashlib
+import math
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import threading
+import warnings
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+SOURCE = Path(__file__).with_name("native_kernels.c")
+SIDE_NAMES = ("sum", "sq", "pos", "neg", "pos_sq", "neg_sq", "max", "min", "min_abs")
+"""Order of the side statistics in the kernel's output array."""
+DEPTHWISE_NAMES = ("sum", "sq", "signed.0", "signed.1", "signed_sq.0", "signed_sq.1", "extremes.0", "extremes.1",
+                   "min_abs")
+_FLAG_SETS = (["-O3", "-march=native", "-fopenmp"], ["-O3", "-march=native"], ["-O3", "-fopenmp"], ["-O3"])
+"""Tried in order until one builds: OpenMP shares torch's worker threads (the runtime torch loaded); without it the
+kernels start POSIX threads; without ``-march=native`` where the compiler does not know it."""
+_TYPES = {torch.float32: ("f32", ctypes.c_float), torch.float64: ("f64", ctypes.c_double)}
+
+_lock = threading.Lock()
+_state: dict = {"lib": None, "tried": False, "on": os.environ.get("EXTAGG_NATIVE", "1") != "0"}
+
+
+@contextlib.contextmanager
+def enabled(on: bool):
+    """Use the native kernels (``on=True``, where they load) or the PyTorch path inside the block."""
+    before = _state["on"]
+    _state["on"] = bool(on)
+    try:
+        yield
+    finally:
+        _state["on"] = before
+
+
+def available() -> bool:
+    """Whether the kernels are switched on and loaded (building them now if needed)."""
+    return _state["on"] and _library() is not None
+
+
+def _cache_dir() -> Path:
+    env = os.environ.get("EXTAGG_CACHE_DIR")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "extagg"
+
+
+def _cpu_identity() -> str:
+    """What ``-march=native`` depends on: the CPU's model and feature flags (Linux), else the platform."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            lines = [line for line in f if line.startswith(("model name", "flags"))]
+        return "".join(dict.fromkeys(lines))
+    except OSError:
+        return platform.machine() + platform.processor()
+
+
+def _build(compiler: str) -> Path:
+    source = SOURCE.read_bytes()
+    version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=60).stdout
+    errors = []
+    for flags in _FLAG_SETS:
+        key = hashlib.sha256(b"\0".join([source, version.encode(), " ".join(flags).encode(),
+                                         _cpu_identity().encode()])).hexdigest()[:16]
+        target = _cache_dir() / f"extagg_native_{key}.so"
+        if target.exists():
+            return target
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
+        os.close(fd)
+        cmd = [compiler, *flags, "-std=c99", "-fPIC", "-shared", "-pthread", "-o", tmp, str(SOURCE), "-lm"]
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        if done.returncode == 0:
+            os.replace(tmp, target)  # atomic: concurrent builders race harmlessly
+            return target
+        os.unlink(tmp)
+        errors.append(f"{' '.join(cmd)}: {done.stderr.strip()[-500:]}")
+    raise RuntimeError("; ".join(errors))
+
+
+def _library() -> Optional[ctypes.CDLL]:
+    if _state["tried"]:
+        return _state["lib"]
+    with _lock:
+        if not _state["tried"]:
+            try:
+                compiler = shutil.which(os.environ.get("CC", "cc"))
+                if compiler is None:
+                    raise RuntimeError(f"no C compiler found (looked for {os.environ.get('CC', 'cc')!r}; set $CC)")
+                lib = ctypes.CDLL(str(_build(compiler)))
+                for suffix, ctype in _TYPES.values():
+                    ptr = ctypes.POINTER(ctype)
+                    side = getattr(lib, "side_stats_" + suffix)
+                    side.argtypes = [ptr, ptr, ptr, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64,
+                                     ctypes.POINTER(ptr), ctypes.c_int]
+                    dw = getattr(lib, "depthwise_stats_" + suffix)
+                    dw.argtypes = [ptr, ptr, ctypes.POINTER(ctypes.c_int64), ctypes.POINTER(ctypes.c_int64),
+                                   ctypes.POINTER(ptr), ctypes.c_int]
+                    side.restype = dw.restype = ctypes.c_int
+                _state["lib"] = lib
+            except (OSError, RuntimeError, subprocess.SubprocessError, AttributeError) as e:
+                warnings.warn(f"extagg: native kernels unavailable ({e}); using the PyTorch path "
+                              "(set EXTAGG_NATIVE=0 to silence this)", RuntimeWarning, stacklevel=3)
+            _state["tried"] = True
+    return _state["lib"]
+
+
+def _usable(*tensors: torch.Tensor) -> Optional[ctypes.CDLL]:
+    if not _state["on"]:
+        return None
+    dtype = tensors[0].dtype
+    for t in tensors:
+        if t.device.type != "cpu" or t.dtype != dtype or dtype not in _TYPES \
+                or (t.requires_grad and torch.is_grad_enabled()):
+            return None
+    return _library()
+
+
+def _ptr(t: Optional[torch.Tensor], ctype):
+    ptr = ctypes.POINTER(ctype)
+    return ptr() if t is None else ctypes.cast(t.data_ptr(), ptr)
+
+
+def _pointers(outs, ctype):
+    return (ctypes.POINTER(ctype) * len(outs))(*[_ptr(o, ctype) for o in outs])
+
+
+def side_stats(v: torch.Tensor, shape, dim: int, names, *, other: Optional[torch.Tensor] = None,
+               scale: Optional[torch.Tensor] = None) -> Optional[dict]:
+    """The side statistics ``names`` of a tensor of shape ``shape`` along ``dim``, each of shape ``shape`` without
+    ``dim``; None where the kernels do not apply (the caller then computes them in PyTorch).
+
+    The tensor is ``v.reshape(shape)``, or, with ``other`` (of ``shape``) and/or ``scale`` (of ``shape[:dim + 1]``),
+    the product ``v * other * scale[..., None...]`` without forming it; there ``v`` may lack axes 1..dim-1 of
+    ``shape`` (broadcast over targets: ``v`` (N, C, h, w) for ``shape`` (N, T, C, h, w)).
+    """
+    shape = tuple(shape)
+    lib = _usable(*[t for t in (v, other, scale) if t is not None])
+    if lib is None or v.numel() == 0:
+        return None
+    v, other, scale = [None if t is None else t.contiguous() for t in (v, other, scale)]
+    unknown = set(names) - set(SIDE_NAMES)
+    if unknown:
+        raise KeyError(f"unknown side statistics {sorted(unknown)}; known: {SIDE_NAMES}")
+    outer = math.prod(shape[:dim])
+    size = math.prod(shape)
+    inner = size // (outer * shape[dim])
+    repeat = size // v.numel()
+    if v.numel() * repeat != size or outer % repeat or (other is not None and other.numel() != size) \
+            or (scale is not None and scale.numel() != outer * shape[dim]):
+        raise ValueError(f"side_stats: shapes do not fit {shape}: v {tuple(v.shape)}, "
+                         f"other {None if other is None else tuple(other.shape)}, "
+                         f"scale {None if scale is None else tuple(scale.shape)}")
+    out_shape = shape[:dim] + shape[dim + 1:]
+    outs = [torch.empty(out_shape, dtype=v.dtype) if name in names else None for name in SIDE_NAMES]
+    suffix, ctype = _TYPES[v.dtype]
+    getattr(lib, "side_stats_" + suffix)(_ptr(v, ctype), _ptr(other, ctype), _ptr(scale, ctype), outer, repeat,
+                                         shape[dim], inner, _pointers(outs, ctype), torch.get_num_threads())
+    return {name: out for name, out in zip(SIDE_NAMES, outs) if out is not None}
+
+
+def depthwise_stats(g: torch.Tensor, x: torch.Tensor, geometry) -> Optional[dict]:
+    """Every statistic of the depthwise contribution ``g`` (N, T, C, h, w) against the patches of ``x``
+    (N, C, H, W) read with ``geometry`` (:class:`~extagg.contributions.PatchGeometry` with ``groups == C``),
+    keyed by :data:`DEPTHWISE_NAMES`, each (N, T, h, w); None where the kernels do not apply."""
+    lib = _usable(g, x)
+    if lib is None or geometry.padding_mode != "zeros" or g.numel() == 0 or x.numel() == 0:
+        return None
+    n, t, c, h, w = g.shape
+    if x.shape[:2] != (n, c) or geometry.groups != c:
+        return None
+    g, x = g.contiguous(), x.contiguous()
+    left, _, top, _ = geometry.padding
+    dims = (ctypes.c_int64 * 7)(n, t, c, h, w, x.shape[2], x.shape[3])
+    geo = (ctypes.c_int64 * 8)(*geometry.kernel, *geometry.stride, top, left, *geometry.dilation)
+    outs = [torch.empty((n, t, h, w), dtype=g.dtype) for _ in DEPTHWISE_NAMES]
+    suffix, ctype = _TYPES[g.dtype]
+    failed = getattr(lib, "depthwise_stats_" + suffix)(_ptr(g, ctype), _ptr(x, ctype), dims, geo,
+                                                       _pointers(outs, ctype), torch.get_num_threads())
+    if failed:
+        raise MemoryError("extagg native depthwise_stats: could not allocate its row buffers")
+    return dict(zip(DEPTHWISE_NAMES, outs))
