@@ -95,7 +95,7 @@ def _build(compiler: str) -> Path:
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
         os.close(fd)
-        cmd = [compiler, *flags, "-std=c99", "-fPIC", "-shared", "-pthread", "-o", tmp, str(SOURCE), "-lm"]
+        cmd = [compiler, *flags, "-std=gnu11", "-fPIC", "-shared", "-pthread", "-o", tmp, str(SOURCE), "-lm"]
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
         if done.returncode == 0:
             os.replace(tmp, target)  # atomic: concurrent builders race harmlessly

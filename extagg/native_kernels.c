@@ -84,50 +84,58 @@ typedef struct {
     const T *v, *other, *scale; int64_t outer, R, inner, tile, repeat; T *out[S_COUNT];
 } NAME(side_args);
 
+
+/* Fold RB rows (pitch `inner`) into the nine accumulators of a tile, each accumulator read and written once per
+ * RB rows; an entry is x, times b (PRODUCT) and the row's scale (SCALED). Inlined with constant arguments. */
+static inline __attribute__((always_inline)) void NAME(side_rows)(
+        const int RB, const int PRODUCT, const int SCALED, int64_t len, int64_t inner, const T *restrict x,
+        const T *restrict b, const T *restrict scale, T *restrict sum, T *restrict sq, T *restrict pos,
+        T *restrict neg, T *restrict pos_sq, T *restrict neg_sq, T *restrict mx, T *restrict mn, T *restrict ma) {
+    for (int64_t j = 0; j < len; j++) {
+        T s = sum[j], q = sq[j], ps = pos[j], ns = neg[j], psq = pos_sq[j], nsq = neg_sq[j];
+        T hi = mx[j], lo = mn[j], am = ma[j];
+        for (int k = 0; k < RB; k++) {
+            T v = x[k * inner + j];
+            if (PRODUCT) v *= b[k * inner + j];
+            if (SCALED) v *= scale[k];
+            const T pv = v > 0 ? v : (T)0, nv = pv - v, av = pv + nv;
+            s += v; q += v * v; ps += pv; ns += nv; psq += pv * pv; nsq += nv * nv;
+            hi = v > hi ? v : hi; lo = v < lo ? v : lo; am = av < am ? av : am;
+        }
+        sum[j] = s; sq[j] = q; pos[j] = ps; neg[j] = ns; pos_sq[j] = psq; neg_sq[j] = nsq;
+        mx[j] = hi; mn[j] = lo; ma[j] = am;
+    }
+}
+
 static void NAME(side_work)(void *p, int64_t lo, int64_t hi) {
     const NAME(side_args) *a = (const NAME(side_args) *)p;
-    const int64_t inner = a->inner, tiles = (inner + a->tile - 1) / a->tile;
-    T dummy[S_COUNT][512];  /* where unrequested members of a computed group go */
-    T scratch[512];
-    const int pos_family = a->out[S_POS] || a->out[S_NEG] || a->out[S_POS_SQ] || a->out[S_NEG_SQ];
+    const int64_t inner = a->inner, tiles = (inner + a->tile - 1) / a->tile, R = a->R;
+    T dummy[S_COUNT][512];  /* where the unrequested statistics go */
     for (int64_t item = lo; item < hi; item++) {
         const int64_t o = item / tiles, i0 = (item % tiles) * a->tile;
         const int64_t len = inner - i0 < a->tile ? inner - i0 : a->tile;
         T *acc[S_COUNT];
         for (int s = 0; s < S_COUNT; s++) acc[s] = a->out[s] ? a->out[s] + o * inner + i0 : dummy[s];
-        T *restrict sum = acc[S_SUM], *restrict sq = acc[S_SQ], *restrict ps = acc[S_POS];
-        T *restrict ng = acc[S_NEG], *restrict psq = acc[S_POS_SQ], *restrict nsq = acc[S_NEG_SQ];
-        T *restrict mx = acc[S_MAX], *restrict mn = acc[S_MIN], *restrict ma = acc[S_MIN_ABS];
         for (int64_t j = 0; j < len; j++) {
-            sum[j] = 0; sq[j] = 0; ps[j] = 0; ng[j] = 0; psq[j] = 0; nsq[j] = 0;
-            mx[j] = -INFINITY; mn[j] = INFINITY; ma[j] = INFINITY;
+            acc[S_SUM][j] = 0; acc[S_SQ][j] = 0; acc[S_POS][j] = 0; acc[S_NEG][j] = 0; acc[S_POS_SQ][j] = 0;
+            acc[S_NEG_SQ][j] = 0; acc[S_MAX][j] = -INFINITY; acc[S_MIN][j] = INFINITY; acc[S_MIN_ABS][j] = INFINITY;
         }
-        const T *base = a->v + (o / a->repeat) * a->R * inner + i0;
-        const T *other = a->other ? a->other + o * a->R * inner + i0 : NULL;
-        for (int64_t r = 0; r < a->R; r++) {
-            const T *row = base + r * inner;
-            if (other || a->scale) {  /* the entries are products: form this row's in the scratch tile */
-                const T s = a->scale ? a->scale[o * a->R + r] : (T)1;
-                const T *restrict b = other ? other + r * inner : NULL;
-                if (b) for (int64_t j = 0; j < len; j++) scratch[j] = row[j] * b[j] * s;
-                else for (int64_t j = 0; j < len; j++) scratch[j] = row[j] * s;
-                row = scratch;
-            }
-            const T *restrict x = row;
-            if (a->out[S_SUM]) for (int64_t j = 0; j < len; j++) sum[j] += x[j];
-            if (a->out[S_SQ]) for (int64_t j = 0; j < len; j++) sq[j] += x[j] * x[j];
-            if (pos_family)
-                for (int64_t j = 0; j < len; j++) {
-                    const T pv = x[j] > 0 ? x[j] : (T)0, nv = pv - x[j];
-                    ps[j] += pv; ng[j] += nv; psq[j] += pv * pv; nsq[j] += nv * nv;
-                }
-            if (a->out[S_MAX]) for (int64_t j = 0; j < len; j++) mx[j] = x[j] > mx[j] ? x[j] : mx[j];
-            if (a->out[S_MIN]) for (int64_t j = 0; j < len; j++) mn[j] = x[j] < mn[j] ? x[j] : mn[j];
-            if (a->out[S_MIN_ABS])
-                for (int64_t j = 0; j < len; j++) {
-                    const T av = x[j] < 0 ? -x[j] : x[j];
-                    ma[j] = av < ma[j] ? av : ma[j];
-                }
+        const T *x = a->v + (o / a->repeat) * R * inner + i0;
+        const T *b = a->other ? a->other + o * R * inner + i0 : NULL;
+        const T *scale = a->scale ? a->scale + o * R : NULL;
+        const int mode = (b != NULL) + 2 * (scale != NULL);
+        for (int64_t r = 0; r < R;) {
+            const int64_t off = r * inner;
+            const T *xr = x + off, *br = b ? b + off : NULL, *sr = scale ? scale + r : NULL;
+#define SIDE_ROWS(RB, PRODUCT, SCALED) NAME(side_rows)(RB, PRODUCT, SCALED, len, inner, xr, br, sr, acc[S_SUM],       \
+        acc[S_SQ], acc[S_POS], acc[S_NEG], acc[S_POS_SQ], acc[S_NEG_SQ], acc[S_MAX], acc[S_MIN], acc[S_MIN_ABS])
+#define SIDE_MODES(RB) switch (mode) {                                                                            \
+        case 0: SIDE_ROWS(RB, 0, 0); break; case 1: SIDE_ROWS(RB, 1, 0); break;                                   \
+        case 2: SIDE_ROWS(RB, 0, 1); break; default: SIDE_ROWS(RB, 1, 1); }
+            if (R - r >= 4) { SIDE_MODES(4); r += 4; }
+            else { SIDE_MODES(1); r += 1; }
+#undef SIDE_MODES
+#undef SIDE_ROWS
         }
     }
 }
