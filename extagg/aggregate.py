@@ -24,7 +24,7 @@ CHUNK_BUDGET = 1 << 24
 
 @attrs.frozen
 class Plan:
-    """What phase 2 does for one method, resolved once per call: the reduction to share and the post-filters."""
+    """What phase 2 does for one method, resolved once per registry: the reduction to share and the post-filters."""
 
     name: str  # the method's canonical string
     extractor: Call
@@ -59,7 +59,7 @@ class Plan:
 class LayerEvaluator:
     """Computes maps of many methods at one captured layer, caching shared intermediate results.
 
-    ``plans`` may be shared between the evaluators of one call (a method's plan does not depend on the layer).
+    ``plans`` may be shared between evaluators (a method's plan depends only on the registry).
     """
 
     def __init__(self, registry, capture: LayerCapture, *, closed_forms: bool = True,

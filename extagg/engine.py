@@ -173,7 +173,7 @@ def saliency(
     maps: dict[tuple[str, str], torch.Tensor] = {}
     out_targets, out_scores = None, None
     size = tuple(images.shape[-2:]) if resize is True else (tuple(resize) if resize else None)
-    plans: dict = {}  # each method's phase-2 plan, shared by all layers
+    plans = registry.memo("plans")  # each method's phase-2 plan, shared by all layers and calls
     for modifiers, group in passes.items():
         needs: dict[str, set[str]] = {}
         for method, layer in group:

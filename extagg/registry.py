@@ -49,6 +49,12 @@ class Registry:
     components: Mapping[str, Mapping[str, Any]]
     plugins: tuple[PluginInfo, ...] = ()
     _cache: dict = attrs.field(factory=dict, eq=False, repr=False)
+    _derived: dict = attrs.field(factory=dict, eq=False, repr=False)
+
+    def memo(self, kind: str) -> dict:
+        """A dict for records derived from this registry (``"plans"``: each method's phase-2 plan), kept while
+        the registry lives; valid because a registry never changes after it is built."""
+        return self._derived.setdefault(kind, {})
 
     # ----------------------------------------------------------------- building
     @classmethod
