@@ -42,7 +42,11 @@ DEPTHWISE_NAMES = ("sum", "sq", "signed.0", "signed.1", "signed_sq.0", "signed_s
 _FLAG_SETS = (["-O3", "-march=native", "-fopenmp"], ["-O3", "-march=native"], ["-O3", "-fopenmp"], ["-O3"])
 """Tried in order until one builds: OpenMP shares torch's worker threads (the runtime torch loaded); without it the
 kernels start POSIX threads; without ``-march=native`` where the compiler does not know it."""
-_TYPES = {torch.float32: ("f32", ctypes.c_float), torch.float64: ("f64", ctypes.c_double)}
+_TYPES = {torch.float32: "f32", torch.float64: "f64"}
+_PTRS = ctypes.c_void_p * 9  # the kernels' output-pointer arrays
+_DIMS, _GEOMETRY = ctypes.c_int64 * 7, ctypes.c_int64 * 8
+SERIAL_BELOW = 1 << 15
+"""Entries below which a kernel runs on one thread (starting the others would cost more than it saves)."""
 
 _lock = threading.Lock()
 _state: dict = {"lib": None, "tried": False, "on": os.environ.get("EXTAGG_NATIVE", "1") != "0"}
@@ -72,37 +76,49 @@ def _cache_dir() -> Path:
     return Path(base) / "extagg"
 
 
+_CPU_FIELDS = ("vendor_id", "cpu family", "model", "model name", "flags", "Features", "CPU implementer", "CPU architecture",
+               "CPU variant", "CPU part", "isa", "uarch")
+
+
 def _cpu_identity() -> str:
-    """What ``-march=native`` depends on: the CPU's model and feature flags (Linux), else the platform."""
+    """What ``-march=native`` depends on: the CPU's vendor, model and features (Linux ``/proc/cpuinfo``, x86 and
+    ARM fields), or "" where unknown (then no ``-march=native`` build is made, so a shared cache never hands a
+    build to a CPU that cannot run it)."""
     try:
         with open("/proc/cpuinfo") as f:
-            lines = [line for line in f if line.startswith(("model name", "flags"))]
-        return "".join(dict.fromkeys(lines))
+            lines = [line for line in f if line.split(":")[0].strip() in _CPU_FIELDS]
+        return platform.machine() + "".join(dict.fromkeys(lines)) if lines else ""
     except OSError:
-        return platform.machine() + platform.processor()
+        return ""
 
 
 def _build(compiler: str) -> Path:
     source = SOURCE.read_bytes()
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=60).stdout
+    cpu = _cpu_identity()
     errors = []
     for flags in _FLAG_SETS:
+        if "-march=native" in flags and not cpu:
+            continue
         key = hashlib.sha256(b"\0".join([source, version.encode(), " ".join(flags).encode(),
-                                         _cpu_identity().encode()])).hexdigest()[:16]
+                                         cpu.encode()])).hexdigest()[:16]
         target = _cache_dir() / f"extagg_native_{key}.so"
         if target.exists():
             return target
-        target.parent.mkdir(parents=True, exist_ok=True)
+        target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
         os.close(fd)
         cmd = [compiler, *flags, "-std=gnu11", "-fPIC", "-shared", "-pthread", "-o", tmp, str(SOURCE), "-lm"]
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-        if done.returncode == 0:
-            os.replace(tmp, target)  # atomic: concurrent builders race harmlessly
-            return target
-        os.unlink(tmp)
-        errors.append(f"{' '.join(cmd)}: {done.stderr.strip()[-500:]}")
-    raise RuntimeError("; ".join(errors))
+        try:
+            done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+            if done.returncode == 0:
+                os.replace(tmp, target)  # atomic: concurrent builders race harmlessly
+                return target
+            errors.append(f"{' '.join(cmd)}: {done.stderr.strip()[-500:]}")
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    raise RuntimeError("; ".join(errors) or "no flag set to build with")
 
 
 def _library() -> Optional[ctypes.CDLL]:
@@ -115,14 +131,12 @@ def _library() -> Optional[ctypes.CDLL]:
                 if compiler is None:
                     raise RuntimeError(f"no C compiler found (looked for {os.environ.get('CC', 'cc')!r}; set $CC)")
                 lib = ctypes.CDLL(str(_build(compiler)))
-                for suffix, ctype in _TYPES.values():
-                    ptr = ctypes.POINTER(ctype)
+                vp, i64 = ctypes.c_void_p, ctypes.c_int64
+                for suffix in _TYPES.values():
                     side = getattr(lib, "side_stats_" + suffix)
-                    side.argtypes = [ptr, ptr, ptr, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64,
-                                     ctypes.POINTER(ptr), ctypes.c_int]
+                    side.argtypes = [vp, vp, vp, i64, i64, i64, i64, ctypes.POINTER(vp), ctypes.c_int]
                     dw = getattr(lib, "depthwise_stats_" + suffix)
-                    dw.argtypes = [ptr, ptr, ctypes.POINTER(ctypes.c_int64), ctypes.POINTER(ctypes.c_int64),
-                                   ctypes.POINTER(ptr), ctypes.c_int]
+                    dw.argtypes = [vp, vp, ctypes.POINTER(i64), ctypes.POINTER(i64), ctypes.POINTER(vp), ctypes.c_int]
                     side.restype = dw.restype = ctypes.c_int
                 _state["lib"] = lib
             except (OSError, RuntimeError, subprocess.SubprocessError, AttributeError) as e:
@@ -143,13 +157,24 @@ def _usable(*tensors: torch.Tensor) -> Optional[ctypes.CDLL]:
     return _library()
 
 
-def _ptr(t: Optional[torch.Tensor], ctype):
-    ptr = ctypes.POINTER(ctype)
-    return ptr() if t is None else ctypes.cast(t.data_ptr(), ptr)
+def _outputs(names, wanted, shape, dtype):
+    """One (k, *shape) block for the ``wanted`` of ``names`` (in order), and the kernel's pointer array (NULL for
+    the others)."""
+    block = torch.empty((len(wanted),) + tuple(shape), dtype=dtype)
+    step, base, k = block[0].numel() * block.element_size(), block.data_ptr(), 0
+    ptrs, views = [], {}
+    for name in names:
+        if name in wanted:
+            ptrs.append(base + k * step)
+            views[name] = block[k]
+            k += 1
+        else:
+            ptrs.append(None)
+    return views, _PTRS(*ptrs)
 
 
-def _pointers(outs, ctype):
-    return (ctypes.POINTER(ctype) * len(outs))(*[_ptr(o, ctype) for o in outs])
+def _threads(work: int) -> int:
+    return 1 if work < SERIAL_BELOW else torch.get_num_threads()
 
 
 def side_stats(v: torch.Tensor, shape, dim: int, names, *, other: Optional[torch.Tensor] = None,
@@ -163,7 +188,7 @@ def side_stats(v: torch.Tensor, shape, dim: int, names, *, other: Optional[torch
     """
     shape = tuple(shape)
     lib = _usable(*[t for t in (v, other, scale) if t is not None])
-    if lib is None or v.numel() == 0:
+    if lib is None or v.numel() == 0 or math.prod(shape) == 0:
         return None
     v, other, scale = [None if t is None else t.contiguous() for t in (v, other, scale)]
     unknown = set(names) - set(SIDE_NAMES)
@@ -178,12 +203,11 @@ def side_stats(v: torch.Tensor, shape, dim: int, names, *, other: Optional[torch
         raise ValueError(f"side_stats: shapes do not fit {shape}: v {tuple(v.shape)}, "
                          f"other {None if other is None else tuple(other.shape)}, "
                          f"scale {None if scale is None else tuple(scale.shape)}")
-    out_shape = shape[:dim] + shape[dim + 1:]
-    outs = [torch.empty(out_shape, dtype=v.dtype) if name in names else None for name in SIDE_NAMES]
-    suffix, ctype = _TYPES[v.dtype]
-    getattr(lib, "side_stats_" + suffix)(_ptr(v, ctype), _ptr(other, ctype), _ptr(scale, ctype), outer, repeat,
-                                         shape[dim], inner, _pointers(outs, ctype), torch.get_num_threads())
-    return {name: out for name, out in zip(SIDE_NAMES, outs) if out is not None}
+    views, ptrs = _outputs(SIDE_NAMES, set(names), shape[:dim] + shape[dim + 1:], v.dtype)
+    getattr(lib, "side_stats_" + _TYPES[v.dtype])(v.data_ptr(), other.data_ptr() if other is not None else None,
+                                                  scale.data_ptr() if scale is not None else None, outer, repeat,
+                                                  shape[dim], inner, ptrs, _threads(size))
+    return views
 
 
 def depthwise_stats(g: torch.Tensor, x: torch.Tensor, geometry) -> Optional[dict]:
@@ -198,12 +222,12 @@ def depthwise_stats(g: torch.Tensor, x: torch.Tensor, geometry) -> Optional[dict
         return None
     g, x = g.contiguous(), x.contiguous()
     left, _, top, _ = geometry.padding
-    dims = (ctypes.c_int64 * 7)(n, t, c, h, w, x.shape[2], x.shape[3])
-    geo = (ctypes.c_int64 * 8)(*geometry.kernel, *geometry.stride, top, left, *geometry.dilation)
-    outs = [torch.empty((n, t, h, w), dtype=g.dtype) for _ in DEPTHWISE_NAMES]
-    suffix, ctype = _TYPES[g.dtype]
-    failed = getattr(lib, "depthwise_stats_" + suffix)(_ptr(g, ctype), _ptr(x, ctype), dims, geo,
-                                                       _pointers(outs, ctype), torch.get_num_threads())
+    dims = _DIMS(n, t, c, h, w, x.shape[2], x.shape[3])
+    geo = _GEOMETRY(*geometry.kernel, *geometry.stride, top, left, *geometry.dilation)
+    views, ptrs = _outputs(DEPTHWISE_NAMES, DEPTHWISE_NAMES, (n, t, h, w), g.dtype)
+    failed = getattr(lib, "depthwise_stats_" + _TYPES[g.dtype])(g.data_ptr(), x.data_ptr(), dims, geo, ptrs,
+                                                                _threads(g.numel() * geometry.kernel[0]
+                                                                         * geometry.kernel[1]))
     if failed:
         raise MemoryError("extagg native depthwise_stats: could not allocate its row buffers")
-    return dict(zip(DEPTHWISE_NAMES, outs))
+    return views

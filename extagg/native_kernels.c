@@ -6,7 +6,7 @@
  *   input channel per block), the patch statistics taken on the fly from a zero-padded slab of rows.
  * Both split their work over `threads` threads (OpenMP where built with it, else POSIX threads) by output rows,
  * so no two threads write the same output.
- * Sums run sequentially in the input's precision; extremes are exact. NaNs are not propagated.
+ * Sums run sequentially in the input's precision; extremes are exact; NaNs propagate as in torch.
  */
 #ifndef KERNEL_BODY
 #include <math.h>
@@ -60,6 +60,11 @@ static void parallel_for(int64_t n, int threads, work_fn fn, void *arg) {
 #endif
 }
 
+/* max, min and positive part that propagate NaN, as torch.maximum, torch.minimum and clamp(min=0) do */
+#define MAX(v, m) (((v) > (m) || (v) != (v)) ? (v) : (m))
+#define MIN(v, m) (((v) < (m) || (v) != (v)) ? (v) : (m))
+#define POS(v) ((v) < 0 ? 0 : (v))
+
 enum { S_SUM, S_SQ, S_POS, S_NEG, S_POS_SQ, S_NEG_SQ, S_MAX, S_MIN, S_MIN_ABS, S_COUNT };
 enum { W_SUM, W_POS, W_NEG, W_POS_SQ, W_NEG_SQ, W_MAX, W_MIN, W_MIN_ABS, W_COUNT };  /* window (patch) statistics */
 enum { D_SUM, D_SQ, D_SIGNED0, D_SIGNED1, D_SIGNED_SQ0, D_SIGNED_SQ1, D_MAX, D_MIN, D_MIN_ABS, D_COUNT };
@@ -98,9 +103,9 @@ static inline __attribute__((always_inline)) void NAME(side_rows)(
             T v = x[k * inner + j];
             if (PRODUCT) v *= b[k * inner + j];
             if (SCALED) v *= scale[k];
-            const T pv = v > 0 ? v : (T)0, nv = pv - v, av = pv + nv;
+            const T pv = POS(v), nv = pv - v, av = pv + nv;
             s += v; q += v * v; ps += pv; ns += nv; psq += pv * pv; nsq += nv * nv;
-            hi = v > hi ? v : hi; lo = v < lo ? v : lo; am = av < am ? av : am;
+            hi = MAX(v, hi); lo = MIN(v, lo); am = MIN(av, am);
         }
         sum[j] = s; sq[j] = q; pos[j] = ps; neg[j] = ns; pos_sq[j] = psq; neg_sq[j] = nsq;
         mx[j] = hi; mn[j] = lo; ma[j] = am;
@@ -161,9 +166,9 @@ typedef struct {
 
 
 #define TAP(OFF) do {                                                                                      \
-        const T v = src[(OFF) + j], pv = v > 0 ? v : (T)0, nv = pv - v, av = pv + nv;                           \
+        const T v = src[(OFF) + j], pv = POS(v), nv = pv - v, av = pv + nv;                                     \
         s += v; ps += pv; ns += nv; psq += pv * pv; nsq += nv * nv;                                              \
-        mx = v > mx ? v : mx; mn = v < mn ? v : mn; ma = av < ma ? av : ma;                                      \
+        mx = MAX(v, mx); mn = MIN(v, mn); ma = MIN(av, ma);                                                      \
     } while (0)
 #define ROW_BEGIN for (int64_t j = 0; j < w; j++) { \
         T s = 0, ps = 0, ns = 0, psq = 0, nsq = 0, mx = -INFINITY, mn = INFINITY, ma = INFINITY;
@@ -222,10 +227,10 @@ static void NAME(window_stats)(const NAME(dw_args) *a, const T *restrict slab, i
                 const T *restrict src = slab + (i * a->sh + ka * dh) * wp + kb * dw;
                 const int64_t sw = a->sw;
                 for (int64_t j = 0; j < w; j++) {
-                    const T v = src[j * sw], pv = v > 0 ? v : (T)0, nv = pv - v, av = pv + nv;
+                    const T v = src[j * sw], pv = POS(v), nv = pv - v, av = pv + nv;
                     S[o + j] += v; P[o + j] += pv; Q[o + j] += nv; QP[o + j] += pv * pv; QN[o + j] += nv * nv;
-                    MX[o + j] = v > MX[o + j] ? v : MX[o + j]; MN[o + j] = v < MN[o + j] ? v : MN[o + j];
-                    MA[o + j] = av < MA[o + j] ? av : MA[o + j];
+                    MX[o + j] = MAX(v, MX[o + j]); MN[o + j] = MIN(v, MN[o + j]);
+                    MA[o + j] = MIN(av, MA[o + j]);
                 }
             }
     }
@@ -238,7 +243,7 @@ static void NAME(fold_row)(int64_t w, const T *restrict g, const T *restrict S, 
                            T *restrict os0, T *restrict os1, T *restrict oq0, T *restrict oq1, T *restrict omx,
                            T *restrict omn, T *restrict oma) {
     for (int64_t j = 0; j < w; j++) {
-        const T gv = g[j], gp = gv > 0 ? gv : (T)0, gn = gp - gv, ag = gp + gn, gp2 = gp * gp, gn2 = gn * gn;
+        const T gv = g[j], gp = POS(gv), gn = gp - gv, ag = gp + gn, gp2 = gp * gp, gn2 = gn * gn;
         osum[j] += gv * S[j];
         osq[j] += gv * gv * (QP[j] + QN[j]);
         os0[j] += gp * P[j] + gn * Q[j];
@@ -246,9 +251,9 @@ static void NAME(fold_row)(int64_t w, const T *restrict g, const T *restrict S, 
         oq0[j] += gp2 * QP[j] + gn2 * QN[j];
         oq1[j] += gp2 * QN[j] + gn2 * QP[j];
         const T e1 = gp * MX[j] - gn * MN[j], e2 = gp * MN[j] - gn * MX[j], e3 = ag * MA[j];
-        omx[j] = e1 > omx[j] ? e1 : omx[j];
-        omn[j] = e2 < omn[j] ? e2 : omn[j];
-        oma[j] = e3 < oma[j] ? e3 : oma[j];
+        omx[j] = MAX(e1, omx[j]);
+        omn[j] = MIN(e2, omn[j]);
+        oma[j] = MIN(e3, oma[j]);
     }
 }
 
@@ -271,10 +276,12 @@ static void NAME(dw_work)(void *p, int64_t lo, int64_t hi) {
     const int64_t block = NAME(dw_block)(a, wp), blocks = (h + block - 1) / block, area = block * wp;
     const int64_t slab_rows = (block - 1) * a->sh + (a->kh - 1) * a->dh + 1;
     T *buf = (T *)calloc((size_t)(slab_rows * wp + (W_COUNT + 1 + D_COUNT * Tt) * area), sizeof(T));
-    if (!buf) { a->failed = 1; return; }
+    if (!buf) { __atomic_store_n(&a->failed, 1, __ATOMIC_RELAXED); return; }
     T *slab = buf, *st[W_COUNT], *gbuf = buf + slab_rows * wp + W_COUNT * area, *acc = gbuf + area;
     for (int k = 0; k < W_COUNT; k++) st[k] = buf + slab_rows * wp + k * area;
-    int64_t c0 = a->pl < 0 ? 0 : a->pl, c1 = W + a->pl < wp ? W + a->pl : wp;  /* slab columns that exist */
+    /* slab columns that read input columns (the rest are padding): [c0, c1), within the slab row */
+    int64_t c0 = a->pl < 0 ? 0 : a->pl, c1 = W + a->pl < wp ? W + a->pl : wp;
+    if (c0 > wp) c0 = wp;
     if (c1 < c0) c1 = c0;
     for (int64_t item = lo; item < hi; item++) {
         const int64_t n = item / blocks, i0 = (item % blocks) * block, i1 = i0 + block < h ? i0 + block : h;
@@ -293,7 +300,7 @@ static void NAME(dw_work)(void *p, int64_t lo, int64_t hi) {
                 const int64_t ir = r0 + r;
                 if (ir < 0 || ir >= H) { memset(dst, 0, sizeof(T) * (size_t)wp); continue; }
                 if (c0 > 0) memset(dst, 0, sizeof(T) * (size_t)c0);
-                memcpy(dst + c0, xc + ir * W + (c0 - a->pl), sizeof(T) * (size_t)(c1 - c0));
+                if (c1 > c0) memcpy(dst + c0, xc + ir * W + (c0 - a->pl), sizeof(T) * (size_t)(c1 - c0));
                 if (c1 < wp) memset(dst + c1, 0, sizeof(T) * (size_t)(wp - c1));
             }
             NAME(window_stats)(a, slab, i1 - i0, wp, st[W_SUM], st[W_POS], st[W_NEG], st[W_POS_SQ], st[W_NEG_SQ],

@@ -107,30 +107,36 @@ class SideStats:
     def prefetch(self, names) -> None:
         """Compute the statistics ``names`` that are not known yet in one sweep over chunks of the reduced axis
         (about :data:`CHUNK` elements each, so every chunk is read from memory once and stays in cache while all
-        its statistics are taken; no full-size temporaries). Results equal :meth:`get`'s up to rounding."""
+        its statistics are taken; no full-size temporaries), or in one read by the native kernels where they apply.
+        Results equal :meth:`get`'s up to rounding."""
         if self.single:
             return
-        want = set(names) - set(self._out)
-        learn = not self.parts.sign_known
+        learn = not self.parts.sign_known  # the kernels learn the sign in the same read (no pass of its own)
+        want = set(names) if learn else {self.resolve(n) for n in names}
+        want -= set(self._out)
+        if not learn and self.parts.nonneg:
+            want -= {"neg", "neg_sq"}
+        if not want:
+            return
         fused = native.side_stats(self.parts.v, self.shape, self.dim, want | ({"min"} if learn else set()))
-        if fused is not None:  # one read for all; the sign of v comes with it
+        if fused is not None:
             if learn:
                 self.parts.learn_sign(fused["min"])
-            if self.parts.nonneg:  # exact zeros are None here
+            if self.parts.nonneg:  # exact zeros are None here, and get() looks aliases up under what they equal
                 fused.update({name: None for name in ("neg", "neg_sq") if name in fused})
+                for alias, same in _NONNEG_ALIAS.items():
+                    if alias in fused:
+                        fused.setdefault(same, fused[alias])
             self._out.update(fused)
             return
         want = {self.resolve(n) for n in want}
         if self.parts.nonneg:
             want -= {"neg", "neg_sq"}
+        want -= set(self._out)
         if not want:
             return
         if "sq" in want and not self.parts.nonneg and {"pos_sq", "neg_sq"} <= want:
             want.discard("sq")  # the sum of the two, below
-        fused = native.side_stats(self.parts.v, self.shape, self.dim, want)
-        if fused is not None:
-            self._out.update(fused)
-            return
         v, dim = self._view(self.parts.v), self.dim
         acc: dict[str, torch.Tensor] = {}
         for _, c in chunks(v, dim):

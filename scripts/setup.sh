@@ -18,3 +18,5 @@ if ! "$VPY" -c 'import extagg, extagg_builtins, efficientnet_lite_pytorch, pytes
   "$VPY" -m pip install -q -e examples/extagg-hello
   touch .venv/.extagg-installed
 fi
+# Build the native phase-2 kernels now (cached in ~/.cache/extagg), not in the first call; a warning if no compiler.
+"$VPY" -c 'import extagg.native as n; print("extagg native kernels:", "built" if n.available() else "unavailable (PyTorch path)")'

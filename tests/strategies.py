@@ -150,9 +150,9 @@ def depthwise(draw, dtype=torch.float64):
     any kernel, stride, dilation and asymmetric padding, non-square maps, 1-2 images and 1-3 targets: the form
     that the native depthwise kernel computes."""
     kh, kw = draw(st.sampled_from([1, 2, 3, 5])), draw(st.sampled_from([1, 3]))
-    stride = (draw(st.integers(1, 2)), draw(st.integers(1, 2)))
+    stride = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
     dilation = (draw(st.integers(1, 2)), draw(st.integers(1, 2)))
-    pad = tuple(draw(st.integers(0, 2)) for _ in range(4))
+    pad = tuple(draw(st.integers(0, 4)) for _ in range(4))
     hh, ww = draw(st.integers(1, 9)), draw(st.integers(1, 9))
     out_h = (hh + pad[2] + pad[3] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
     out_w = (ww + pad[0] + pad[1] - dilation[1] * (kw - 1) - 1) // stride[1] + 1

@@ -1,8 +1,10 @@
 """The native kernels (extagg/native_kernels.c) equal the PyTorch path and the materialised definitions, take over
 only where they apply, and fall back (with one warning) where they cannot be built."""
+import os
 import shutil
 import subprocess
 import sys
+import warnings
 
 import pytest
 import torch
@@ -34,7 +36,7 @@ def assert_same(got: dict, want: dict, rtol=1e-10, atol=1e-12):
 
 def test_kernels_build_where_a_c_compiler_exists():
     """Guards the skips below: on a machine with a compiler (CI's included) the kernels must load."""
-    if shutil.which("cc") is None:
+    if shutil.which(os.environ.get("CC", "cc")) is None:
         pytest.skip("no C compiler here")
     assert native.available()
 
@@ -121,6 +123,10 @@ def test_dense_product_scaled_same_with_and_without_kernels(seed, data):
     w = signed(data.draw, torch.randn(2, 3, 5, generator=gen, dtype=torch.float64))
     for make in (lambda: Dense(g), lambda: Product(x, g), lambda: Scaled(x, w)):
         assert_same(stats_of(make, True), stats_of(make, False))
+    for make in (lambda: Product(x, g), lambda: Scaled(x, w)):  # the kernels ran: nothing was materialised
+        fresh = make()
+        fresh.prefetch(list(STATS))
+        assert fresh._values is None
     # and Product's statistics are those of its materialised values
     assert_same(stats_of(lambda: Product(x, g), True), stats_of(lambda: Dense(x[:, None] * g), False))
 
@@ -196,7 +202,9 @@ def test_no_compiler_warns_once_and_uses_the_pytorch_path(fresh_state, monkeypat
     g = torch.randn(1, 1, 3, 5, 5, dtype=torch.float64)
     with pytest.warns(RuntimeWarning, match="no C compiler found.*no-such-compiler-extagg"):
         assert native.side_stats(g, g.shape, 2, ["sum"]) is None
-    assert not native.available()  # no second warning: pytest's filterwarnings=error would catch one below
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # one warning per process, not one per call
+        assert not native.available()
     c = Factored(g, torch.randn(1, 3, 5, 5, dtype=torch.float64), PatchGeometry.identity(3, groups=3))
     assert_same(stats_of(lambda: c, True), stats_of(lambda: Factored(c.g, c.x, c.geometry), False))
 
@@ -222,10 +230,10 @@ def test_the_build_is_cached(fresh_state):
 
 
 def test_environment_variable_turns_the_kernels_off():
-    code = "import extagg.native as n; print(n.available())"
-    out = subprocess.run([sys.executable, "-c", code], env={"EXTAGG_NATIVE": "0", "PATH": ""},
+    code = "import extagg.native as n; print(n.available(), n._state['tried'])"
+    out = subprocess.run([sys.executable, "-c", code], env={**os.environ, "EXTAGG_NATIVE": "0"},
                          capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "False"
+    assert out.stdout.split() == ["False", "False"]  # off, and not even built
 
 
 def test_saliency_is_the_same_with_and_without_kernels(tiny_net, images):
@@ -241,3 +249,71 @@ def test_saliency_is_the_same_with_and_without_kernels(tiny_net, images):
     assert list(with_kernels) == list(without) and len(without) > 100
     for key in without:
         torch.testing.assert_close(with_kernels[key], without[key], rtol=1e-9, atol=1e-12, msg=str(key))
+
+
+@needs_kernels
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("factors", ["plain", "other", "scale", "both"])
+def test_side_kernel_over_many_tiles(dtype, factors):
+    """Maps wider than one tile of the kernel (512 float32 / 256 float64 entries), in both precisions."""
+    gen = torch.Generator().manual_seed(3)
+    n, t, d, h, w = 2, 2, 9, 23, 41
+    x = torch.randn(n, d, h, w, generator=gen, dtype=torch.float64)
+    other = torch.randn(n, t, d, h, w, generator=gen, dtype=torch.float64)
+    scale = torch.randn(n, t, d, generator=gen, dtype=torch.float64)
+    full, kw = x[:, None].expand(n, t, d, h, w), {}
+    if factors in ("other", "both"):
+        full, kw["other"] = full * other, other.to(dtype)
+    if factors in ("scale", "both"):
+        full, kw["scale"] = full * scale[..., None, None], scale.to(dtype)
+    got = native.side_stats(x.to(dtype), (n, t, d, h, w), 2, native.SIDE_NAMES, **kw)
+    tol = dict(rtol=1e-10, atol=1e-12) if dtype == torch.float64 else dict(rtol=1e-5, atol=1e-4)
+    for name in native.SIDE_NAMES:
+        torch.testing.assert_close(got[name].double(), DEFINITIONS[name](full, 2), msg=name, **tol)
+
+
+@needs_kernels
+@pytest.mark.parametrize("where", ["g", "x"])
+def test_nan_propagates_as_in_torch(where):
+    gen = torch.Generator().manual_seed(4)
+    g, x = torch.randn(1, 2, 3, 5, 5, generator=gen, dtype=torch.float64), torch.randn(1, 3, 5, 5, generator=gen,
+                                                                                      dtype=torch.float64)
+    (g if where == "g" else x)[0, ..., 1, 1, 2] = float("nan")
+    geo = PatchGeometry.identity(3, groups=3)
+    cases = [(lambda: Factored(g, x, geo), "gx"), (lambda: Factored(g, x, PatchGeometry.identity(3)), "gx"),
+             (lambda: Product(x, g), "gx"), (lambda: Dense(g), "g")]
+    for make, reads in cases:
+        got, want = stats_of(make, True), stats_of(make, False)
+        for name in STATS:
+            torch.testing.assert_close(got[name], want[name], rtol=1e-10, atol=1e-12, equal_nan=True, msg=name)
+        has_nan = any(t.isnan().any() for v in got.values() for t in (v if isinstance(v, tuple) else (v,)))
+        assert has_nan == (where in reads)
+
+
+@needs_kernels
+def test_padding_wider_than_the_patch_grid():
+    """Left padding beyond the slab (stride 64, padding 30 on a 1-pixel map): only padding is read."""
+    c = 3
+    conv = torch.nn.Conv2d(c, c, 1, stride=(1, 64), padding=(0, 30), groups=c)
+    geo = PatchGeometry.of_conv(conv)
+    x = torch.randn(2, c, 1, 1, dtype=torch.float64)
+    g = torch.randn(2, 1, c, *conv(x.float()).shape[-2:], dtype=torch.float64)
+    assert native.depthwise_stats(g, x, geo) is not None
+    assert_same(stats_of(lambda: Factored(g, x, geo), True), stats_of(lambda: Factored(g, x, geo), False))
+
+
+@needs_kernels
+def test_the_build_without_openmp_gives_the_same_results(fresh_state, monkeypatch):
+    """The POSIX-threads build (where the compiler has no OpenMP) against the default build."""
+    gen = torch.Generator().manual_seed(5)
+    g, x = torch.randn(2, 2, 5, 9, 9, generator=gen, dtype=torch.float64), torch.randn(2, 5, 9, 9, generator=gen,
+                                                                                      dtype=torch.float64)
+    geo = PatchGeometry.identity(3, groups=5)
+    want = native.depthwise_stats(g, x, geo), native.side_stats(g, g.shape, 2, native.SIDE_NAMES)
+    monkeypatch.setattr(native, "_FLAG_SETS", (["-O2"],))
+    native._state.update(lib=None, tried=False)
+    got = native.depthwise_stats(g, x, geo), native.side_stats(g, g.shape, 2, native.SIDE_NAMES)
+    built = list(fresh_state.glob("extagg_native_*.so"))
+    assert len(built) == 2  # the default build and the -O2 one
+    for a, b in zip(got, want):
+        assert_same(a, b)
