@@ -16,6 +16,9 @@
 #include <string.h>
 
 #define MAX_THREADS 64
+#ifndef DW_BLOCK
+#define DW_BLOCK 4096  /* output entries (times targets) per depthwise work item */
+#endif
 
 typedef void (*work_fn)(void *, int64_t, int64_t);
 #ifndef _OPENMP
@@ -60,9 +63,11 @@ static void parallel_for(int64_t n, int threads, work_fn fn, void *arg) {
 #endif
 }
 
-/* max, min and positive part that propagate NaN, as torch.maximum, torch.minimum and clamp(min=0) do */
-#define MAX(v, m) (((v) > (m) || (v) != (v)) ? (v) : (m))
-#define MIN(v, m) (((v) < (m) || (v) != (v)) ? (v) : (m))
+/* One instruction each (maxps/minps). POS propagates NaN, as clamp(min=0) does; MAX and MIN drop a NaN that comes
+ * in as v, so each kernel ends with a fix-up: a sum of positive parts (never NaN from finite numbers) that is NaN
+ * marks an output whose extremes must be NaN too, as torch.amax/amin would give. */
+#define MAX(v, m) ((v) > (m) ? (v) : (m))
+#define MIN(v, m) ((v) < (m) ? (v) : (m))
 #define POS(v) ((v) < 0 ? 0 : (v))
 
 enum { S_SUM, S_SQ, S_POS, S_NEG, S_POS_SQ, S_NEG_SQ, S_MAX, S_MIN, S_MIN_ABS, S_COUNT };
@@ -107,8 +112,9 @@ static inline __attribute__((always_inline)) void NAME(side_rows)(
             s += v; q += v * v; ps += pv; ns += nv; psq += pv * pv; nsq += nv * nv;
             hi = MAX(v, hi); lo = MIN(v, lo); am = MIN(av, am);
         }
+        const int nan = ps != ps;  /* NaN from here on: the extremes stay NaN (a NaN m wins every MAX/MIN) */
         sum[j] = s; sq[j] = q; pos[j] = ps; neg[j] = ns; pos_sq[j] = psq; neg_sq[j] = nsq;
-        mx[j] = hi; mn[j] = lo; ma[j] = am;
+        mx[j] = nan ? ps : hi; mn[j] = nan ? ps : lo; ma[j] = nan ? ps : am;
     }
 }
 
@@ -259,7 +265,7 @@ static void NAME(fold_row)(int64_t w, const T *restrict g, const T *restrict S, 
 
 /* Output rows per work item: the item's accumulators (T targets x 9 statistics) stay in cache. */
 static int64_t NAME(dw_block)(const NAME(dw_args) *a, int64_t wp) {
-    int64_t block = 4096 / (wp * a->Tt);
+    int64_t block = DW_BLOCK / (wp * a->Tt);
     const int64_t share = (a->N * a->h + a->threads - 1) / a->threads;  /* no thread left without rows */
     if (block > share) block = share;
     if (block < 1) block = 1;
@@ -313,6 +319,14 @@ static void NAME(dw_work)(void *p, int64_t lo, int64_t hi) {
                                st[W_MIN], st[W_MIN_ABS], o, o + area, o + 2 * area, o + 3 * area, o + 4 * area,
                                o + 5 * area, o + 6 * area, o + 7 * area, o + 8 * area);
             }
+        }
+        for (int64_t t = 0; t < Tt; t++) {  /* NaN fix-up (see MAX): the signed sums carry NaN reliably */
+            T *o = acc + t * D_COUNT * area;
+            for (int64_t u = 0; u < len; u++)
+                if (o[D_SIGNED0 * area + u] != o[D_SIGNED0 * area + u]) {
+                    const T nan = o[D_SIGNED0 * area + u];
+                    o[D_MAX * area + u] = nan; o[D_MIN * area + u] = nan; o[D_MIN_ABS * area + u] = nan;
+                }
         }
         for (int64_t t = 0; t < Tt; t++)
             for (int d = 0; d < D_COUNT; d++)
