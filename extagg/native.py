@@ -8,13 +8,15 @@ memory (about 35 for a depthwise contribution). The two kernels here take every 
 * :func:`depthwise_stats`: the contribution statistics of a depthwise :class:`~extagg.contributions.Factored`
   (``dwconv``, and real depthwise convolutions) with zero padding.
 
-They run on float32/float64 CPU tensors (made contiguous) outside autograd, with ``torch.get_num_threads()`` threads.
-Anything else (CUDA, half precision, other padding modes, a tensor that requires grad while grad mode is on)
-returns None and the caller takes the PyTorch path, which is also the test oracle. Results equal that path's up
-to the order of summation. The shared library is built once per source, compiler and CPU with the system C
-compiler (``$CC``, else ``cc``) into ``$EXTAGG_CACHE_DIR`` (default ``~/.cache/extagg``); if no compiler is found
-or the build fails, a warning is issued once and the PyTorch path is used. ``EXTAGG_NATIVE=0`` turns the kernels
-off; :func:`enabled` does so for a block of code.
+They run on float32/float64 CPU tensors (made contiguous) outside autograd, on torch's OpenMP threads
+(``torch.get_num_threads()``). Anything else (CUDA, half precision, other padding modes, a tensor that requires
+grad while grad mode is on) returns None and the caller takes the PyTorch path, which is also the test oracle.
+Results equal that path's up to the order of summation; NaN propagates as there.
+
+The shared library is built once per source, compiler, flags and CPU with the system C compiler (``$CC``, else
+``cc``) into ``$EXTAGG_CACHE_DIR`` (default ``~/.cache/extagg``, else a per-user temp directory); if no compiler
+is found or the build fails, a warning is issued once and the PyTorch path is used. ``EXTAGG_NATIVE=0`` turns the
+kernels off; :func:`enabled` does so for a block of code (process-wide, not per thread).
 """
 from __future__ import annotations
 
@@ -68,12 +70,29 @@ def available() -> bool:
     return _state["on"] and _library() is not None
 
 
-def _cache_dir() -> Path:
+def _cache_dirs() -> list[Path]:
+    """Where builds are kept: ``$EXTAGG_CACHE_DIR``, else the user's cache and then a per-user temp directory
+    (for a home that cannot be written)."""
     env = os.environ.get("EXTAGG_CACHE_DIR")
     if env:
-        return Path(env)
+        return [Path(env)]
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "extagg"
+    user = os.getuid() if hasattr(os, "getuid") else os.environ.get("USERNAME", "user")
+    return [Path(base) / "extagg", Path(tempfile.gettempdir()) / f"extagg-{user}"]
+
+
+def _writable_dir() -> Path:
+    tried = []
+    for directory in _cache_dirs():
+        try:
+            directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            if os.access(directory, os.W_OK):
+                return directory
+        except OSError as e:
+            tried.append(f"{directory}: {e}")
+        else:
+            tried.append(f"{directory}: not writable")
+    raise RuntimeError("no writable cache directory (" + "; ".join(tried) + "); set EXTAGG_CACHE_DIR")
 
 
 _CPU_FIELDS = ("vendor_id", "cpu family", "model", "model name", "flags", "Features", "CPU implementer", "CPU architecture",
@@ -102,10 +121,11 @@ def _build(compiler: str) -> Path:
             continue
         key = hashlib.sha256(b"\0".join([source, version.encode(), " ".join(flags).encode(),
                                          cpu.encode()])).hexdigest()[:16]
-        target = _cache_dir() / f"extagg_native_{key}.so"
-        if target.exists():
-            return target
-        target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        name = f"extagg_native_{key}.so"
+        built = [d / name for d in _cache_dirs() if (d / name).exists()]
+        if built:
+            return built[0]
+        target = _writable_dir() / name
         fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
         os.close(fd)
         cmd = [compiler, *flags, "-std=gnu11", "-fPIC", "-shared", "-pthread", "-o", tmp, str(SOURCE), "-lm"]

@@ -229,6 +229,17 @@ def test_the_build_is_cached(fresh_state):
     assert [p.stat().st_mtime_ns for p in fresh_state.glob("extagg_native_*.so")] == [stamp]
 
 
+@needs_kernels
+def test_an_unwritable_cache_falls_back_to_a_temp_directory(fresh_state, monkeypatch):
+    blocker = fresh_state / "not-a-directory"
+    blocker.write_text("")
+    monkeypatch.delenv("EXTAGG_CACHE_DIR")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(blocker))  # ~/.cache/extagg cannot be made under a file
+    monkeypatch.setattr(native.tempfile, "tempdir", str(fresh_state))
+    assert native.available()
+    assert len(list(fresh_state.glob("extagg-*/extagg_native_*.so"))) == 1
+
+
 def test_environment_variable_turns_the_kernels_off():
     code = "import extagg.native as n; print(n.available(), n._state['tried'])"
     out = subprocess.run([sys.executable, "-c", code], env={**os.environ, "EXTAGG_NATIVE": "0"},
