@@ -88,7 +88,7 @@ class LayerEvaluator:
             out = spec.fn(self.capture, **call.kwargs)
             if not isinstance(out, (Dense, Factored)):
                 raise TypeError(f"extractor {call.name!r} ({spec.origin}) returned {type(out).__name__}, "
-                                "expected extagg.contributions.Dense (or Scaled) or Factored")
+                                "expected extagg.contributions.Dense (or Scaled, Product) or Factored")
             out.store = self._store
             self._contrib[key] = out
         return out
