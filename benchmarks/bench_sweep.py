@@ -22,6 +22,7 @@ Peak memory: one fresh subprocess per configuration (see ``common.measure_peak``
 """
 from __future__ import annotations
 
+import statistics
 import sys
 
 import torch
@@ -145,19 +146,20 @@ def print_run(run: dict, flush: bool = False) -> None:
     rows = []
     for name, r in t.items():
         pk = run["peak"].get(name)
-        rows.append([name, r["median_s"], r["median_s"] / lim, r["min_s"], r["min_s"] / lim_min,
+        per_round = statistics.median(a / b for a, b in zip(r["times_s"], t["limit"]["times_s"]))
+        rows.append([name, r["median_s"], r["median_s"] / lim, per_round, r["min_s"], r["min_s"] / lim_min,
                      "-" if not pk else f"{pk['mib']:.0f}" + ("" if pk["exact"] else " (<=)"),
                      "-" if not (pk and plim) else f"{pk['mib'] / plim:.2f}"])
     ref = run["reference"]
     passes = run["passes_reference"]
-    rows.append([f"reference lower bound ({passes} passes x limit)", passes * lim, passes, "-", "-", "-", "-"])
+    rows.append([f"reference lower bound ({passes} passes x limit)", passes * lim, passes, "-", "-", "-", "-", "-"])
     if ref:
         total = sum(r["extrapolated_s"] for r in ref.values())
-        rows.append(["reference, extrapolated (see below)", total, total / lim, "-", "-", "-", "-"])
+        rows.append(["reference, extrapolated (see below)", total, total / lim, "-", "-", "-", "-", "-"])
     print(f"\n### {run['arch']}, batch {run['batch']}: {run['methods']} methods, {len(run['layers'])} layers "
           f"({', '.join(run['layers'])}), {run['maps']} maps", flush=flush)
-    print(C.table(rows, ["configuration", "median s", "x limit", "min s", "min x limit min", "peak MiB",
-                         "peak x limit"]), flush=flush)
+    print(C.table(rows, ["configuration", "median s", "x limit", "round ratio", "min s", "min x limit min",
+                         "peak MiB", "peak x limit"]), flush=flush)
     ea = t["extagg all"]["median_s"]
     print(f"\nextagg all: {ea / lim:.2f}x the limit (target <= 1.3); vs reference lower bound "
           f"{passes * lim / ea:.1f}x faster" + (f", vs extrapolated reference {total / ea:.0f}x faster" if ref else "")
