@@ -17,7 +17,8 @@ import torch.nn.functional as F
 
 from . import native
 
-NAMES = ("sum", "sq", "pos", "neg", "pos_sq", "neg_sq", "max", "min", "min_abs")
+NAMES = native.SIDE_NAMES
+"""The side statistics: ``sum``, ``sq``, ``pos``, ``neg``, ``pos_sq``, ``neg_sq``, ``max``, ``min``, ``min_abs``."""
 _NONNEG_ALIAS = {"pos": "sum", "pos_sq": "sq", "min_abs": "min"}
 CHUNK = 1 << 19
 """Elements per chunk in fused statistic sweeps (2 MiB in float32: a chunk's temporaries stay in cache)."""
