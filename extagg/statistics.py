@@ -38,7 +38,7 @@ class Parts:
     @property
     def nonneg(self) -> bool:
         if self._nonneg is None:
-            self._nonneg = bool(self.v.amin() >= 0) if self.v.numel() else True
+            self.learn_sign(self.v)
         return self._nonneg
 
     @property
@@ -113,10 +113,7 @@ class SideStats:
         if self.single:
             return
         learn = not self.parts.sign_known  # the kernels learn the sign in the same read (no pass of its own)
-        want = set(names) if learn else {self.resolve(n) for n in names}
-        want -= set(self._out)
-        if not learn and self.parts.nonneg:
-            want -= {"neg", "neg_sq"}
+        want = set(names) - set(self._out) if learn else self._unknown(names)
         if not want:
             return
         fused = native.side_stats(self.parts.v, self.shape, self.dim, want | ({"min"} if learn else set()))
@@ -130,10 +127,7 @@ class SideStats:
                         fused.setdefault(same, fused[alias])
             self._out.update(fused)
             return
-        want = {self.resolve(n) for n in want}
-        if self.parts.nonneg:
-            want -= {"neg", "neg_sq"}
-        want -= set(self._out)
+        want = self._unknown(want)
         if not want:
             return
         if "sq" in want and not self.parts.nonneg and {"pos_sq", "neg_sq"} <= want:
@@ -145,6 +139,11 @@ class SideStats:
         if "pos_sq" in acc and "neg_sq" in acc and "sq" not in self._out:
             acc.setdefault("sq", acc["pos_sq"] + acc["neg_sq"])
         self._out.update(acc)
+
+    def _unknown(self, names) -> set:
+        """The statistics that ``names`` resolve to, less those already known and the exact zeros."""
+        want = {self.resolve(n) for n in names} - set(self._out)
+        return want - {"neg", "neg_sq"} if self.parts.nonneg else want
 
     def _reduce(self, fn, a: torch.Tensor, b: Optional[torch.Tensor], op: str) -> torch.Tensor:
         """``op`` of the elementwise ``fn(a, b)`` along the axis, through one reused buffer."""
