@@ -209,3 +209,21 @@ def test_bad_input_errors():
         deletion_insertion(model, images, maps, 0, mode="deletion", baseline=torch.zeros(2, 3, 1, 1))
     with pytest.raises(InputError, match="floating"):
         deletion_insertion(model, images[0], maps, 0, mode="deletion")
+
+
+def test_data_set_records_are_the_mean_of_per_image_areas():
+    import extagg
+    from extagg.evaluation import Sample, faithfulness
+
+    model = tiny_cnn()
+    images, _ = _data(n=3, side=10)
+    samples = [Sample(img, str(i)) for i, img in enumerate(images)]
+    records = faithfulness(model, samples, ["gradient"], ["input"], mode="insertion", steps=4, baseline="zero",
+                           batch_size=2)
+    result = extagg.saliency(model, images, "gradient", "input")
+    want = deletion_insertion(model, images, result["gradient", "input"], result.targets[:, 0], mode="insertion",
+                              steps=4, baseline="zero")
+    got = {r.metric: r for r in records}
+    assert got["insertion_auc"].count == 3 and got["insertion_auc"].subset == "all"
+    assert got["insertion_auc"].value == pytest.approx(float(want.mean()))
+    assert got["insertion_auc_std"].value == pytest.approx(float(want.std(unbiased=False)))
