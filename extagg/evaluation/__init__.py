@@ -42,15 +42,15 @@ from .pointing import (
     saliency_point,
     spatial_softmax_objective,
 )
-from .randomisation import parameter_randomisation, randomise_module
+from .randomisation import cascading_order, execution_positions, parameter_randomisation, randomise_module
 from .records import Record, format_table, records_to_csv, records_to_json, summarise, write_records
 from .sensitivity import class_sensitivity, top_bottom_classes
 from .similarity import average_ranks, hog, hog_similarity, map_similarities, minmax, spearman, ssim
 
 __all__ = [
     "CENTER", "COCOPointing", "ImageFolderSamples", "PointingScore", "Record", "Sample", "VOCPointing",
-    "VOC_CLASSES", "annotation_mask", "average_ranks", "center_point", "class_sensitivity",
-    "compute_difficult_flags", "deletion_insertion", "deletion_insertion_curves", "difficult_by_rule", "faithfulness", "expand_layers", "expand_methods", "format_table",
+    "VOC_CLASSES", "annotation_mask", "average_ranks", "cascading_order", "center_point", "class_sensitivity",
+    "compute_difficult_flags", "deletion_insertion", "deletion_insertion_curves", "difficult_by_rule", "execution_positions", "faithfulness", "expand_layers", "expand_methods", "format_table",
     "gaussian_smooth", "hog", "hog_similarity", "identity_check", "load_image", "map_similarities", "minmax",
     "parameter_randomisation", "pointing_game", "pointing_hit", "polygon_rle_counts", "randomise_module",
     "read_difficult_flags", "records_to_csv", "records_to_json", "rle_counts_from_string", "rle_decode",
