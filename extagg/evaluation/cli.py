@@ -37,6 +37,9 @@ def add_evaluate_command(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--methods", nargs="+", required=False, default=None,
                    help="method strings or fnmatch patterns (default: normgrad and normgrad-conv for identity)")
     p.add_argument("--layers", nargs="+", default=["input"], help="layer names or fnmatch patterns (default input)")
+    p.add_argument("--class-map", default=None, metavar="FILE.json",
+                   help="pointing / identity with labels: JSON object {data-set class name or id: model class index "
+                        "or [indices]}; needed unless the model has as many outputs as the data set has classes")
     p.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")
     p.add_argument("--per-class-images", type=int, default=None,
                    help="folder data: first K images of each class (the paper's class-sensitivity set is K = 1)")
@@ -100,7 +103,7 @@ def run_evaluate(args, out=None) -> int:
     if args.metric == "pointing":
         records = pointing_game(model, data, methods, args.layers, difficult=args.difficult_file or "rule",
                                 tolerance=args.tolerance, smooth=args.smooth, spatial_softmax=args.spatial_softmax,
-                                per_class=args.per_class, **common)
+                                per_class=args.per_class, class_map=args.class_map, **common)
     elif args.metric == "sensitivity":
         records = class_sensitivity(model, data, methods, args.layers, batch_size=args.batch_size, **common)
     elif args.metric == "randomisation":
@@ -112,7 +115,8 @@ def run_evaluate(args, out=None) -> int:
                                curve_batch_size=args.curve_batch_size, **common)
     else:
         records = identity_check(model, data, args.layers, targets=args.targets, batch_size=args.batch_size,
-                                 tolerance=args.tolerance, difficult=args.difficult_file or "rule", **common)
+                                 tolerance=args.tolerance, difficult=args.difficult_file or "rule",
+                                 class_map=args.class_map, **common)
     if args.output:
         write_records(records, args.output)
     shown = [r for r in records if not r.metric.startswith("class_accuracy:")]
