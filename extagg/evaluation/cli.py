@@ -24,9 +24,12 @@ def add_evaluate_command(subparsers) -> argparse.ArgumentParser:
         description="Evaluate saliency methods on a model and a data set read from disk (never downloaded). "
                     "Writes tidy records (method, layer, subset, metric, value, count).")
     p.add_argument("--model", default=None,
-                   help="model name for extagg.models.load_model (default: its default model); the model's own "
-                        "preprocessing sets the input size")
-    p.add_argument("--weights", default=None, help="weights for load_model (a path or name; default: its default)")
+                   help="model name for extagg.models.load_model (default: efficientnet-lite0); the weights' own "
+                        "preprocessing (extagg.preprocessing.preprocessing_for) sets input size, mean and std")
+    p.add_argument("--weights", default=None,
+                   help="torchvision weights name (e.g. DEFAULT, IMAGENET1K_V2) or a state_dict file")
+    p.add_argument("--random-weights", action="store_true",
+                   help="torchvision model without weights: random initialisation, on purpose")
     p.add_argument("--metric", required=True, choices=METRICS)
     p.add_argument("--data", required=True, choices=DATA,
                    help="voc: ROOT/VOCdevkit/VOC<year>; coco: ROOT/annotations/instances_<split>.json + ROOT/<split>/; "
@@ -91,7 +94,12 @@ def run_evaluate(args, out=None) -> int:
         raise InputError(f"--output must end in .csv or .json, got {args.output!r}")
     if args.metric == "pointing" and args.data == "folder":
         raise InputError("--metric pointing needs localisation data: --data voc or --data coco")
-    model, preprocess = load_model(args.model, weights=args.weights) if args.model else load_model()
+    if args.model:
+        model, preprocess = load_model(args.model, weights=args.weights, random_weights=args.random_weights)
+    elif args.weights is not None or args.random_weights:
+        raise InputError("--weights / --random-weights need --model NAME (a torchvision model name)")
+    else:
+        model, preprocess = load_model()
     if args.device:
         model = model.to(args.device)
     data = _data(args)
