@@ -154,6 +154,9 @@ def _weights_enum(model_name: str, weights):
         return None
     if isinstance(weights, enum_class):
         return weights
+    if isinstance(weights, torchvision.models.WeightsEnum):
+        raise InputError(f"weights {type(weights).__name__}.{weights.name} are not weights of {model_name!r}; "
+                         f"use {enum_class.__name__} ({', '.join(enum_class.__members__)})")
     if isinstance(weights, str) and not Path(weights).is_file():
         return weights_member(enum_class, weights)
     return getattr(enum_class, "DEFAULT", None)

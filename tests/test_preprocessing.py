@@ -34,6 +34,8 @@ def test_weights_files_and_unknown_names(tmp_path):
     assert preprocessing_for("inception_v3", path).size == 299
     with pytest.raises(UnknownNameError, match="did you mean 'IMAGENET1K_V2' or 'IMAGENET1K_V1'"):
         preprocessing_for("resnet50", "IMAGENET1K_V9")
+    with pytest.raises(InputError, match="ViT_B_16_Weights.IMAGENET1K_V1 are not weights of 'resnet50'; use ResNet50"):
+        preprocessing_for("resnet50", ViT_B_16_Weights.IMAGENET1K_V1)
     with pytest.raises(UnknownNameError, match="weights name \\(or weights file\\) '/no/such.pth'"):
         preprocessing_for("resnet50", "/no/such.pth")
 
