@@ -201,7 +201,8 @@ def pointing_game(model: torch.nn.Module, data, methods, layers="input", *, prep
     :param spatial_softmax: weight a fully convolutional model's class score map by its spatial softmax
         (TorchRay's pointing gradient) instead of summing it; the same for (N, C) outputs.
     :param on_image: optional ``callable(sample, classes, {(method, layer): (T, H, W) maps})`` per image.
-    :returns: records with subsets ``"all"`` and ``"difficult"``; metrics from :meth:`PointingScore.records`.
+    :returns: records with subsets ``"all"`` and ``"difficult"``; metrics from :meth:`PointingScore.records`;
+        one ``annotations_flagged`` record (value: annotations left out as empty or inverted, count: images).
         Every image gets ONE forward and ONE backward for all its classes (``targets`` of shape (1, T)).
     """
     from .common import any_pattern, expand_layers, expand_methods, iterate, model_inputs, resize, run_saliency
@@ -226,9 +227,11 @@ def pointing_game(model: torch.nn.Module, data, methods, layers="input", *, prep
         return scores[key]
 
     score((CENTER, ""))
+    flagged = images = 0
     for sample in bar(iterate(data, limit), progress, total_of(data, limit), "pointing"):
         if sample.masks is None:
             raise InputError(f"sample {sample.image_id!r} has no masks; the pointing game needs localisation data")
+        flagged, images = flagged + len(getattr(sample, "flagged", ())), images + 1
         keep = sample.evaluated
         if not keep:
             continue
@@ -264,6 +267,7 @@ def pointing_game(model: torch.nn.Module, data, methods, layers="input", *, prep
         for subset, sc in by_subset.items():
             rs = sc.records(method, layer, subset, names)
             records += rs if per_class else [r for r in rs if not r.metric.startswith("class_accuracy:")]
+    records.append(Record(CENTER, "", "all", "annotations_flagged", flagged, images))
     return records
 
 
