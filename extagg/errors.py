@@ -69,3 +69,8 @@ class LayerMismatchError(ExtaggError, TypeError):
 
 class InputError(ExtaggError, ValueError):
     """Bad images, targets or options given to a computation."""
+
+
+class ForwardError(InputError, RuntimeError, TypeError):
+    """The model's forward pass failed on the input extagg gave it (wrong channel count, a missing keyword
+    argument); still a RuntimeError / TypeError for code that caught the original."""
