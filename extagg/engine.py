@@ -13,6 +13,7 @@ from .capture import INPUT, LayerCapture, Probes, resolve_layers
 from .errors import InputError, LayerMismatchError
 from .guard import compute_dtype, model_device_dtype, preserved
 from .method import Method
+from .plugins import enter_modifier
 from .registry import Registry, default_registry
 from .result import SaliencyMaps
 from .targets import (Objective, Targets, as_target_matrix, check_call_options, num_classes_of, objective_scores,
@@ -188,8 +189,7 @@ def saliency(
                 model.eval()
             matrix = as_target_matrix(targets, images.shape[0], None) if objective is None else None
             for call in modifiers:
-                spec = registry.modifiers[call.name]
-                stack.enter_context(spec.fn(model, images, matrix, **call.kwargs))
+                enter_modifier(stack, registry.modifiers[call.name], model, images, matrix, **call.kwargs)
             for p in model.parameters():
                 p.requires_grad_(False)
             captures, scores, matrix = run_pass(model, images, needs, targets, objective, forward_kwargs)

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import functools
+import pickle
 from pathlib import Path
 from typing import Callable, Optional, Union
 
@@ -65,12 +66,17 @@ def load_model(name: str = DEFAULT_MODEL, weights: Optional[Union[str, Path]] = 
     available = torchvision.models.list_models(module=torchvision.models)
     if name not in available:
         raise UnknownNameError("model", name, [DEFAULT_MODEL, *available])
-    if weights is not None and Path(str(weights)).is_file():
-        model = torchvision.models.get_model(name, weights=None)
-        state = torch.load(str(weights), map_location="cpu", weights_only=True)
-        model.load_state_dict(state)
-    else:
-        model = torchvision.models.get_model(name, weights=weights)
+    try:
+        if weights is not None and Path(str(weights)).is_file():
+            model = torchvision.models.get_model(name, weights=None)
+            state = torch.load(str(weights), map_location="cpu", weights_only=True)
+            model.load_state_dict(state)
+        else:
+            model = torchvision.models.get_model(name, weights=weights)
+    except (OSError, RuntimeError, ValueError, KeyError, TypeError, AttributeError, pickle.UnpicklingError) as exc:
+        raise InputError(f"cannot load the weights {str(weights)!r} for {name!r} ({type(exc).__name__}: "
+                         f"{str(exc).splitlines()[0][:300] if str(exc) else ''}); give a state_dict file saved with "
+                         "torch.save or a torchvision weights name such as DEFAULT (downloads unless cached)") from None
     return model.eval(), imagenet_preprocess
 
 
