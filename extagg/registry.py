@@ -15,7 +15,7 @@ import attrs
 
 from . import hookspecs
 from .errors import DuplicateNameError, InvalidMethodError, PluginLoadError, UnknownNameError
-from .method import Call, Method, RawCall, scan
+from .method import Call, Method, ParseCache, RawCall, scan
 from .plugins import PluginFailure, PluginInfo, block_hint, make_plugin_manager
 from .specs import COMPONENT_TYPES, Aggregator, Alias, Extractor, Filter, Modifier, Origin, Param
 
@@ -52,7 +52,7 @@ class Registry:
     components: Mapping[str, Mapping[str, Any]]
     plugins: tuple[PluginInfo, ...] = ()
     failures: tuple[PluginFailure, ...] = ()
-    _cache: dict = attrs.field(factory=dict, eq=False, repr=False)
+    _cache: ParseCache = attrs.field(factory=ParseCache, eq=False, repr=False)
     _derived: dict = attrs.field(factory=dict, eq=False, repr=False)
 
     def memo(self, kind: str) -> dict:
@@ -168,10 +168,7 @@ class Registry:
             return method
         if not isinstance(method, str):
             raise TypeError(f"a method must be a string or extagg.Method, got {type(method).__name__}: {method!r}")
-        hit = self._cache.get(method)
-        if hit is None:
-            hit = self._cache[method] = self._resolve(method)
-        return hit
+        return self._cache.get(method, self._resolve)
 
     def canonical(self, method: MethodLike) -> str:
         """The canonical string of ``method``."""
