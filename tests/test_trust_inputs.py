@@ -1,5 +1,7 @@
 """Bad input, a clear error; tiny inputs, bounded work: method-string bounds and the parse cache, kernel sizes
 against the layer, stacked modifiers, and command-line user errors (an ``extagg: error:`` and exit code 2)."""
+import os
+
 import pytest
 import torch
 
@@ -96,10 +98,21 @@ def test_bad_weights_are_an_extagg_error(capsys, tmp_path):
     junk = tmp_path / "weights.pt"
     junk.write_text("not a state dict")
     for weights in (str(junk), "NO_SUCH_WEIGHTS"):
-        code, err = cli(capsys, "explain", "--model", "resnet18", "--weights", weights)
+        code, err = cli(capsys, "explain", "--model", "squeezenet1_1", "--weights", weights)
         assert code == 2 and err.startswith("extagg: error: cannot load the weights") and "Traceback" not in err
 
 
 def test_an_output_that_cannot_be_written_is_an_extagg_error(capsys, tmp_path):
-    code, err = cli(capsys, "explain", "--model", "resnet18", "-o", str(tmp_path))
-    assert code == 2 and err.startswith("extagg: error:") and "Is a directory" in err
+    with pytest.raises(SystemExit) as e:
+        main(["explain", "--model", "squeezenet1_1", "-o", str(tmp_path)])
+    assert e.value.code == 2 and "is a directory" in capsys.readouterr().err
+
+
+def test_an_os_error_at_the_command_line_is_an_extagg_error(capsys, monkeypatch):
+    import extagg.cli
+
+    def full(args):
+        raise OSError(28, "No space left on device", "/dev/full")
+    monkeypatch.setattr(extagg.cli, "cmd_methods", full)
+    code, err = cli(capsys, "methods")
+    assert code == 2 and err == "extagg: error: '/dev/full' No space left on device\n"
