@@ -111,7 +111,8 @@ def output_file(text: str) -> str:
     import os
 
     if os.path.isdir(text):
-        raise argparse.ArgumentTypeError(f"{text!r} is a directory; give a file name (e.g. {os.path.join(text, 'out.png')!r})")
+        example = os.path.join(text, "out.png")
+        raise argparse.ArgumentTypeError(f"{text!r} is a directory; give a file name (e.g. {example!r})")
     return text
 
 
@@ -141,7 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--layer", help="layer name (default: the last spatial layer)")
     s.add_argument("--target", type=int, help="class index (default: the predicted class)")
     s.add_argument("--alpha", type=number_in(0, 1), default=0.5, help="heatmap opacity in [0, 1] (default 0.5)")
-    s.add_argument("-o", "--output", type=output_file, default="extagg-explain.png", help="output PNG (default extagg-explain.png)")
+    s.add_argument("-o", "--output", type=output_file, default="extagg-explain.png",
+                   help="output PNG (default extagg-explain.png)")
     s.set_defaults(func=cmd_explain)
 
     try:

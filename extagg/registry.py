@@ -249,8 +249,9 @@ class Registry:
         chain = _expanding.__dict__.setdefault("chain", [])
         if alias.name in chain:
             path = " -> ".join(chain[chain.index(alias.name):] + [alias.name])
+            plugin = alias.origin.plugin if alias.origin else alias.name
             raise InvalidMethodError(f"named method {alias.name!r} from plugin {str(alias.origin)!r} expands to "
-                                     f"itself ({path}); {block_hint(alias.origin.plugin if alias.origin else alias.name)}")
+                                     f"itself ({path}); {block_hint(plugin)}")
         chain.append(alias.name)
         try:
             return self.parse(alias.expansion)

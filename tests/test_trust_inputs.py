@@ -62,12 +62,15 @@ def test_the_default_registry_cache_does_not_grow_without_bound():
 
 @pytest.mark.parametrize("text, k", [("dwconv(k=33)+sum", 33), ("iconv(k=35)+sum", 35)])
 def test_a_kernel_larger_than_the_map_is_refused(text, k):
+    """On a 16x16 map a 31x31 patch reaches every location from every other; k = 33 only adds padding taps."""
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
                               torch.nn.Flatten(), torch.nn.Linear(4, 2))
     x = torch.randn(1, 3, 16, 16)
     with pytest.raises(InputError, match=rf"k={k}\) does not fit layer '0': its map is 16x16.*k <= 31"):
         extagg.saliency(net, x, text, "0", targets=0)
     extagg.saliency(net, x, "dwconv(k=31)+sum", "0", targets=0)   # the largest that means something
+    small = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.Flatten(), torch.nn.Linear(4, 2))
+    extagg.saliency(small, torch.randn(1, 3, 1, 1), "dwconv(k=5)+sum", "0", targets=0)  # small k: any map
 
 
 def test_a_kernel_beyond_any_layer_is_refused_when_parsed(registry):
@@ -81,12 +84,15 @@ def cli(capsys, *argv):
     return code, capsys.readouterr().err
 
 
+EVALUATE = ["evaluate", "--metric", "pointing", "--data", "voc", "--root", "."]
+
+
 @pytest.mark.parametrize("argv, message", [
     (["explain", "--alpha", "5"], "argument --alpha: expected a number in [0, 1]"),
     (["explain", "--alpha", "nan"], "argument --alpha"),
-    (["evaluate", "--metric", "pointing", "--data", "voc", "--root", ".", "--tolerance", "nan"], "argument --tolerance"),
-    (["evaluate", "--metric", "pointing", "--data", "voc", "--root", ".", "--tolerance", "-1"], "argument --tolerance"),
-    (["evaluate", "--metric", "pointing", "--data", "voc", "--root", ".", "--device", "bogus"], "not a torch device"),
+    ([*EVALUATE, "--tolerance", "nan"], "argument --tolerance"),
+    ([*EVALUATE, "--tolerance", "-1"], "argument --tolerance"),
+    ([*EVALUATE, "--device", "bogus"], "not a torch device"),
 ])
 def test_argument_errors_exit_2(capsys, argv, message):
     with pytest.raises(SystemExit) as e:

@@ -92,7 +92,8 @@ def test_recursive_named_methods_are_an_error(aliases, cycle):
             register(Alias(name=name, expansion=expansion))
     reg = registry_with(FakeEntryPoint("loops", hook("methods", register_methods), "loops-dist"))
     first = next(iter(aliases))
-    with pytest.raises(InvalidMethodError, match=rf"from plugin 'loops \(loops-dist 1.0\)' expands to itself \({cycle}\)"):
+    with pytest.raises(InvalidMethodError,
+                       match=rf"from plugin 'loops \(loops-dist 1.0\)' expands to itself \({cycle}\)"):
         reg.parse(first)
     assert str(reg.parse("normgrad"))                   # the rest still parses
 
@@ -104,7 +105,8 @@ def test_a_modifier_that_is_not_a_context_manager(tiny_net, images):
         register(Modifier(name="nocm", fn=lambda model, images, targets: "not a context manager"))
     reg = registry_with(FakeEntryPoint("nocm-plugin", hook("modifiers", register_modifiers), "nocm-dist"))
     before = snapshot(tiny_net)
-    with pytest.raises(PluginError, match=r"modifier 'nocm' from plugin 'nocm-plugin \(nocm-dist 1.0\)'.*not a context manager"):
+    with pytest.raises(PluginError,
+                       match=r"modifier 'nocm' from plugin 'nocm-plugin \(nocm-dist 1.0\)'.*not a context manager"):
         extagg.saliency(tiny_net, images, "nocm:normgrad", "3", registry=reg)
     assert_same(before, snapshot(tiny_net))
 

@@ -47,7 +47,8 @@ def add_evaluate_command(subparsers) -> argparse.ArgumentParser:
                    help="TorchRay difficult-flags file; default: the paper's rule (area < 25%% and another class)")
     p.add_argument("--tolerance", type=number_in(0, 1e6, low_open=True), default=15,
                    help="pointing tolerance in pixels (strict <; default 15)")
-    p.add_argument("--smooth", type=number_in(0, 1), default=0.0, help="TorchRay smoothing of input-layer maps (e.g. 0.02)")
+    p.add_argument("--smooth", type=number_in(0, 1), default=0.0,
+                   help="TorchRay smoothing of input-layer maps (e.g. 0.02)")
     p.add_argument("--spatial-softmax", action="store_true",
                    help="pointing: weight a fully convolutional output by its spatial softmax (TorchRay)")
     p.add_argument("--per-class", action="store_true", help="pointing: also write per-class accuracies")

@@ -216,6 +216,7 @@ class MaskUnion:
 
     def mask(self) -> torch.Tensor:
         diff = torch.zeros(self.height * self.width + 1, dtype=torch.int64)
-        diff.index_add_(0, torch.tensor(self.starts, dtype=torch.long), torch.ones(len(self.starts), dtype=torch.int64))
-        diff.index_add_(0, torch.tensor(self.ends, dtype=torch.long), torch.full((len(self.ends),), -1, dtype=torch.int64))
+        ones = torch.ones(len(self.starts), dtype=torch.int64)
+        diff.index_add_(0, torch.tensor(self.starts, dtype=torch.long), ones)
+        diff.index_add_(0, torch.tensor(self.ends, dtype=torch.long), -ones)
         return (diff.cumsum(0)[:-1] > 0).reshape(self.width, self.height).t().contiguous()

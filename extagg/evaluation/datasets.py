@@ -172,7 +172,8 @@ class COCOPointing(_Limited):
     def __init__(self, root: Union[str, os.PathLike], split: str = "val2014",
                  annotation_file: Optional[Union[str, os.PathLike]] = None, limit: Optional[int] = None):
         root = os.fspath(root)
-        ann_path = os.fspath(annotation_file) if annotation_file else os.path.join(root, "annotations", f"instances_{split}.json")
+        ann_path = (os.fspath(annotation_file) if annotation_file
+                    else os.path.join(root, "annotations", f"instances_{split}.json"))
         if not os.path.isfile(ann_path):
             raise InputError(f"no COCO annotations at {ann_path!r}: give --root the folder that contains "
                              f"annotations/instances_{split}.json and {split}/ (nothing is downloaded)")

@@ -71,7 +71,8 @@ def inside(root: Union[str, os.PathLike], relative: str, where: Where, field: st
     if not isinstance(relative, str) or not relative or "\0" in relative:
         raise where.error(field, f"expected a relative file name, got {str(relative)[:60]!r}")
     if os.path.isabs(relative):
-        raise where.error(field, f"{relative!r} is an absolute path; paths in the data must be relative to {os.fspath(root)!r}")
+        raise where.error(field, f"{relative!r} is an absolute path; paths in the data must be relative to "
+                                 f"{os.fspath(root)!r}")
     base = os.path.realpath(root)
     path = os.path.realpath(os.path.join(base, relative))
     if os.path.commonpath([base, path]) != base:

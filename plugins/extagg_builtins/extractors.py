@@ -18,14 +18,19 @@ def _odd(k: int):
     return None if 1 <= k <= MAX_K and k % 2 == 1 else f"must be an odd integer in 1..{MAX_K}"
 
 
+ALWAYS_FITS = 31
+"""Kernel sizes up to this one run on any map (their cost is a constant factor); larger ones must fit the layer."""
+
+
 def _fit(c, k: int, name: str) -> None:
     """A kxk patch with zero padding k//2 reaches the whole map from every location once k = 2*max(h, w) - 1;
-    taps beyond that only ever read padding, so a larger k is refused (k = 3 always fits)."""
+    taps beyond that only ever read padding, so a larger k is refused (up to :data:`ALWAYS_FITS` always runs)."""
     h, w = c.output.shape[-2:]
-    most = max(2 * max(h, w) - 1, 3)
-    if k > most:
+    most = 2 * max(h, w) - 1
+    if k > max(most, ALWAYS_FITS):
         raise InputError(f"{name}(k={k}) does not fit layer {c.name!r}: its map is {h}x{w}, where a patch of "
-                         f"k = {most} already covers the whole map from every location; use an odd k <= {most}")
+                         f"k = {most} already covers the whole map from every location; use an odd k <= "
+                         f"{max(most, ALWAYS_FITS)}")
 
 
 def bias(c):
