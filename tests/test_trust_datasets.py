@@ -13,7 +13,8 @@ from strategies_evaluation import tiny_cnn, write_coco, write_voc
 
 from extagg.errors import InputError
 from extagg.evaluation import VOC_CLASSES, COCOPointing, VOCPointing, pointing_game, read_difficult_flags
-from extagg.evaluation.coco_masks import MaskUnion, clip_polygon, polygon_rle_counts, rle_decode, segmentation_counts
+from extagg.evaluation.coco_masks import MaskUnion, polygon_rle_counts, rle_decode, segmentation_counts
+from oracle import rle_fr_poly
 
 
 # ----------------------------------------------------------------------------- VOC
@@ -171,29 +172,33 @@ def test_an_empty_coco_instance_is_flagged_and_left_out(tmp_path):
 
 
 # ----------------------------------------------------------------------------- cost bounded by the image
-def test_a_polygon_far_outside_is_clipped_and_still_right():
+def test_a_polygon_far_outside_costs_what_the_image_does():
     huge = [-1e6, -1e6, 1e6, -1e6, 0, 1e6]                   # a triangle containing the whole 20x30 image
-    m = rle_decode(polygon_rle_counts(huge, 20, 30), 20, 30)
-    assert m.all()
-    assert len(clip_polygon(huge, 20, 30)) <= 2 * 7
+    assert rle_decode(polygon_rle_counts(huge, 20, 30), 20, 30).all()
+    for reach in (2000.0, -2000.0):                          # long edges crossing the image, against the oracle
+        sliver = [-reach, 3.2, reach, 3.7, reach * 0.7, 19.1, 12.3, -reach]
+        assert polygon_rle_counts(sliver, 20, 30) == rle_fr_poly(sliver, 20, 30)
+    with pytest.raises(InputError, match="within"):
+        segmentation_counts([[0, 0, 1e300, 0, 4, 4]], 20, 30)
 
 
-@settings(max_examples=30)
-@given(st.lists(st.tuples(st.floats(-150, 150), st.floats(-150, 150)), min_size=3, max_size=6))
-def test_clipping_keeps_the_mask(points):
-    """Against the unclipped rasterisation (affordable at these coordinates) of polygons reaching beyond the margin.
-    The margin is one image size; a clipped edge's crossing point is rounded like any vertex."""
-    xy = [v for p in points for v in p]
-    h, w = 12, 16
-    clipped = rle_decode(polygon_rle_counts(xy, h, w), h, w)
-    import extagg.evaluation.coco_masks as cm
-    keep = cm.clip_polygon
-    try:
-        cm.clip_polygon = lambda xy, h, w: list(xy)
-        direct = rle_decode(polygon_rle_counts(xy, h, w), h, w)
-    finally:
-        cm.clip_polygon = keep
-    assert (clipped ^ direct).sum() <= 2
+coordinates = st.floats(-60, 60, allow_nan=False) | st.integers(-60, 60) | st.floats(-0.6, 0.6)
+
+
+@settings(max_examples=60)
+@given(st.lists(st.tuples(coordinates, coordinates), min_size=1, max_size=7), st.integers(1, 9), st.integers(1, 9))
+def test_polygons_rasterise_exactly_as_pycocotools(points, h, w):
+    """Against rleFrPoly transcribed as written (tests/oracle.py), for polygons inside, across and outside the
+    image, with vertices on pixel centres and edges, flat and steep edges in both directions."""
+    xy = [float(v) for p in points for v in p]
+    assert polygon_rle_counts(xy, h, w) == rle_fr_poly(xy, h, w)
+
+
+def test_the_oracle_comparison_can_fail():
+    """A rasteriser off by one pixel column is caught."""
+    xy = [1.0, 1.0, 7.0, 1.5, 4.0, 6.0]
+    shifted = [v + 1.0 if i % 2 == 0 else v for i, v in enumerate(xy)]
+    assert polygon_rle_counts(shifted, 8, 8) != rle_fr_poly(xy, 8, 8)
 
 
 @settings(max_examples=30)
