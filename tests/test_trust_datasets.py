@@ -3,7 +3,6 @@ no path leaves the data root; empty boxes are flagged and left out; cost stays b
 from __future__ import annotations
 
 import json
-import os
 
 import pytest
 import torch

@@ -1,12 +1,9 @@
 """Bad input, a clear error; tiny inputs, bounded work: method-string bounds and the parse cache, kernel sizes
 against the layer, stacked modifiers, and command-line user errors (an ``extagg: error:`` and exit code 2)."""
-import os
-
 import pytest
 import torch
 
 import extagg
-from extagg import method as method_module
 from extagg.cli import main
 from extagg.errors import InputError, InvalidMethodError, MethodSyntaxError
 from extagg.method import MAX_LENGTH, MAX_MODIFIERS, ParseCache, scan
