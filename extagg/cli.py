@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from typing import Optional, Sequence
 
@@ -30,6 +31,8 @@ def cmd_plugins(args) -> int:
     for kind, table in reg.components.items():
         for name, spec in table.items():
             by_plugin.setdefault(spec.origin.plugin, []).append(f"{kind} {name}")
+    for failure in reg.failures:
+        print(f"{failure.name}  [{failure.distribution or 'not from a distribution'}]  FAILED: {failure.error}")
     for info in reg.plugins:
         dist = f"{info.distribution} {info.version}" if info.distribution else "(not from a distribution)"
         print(f"{info.name}  [{dist}]  module {info.module}")
@@ -76,6 +79,43 @@ def cmd_explain(args) -> int:
     return 0
 
 
+def number_in(low: float, high: float, *, low_open: bool = False):
+    """An argparse type: a finite float in [low, high] (``(low, high]`` with ``low_open``)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not math.isfinite(value) or value > high or value < low or (low_open and value == low):
+            where = f"{'(' if low_open else '['}{low:g}, {high:g}]"
+            raise argparse.ArgumentTypeError(f"expected a number in {where}, got {text!r}")
+        return value
+
+    return parse
+
+
+def device(text: str) -> str:
+    """An argparse type: a torch device string (``cpu``, ``cuda``, ``cuda:1``, ``mps``)."""
+    import torch
+
+    try:
+        torch.device(text)
+    except (RuntimeError, ValueError):
+        raise argparse.ArgumentTypeError(f"not a torch device: {text!r} (e.g. cpu, cuda, cuda:0, mps)") from None
+    return text
+
+
+def output_file(text: str) -> str:
+    """An argparse type: a file to write, not an existing directory."""
+    import os
+
+    if os.path.isdir(text):
+        example = os.path.join(text, "out.png")
+        raise argparse.ArgumentTypeError(f"{text!r} is a directory; give a file name (e.g. {example!r})")
+    return text
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="extagg", description="Extract & Aggregate saliency, composable.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -103,8 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--method", default="gradcam", help="method string (default: gradcam)")
     s.add_argument("--layer", help="layer name (default: the last spatial layer)")
     s.add_argument("--target", type=int, help="class index (default: the predicted class)")
-    s.add_argument("--alpha", type=float, default=0.5, help="heatmap opacity (default 0.5)")
-    s.add_argument("-o", "--output", default="extagg-explain.png", help="output PNG (default extagg-explain.png)")
+    s.add_argument("--alpha", type=number_in(0, 1), default=0.5, help="heatmap opacity in [0, 1] (default 0.5)")
+    s.add_argument("-o", "--output", type=output_file, default="extagg-explain.png",
+                   help="output PNG (default extagg-explain.png)")
     s.set_defaults(func=cmd_explain)
 
     try:
@@ -126,6 +167,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except BrokenPipeError:  # `extagg methods | head`
         sys.stderr.close()
         return 0
+    except OSError as exc:  # an output that cannot be written, an input that cannot be read
+        where = f" {exc.filename!r}" if exc.filename else ""
+        print(f"extagg: error:{where} {exc.strerror or exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

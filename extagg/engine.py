@@ -13,9 +13,11 @@ from .capture import INPUT, LayerCapture, Probes, resolve_layers
 from .errors import InputError, LayerMismatchError
 from .guard import compute_dtype, model_device_dtype, preserved
 from .method import Method
+from .plugins import enter_modifier
 from .registry import Registry, default_registry
 from .result import SaliencyMaps
-from .targets import Objective, Targets, as_target_matrix, num_classes_of, objective_scores
+from .targets import (Objective, Targets, as_target_matrix, check_call_options, num_classes_of, objective_scores,
+                      run_forward)
 
 StrOrSeq = Union[str, Method, Sequence[Union[str, Method]]]
 
@@ -85,7 +87,8 @@ def _backward(scores: torch.Tensor, probes: list[torch.Tensor]) -> list[torch.Te
         return [torch.stack(gs, 1) for gs in zip(*per_target)]
 
 
-def run_pass(model, images, needs: dict[str, set[str]], targets: Targets, objective: Optional[Objective]):
+def run_pass(model, images, needs: dict[str, set[str]], targets: Targets, objective: Optional[Objective],
+             forward_kwargs: Optional[dict] = None):
     """One forward and one backward; returns ({layer: LayerCapture}, scores (N, T), targets (N, T) or None).
 
     The model must already be in the desired mode with parameter gradients off (see :func:`saliency`).
@@ -94,10 +97,10 @@ def run_pass(model, images, needs: dict[str, set[str]], targets: Targets, object
     cdtype = compute_dtype(dtype)
     with torch.enable_grad():
         with Probes(model, needs) as probes:
-            output = model(probes.input_probe(images))
+            output = run_forward(model, probes.input_probe(images), forward_kwargs)
         probes.check()
         matrix = None if objective is not None else as_target_matrix(targets, images.shape[0], num_classes_of(output))
-        scores, matrix = objective_scores(output, matrix, objective)
+        scores, matrix = objective_scores(output, matrix, objective, n=images.shape[0])
         layers = list(needs)
         grads = _backward(scores, [probes.probes[layer] for layer in layers])
     captures = {}
@@ -126,6 +129,7 @@ def saliency(
     registry: Optional[Registry] = None,
     closed_forms: bool = True,
     mismatched: str = "raise",
+    forward_kwargs: Optional[dict] = None,
 ) -> SaliencyMaps:
     """Saliency maps of every method at every layer, from one forward and one backward pass per pass modifier.
 
@@ -142,6 +146,7 @@ def saliency(
     :param mismatched: ``"raise"`` (default) if an extractor does not fit a layer (``conv`` on a ReLU), or
         ``"skip"`` to leave such (method, layer) pairs out of the result (for sweeps over many layers).
     :param closed_forms: False forces the generic path that materialises contributions in chunks (for tests).
+    :param forward_kwargs: keyword arguments for every ``model(images, **forward_kwargs)`` call.
     :returns: :class:`SaliencyMaps` of (N, T, h, w) tensors in float32 (half/bfloat16 models) or the model's dtype.
     """
     registry = registry or default_registry()
@@ -163,6 +168,7 @@ def saliency(
             elif mismatched == "raise":
                 check_layer_fit(registry, method, layer, modules[layer])
     images = check_images(images)
+    check_call_options(targets, objective, resize, forward_kwargs)
     device, dtype = model_device_dtype(model, images)
     images = images.to(device=device, dtype=dtype)
 
@@ -183,11 +189,10 @@ def saliency(
                 model.eval()
             matrix = as_target_matrix(targets, images.shape[0], None) if objective is None else None
             for call in modifiers:
-                spec = registry.modifiers[call.name]
-                stack.enter_context(spec.fn(model, images, matrix, **call.kwargs))
+                enter_modifier(stack, registry.modifiers[call.name], model, images, matrix, **call.kwargs)
             for p in model.parameters():
                 p.requires_grad_(False)
-            captures, scores, matrix = run_pass(model, images, needs, targets, objective)
+            captures, scores, matrix = run_pass(model, images, needs, targets, objective, forward_kwargs)
         out_targets = matrix if out_targets is None else out_targets
         out_scores = scores if out_scores is None else out_scores
         for layer in list(captures):  # one layer at a time, freeing its capture and caches when done

@@ -63,9 +63,19 @@ class PluginLoadError(ExtaggError):
     """A plugin failed to import or register; the message names the plugin and its distribution."""
 
 
+class PluginError(ExtaggError, TypeError):
+    """A plugin's component broke its contract when called (e.g. a modifier that returns no context manager);
+    the message names the component, its plugin and distribution."""
+
+
 class LayerMismatchError(ExtaggError, TypeError):
     """An extractor that does not apply to the chosen layer (e.g. ``conv`` on a ReLU)."""
 
 
 class InputError(ExtaggError, ValueError):
     """Bad images, targets or options given to a computation."""
+
+
+class ForwardError(InputError, RuntimeError, TypeError):
+    """The model's forward pass failed on the input extagg gave it (wrong channel count, a missing keyword
+    argument); still a RuntimeError / TypeError for code that caught the original."""

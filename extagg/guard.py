@@ -1,4 +1,5 @@
-"""Leave the user's model exactly as it was: mode flags, requires_grad, .grad, buffers, hooks."""
+"""Leave the user's model exactly as it was: mode flags, requires_grad, .grad, buffers, hooks, and a graph the user
+holds (pending backward) still valid."""
 from __future__ import annotations
 
 import contextlib
@@ -6,6 +7,9 @@ import itertools
 from typing import Iterator
 
 import torch
+
+from .concurrency import exclusive
+from .errors import InputError
 
 _HOOK_DICTS = (
     "_forward_hooks", "_forward_hooks_with_kwargs", "_forward_hooks_always_called", "_forward_pre_hooks",
@@ -20,44 +24,84 @@ def preserved(model: torch.nn.Module, *, weights: bool = False) -> Iterator[torc
     """Snapshot the model's mutable state on entry and restore it on exit, also when the block raises.
 
     Restored: every module's ``training`` flag, every parameter's ``requires_grad`` and ``.grad`` (the same
-    tensor object), buffers (values copied back in place), and the registered hooks (hooks added inside the block
-    are removed, hooks removed inside it are put back). The module structure is restored too: a parameter, buffer
-    or submodule that was reassigned, added or deleted inside the block (``module.weight = nn.Parameter(...)``)
-    is put back as the original object. With ``weights=True`` parameter values and the values of pre-existing
-    ``.grad`` tensors are also copied back bit for bit (for code that updates them, such as meta-saliency).
+    tensor object), buffers, and the registered hooks (hooks added inside the block are removed, hooks removed
+    inside it are put back). The module structure is restored too: a parameter, buffer or submodule that was
+    reassigned, added or deleted inside the block (``module.weight = nn.Parameter(...)``) is put back as the
+    original object. With ``weights=True`` parameter values and the values of pre-existing ``.grad`` tensors are
+    also copied back bit for bit (for code that updates them, such as meta-saliency).
+
+    A graph the user holds stays valid: inside the block every buffer is replaced by a copy (a forward pass in
+    train mode updates BatchNorm's copies, never the user's tensors, whose version counters autograd checks), the
+    originals are put back on exit, and a tensor is written back only where its value changed. The block holds the
+    model's lock (:mod:`extagg.concurrency`), so threads using one model take turns. A model with uninitialised
+    (lazy) parameters, or a call inside ``torch.inference_mode()``, is refused with an :class:`InputError`.
     """
-    modules = list(model.modules())
-    training = [m.training for m in modules]
-    params = list(model.parameters())
-    flags = [p.requires_grad for p in params]
-    grads = [p.grad for p in params]
-    grad_values = [None if g is None else g.detach().clone() for g in grads] if weights else None
-    buffers = _Buffers(model)
-    values = [p.detach().clone() for p in params] if weights else None
-    hooks = [_snapshot(m, _HOOK_DICTS) for m in modules]
-    structure = [_snapshot(m, _STRUCTURE_DICTS) for m in modules]
-    non_persistent = [set(getattr(m, "_non_persistent_buffers_set", ())) for m in modules]
-    try:
-        yield model
-    finally:
-        with torch.no_grad():
-            for m, saved, names in zip(modules, structure, non_persistent):
-                _restore(m, saved)
-                if hasattr(m, "_non_persistent_buffers_set") and m._non_persistent_buffers_set != names:
-                    m._non_persistent_buffers_set.clear()
-                    m._non_persistent_buffers_set.update(names)
-            for m, flag in zip(modules, training):
-                m.training = flag
-            for i, p in enumerate(params):
-                if values is not None:
-                    p.copy_(values[i])
-                p.requires_grad_(flags[i])
-                p.grad = grads[i]
-                if grad_values is not None and grads[i] is not None:
-                    grads[i].copy_(grad_values[i])
-            buffers.restore()
-            for m, saved in zip(modules, hooks):
-                _restore(m, saved)
+    check_usable(model)
+    with exclusive(model):
+        modules = list(model.modules())
+        training = [m.training for m in modules]
+        params = list(model.parameters())
+        flags = [p.requires_grad for p in params]
+        grads = [p.grad for p in params]
+        grad_values = [None if g is None else g.detach().clone() for g in grads] if weights else None
+        buffers = _Buffers(model)
+        values = [p.detach().clone() for p in params] if weights else None
+        hooks = [_snapshot(m, _HOOK_DICTS) for m in modules]
+        structure = [_snapshot(m, _STRUCTURE_DICTS) for m in modules]
+        non_persistent = [set(getattr(m, "_non_persistent_buffers_set", ())) for m in modules]
+        try:
+            _swap_buffers(modules)
+            yield model
+        finally:
+            with torch.no_grad():
+                for m, saved, names in zip(modules, structure, non_persistent):
+                    _restore(m, saved)
+                    if hasattr(m, "_non_persistent_buffers_set") and m._non_persistent_buffers_set != names:
+                        m._non_persistent_buffers_set.clear()
+                        m._non_persistent_buffers_set.update(names)
+                for m, flag in zip(modules, training):
+                    m.training = flag
+                for i, p in enumerate(params):
+                    if values is not None:
+                        _write_back(p, values[i])
+                    if p.requires_grad != flags[i]:
+                        p.requires_grad_(flags[i])
+                    if p.grad is not grads[i]:
+                        p.grad = grads[i]
+                    if grad_values is not None and grads[i] is not None:
+                        _write_back(grads[i], grad_values[i])
+                buffers.restore()
+                for m, saved in zip(modules, hooks):
+                    _restore(m, saved)
+
+
+def check_usable(model: torch.nn.Module) -> None:
+    """Refuse what extagg cannot run on: uninitialised (lazy) parameters or buffers, and inference mode."""
+    if torch.is_inference_mode_enabled():
+        raise InputError("saliency needs autograd, which torch.inference_mode() switches off; call extagg outside "
+                         "the inference_mode block (torch.no_grad() around the call is fine: extagg turns grad "
+                         "on where it needs it)")
+    for name, t in itertools.chain(model.named_parameters(), model.named_buffers()):
+        if torch.nn.parameter.is_lazy(t):
+            raise InputError(f"the model has an uninitialised (lazy) parameter or buffer {name!r}; run one forward "
+                             "pass on an input of the right shape first (model(example)) so that it gets its shape")
+
+
+def _swap_buffers(modules: list[torch.nn.Module]) -> None:
+    """Put a copy in place of every buffer (a buffer shared by several modules stays shared)."""
+    copies: dict[int, torch.Tensor] = {}
+    for m in modules:
+        for name, b in m._buffers.items():
+            if b is not None:
+                if id(b) not in copies:
+                    copies[id(b)] = b.detach().clone()
+                m._buffers[name] = copies[id(b)]
+
+
+def _write_back(tensor: torch.Tensor, value: torch.Tensor) -> None:
+    """Copy ``value`` into ``tensor`` only where it changed (an unchanged tensor keeps its version counter)."""
+    if tensor.shape != value.shape or not torch.equal(tensor, value):
+        tensor.copy_(value)
 
 
 class _Buffers:

@@ -13,11 +13,16 @@ Filters before the aggregator act elementwise on each location's contribution; f
 map. ``scaling+relu+norm`` and ``scaling+norm+relu`` are different methods. The canonical form is lower case,
 without spaces, with parameters sorted by name and parameters equal to their default left out; named methods
 are replaced by their expansion. ``str(parse(s))`` is canonical and ``parse(str(m)) == m``.
+
+Bounds: a method string has at most :data:`MAX_LENGTH` characters and :data:`MAX_MODIFIERS` modifiers (a clear
+:class:`~extagg.errors.MethodSyntaxError` past them); parsing takes time linear in the length.
 """
 from __future__ import annotations
 
 import re
-from typing import Any, Optional
+import threading
+from collections import OrderedDict
+from typing import Any, Callable, Optional
 
 import attrs
 
@@ -25,6 +30,12 @@ from .errors import MethodSyntaxError
 
 _NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]*")
 _NUMBER = re.compile(r"[+-]?(\d+\.?\d*([eE][+-]?\d+)?|\.\d+([eE][+-]?\d+)?)")
+MAX_LENGTH = 2000
+"""Longest method string accepted (characters)."""
+MAX_MODIFIERS = 4
+"""Most modifiers one method may stack (each runs its own step before the pass)."""
+MAX_DIGITS = 30
+"""Longest number accepted as a parameter value (digits)."""
 
 
 def format_value(value: Any) -> str:
@@ -133,8 +144,10 @@ class _Scanner:
         self.skip()
         m = _NUMBER.match(self.text, self.pos)
         if m:
-            self.pos = m.end()
             token = m.group()
+            if sum(c.isdigit() for c in token) > MAX_DIGITS:
+                raise self.error(f"a number with more than {MAX_DIGITS} digits", m.start())
+            self.pos = m.end()
             return float(token) if any(c in token for c in ".eE") else int(token)
         word, _ = self.name("value")
         return {"true": True, "false": False}.get(word, word)
@@ -142,13 +155,15 @@ class _Scanner:
     def call(self, what: str) -> RawCall:
         name, start = self.name(what)
         args: list[tuple[str, Any, int]] = []
+        keys: set[str] = set()
         if self.peek() == "(":
             self.pos += 1
             if self.peek() != ")":
                 while True:
                     key, kpos = self.name("parameter")
-                    if any(k == key for k, _, _ in args):
+                    if key in keys:
                         raise self.error(f"parameter {key!r} given twice", kpos)
+                    keys.add(key)
                     self.expect("=")
                     args.append((key, self.value(), kpos))
                     if self.peek() == ",":
@@ -163,6 +178,9 @@ def scan(text: str) -> RawMethod:
     """Split a method string into its written components; raises :class:`MethodSyntaxError` with a position."""
     if not isinstance(text, str):
         raise TypeError(f"a method must be a string, got {type(text).__name__}: {text!r}")
+    if len(text) > MAX_LENGTH:
+        raise MethodSyntaxError(text[:60] + "...", 60, f"method string of {len(text)} characters, longer than the "
+                                f"{MAX_LENGTH} accepted (extagg.method.MAX_LENGTH)")
     s = _Scanner(text)
     if not s.peek():
         raise s.error("empty method string (write e.g. 'scaling+sum')")
@@ -175,6 +193,8 @@ def scan(text: str) -> RawMethod:
                 raise s.error("a modifier ('name:') must come before the method's components")
             s.pos += 1
             modifiers.append(call)
+            if len(modifiers) > MAX_MODIFIERS:
+                raise s.error(f"more than {MAX_MODIFIERS} modifiers (extagg.method.MAX_MODIFIERS)", call.position)
             continue
         calls.append(call)
         nxt = s.peek()
@@ -184,3 +204,28 @@ def scan(text: str) -> RawMethod:
             raise s.error(f"expected '+' between components, found {nxt!r}")
         s.pos += 1
     return RawMethod(tuple(modifiers), tuple(calls), text)
+
+
+class ParseCache:
+    """A thread-safe least-recently-used map from method strings to parsed methods, of at most ``size`` entries."""
+
+    def __init__(self, size: int = 4096):
+        self.size = size
+        self._items: "OrderedDict[str, Any]" = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: str, make: Callable[[str], Any]) -> Any:
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+                return self._items[key]
+        value = make(key)
+        with self._lock:
+            self._items[key] = value
+            self._items.move_to_end(key)
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
+        return value
+
+    def __len__(self) -> int:
+        return len(self._items)

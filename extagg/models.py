@@ -7,6 +7,7 @@ whole image resized to the weights' input size (no crop, so maps resize back ont
 from __future__ import annotations
 
 import functools
+import pickle
 from pathlib import Path
 from typing import Optional, Union
 
@@ -63,12 +64,22 @@ def load_model(name: str = DEFAULT_MODEL, weights: Optional[Union[str, Path]] = 
             f"file (command line: --weights DEFAULT or --weights FILE.pth), or random_weights=True "
             f"(--random-weights) to use random initialisation on purpose")
     if weights is not None and Path(str(weights)).is_file():
-        model = torchvision.models.get_model(name, weights=None)
-        state = torch.load(str(weights), map_location="cpu", weights_only=True)
-        model.load_state_dict(state)
+        try:
+            model = torchvision.models.get_model(name, weights=None)
+            state = torch.load(str(weights), map_location="cpu", weights_only=True)
+            model.load_state_dict(state)
+        except (OSError, RuntimeError, ValueError, KeyError, TypeError, AttributeError, pickle.UnpicklingError) as exc:
+            raise InputError(f"cannot load the weights {str(weights)!r} for {name!r} ({type(exc).__name__}: "
+                             f"{str(exc).splitlines()[0][:300] if str(exc) else ''}); give a state_dict file saved "
+                             "with torch.save or a torchvision weights name such as DEFAULT") from None
     elif weights is not None:
         member = weights_member(torchvision.models.get_model_weights(name), str(weights))
-        model = torchvision.models.get_model(name, weights=member)
+        try:
+            model = torchvision.models.get_model(name, weights=member)
+        except (OSError, RuntimeError, ValueError) as exc:
+            raise InputError(f"cannot load the weights {str(weights)!r} for {name!r} ({type(exc).__name__}: "
+                             f"{str(exc).splitlines()[0][:300] if str(exc) else ''}); they download unless cached "
+                             "(no network here?): give a state_dict file saved with torch.save") from None
     else:
         model = torchvision.models.get_model(name, weights=None)
     return model.eval(), preprocessing_for(name, weights)

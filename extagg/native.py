@@ -14,9 +14,13 @@ grad while grad mode is on) returns None and the caller takes the PyTorch path, 
 Results equal that path's up to the order of summation; NaN propagates as there.
 
 The shared library is built once per source, compiler, flags and CPU with the system C compiler (``$CC``, else
-``cc``) into ``$EXTAGG_CACHE_DIR`` (default ``~/.cache/extagg``, else a per-user temp directory); if no compiler
-is found or the build fails, a warning is issued once and the PyTorch path is used. ``EXTAGG_NATIVE=0`` turns the
-kernels off; :func:`enabled` does so for a block of code (process-wide, not per thread).
+``cc``) into ``$EXTAGG_CACHE_DIR`` (default ``~/.cache/extagg``, else a per-user temp directory), and the SHA-256 of
+the build is recorded beside it. A cached library is loaded only from a folder and a file that are owned by the
+user, writable by no one else and not symbolic links, and only if its checksum matches the record (else it is
+rebuilt, with one warning); where no cache folder passes, the build goes to a fresh private temp folder for this
+process (with one warning). A build that runs past a second is announced on stderr. If no compiler is found or the
+build fails, a warning is issued once and the PyTorch path is used. ``EXTAGG_NATIVE=0`` turns the kernels off;
+:func:`enabled` does so for a block of code in one thread. See ``docs/security.md``.
 """
 from __future__ import annotations
 
@@ -27,7 +31,9 @@ import math
 import os
 import platform
 import shutil
+import stat
 import subprocess
+import sys
 import tempfile
 import threading
 import warnings
@@ -52,47 +58,87 @@ SERIAL_BELOW = 1 << 15
 
 _lock = threading.Lock()
 _state: dict = {"lib": None, "tried": False, "on": os.environ.get("EXTAGG_NATIVE", "1") != "0"}
+_local = threading.local()  # per-thread override set by enabled()
+ANNOUNCE_AFTER = 1.0
+"""Seconds a build may run before extagg says on stderr that it is compiling."""
 
 
 @contextlib.contextmanager
 def enabled(on: bool):
-    """Use the native kernels (``on=True``, where they load) or the PyTorch path inside the block."""
-    before = _state["on"]
-    _state["on"] = bool(on)
+    """Use the native kernels (``on=True``, where they load) or the PyTorch path inside the block, in this thread
+    only (other threads keep their own setting; ``EXTAGG_NATIVE=0`` is the process-wide switch)."""
+    before = getattr(_local, "on", None)
+    _local.on = bool(on)
     try:
         yield
     finally:
-        _state["on"] = before
+        _local.on = before
+
+
+def _on() -> bool:
+    here = getattr(_local, "on", None)
+    return _state["on"] if here is None else here
 
 
 def available() -> bool:
     """Whether the kernels are switched on and loaded (building them now if needed)."""
-    return _state["on"] and _library() is not None
+    return _on() and _library() is not None
+
+
+def _uid() -> Optional[int]:
+    return os.getuid() if hasattr(os, "getuid") else None
 
 
 def _cache_dirs() -> list[Path]:
     """Where builds are kept: ``$EXTAGG_CACHE_DIR``, else the user's cache and then a per-user temp directory
-    (for a home that cannot be written)."""
+    (for a home that cannot be written). Each is used only where :func:`distrust` finds nothing against it."""
     env = os.environ.get("EXTAGG_CACHE_DIR")
     if env:
         return [Path(env)]
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    user = os.getuid() if hasattr(os, "getuid") else os.environ.get("USERNAME", "user")
+    user = _uid() if _uid() is not None else os.environ.get("USERNAME", "user")
     return [Path(base) / "extagg", Path(tempfile.gettempdir()) / f"extagg-{user}"]
 
 
-def _writable_dir() -> Path:
-    tried = []
+def distrust(path: Path, *, directory: bool) -> str:
+    """Why ``path`` must not be trusted with code ("" where it may): it must be itself a directory (or a regular
+    file), not a symbolic link, owned by this user and writable by no one else."""
+    try:
+        st = os.lstat(path)
+    except OSError as e:
+        return e.strerror or str(e)
+    if stat.S_ISLNK(st.st_mode):
+        return "a symbolic link"
+    if not (stat.S_ISDIR(st.st_mode) if directory else stat.S_ISREG(st.st_mode)):
+        return "not a directory" if directory else "not a regular file"
+    if _uid() is None:
+        return "ownership cannot be checked on this platform"
+    if st.st_uid != _uid():
+        return f"owned by uid {st.st_uid}, not by this user (uid {_uid()})"
+    if st.st_mode & 0o022:
+        return f"writable by others (mode {stat.S_IMODE(st.st_mode):o})"
+    return ""
+
+
+def _cache_dir() -> tuple[Path, bool]:
+    """The first cache folder that can be made or is trusted, with True; else a fresh private temp folder for this
+    process, with False (and one warning saying why each candidate was refused)."""
+    refused = []
     for directory in _cache_dirs():
         try:
             directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-            if os.access(directory, os.W_OK):
-                return directory
         except OSError as e:
-            tried.append(f"{directory}: {e}")
-        else:
-            tried.append(f"{directory}: not writable")
-    raise RuntimeError("no writable cache directory (" + "; ".join(tried) + "); set EXTAGG_CACHE_DIR")
+            refused.append(f"{directory}: {e.strerror or e}")
+            continue
+        why = distrust(directory, directory=True) or ("" if os.access(directory, os.W_OK) else "not writable")
+        if not why:
+            return directory, True
+        refused.append(f"{directory}: {why}")
+    private = Path(tempfile.mkdtemp(prefix="extagg-native-"))
+    warnings.warn(f"extagg: no trusted cache folder for the native kernels ({'; '.join(refused)}); building them "
+                  f"in {private} for this process only (set EXTAGG_CACHE_DIR to a folder you own that only you can "
+                  "write)", RuntimeWarning, stacklevel=4)
+    return private, False
 
 
 _CPU_FIELDS = ("vendor_id", "cpu family", "model", "model name", "flags", "Features", "CPU implementer", "CPU architecture",
@@ -111,34 +157,122 @@ def _cpu_identity() -> str:
         return ""
 
 
-def _build(compiler: str) -> Path:
+def library_names(compiler: str) -> list[tuple[list[str], str]]:
+    """The flag sets to try with ``compiler``, in order, each with the file name its build is cached under."""
     source = SOURCE.read_bytes()
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=60).stdout
     cpu = _cpu_identity()
-    errors = []
+    named = []
     for flags in _FLAG_SETS:
         if "-march=native" in flags and not cpu:
             continue
         key = hashlib.sha256(b"\0".join([source, version.encode(), " ".join(flags).encode(),
                                          cpu.encode()])).hexdigest()[:16]
-        name = f"extagg_native_{key}.so"
-        built = [d / name for d in _cache_dirs() if (d / name).exists()]
-        if built:
-            return built[0]
-        target = _writable_dir() / name
-        fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
-        os.close(fd)
-        cmd = [compiler, *flags, "-std=gnu11", "-fPIC", "-shared", "-pthread", "-o", tmp, str(SOURCE), "-lm"]
-        try:
+        named.append((flags, f"extagg_native_{key}.so"))
+    return named
+
+
+def _digest(path: Path) -> str:
+    """The SHA-256 of a file opened without following a symbolic link."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    with os.fdopen(fd, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def _checksum_file(library: Path) -> Path:
+    return library.with_name(library.name + ".sha256")
+
+
+def verify(library: Path) -> str:
+    """Why the cached ``library`` must not be loaded ("" where it may): the file and the checksum recorded beside it
+    at build time must both be trusted (:func:`distrust`) and the file's SHA-256 must equal the record."""
+    for path in (library, _checksum_file(library)):
+        why = distrust(path, directory=False)
+        if why:
+            return f"{path.name}: {why}"
+    try:
+        recorded = _checksum_file(library).read_text().strip()
+        actual = _digest(library)
+    except OSError as e:
+        return f"{library.name}: {e.strerror or e}"
+    return "" if recorded == actual else f"{library.name}: checksum {actual[:12]}... differs from the recorded one"
+
+
+@contextlib.contextmanager
+def _announced(folder: Path):
+    """Say on stderr that the kernels are being compiled, once the build has run past :data:`ANNOUNCE_AFTER`."""
+    timer = threading.Timer(ANNOUNCE_AFTER, lambda: print(
+        f"extagg: compiling the native kernels once (cached in {folder})...", file=sys.stderr, flush=True))
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
+
+
+def _compile(compiler: str, flags: list[str], target: Path) -> str:
+    """Build into ``target`` with its checksum beside it; the compiler's complaint, or "" on success."""
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
+    os.close(fd)
+    cmd = [compiler, *flags, "-std=gnu11", "-fPIC", "-shared", "-pthread", "-o", tmp, str(SOURCE), "-lm"]
+    try:
+        with _announced(target.parent):
             done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-            if done.returncode == 0:
-                os.replace(tmp, target)  # atomic: concurrent builders race harmlessly
-                return target
-            errors.append(f"{' '.join(cmd)}: {done.stderr.strip()[-500:]}")
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        if done.returncode != 0:
+            return f"{' '.join(cmd)}: {done.stderr.strip()[-500:]}"
+        os.chmod(tmp, 0o755)
+        sum_fd, sum_tmp = tempfile.mkstemp(suffix=".sha256", dir=target.parent)
+        with os.fdopen(sum_fd, "w") as f:
+            f.write(_digest(Path(tmp)) + "\n")
+        os.replace(sum_tmp, _checksum_file(target))  # atomic: concurrent builders race harmlessly
+        os.replace(tmp, target)
+        return ""
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _build(compiler: str) -> tuple[Path, bool]:
+    """A verified library for ``compiler`` (cached, or built now) and whether it lives in a lasting cache."""
+    folder, lasting = _cache_dir()
+    errors = []
+    for flags, name in library_names(compiler):
+        target = folder / name
+        if lasting and os.path.lexists(target):
+            why = verify(target)
+            if not why:
+                return target, True
+            warnings.warn(f"extagg: the cached native kernels failed verification ({folder}/{why}); rebuilding them",
+                          RuntimeWarning, stacklevel=4)
+        failed = _compile(compiler, flags, target)
+        if not failed:
+            return target, lasting
+        errors.append(failed)
+    if not lasting:
+        shutil.rmtree(folder, ignore_errors=True)
     raise RuntimeError("; ".join(errors) or "no flag set to build with")
+
+
+def _load(compiler: str) -> ctypes.CDLL:
+    """Build or find the library, check it once more just before loading it, load it and declare its functions."""
+    path, lasting = _build(compiler)
+    try:
+        why = verify(path)
+        if why:
+            raise RuntimeError(f"the native kernels changed between build and load ({why})")
+        lib = ctypes.CDLL(str(path))
+    finally:
+        if not lasting:
+            shutil.rmtree(path.parent, ignore_errors=True)  # loaded code stays mapped
+    vp, i64 = ctypes.c_void_p, ctypes.c_int64
+    for suffix in _TYPES.values():
+        side = getattr(lib, "side_stats_" + suffix)
+        side.argtypes = [vp, vp, vp, i64, i64, i64, i64, ctypes.POINTER(vp), ctypes.c_int]
+        dw = getattr(lib, "depthwise_stats_" + suffix)
+        dw.argtypes = [vp, vp, ctypes.POINTER(i64), ctypes.POINTER(i64), ctypes.POINTER(vp), ctypes.c_int]
+        side.restype = dw.restype = ctypes.c_int
+    return lib
 
 
 def _library() -> Optional[ctypes.CDLL]:
@@ -150,15 +284,7 @@ def _library() -> Optional[ctypes.CDLL]:
                 compiler = shutil.which(os.environ.get("CC", "cc"))
                 if compiler is None:
                     raise RuntimeError(f"no C compiler found (looked for {os.environ.get('CC', 'cc')!r}; set $CC)")
-                lib = ctypes.CDLL(str(_build(compiler)))
-                vp, i64 = ctypes.c_void_p, ctypes.c_int64
-                for suffix in _TYPES.values():
-                    side = getattr(lib, "side_stats_" + suffix)
-                    side.argtypes = [vp, vp, vp, i64, i64, i64, i64, ctypes.POINTER(vp), ctypes.c_int]
-                    dw = getattr(lib, "depthwise_stats_" + suffix)
-                    dw.argtypes = [vp, vp, ctypes.POINTER(i64), ctypes.POINTER(i64), ctypes.POINTER(vp), ctypes.c_int]
-                    side.restype = dw.restype = ctypes.c_int
-                _state["lib"] = lib
+                _state["lib"] = _load(compiler)
             except (OSError, RuntimeError, subprocess.SubprocessError, AttributeError) as e:
                 warnings.warn(f"extagg: native kernels unavailable ({e}); using the PyTorch path "
                               "(set EXTAGG_NATIVE=0 to silence this)", RuntimeWarning, stacklevel=3)
@@ -167,7 +293,7 @@ def _library() -> Optional[ctypes.CDLL]:
 
 
 def _usable(*tensors: torch.Tensor) -> Optional[ctypes.CDLL]:
-    if not _state["on"]:
+    if not _on():
         return None
     dtype = tensors[0].dtype
     for t in tensors:

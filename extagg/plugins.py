@@ -6,9 +6,15 @@ Environment switches:
     load only the entry points of the ``extagg`` distribution itself (the built-ins).
 ``EXTAGG_BLOCK_PLUGINS=name,name``
     never load the named entry points (built-in ones included).
+
+A plugin that fails to import or register (an exception, ``sys.exit`` at import, a faulty registration hook) is
+an error naming it, its distribution and the ``EXTAGG_BLOCK_PLUGINS`` setting that skips it; the default registry
+(:func:`extagg.default_registry`) instead leaves it out with one warning and records it (``Registry.failures``,
+shown by ``extagg plugins``), so that one broken plugin never breaks the rest.
 """
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata as md
 import os
 from typing import Iterable, Optional
@@ -17,7 +23,7 @@ import attrs
 import pluggy
 
 from . import hookspecs
-from .errors import DuplicateNameError, PluginLoadError
+from .errors import DuplicateNameError, PluginError, PluginLoadError
 
 GROUP = "extagg"
 DISTRIBUTION = "extagg"
@@ -33,6 +39,23 @@ class PluginInfo:
     module: str
     distribution: Optional[str]
     version: Optional[str]
+
+
+@attrs.frozen
+class PluginFailure:
+    """A plugin left out because it failed to load or register: its entry-point name, distribution and why."""
+
+    name: str
+    distribution: Optional[str]
+    error: str
+
+    def __str__(self) -> str:
+        return f"{self.name!r} (distribution {self.distribution!r}): {self.error}"
+
+
+def block_hint(name: str) -> str:
+    """How to skip the plugin ``name``."""
+    return f"to run without it, set {BLOCK_ENV}={name}"
 
 
 def _dist_of(ep) -> tuple[Optional[str], Optional[str]]:
@@ -57,6 +80,7 @@ def make_plugin_manager(
     entry_points: Optional[Iterable] = None,
     extra: Iterable = (),
     require_builtins: bool = True,
+    skip_broken: bool = False,
 ) -> pluggy.PluginManager:
     """A fresh plugin manager with every ``extagg`` entry point loaded and checked.
 
@@ -66,6 +90,8 @@ def make_plugin_manager(
     :param entry_points: the entry points to consider (default: the installed ``extagg`` group); tests pass fakes.
     :param extra: plugin objects (modules) to register directly, after the entry points (for tests and notebooks).
     :param require_builtins: raise if no entry point of the ``extagg`` distribution is found.
+    :param skip_broken: leave out a plugin that fails to import or register (or shares another's entry-point
+        name) and record it in ``pm.extagg_failures`` instead of raising.
     :raises DuplicateNameError: two entry points share a name.
     :raises PluginLoadError: a plugin fails to import or register, or implements a hook that does not exist.
     """
@@ -77,30 +103,37 @@ def make_plugin_manager(
     pm = pluggy.PluginManager(hookspecs.PROJECT)
     pm.add_hookspecs(hookspecs)
     infos: dict[str, PluginInfo] = {}
+    failures: list[PluginFailure] = []
     seen: dict[str, object] = {}
     found_builtin = False
     for ep in eps:
         dist, version = _dist_of(ep)
-        if ep.name in seen:
-            other = seen[ep.name]
-            raise DuplicateNameError(
-                f"two extagg plugins share the entry-point name {ep.name!r}: {other.value!r} from "
-                f"{_dist_of(other)[0]!r} and {ep.value!r} from {dist!r}; rename one of them"
-            )
-        seen[ep.name] = ep
         builtin = dist == DISTRIBUTION
         found_builtin |= builtin
-        if ep.name in blocked or (not autoload and not builtin):
-            pm.set_blocked(ep.name)
-            continue
         try:
-            plugin = ep.load()
-        except Exception as exc:  # noqa: BLE001 - any import error is reported with the plugin's name
-            raise PluginLoadError(
-                f"extagg plugin {ep.name!r} ({ep.value}) from distribution {dist!r} failed to import: "
-                f"{type(exc).__name__}: {exc}"
-            ) from exc
-        _register(pm, plugin, ep.name)
+            if ep.name in seen:
+                other = seen[ep.name]
+                raise DuplicateNameError(
+                    f"two extagg plugins share the entry-point name {ep.name!r}: {other.value!r} from "
+                    f"{_dist_of(other)[0]!r} and {ep.value!r} from {dist!r}; rename one of them"
+                )
+            seen[ep.name] = ep
+            if ep.name in blocked or (not autoload and not builtin):
+                pm.set_blocked(ep.name)
+                continue
+            try:
+                plugin = ep.load()
+            except (Exception, SystemExit) as exc:  # noqa: BLE001 - reported with the plugin's name
+                raise PluginLoadError(
+                    f"extagg plugin {ep.name!r} ({ep.value}) from distribution {dist!r} failed to import: "
+                    f"{type(exc).__name__}: {exc}; {block_hint(ep.name)}"
+                ) from exc
+            _register(pm, plugin, ep.name, dist)
+        except (PluginLoadError, DuplicateNameError) as exc:
+            if not skip_broken:
+                raise
+            failures.append(PluginFailure(ep.name, dist, str(exc)))
+            continue
         infos[ep.name] = PluginInfo(ep.name, getattr(plugin, "__name__", repr(plugin)), dist, version)
     if require_builtins and not found_builtin and "builtin" not in blocked:
         raise PluginLoadError(
@@ -111,20 +144,41 @@ def make_plugin_manager(
         name = getattr(plugin, "__name__", None) or repr(plugin)
         _register(pm, plugin, name)
         infos[name] = PluginInfo(name, name, None, None)
-    try:
-        pm.check_pending()
-    except pluggy.PluginValidationError as exc:
-        name = pm.get_name(exc.plugin) or getattr(exc.plugin, "__name__", repr(exc.plugin))
-        dist = infos[name].distribution if name in infos else None
-        raise PluginLoadError(f"extagg plugin {name!r} (distribution {dist!r}) is invalid: {exc}") from exc
+    while True:
+        try:
+            pm.check_pending()
+            break
+        except pluggy.PluginValidationError as exc:
+            name = pm.get_name(exc.plugin) or getattr(exc.plugin, "__name__", repr(exc.plugin))
+            dist = infos[name].distribution if name in infos else None
+            error = PluginLoadError(f"extagg plugin {name!r} (distribution {dist!r}) is invalid: {exc}; "
+                                    f"{block_hint(name)}")
+            if not skip_broken:
+                raise error from exc
+            pm.unregister(exc.plugin)
+            infos.pop(name, None)
+            failures.append(PluginFailure(name, dist, str(error)))
     pm.extagg_plugins = infos  # public attribute read by the registry and the CLI
+    pm.extagg_failures = tuple(failures)
     return pm
 
 
-def _register(pm: pluggy.PluginManager, plugin, name: str) -> None:
+def _register(pm: pluggy.PluginManager, plugin, name: str, dist: Optional[str] = None) -> None:
     try:
         pm.register(plugin, name=name)
     except pluggy.PluginValidationError as exc:
-        raise PluginLoadError(f"extagg plugin {name!r} is invalid: {exc}") from exc
+        raise PluginLoadError(f"extagg plugin {name!r} (distribution {dist!r}) is invalid: {exc}; "
+                              f"{block_hint(name)}") from exc
     except ValueError as exc:
         raise DuplicateNameError(f"extagg plugin {name!r} is registered twice: {exc}") from exc
+
+
+def enter_modifier(stack: contextlib.ExitStack, spec, *args, **kwargs):
+    """Enter the context manager that the modifier record ``spec`` returns, checking that it is one."""
+    cm = spec.fn(*args, **kwargs)
+    if not (hasattr(cm, "__enter__") and hasattr(cm, "__exit__")):
+        raise PluginError(f"modifier {spec.name!r} from plugin {str(spec.origin)!r} returned "
+                          f"{type(cm).__name__}, not a context manager; a modifier's fn(model, images, targets, "
+                          f"**params) must return one (e.g. a @contextlib.contextmanager function); "
+                          f"{block_hint(spec.origin.plugin if spec.origin else spec.name)}")
+    return stack.enter_context(cm)

@@ -6,6 +6,8 @@ from the installed entry points. Nothing registers on import.
 from __future__ import annotations
 
 import functools
+import threading
+import warnings
 from types import MappingProxyType
 from typing import Any, Iterable, Mapping, Optional, Union
 
@@ -13,13 +15,14 @@ import attrs
 
 from . import hookspecs
 from .errors import DuplicateNameError, InvalidMethodError, PluginLoadError, UnknownNameError
-from .method import Call, Method, RawCall, scan
-from .plugins import PluginInfo, make_plugin_manager
+from .method import Call, Method, ParseCache, RawCall, scan
+from .plugins import PluginFailure, PluginInfo, block_hint, make_plugin_manager
 from .specs import COMPONENT_TYPES, Aggregator, Alias, Extractor, Filter, Modifier, Origin, Param
 
 _NAME_OK = __import__("re").compile(r"^[a-z][a-z0-9_-]*$")
 
 MethodLike = Union[str, Method]
+_expanding = threading.local()  # the named methods being expanded by this thread (to catch cycles)
 
 
 def _convert(param: Param, value: Any, owner: str) -> Any:
@@ -48,7 +51,8 @@ class Registry:
 
     components: Mapping[str, Mapping[str, Any]]
     plugins: tuple[PluginInfo, ...] = ()
-    _cache: dict = attrs.field(factory=dict, eq=False, repr=False)
+    failures: tuple[PluginFailure, ...] = ()
+    _cache: ParseCache = attrs.field(factory=ParseCache, eq=False, repr=False)
     _derived: dict = attrs.field(factory=dict, eq=False, repr=False)
 
     def memo(self, kind: str) -> dict:
@@ -58,40 +62,63 @@ class Registry:
 
     # ----------------------------------------------------------------- building
     @classmethod
-    def from_plugin_manager(cls, pm) -> "Registry":
-        """Call every registration hook of ``pm`` and collect the records, checking names and duplicates."""
-        infos: dict[str, PluginInfo] = getattr(pm, "extagg_plugins", {})
+    def from_plugin_manager(cls, pm, *, skip_broken: bool = False) -> "Registry":
+        """Call every registration hook of ``pm`` and collect the records, checking names and duplicates.
+
+        A hook that raises (anything, ``sys.exit`` included), a bad record or a name taken by another plugin is a
+        :class:`PluginLoadError` / :class:`DuplicateNameError` naming the plugin; with ``skip_broken`` that plugin's
+        records are all left out instead and the failure is kept in :attr:`failures`.
+        """
+        infos: dict[str, PluginInfo] = dict(getattr(pm, "extagg_plugins", {}))
+        failures: list[PluginFailure] = list(getattr(pm, "extagg_failures", ()))
+        pending: dict[str, list[tuple[str, Any]]] = {}
+
+        def fail(name: str, error: Exception) -> None:
+            if not skip_broken:
+                raise error
+            pending.pop(name, None)
+            info = infos.pop(name, None)
+            failures.append(PluginFailure(name, info.distribution if info else None, str(error)))
+
+        for hook_name, kind in hookspecs.HOOK_KINDS.items():
+            for impl in getattr(pm.hook, hook_name).get_hookimpls():
+                name = impl.plugin_name
+                if any(f.name == name for f in failures):
+                    continue
+                info = infos.get(name)
+                origin = Origin(name, info.distribution if info else None, info.version if info else None)
+                got: list[tuple[str, Any]] = []
+                register = _registrar(got, kind, hook_name, origin)
+                try:
+                    impl.function(**{arg: register for arg in impl.argnames})
+                except PluginLoadError as exc:
+                    fail(name, exc)
+                except (Exception, SystemExit) as exc:  # noqa: BLE001 - reported with the plugin's name
+                    fail(name, PluginLoadError(f"plugin {str(origin)!r} failed in its {hook_name} hook: "
+                                               f"{type(exc).__name__}: {exc}; {block_hint(name)}"))
+                else:
+                    pending.setdefault(name, []).extend(got)
         store: dict[str, dict[str, Any]] = {kind: {} for kind in hookspecs.HOOK_KINDS.values()}
         owner: dict[str, tuple[str, Origin]] = {}
-        for hook_name, kind in hookspecs.HOOK_KINDS.items():
-            record_type = COMPONENT_TYPES[kind]
-            for impl in getattr(pm.hook, hook_name).get_hookimpls():
-                info = infos.get(impl.plugin_name)
-                origin = Origin(impl.plugin_name, info.distribution if info else None, info.version if info else None)
-
-                def register(record, _kind=kind, _type=record_type, _origin=origin):
-                    if not isinstance(record, _type):
-                        raise PluginLoadError(
-                            f"plugin {str(_origin)!r} registered {record!r} through {hook_name}; "
-                            f"expected an extagg.specs.{_type.__name__}"
-                        )
-                    if not _NAME_OK.match(record.name):
-                        raise PluginLoadError(
-                            f"plugin {str(_origin)!r} registered the {_kind} name {record.name!r}; names are lower "
-                            "case, start with a letter and use letters, digits, '-' and '_'"
-                        )
-                    if record.name in owner:
-                        other_kind, other = owner[record.name]
-                        raise DuplicateNameError(
-                            f"the name {record.name!r} is registered twice: as a {other_kind} by {other} and "
-                            f"as a {_kind} by {_origin}"
-                        )
-                    owner[record.name] = (_kind, _origin)
-                    store[_kind][record.name] = attrs.evolve(record, origin=_origin)
-
-                impl.function(**{arg: register for arg in impl.argnames})
+        for name, records in list(pending.items()):
+            mine: dict[str, tuple[str, Origin]] = {}
+            clash = None
+            for kind, record in records:
+                if record.name in owner or record.name in mine:
+                    other_kind, other = owner.get(record.name) or mine[record.name]
+                    clash = DuplicateNameError(
+                        f"the name {record.name!r} is registered twice: as a {other_kind} by {other} and "
+                        f"as a {kind} by {record.origin}; {block_hint(name)}")
+                    break
+                mine[record.name] = (kind, record.origin)
+            if clash is not None:
+                fail(name, clash)
+                continue
+            owner.update(mine)
+            for kind, record in records:
+                store[kind][record.name] = record
         frozen = {k: MappingProxyType(dict(sorted(v.items()))) for k, v in store.items()}
-        return cls(MappingProxyType(frozen), tuple(infos.values()))
+        return cls(MappingProxyType(frozen), tuple(infos.values()), tuple(failures))
 
     # ----------------------------------------------------------------- lookup
     def names(self, kind: str) -> list[str]:
@@ -141,10 +168,7 @@ class Registry:
             return method
         if not isinstance(method, str):
             raise TypeError(f"a method must be a string or extagg.Method, got {type(method).__name__}: {method!r}")
-        hit = self._cache.get(method)
-        if hit is None:
-            hit = self._cache[method] = self._resolve(method)
-        return hit
+        return self._cache.get(method, self._resolve)
 
     def canonical(self, method: MethodLike) -> str:
         """The canonical string of ``method``."""
@@ -176,7 +200,7 @@ class Registry:
             if head.args:
                 raise InvalidMethodError(f"named method {head.name!r} takes no parameters, in {text!r}")
             alias = head.name
-            base = self.parse(self.aliases[head.name].expansion)
+            base = self._expand(self.aliases[head.name])
             extractor = base.extractor
             modifiers = modifiers + base.modifiers
             stages += [("filter", c) for c in base.pre] + [("aggregator", base.aggregator)]
@@ -220,6 +244,20 @@ class Registry:
             alias=alias,
         )
 
+    def _expand(self, alias: Alias) -> Method:
+        """The method a named method stands for; one that expands to itself (directly or not) is an error."""
+        chain = _expanding.__dict__.setdefault("chain", [])
+        if alias.name in chain:
+            path = " -> ".join(chain[chain.index(alias.name):] + [alias.name])
+            plugin = alias.origin.plugin if alias.origin else alias.name
+            raise InvalidMethodError(f"named method {alias.name!r} from plugin {str(alias.origin)!r} expands to "
+                                     f"itself ({path}); {block_hint(plugin)}")
+        chain.append(alias.name)
+        try:
+            return self.parse(alias.expansion)
+        finally:
+            chain.pop()
+
     def _lookup(self, kind: str, raw: RawCall, text: str) -> Any:
         table = self.components[kind]
         if raw.name not in table:
@@ -240,10 +278,34 @@ class Registry:
         return describe(self, method)
 
 
+def _registrar(got: list, kind: str, hook_name: str, origin: Origin):
+    """The ``register`` callable handed to one plugin's hook: checks each record and collects it in ``got``."""
+    record_type = COMPONENT_TYPES[kind]
+
+    def register(record):
+        if not isinstance(record, record_type):
+            raise PluginLoadError(
+                f"plugin {str(origin)!r} registered {record!r} through {hook_name}; "
+                f"expected an extagg.specs.{record_type.__name__}; {block_hint(origin.plugin)}"
+            )
+        if not isinstance(record.name, str) or not _NAME_OK.match(record.name):
+            raise PluginLoadError(
+                f"plugin {str(origin)!r} registered the {kind} name {record.name!r}; names are lower "
+                f"case strings, start with a letter and use letters, digits, '-' and '_'; {block_hint(origin.plugin)}"
+            )
+        got.append((kind, attrs.evolve(record, origin=origin)))
+
+    return register
+
+
 @functools.lru_cache(maxsize=1)
 def default_registry() -> Registry:
-    """The registry built from the installed entry points (cached; :func:`reload_plugins` rebuilds it)."""
-    return Registry.from_plugin_manager(make_plugin_manager())
+    """The registry built from the installed entry points (cached; :func:`reload_plugins` rebuilds it). A plugin
+    that fails to load or register is left out with one warning and listed in ``Registry.failures``."""
+    registry = Registry.from_plugin_manager(make_plugin_manager(skip_broken=True), skip_broken=True)
+    for failure in registry.failures:
+        warnings.warn(f"extagg: plugin {failure}; it is left out", RuntimeWarning, stacklevel=2)
+    return registry
 
 
 def reload_plugins() -> Registry:

@@ -5,7 +5,7 @@ from typing import Callable, Optional, Sequence, Union
 
 import torch
 
-from .errors import InputError
+from .errors import ForwardError, InputError
 
 Targets = Union[None, int, Sequence[int], torch.Tensor]
 Objective = Callable[[torch.Tensor], torch.Tensor]
@@ -22,11 +22,19 @@ def as_target_matrix(targets: Targets, n: int, num_classes: Optional[int]) -> Op
     if isinstance(targets, bool):
         raise InputError(f"targets must be class indices, got {targets!r}")
     if isinstance(targets, int):
+        _check_long(targets)
         t = torch.full((n, 1), targets, dtype=torch.long)
     else:
         if not isinstance(targets, torch.Tensor):
             try:
-                targets = torch.as_tensor(list(targets))
+                targets = list(targets)
+            except TypeError as exc:
+                raise InputError(f"targets must be an int, N ints or an (N, T) tensor, got {targets!r}") from exc
+            for v in targets:
+                if isinstance(v, int) and not isinstance(v, bool):
+                    _check_long(v)
+            try:
+                targets = torch.as_tensor(targets)
             except (TypeError, ValueError, RuntimeError) as exc:
                 raise InputError(f"targets must be an int, N ints or an (N, T) tensor, got {targets!r}") from exc
         if targets.is_floating_point() or targets.is_complex() or targets.dtype == torch.bool:
@@ -66,16 +74,20 @@ def num_classes_of(output) -> Optional[int]:
     return output.shape[1] if isinstance(output, torch.Tensor) and output.ndim >= 2 else None
 
 
-def objective_scores(output, targets: Optional[torch.Tensor], objective: Optional[Objective]) -> tuple[torch.Tensor, torch.Tensor]:
-    """(scores (N, T), targets (N, T)) from the model's output; targets default to the predicted class."""
+def objective_scores(output, targets: Optional[torch.Tensor], objective: Optional[Objective],
+                     n: Optional[int] = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scores (N, T), targets (N, T)) from the model's output; targets default to the predicted class. ``n``, the
+    number of images, is checked against the objective's scores."""
     if objective is not None:
         scores = objective(output)
         if not isinstance(scores, torch.Tensor):
             raise InputError(f"objective must return a tensor of shape (N,) or (N, T), got {type(scores).__name__}")
+        got = tuple(scores.shape)
         if scores.ndim == 1:
             scores = scores[:, None]
-        if scores.ndim != 2:
-            raise InputError(f"objective must return shape (N,) or (N, T), got {tuple(scores.shape)}")
+        if scores.ndim != 2 or (n is not None and scores.shape[0] != n) or scores.shape[1] == 0:
+            raise InputError(f"objective must return one score per image, shape ({n or 'N'},) or ({n or 'N'}, T) "
+                             f"with T >= 1, for {n or 'N'} images; got shape {got}")
         return scores, torch.arange(scores.shape[1]).expand(scores.shape[0], -1)
     if not isinstance(output, torch.Tensor) or output.ndim < 2:
         raise InputError(
@@ -87,3 +99,39 @@ def objective_scores(output, targets: Optional[torch.Tensor], objective: Optiona
         with torch.no_grad():
             targets = class_logits(output).argmax(1, keepdim=True).cpu()
     return class_scores(output, targets), targets
+
+
+def _check_long(v: int) -> None:
+    if not -(1 << 63) <= v < (1 << 63):
+        raise InputError(f"target {v} is not a class index (out of the 64-bit integer range)")
+
+
+def check_call_options(targets: Targets, objective: Optional[Objective], resize, forward_kwargs) -> None:
+    """The options of a saliency call that can be checked before any forward pass."""
+    if objective is not None and targets is not None:
+        raise InputError("give targets or objective, not both: with objective= the objective's (N, T) scores are "
+                         "what is explained (select classes inside it), and targets would be ignored")
+    if objective is not None and not callable(objective):
+        raise InputError(f"objective must be callable(output) -> (N,) or (N, T) scores, got {type(objective).__name__}")
+    if not isinstance(resize, bool):
+        ok = isinstance(resize, (tuple, list)) and len(resize) == 2 and all(
+            isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 1 << 15 for v in resize)
+        if not ok:
+            raise InputError(f"resize must be False, True or an (H, W) pair of sizes in 1..{1 << 15}, got {resize!r}")
+    if forward_kwargs is not None and not (isinstance(forward_kwargs, dict)
+                                           and all(isinstance(k, str) for k in forward_kwargs)):
+        raise InputError(f"forward_kwargs must be a dict of keyword arguments, got {forward_kwargs!r}")
+
+
+def run_forward(model: torch.nn.Module, x: torch.Tensor, forward_kwargs: Optional[dict] = None):
+    """``model(x, **forward_kwargs)``; a forward pass that rejects the input (wrong channel count, a missing
+    keyword argument) is a :class:`~extagg.errors.ForwardError` that says so."""
+    try:
+        return model(x, **(forward_kwargs or {}))
+    except InputError:
+        raise
+    except (RuntimeError, TypeError) as e:
+        hint = ("; pass the model's other arguments with forward_kwargs={...}" if isinstance(e, TypeError)
+                and "argument" in str(e) else "")
+        raise ForwardError(f"the model's forward pass failed on images of shape {tuple(x.shape)} "
+                         f"({type(e).__name__}: {str(e).splitlines()[0][:300]}){hint}") from e

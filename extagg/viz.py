@@ -38,5 +38,5 @@ def save_png(rgb: torch.Tensor, path: Union[str, Path]) -> Path:
     arr = (rgb.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).contiguous().numpy()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(arr).save(path)
+    Image.fromarray(arr).save(path, format="PNG")
     return path

@@ -73,3 +73,64 @@ def method_map(method, net, x, index: int, targets: torch.Tensor) -> torch.Tenso
     for f in method.post:
         m = FILTERS[f.name](m)
     return m
+
+
+def rle_fr_poly(xy, height: int, width: int) -> list[int]:
+    """pycocotools' ``rleFrPoly`` transcribed as written (every point of every edge at 5x resolution): the
+    reference for extagg's bounded-cost polygon rasteriser."""
+    import math
+
+    k = len(xy) // 2
+    if k < 1:
+        return [height * width]
+    scale = 5.0
+    x = [int(scale * xy[2 * j] + 0.5) for j in range(k)] + [0]
+    y = [int(scale * xy[2 * j + 1] + 0.5) for j in range(k)] + [0]
+    x[k], y[k] = x[0], y[0]
+    u, v = [], []
+    for j in range(k):
+        xs, xe, ys, ye = x[j], x[j + 1], y[j], y[j + 1]
+        dx, dy = abs(xe - xs), abs(ys - ye)
+        flip = (dx >= dy and xs > xe) or (dx < dy and ys > ye)
+        if flip:
+            xs, xe, ys, ye = xe, xs, ye, ys
+        if dx >= dy:
+            s = (ye - ys) / dx if dx else 0.0
+            for d in range(dx + 1):
+                t = dx - d if flip else d
+                u.append(t + xs)
+                v.append(int(ys + s * t + 0.5))
+        else:
+            s = (xe - xs) / dy
+            for d in range(dy + 1):
+                t = dy - d if flip else d
+                v.append(t + ys)
+                u.append(int(xs + s * t + 0.5))
+    a = []
+    for j in range(1, len(u)):
+        if u[j] != u[j - 1]:
+            xd = float(u[j] if u[j] < u[j - 1] else u[j] - 1)
+            xd = (xd + 0.5) / scale - 0.5
+            if math.floor(xd) != xd or xd < 0 or xd > width - 1:
+                continue
+            yd = float(v[j] if v[j] < v[j - 1] else v[j - 1])
+            yd = (yd + 0.5) / scale - 0.5
+            yd = 0.0 if yd < 0 else (float(height) if yd > height else yd)
+            a.append(int(xd) * height + int(math.ceil(yd)))
+    a.append(height * width)
+    a.sort()
+    prev = 0
+    for j in range(len(a)):
+        a[j], prev = a[j] - prev, a[j]
+    b = [a[0]]
+    j = 1
+    while j < len(a):
+        if a[j] > 0:
+            b.append(a[j])
+            j += 1
+        else:
+            j += 1
+            if j < len(a):
+                b[-1] += a[j]
+                j += 1
+    return b

@@ -19,6 +19,8 @@ DATA = ("voc", "coco", "folder")
 
 def add_evaluate_command(subparsers) -> argparse.ArgumentParser:
     """Add the ``evaluate`` sub-command to an argparse ``subparsers``; it sets ``func`` (call ``args.func(args)``)."""
+    from ..cli import device, number_in
+
     p = subparsers.add_parser(
         "evaluate", help="pointing game, class sensitivity, randomisation, identity checks, deletion and insertion",
         description="Evaluate saliency methods on a model and a data set read from disk (never downloaded). "
@@ -49,8 +51,10 @@ def add_evaluate_command(subparsers) -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", default=None, help="write records to a .csv or .json file")
     p.add_argument("--difficult-file", default=None,
                    help="TorchRay difficult-flags file; default: the paper's rule (area < 25%% and another class)")
-    p.add_argument("--tolerance", type=float, default=15, help="pointing tolerance in pixels (strict <; default 15)")
-    p.add_argument("--smooth", type=float, default=0.0, help="TorchRay smoothing of input-layer maps (e.g. 0.02)")
+    p.add_argument("--tolerance", type=number_in(0, 1e6, low_open=True), default=15,
+                   help="pointing tolerance in pixels (strict <; default 15)")
+    p.add_argument("--smooth", type=number_in(0, 1), default=0.0,
+                   help="TorchRay smoothing of input-layer maps (e.g. 0.02)")
     p.add_argument("--spatial-softmax", action="store_true",
                    help="pointing: weight a fully convolutional output by its spatial softmax (TorchRay)")
     p.add_argument("--per-class", action="store_true", help="pointing: also write per-class accuracies")
@@ -67,7 +71,7 @@ def add_evaluate_command(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--curve-batch-size", type=int, default=64,
                    help="deletion/insertion: curve points per forward pass (default 64)")
     p.add_argument("--targets", choices=("label", "predicted"), default="label", help="identity check targets")
-    p.add_argument("--device", default=None, help="torch device for the model (default: where it loads)")
+    p.add_argument("--device", type=device, default=None, help="torch device for the model (default: where it loads)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run_evaluate)
     return p
@@ -101,7 +105,10 @@ def run_evaluate(args, out=None) -> int:
     else:
         model, preprocess = load_model()
     if args.device:
-        model = model.to(args.device)
+        try:
+            model = model.to(args.device)
+        except (RuntimeError, AssertionError) as exc:  # a device torch knows but this machine lacks
+            raise InputError(f"--device {args.device!r} is not usable here: {exc}") from None
     data = _data(args)
     progress = not args.no_progress
     common = dict(preprocess=preprocess, limit=args.limit, progress=progress)

@@ -20,7 +20,8 @@ Flags = Mapping[str, tuple[bool, ...]]
 
 
 def read_difficult_flags(path: Union[str, os.PathLike], num_classes: int) -> dict[str, tuple[bool, ...]]:
-    """Parse a TorchRay flags file into ``{image_id: (flag per class)}``; malformed lines raise naming the line."""
+    """Parse a TorchRay flags file into ``{image_id: (flag per class)}``; malformed lines and repeated image ids raise naming the
+    line."""
     flags: dict[str, tuple[bool, ...]] = {}
     with open(path, encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
@@ -34,7 +35,10 @@ def read_difficult_flags(path: Union[str, os.PathLike], num_classes: int) -> dic
                     f"{os.fspath(path)}:{lineno}: expected 'image_id' and {num_classes} tab-separated 0/1 flags, "
                     f"got {line[:80]!r}"
                 )
-            flags[fields[0].strip()] = tuple(v == "1" for v in values)
+            image_id = fields[0].strip()
+            if image_id in flags:
+                raise InputError(f"{os.fspath(path)}:{lineno}: image id {image_id!r} is listed twice")
+            flags[image_id] = tuple(v == "1" for v in values)
     return flags
 
 

@@ -203,7 +203,8 @@ def pointing_game(model: torch.nn.Module, data, methods, layers="input", *, prep
     :param on_image: optional ``callable(sample, classes, {(method, layer): (T, H, W) maps})`` per image.
     :param class_map: ``{data-set class (id or name): model class index or [indices]}`` or a JSON file; needed
         unless the model has exactly ``num_classes`` outputs (see :mod:`extagg.evaluation.class_map`).
-    :returns: records with subsets ``"all"`` and ``"difficult"``; metrics from :meth:`PointingScore.records`.
+    :returns: records with subsets ``"all"`` and ``"difficult"``; metrics from :meth:`PointingScore.records`;
+        one ``annotations_flagged`` record (value: annotations left out as empty or inverted, count: images).
         Every image gets ONE forward and ONE backward for all its classes (``targets`` of shape (1, T)).
     """
     from .class_map import group_objective, resolve_class_map
@@ -230,9 +231,11 @@ def pointing_game(model: torch.nn.Module, data, methods, layers="input", *, prep
 
     score((CENTER, ""))
     cmap = None
+    flagged = images = 0
     for sample in bar(iterate(data, limit), progress, total_of(data, limit), "pointing"):
         if sample.masks is None:
             raise InputError(f"sample {sample.image_id!r} has no masks; the pointing game needs localisation data")
+        flagged, images = flagged + len(getattr(sample, "flagged", ())), images + 1
         keep = sample.evaluated
         if not keep:
             continue
@@ -279,6 +282,7 @@ def pointing_game(model: torch.nn.Module, data, methods, layers="input", *, prep
         for subset, sc in by_subset.items():
             rs = sc.records(method, layer, subset, names)
             records += rs if per_class else [r for r in rs if not r.metric.startswith("class_accuracy:")]
+    records.append(Record(CENTER, "", "all", "annotations_flagged", flagged, images))
     return records
 
 

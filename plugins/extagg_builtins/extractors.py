@@ -5,12 +5,32 @@ import torch
 from torch import nn
 
 import extagg
+from extagg.errors import InputError
 from extagg.contributions import Dense, Factored, PatchGeometry, Product, Scaled
 from extagg.specs import Extractor, Param
 
 
+MAX_K = 1023
+"""Largest kernel size of the virtual kxk convolutions (a bound on cost; the layer's map bounds it further)."""
+
+
 def _odd(k: int):
-    return None if k >= 1 and k % 2 == 1 else "must be an odd integer >= 1"
+    return None if 1 <= k <= MAX_K and k % 2 == 1 else f"must be an odd integer in 1..{MAX_K}"
+
+
+ALWAYS_FITS = 31
+"""Kernel sizes up to this one run on any map (their cost is a constant factor); larger ones must fit the layer."""
+
+
+def _fit(c, k: int, name: str) -> None:
+    """A kxk patch with zero padding k//2 reaches the whole map from every location once k = 2*max(h, w) - 1;
+    taps beyond that only ever read padding, so a larger k is refused (up to :data:`ALWAYS_FITS` always runs)."""
+    h, w = c.output.shape[-2:]
+    most = 2 * max(h, w) - 1
+    if k > max(most, ALWAYS_FITS):
+        raise InputError(f"{name}(k={k}) does not fit layer {c.name!r}: its map is {h}x{w}, where a patch of "
+                         f"k = {most} already covers the whole map from every location; use an odd k <= "
+                         f"{max(most, ALWAYS_FITS)}")
 
 
 def bias(c):
@@ -26,10 +46,12 @@ def pooled_scaling(c):
 
 
 def identity_conv(c, k: int = 3):
+    _fit(c, k, "iconv")
     return Factored(c.grad, c.output, PatchGeometry.identity(k))
 
 
 def depthwise_conv(c, k: int = 3):
+    _fit(c, k, "dwconv")
     return Factored(c.grad, c.output, PatchGeometry.identity(k, groups=c.output.shape[1]))
 
 
