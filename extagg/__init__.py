@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Iterable, Union
 
 from .capture import LayerCapture
-from .contributions import Dense, Factored, PatchGeometry, Product, Scaled
+from .phase2 import Dense, Factored, PatchGeometry, Product, Scaled
 from .engine import saliency
 from .errors import (
     DuplicateNameError,

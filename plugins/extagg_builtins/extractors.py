@@ -14,27 +14,27 @@ def _odd(k: int):
 
 
 def bias(c):
-    return Dense(c.grad)
+    return Dense(c.grad, store=c.store)
 
 
 def scaling(c):
-    return Product(c.output, c.grad)
+    return Product(c.output, c.grad, store=c.store)
 
 
 def pooled_scaling(c):
-    return Scaled(c.output, c.grad.mean(dim=(-2, -1)))
+    return Scaled(c.output, c.grad.mean(dim=(-2, -1)), store=c.store)
 
 
 def identity_conv(c, k: int = 3):
-    return Factored(c.grad, c.output, PatchGeometry.identity(k))
+    return Factored(c.grad, c.output, PatchGeometry.identity(k), store=c.store)
 
 
 def depthwise_conv(c, k: int = 3):
-    return Factored(c.grad, c.output, PatchGeometry.identity(k, groups=c.output.shape[1]))
+    return Factored(c.grad, c.output, PatchGeometry.identity(k, groups=c.output.shape[1]), store=c.store)
 
 
 def real_conv(c):
-    return Factored(c.grad, c.input, PatchGeometry.of_conv(c.module))
+    return Factored(c.grad, c.input, PatchGeometry.of_conv(c.module), store=c.store)
 
 
 def _normalised_input(c) -> torch.Tensor:
@@ -48,7 +48,7 @@ def _normalised_input(c) -> torch.Tensor:
 
 
 def bn_scale(c):
-    return Product(_normalised_input(c), c.grad)
+    return Product(_normalised_input(c), c.grad, store=c.store)
 
 
 _K = Param("k", int, 3, "odd kernel size", check=_odd)
