@@ -35,6 +35,16 @@ class PluginInfo:
     version: Optional[str]
 
 
+class PluginManager(pluggy.PluginManager):
+    """pluggy's manager for the ``extagg`` project, with ``infos``: each loaded plugin's :class:`PluginInfo`,
+    filled as :func:`make_plugin_manager` loads them and read by the registry and the CLI."""
+
+    def __init__(self):
+        super().__init__(hookspecs.PROJECT)
+        self.add_hookspecs(hookspecs)
+        self.infos: dict[str, PluginInfo] = {}
+
+
 def _dist_of(ep) -> tuple[Optional[str], Optional[str]]:
     dist = getattr(ep, "dist", None)
     if dist is None:
@@ -57,7 +67,7 @@ def make_plugin_manager(
     entry_points: Optional[Iterable] = None,
     extra: Iterable = (),
     require_builtins: bool = True,
-) -> pluggy.PluginManager:
+) -> PluginManager:
     """A fresh plugin manager with every ``extagg`` entry point loaded and checked.
 
     :param autoload: load third-party entry points; defaults to True unless ``EXTAGG_DISABLE_PLUGIN_AUTOLOAD``
@@ -74,9 +84,8 @@ def make_plugin_manager(
     blocked = set(block) | _env_list(BLOCK_ENV)
     eps = list(md.entry_points(group=GROUP) if entry_points is None else entry_points)
 
-    pm = pluggy.PluginManager(hookspecs.PROJECT)
-    pm.add_hookspecs(hookspecs)
-    infos: dict[str, PluginInfo] = {}
+    pm = PluginManager()
+    infos = pm.infos
     seen: dict[str, object] = {}
     found_builtin = False
     for ep in eps:
@@ -117,7 +126,6 @@ def make_plugin_manager(
         name = pm.get_name(exc.plugin) or getattr(exc.plugin, "__name__", repr(exc.plugin))
         dist = infos[name].distribution if name in infos else None
         raise PluginLoadError(f"extagg plugin {name!r} (distribution {dist!r}) is invalid: {exc}") from exc
-    pm.extagg_plugins = infos  # public attribute read by the registry and the CLI
     return pm
 
 

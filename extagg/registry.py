@@ -15,7 +15,7 @@ from . import hookspecs
 from .errors import DuplicateNameError, InvalidMethodError, PluginLoadError, UnknownNameError
 from .method import Call, Method, RawCall, scan
 from .plugins import PluginInfo, make_plugin_manager
-from .specs import COMPONENT_TYPES, Aggregator, Alias, Extractor, Filter, Modifier, Origin, Param
+from .specs import COMPONENT_TYPES, Aggregator, Alias, Extractor, Filter, Modifier, Origin, Param, record_problems
 
 _NAME_OK = __import__("re").compile(r"^[a-z][a-z0-9_-]*$")
 
@@ -60,7 +60,7 @@ class Registry:
     @classmethod
     def from_plugin_manager(cls, pm) -> "Registry":
         """Call every registration hook of ``pm`` and collect the records, checking names and duplicates."""
-        infos: dict[str, PluginInfo] = getattr(pm, "extagg_plugins", {})
+        infos: dict[str, PluginInfo] = getattr(pm, "infos", {})  # a plain pluggy manager has none
         store: dict[str, dict[str, Any]] = {kind: {} for kind in hookspecs.HOOK_KINDS.values()}
         owner: dict[str, tuple[str, Origin]] = {}
         for hook_name, kind in hookspecs.HOOK_KINDS.items():
@@ -79,6 +79,12 @@ class Registry:
                         raise PluginLoadError(
                             f"plugin {str(_origin)!r} registered the {_kind} name {record.name!r}; names are lower "
                             "case, start with a letter and use letters, digits, '-' and '_'"
+                        )
+                    problems = record_problems(record)
+                    if problems:
+                        raise PluginLoadError(
+                            f"plugin {str(_origin)!r} registered the {_kind} {record.name!r} through {hook_name}, "
+                            "which is invalid: " + "; ".join(problems)
                         )
                     if record.name in owner:
                         other_kind, other = owner[record.name]

@@ -149,3 +149,53 @@ class Modifier:
 
 COMPONENT_TYPES = {cls.kind: cls for cls in (Extractor, Filter, Aggregator, Alias, Modifier)}
 """Record class of each component kind."""
+
+PARAM_TYPES = (int, float, bool, str)
+"""The types a :class:`Param` may declare (what a method string can spell)."""
+CAPTURED = frozenset({"output", "input", "grad"})
+"""What an extractor may declare in ``needs``."""
+
+
+def _param_problems(param: Param) -> list[str]:
+    if not isinstance(param, Param):
+        return [f"params must be extagg.plugin.Param records, got {param!r}"]
+    out = []
+    if param.type not in PARAM_TYPES:
+        shown = getattr(param.type, "__name__", repr(param.type))
+        out.append(f"parameter {param.name!r} has type {shown}; a method string can give "
+                   + ", ".join(t.__name__ for t in PARAM_TYPES))
+    elif not param.required:
+        value, kind = param.default, param.type
+        ok = isinstance(value, kind) and (kind is bool or not isinstance(value, bool)) \
+            or (kind is float and isinstance(value, int) and not isinstance(value, bool))
+        if not ok:
+            out.append(f"parameter {param.name!r} of type {kind.__name__} has the default {value!r}")
+    if param.check is not None and not callable(param.check):
+        out.append(f"parameter {param.name!r} has a check that is not callable: {param.check!r}")
+    return out
+
+
+def record_problems(record) -> list[str]:
+    """What is wrong with a registered record, as sentences (empty if nothing): parameter types and defaults,
+    callables, ``needs``, ``applies_to``, ``sign_profile``. The registry raises them with the plugin's name."""
+    out = []
+    for param in getattr(record, "params", ()):
+        out += _param_problems(param)
+    for attr in ("fn", "reduce", "closed_form", "reads"):
+        value = getattr(record, attr, None)
+        if value is not None and not callable(value):
+            out.append(f"{attr} must be callable, got {value!r}")
+    if isinstance(record, Extractor):
+        if not record.needs <= CAPTURED:
+            out.append(f"needs {sorted(record.needs)} may only name {sorted(CAPTURED)}")
+        if record.applies_to is not None and (not isinstance(record.applies_to, tuple) or not record.applies_to
+                                              or not all(isinstance(t, type) for t in record.applies_to)):
+            out.append(f"applies_to must be None or a non-empty tuple of module classes, got {record.applies_to!r}")
+    if isinstance(record, Filter) and record.sign_profile is not None:
+        profile = record.sign_profile
+        if not (isinstance(profile, (tuple, list)) and len(profile) == 2
+                and all(isinstance(a, int) and not isinstance(a, bool) and a in (-1, 0, 1) for a in profile)):
+            out.append(f"sign_profile must be None or a pair (a, b) with a, b in (-1, 0, 1), got {profile!r}")
+    if isinstance(record, Aggregator) and record.reads is not None and record.closed_form is None:
+        out.append("declares reads but no closed_form (reads names what the closed form reads)")
+    return out
