@@ -55,7 +55,7 @@ def register_aggregators(register: Callable[[Aggregator], None]) -> None:
 
 @hookspec
 def register_methods(register: Callable[[NamedMethod], None]) -> None:
-    """Register named methods: ``register(extagg.specs.Alias(name=..., expansion="scaling+sum"))``."""
+    """Register named methods: ``register(extagg.specs.NamedMethod(name=..., expansion="scaling+sum"))``."""
 
 
 @hookspec

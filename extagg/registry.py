@@ -15,7 +15,7 @@ from . import hookspecs
 from .errors import DuplicateNameError, InvalidMethodError, PluginLoadError, UnknownNameError
 from .method import Call, Method, RawCall, scan
 from .plugins import PluginInfo, make_plugin_manager
-from .specs import COMPONENT_TYPES, Aggregator, Alias, Extractor, Filter, Modifier, Origin, Param, record_problems
+from .specs import COMPONENT_TYPES, Aggregator, Extractor, Filter, Modifier, NamedMethod, Origin, Param, record_problems
 
 _NAME_OK = __import__("re").compile(r"^[a-z][a-z0-9_-]*$")
 
@@ -113,13 +113,6 @@ class Registry:
         except KeyError:
             raise UnknownNameError(kind, name, self.components[kind]) from None
 
-    def find(self, name: str) -> Optional[Any]:
-        """The record called ``name`` whatever its kind, or None."""
-        for table in self.components.values():
-            if name in table:
-                return table[name]
-        return None
-
     @property
     def extractors(self) -> Mapping[str, Extractor]:
         return self.components["extractor"]
@@ -133,8 +126,11 @@ class Registry:
         return self.components["aggregator"]
 
     @property
-    def aliases(self) -> Mapping[str, Alias]:
+    def named_methods(self) -> Mapping[str, NamedMethod]:
+        """Named methods (``normgrad`` -> ``conv1x1+norm``), registered through ``register_methods``."""
         return self.components["method"]
+
+    aliases = named_methods  # the former name
 
     @property
     def modifiers(self) -> Mapping[str, Modifier]:
@@ -176,13 +172,13 @@ class Registry:
         raw = scan(text)
         modifiers = tuple(self._call(self._lookup("modifier", c, text), c, text) for c in raw.modifiers)
         head, rest = raw.calls[0], raw.calls[1:]
-        alias = None
+        named = None
         stages: list[tuple[str, Call]] = []
-        if head.name in self.aliases:
+        if head.name in self.named_methods:
             if head.args:
                 raise InvalidMethodError(f"named method {head.name!r} takes no parameters, in {text!r}")
-            alias = head.name
-            base = self.parse(self.aliases[head.name].expansion)
+            named = head.name
+            base = self.parse(self.named_methods[head.name].expansion)
             extractor = base.extractor
             modifiers = modifiers + base.modifiers
             stages += [("filter", c) for c in base.pre] + [("aggregator", base.aggregator)]
@@ -190,7 +186,7 @@ class Registry:
         elif head.name in self.extractors:
             extractor = self._call(self.extractors[head.name], head, text)
         else:
-            choices = {**self.extractors, **self.aliases}
+            choices = {**self.extractors, **self.named_methods}
             if head.name in self.filters or head.name in self.aggregators:
                 raise InvalidMethodError(
                     f"a method starts with an extractor or a named method, not {head.name!r}, in {text!r}; "
@@ -223,7 +219,7 @@ class Registry:
             pre=tuple(c for _, c in stages[:i]),
             post=tuple(c for _, c in stages[i + 1:]),
             modifiers=modifiers,
-            alias=alias,
+            named=named,
         )
 
     def _lookup(self, kind: str, raw: RawCall, text: str) -> Any:

@@ -100,8 +100,9 @@ class Aggregator:
     ``reads(profile, **params)`` (optional) names the contribution statistics that ``closed_form`` will read for
     that profile (``"sum"``, ``"sq"``, ``"signed"``, ``"signed_sq"``, ``"extremes"``, ``"min_abs"``), so that a
     sweep can compute all the statistics its methods need in one pass over the data.
-    ``nonnegative``: the result is always >= 0 (a later relu/abs is a no-op). ``keeps_sign``: nonnegative
-    contributions give a nonnegative result. ``abs_invariant``: an ``abs`` pre-filter changes nothing.
+    ``nonnegative``: the result is always >= 0 (a later relu/abs is a no-op). ``preserves_nonnegative``:
+    nonnegative contributions give a nonnegative result (``sum``, ``max``; formerly ``keeps_sign``, still
+    accepted). ``abs_invariant``: an ``abs`` pre-filter changes nothing.
     """
 
     name: str
@@ -112,14 +113,19 @@ class Aggregator:
     closed_form: Optional[Callable[..., Any]] = attrs.field(default=None, eq=False, repr=False)
     reads: Optional[Callable[..., Any]] = attrs.field(default=None, eq=False, repr=False)
     nonnegative: bool = False
-    keeps_sign: bool = False
+    preserves_nonnegative: bool = False
     abs_invariant: bool = False
+    keeps_sign: bool = attrs.field(default=False, repr=False)
     origin: Optional[Origin] = None
     kind = "aggregator"
 
+    def __attrs_post_init__(self) -> None:
+        if self.keeps_sign:  # the former name of preserves_nonnegative
+            object.__setattr__(self, "preserves_nonnegative", True)
+
 
 @attrs.frozen(kw_only=True)
-class Alias:
+class NamedMethod:
     """A named method: ``name`` stands for the composition ``expansion`` (e.g. ``normgrad`` -> ``conv1x1+norm``)."""
 
     name: str
@@ -147,7 +153,10 @@ class Modifier:
     kind = "modifier"
 
 
-COMPONENT_TYPES = {cls.kind: cls for cls in (Extractor, Filter, Aggregator, Alias, Modifier)}
+Alias = NamedMethod
+"""The former name of :class:`NamedMethod`, kept for plugins that import it."""
+
+COMPONENT_TYPES = {cls.kind: cls for cls in (Extractor, Filter, Aggregator, NamedMethod, Modifier)}
 """Record class of each component kind."""
 
 PARAM_TYPES = (int, float, bool, str)

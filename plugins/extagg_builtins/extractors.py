@@ -4,9 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-import extagg
-from extagg.contributions import Dense, Factored, PatchGeometry, Product, Scaled
-from extagg.specs import Extractor, Param
+from extagg.plugin import Dense, Extractor, Factored, Param, PatchGeometry, Product, Scaled, hookimpl
 
 
 def _odd(k: int):
@@ -55,7 +53,7 @@ _K = Param("k", int, 3, "odd kernel size", check=_odd)
 _KREQ = Param("k", int, doc="odd kernel size", check=_odd)
 
 
-@extagg.hookimpl
+@hookimpl
 def register_extractors(register):
     register(Extractor(name="bias", fn=bias, formula="g_u",
                        doc="Virtual bias after the layer: the gradient at each location."))
