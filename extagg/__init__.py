@@ -3,7 +3,7 @@
 Quick tour::
 
     import extagg
-    maps = extagg.saliency(model, images, methods=["linear-approx", "conv3x3+norm"],
+    maps = extagg.saliency(model, images, methods=["scaling+sum", "conv3x3+norm"],
                            layers=["layer3", "layer4"], targets=torch.tensor([281, 3]))
     maps["conv3x3+norm", "layer4"]          # (N, 1, h, w), raw
     extagg.methods("scaling+*")             # the design space, as canonical strings
@@ -15,7 +15,7 @@ from typing import Iterable, Union
 
 from .capture import LayerCapture
 from .phase2 import Dense, Factored, PatchGeometry, Product, Scaled
-from .engine import saliency
+from .engine import saliency, saliency_per_example
 from .errors import (
     DuplicateNameError,
     ExtaggError,
@@ -39,7 +39,6 @@ from .combine import (
     layer_order,
     probe_accuracy_weights,
 )
-from .meta import meta_saliency, saliency_per_example
 
 __version__ = "0.1.0"
 
@@ -66,5 +65,5 @@ __all__ = [
     "Registry", "SaliencyMaps", "UnknownNameError", "default_registry", "describe", "hookimpl",
     "make_plugin_manager", "methods", "parse_method", "reload_plugins", "saliency",
     "LayerWeights", "combination_sweep", "combine_layers", "feature_spread_weights", "layer_order",
-    "probe_accuracy_weights", "meta_saliency", "saliency_per_example",
+    "probe_accuracy_weights", "saliency_per_example",
 ]

@@ -130,16 +130,18 @@ def _backward(scores: torch.Tensor, probes: list[torch.Tensor]) -> list[torch.Te
 
 
 def run_pass(model, images, needs: dict[str, set[str]], targets: Optional[torch.Tensor],
-             objective: Optional[Objective], modules: Optional[dict] = None):
+             objective: Optional[Objective], modules: Optional[dict] = None, replacements: Optional[dict] = None):
     """One forward and one backward; returns ({layer: LayerCapture}, scores (N, T), targets (N, T) or None).
 
     The model must already be in the desired mode with parameter gradients off (see :func:`saliency`);
-    ``targets`` is an (N, T) matrix from :func:`extagg.targets.as_target_matrix`, or None.
+    ``targets`` is an (N, T) matrix from :func:`extagg.targets.as_target_matrix`, or None. ``replacements``
+    (``{name: tensor}``) run the forward through :func:`torch.func.functional_call` with those tensors.
     """
     cdtype = compute_dtype(images.dtype)
     with torch.enable_grad():
         with Probes(model, needs, modules) as probes:
-            output = model(probes.input_probe(images))
+            x = probes.input_probe(images)
+            output = torch.func.functional_call(model, replacements, (x,)) if replacements else model(x)
         probes.check()
         if objective is None:
             check_in_range(targets, num_classes_of(output))
@@ -166,15 +168,31 @@ def capture_pass(registry: Registry, model, request: Request, modifiers: tuple, 
     needs: dict[str, set[str]] = {}
     for method, layer in group:
         needs.setdefault(layer, set()).update(registry.extractors[method.extractor.name].needs)
-    with preserved(model, weights=bool(modifiers)), contextlib.ExitStack() as stack:
+    specs = [registry.modifiers[call.name] for call in modifiers]
+    for spec in specs:
+        _check_pairs(spec, request)
+    with preserved(model, weights=not all(spec.stateless for spec in specs)), contextlib.ExitStack() as stack:
         if eval_mode:
             model.eval()
-        for call in modifiers:
-            spec = registry.modifiers[call.name]
-            stack.enter_context(spec.fn(model, request.images, request.targets, **call.kwargs))
+        replacements: dict = {}
+        for spec, call in zip(specs, modifiers):
+            replaced = stack.enter_context(spec.fn(model, request.images, request.targets, **call.kwargs))
+            if replaced:
+                replacements.update(replaced)
         for p in model.parameters():
             p.requires_grad_(False)
-        return run_pass(model, request.images, needs, request.targets, objective, request.modules)
+        return run_pass(model, request.images, needs, request.targets, objective, request.modules, replacements)
+
+
+def _check_pairs(spec, request: Request) -> None:
+    """A per-example modifier explains one (image, target) pair per pass."""
+    n = request.images.shape[0]
+    t = 1 if request.targets is None else request.targets.shape[1]
+    if spec.per_example and n * t != 1:
+        raise InputError(
+            f"modifier {spec.name!r} ({spec.origin}) takes one (image, target) pair per pass (per_example), but "
+            f"this pass explains {n} image(s) x {t} target(s); use extagg.saliency_per_example(...), which runs "
+            "one pass per pair, or pass one image and one target")
 
 
 def saliency(
@@ -212,6 +230,12 @@ def saliency(
     registry = registry or default_registry()
     request = parse_request(registry, model, images, methods, layers, targets, objective=objective, resize=resize,
                             mismatched=mismatched)
+    return _evaluate(registry, model, request, objective=objective, eval_mode=eval_mode, closed_forms=closed_forms)
+
+
+def _evaluate(registry: Registry, model, request: Request, *, objective, eval_mode: bool,
+              closed_forms: bool) -> SaliencyMaps:
+    """Every pass of ``request``, then phase 2 layer by layer."""
     maps: dict[tuple[str, str], torch.Tensor] = {}
     out_targets = out_scores = None
     plans = registry.memo("plans")  # each method's phase-2 plan, shared by all layers and calls
@@ -227,3 +251,36 @@ def saliency(
                 maps[name, layer] = m
     ordered = {(request.names[m], layer): maps[request.names[m], layer] for m, layer in request.pairs}
     return SaliencyMaps(registry, ordered, request.spelled, out_targets, out_scores)
+
+
+def saliency_per_example(model: torch.nn.Module, images: torch.Tensor, methods: StrOrSeq,
+                         layers: Union[str, Sequence[str]] = INPUT, targets: Targets = None, **kwargs) -> SaliencyMaps:
+    """:func:`saliency` run once per (image, target) pair, the maps stacked to (N, T, h, w).
+
+    For pass modifiers declared ``per_example`` (one pass explains one pair, as meta-saliency's SGD step):
+    every pair gets its own pass. Methods, layers and targets are parsed and resolved once; keyword arguments
+    are those of :func:`saliency`. Returns a :class:`SaliencyMaps` as that does.
+    """
+    registry = kwargs.pop("registry", None) or default_registry()
+    objective = kwargs.pop("objective", None)
+    eval_mode, closed_forms = kwargs.pop("eval_mode", True), kwargs.pop("closed_forms", True)
+    request = parse_request(registry, model, images, methods, layers, targets, objective=objective,
+                            resize=kwargs.pop("resize", False), mismatched=kwargs.pop("mismatched", "raise"))
+    if kwargs:
+        raise InputError(f"unknown keyword argument(s) {sorted(kwargs)}; see extagg.saliency")
+    n = request.images.shape[0]
+    cols = 1 if request.targets is None else request.targets.shape[1]
+    rows = []
+    for i in range(n):
+        rows.append([_evaluate(registry, model, attrs.evolve(
+            request, images=request.images[i:i + 1],
+            targets=None if request.targets is None else request.targets[i:i + 1, k:k + 1]),
+            objective=objective, eval_mode=eval_mode, closed_forms=closed_forms) for k in range(cols)])
+    first = rows[0][0]
+
+    def stack(get):
+        return torch.cat([torch.cat([get(r) for r in row], 1) for row in rows], 0)
+
+    maps = {key: stack(lambda r, key=key: r[key]) for key in first}
+    targets_out = None if first.targets is None else stack(lambda r: r.targets)
+    return SaliencyMaps(registry, maps, request.spelled, targets_out, stack(lambda r: r.scores))

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import functools
 from types import MappingProxyType
-from typing import Any, Iterable, Mapping, Optional, Union
+from typing import Any, Iterable, Mapping, Union
 
 import attrs
 
@@ -147,6 +147,10 @@ class Registry:
         if hit is None:
             hit = self._cache[method] = self._resolve(method)
         return hit
+
+    def per_example(self, method: MethodLike) -> bool:
+        """Whether a modifier of ``method`` is declared ``per_example`` (one pass per (image, target) pair)."""
+        return any(self.modifiers[c.name].per_example for c in self.parse(method).modifiers)
 
     def canonical(self, method: MethodLike) -> str:
         """The canonical string of ``method``."""

@@ -141,14 +141,23 @@ class Modifier:
     """A pass modifier written before the composition, ``meta(lr=0.002):normgrad``.
 
     ``fn(model, images, targets, **params)`` returns a context manager inside which extagg runs the forward
-    and backward pass of every method that shares this modifier; it may change the model's weights (extagg
-    restores the model exactly afterwards). ``targets`` is an (N, T) long tensor or None.
+    and backward pass of every method that shares this modifier. ``targets`` is an (N, T) long tensor or None.
+    The context's value may be a dict ``{parameter or buffer name: tensor}``: the pass then runs the model
+    through :func:`torch.func.functional_call` with those tensors in place of its own.
+
+    ``stateless=True`` declares that ``fn`` never writes the model's tensors (it yields replacements instead), so
+    extagg skips its weight snapshot and a graph the user holds stays valid; with False ``fn`` may write weights
+    in place and extagg restores them bit for bit afterwards. ``per_example=True`` declares that one pass explains
+    one (image, target) pair: :func:`extagg.saliency` then refuses larger batches and
+    :func:`extagg.saliency_per_example` runs one pass per pair.
     """
 
     name: str
     fn: Callable[..., Any] = attrs.field(eq=False, repr=False)
     doc: str = ""
     params: tuple[Param, ...] = attrs.field(default=(), converter=_tuple)
+    per_example: bool = False
+    stateless: bool = False
     origin: Optional[Origin] = None
     kind = "modifier"
 

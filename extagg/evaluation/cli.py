@@ -14,6 +14,8 @@ from typing import Optional
 from ..errors import InputError
 
 METRICS = ("pointing", "sensitivity", "randomisation", "identity")
+IDENTITY_DEFAULT = ("normgrad", "normgrad-conv")
+"""The identity check's (identity, real) methods when ``--methods`` is not given (built-in named methods)."""
 DATA = ("voc", "coco", "folder")
 
 
@@ -101,7 +103,8 @@ def run_evaluate(args, out=None) -> int:
         records = parameter_randomisation(model, data, methods, args.layers, randomise=args.randomise, mode=args.mode,
                                           seed=args.seed, hog_cell=args.hog_cell, batch_size=args.batch_size, **common)
     else:
-        records = identity_check(model, data, args.layers, targets=args.targets, batch_size=args.batch_size,
+        pair = tuple(args.methods) if args.methods else IDENTITY_DEFAULT
+        records = identity_check(model, data, args.layers, methods=pair, targets=args.targets, batch_size=args.batch_size,
                                  tolerance=args.tolerance, difficult=args.difficult_file or "rule", **common)
     if args.output:
         write_records(records, args.output)

@@ -5,11 +5,11 @@ import fnmatch
 from typing import Callable, Iterable, Iterator, Optional, Sequence, Union
 
 import torch
-import torch.nn.functional as F
 
 from ..capture import INPUT
 from ..errors import InputError, UnknownNameError
 from ..guard import model_device_dtype, preserved
+from ..maps import resize_maps
 from ..registry import Registry, default_registry
 from ..targets import class_logits
 from .datasets import Sample
@@ -122,9 +122,7 @@ def logits(model: torch.nn.Module, x: torch.Tensor, eval_mode: bool = True) -> t
 
 def resize(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Bilinear resize of (N, T, h, w) maps (``align_corners=False``, as the engine's ``resize``)."""
-    if tuple(maps.shape[-2:]) == tuple(size):
-        return maps
-    return F.interpolate(maps, size=tuple(size), mode="bilinear", align_corners=False)
+    return resize_maps(maps, size)
 
 
 def progress(iterable, enabled: bool, total: Optional[int] = None, desc: str = ""):
@@ -146,21 +144,17 @@ def total_of(data, limit: Optional[int]) -> Optional[int]:
     return n if limit is None else min(n, limit)
 
 
-PER_EXAMPLE_MODIFIERS = frozenset({"meta"})
-"""Pass modifiers that take one (image, target) pair per pass (meta-saliency's SGD step)."""
-
-
 def run_saliency(model: torch.nn.Module, x: torch.Tensor, methods: Sequence[str], layers: Sequence[str], *,
                  targets=None, registry: Optional[Registry] = None, **kwargs):
-    """``extagg.saliency`` for all methods; methods with a per-example modifier (``meta:...``) go through
-    ``extagg.meta.saliency_per_example`` (one step and one pass per pair), explaining the same targets.
+    """``extagg.saliency`` for all methods; methods with a modifier declared ``per_example`` (``meta:...``) go
+    through ``extagg.saliency_per_example`` (one pass per pair), explaining the same targets.
 
     Returns ``({(method, layer): (N, T, h, w)}, targets (N, T) or None)``.
     """
-    from ..engine import saliency
+    from ..engine import saliency, saliency_per_example
 
     registry = registry or default_registry()
-    plain = [m for m in methods if not any(c.name in PER_EXAMPLE_MODIFIERS for c in registry.parse(m).modifiers)]
+    plain = [m for m in methods if not registry.per_example(m)]
     special = [m for m in methods if m not in plain]
     maps: dict = {}
     if plain:
@@ -169,8 +163,6 @@ def run_saliency(model: torch.nn.Module, x: torch.Tensor, methods: Sequence[str]
         if targets is None and kwargs.get("objective") is None:
             targets = result.targets
     if special:
-        from ..meta import saliency_per_example
-
         result = saliency_per_example(model, x, special, layers, targets, registry=registry, **kwargs)
         maps.update(result.items())
         targets = targets if targets is not None else result.targets

@@ -12,8 +12,8 @@ from typing import Optional
 
 import attrs
 import torch
-import torch.nn.functional as F
 
+from ..maps import resize_maps
 from ..errors import PluginContractError, UnknownNameError, did_you_mean
 from ..method import Call, Method
 from .closed_forms import IDENTITY, Profile, compose_profiles
@@ -209,7 +209,7 @@ def evaluate_layer(registry, capture, methods, *, plans: dict, closed_forms: boo
         for method in group:
             m = evaluator.map(method)
             if size is not None:
-                m = F.interpolate(m, size=size, mode="bilinear", align_corners=False)
+                m = resize_maps(m, size)
             maps[evaluator.plan(method).name] = m
         evaluator.release(extractor)
     return maps
