@@ -73,3 +73,59 @@ def test_no_string_statistic_keys_or_private_imports_across_phase2_modules():
             for node in ast.walk(tree):
                 if isinstance(node, ast.Subscript) and isinstance(node.slice, ast.Constant):
                     assert node.slice.value not in names, f"{path.name}: [{node.slice.value!r}]"
+
+
+def _import_graph() -> dict:
+    """Module -> the extagg modules it imports (top-level and inside functions), from the source."""
+    mods = {}
+    for path in ROOT.rglob("*.py"):
+        parts = ["extagg", *path.relative_to(ROOT).with_suffix("").parts]
+        mods[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    graph = {}
+    for name, path in mods.items():
+        pkg = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+        deps = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                base = pkg.split(".")[:len(pkg.split(".")) - node.level + 1] if node.level else []
+                target = ".".join(base + ([node.module] if node.module else []))
+                for alias in node.names:
+                    full = f"{target}.{alias.name}"
+                    deps.add(full if full in mods else target)
+            elif isinstance(node, ast.Import):
+                deps.update(alias.name for alias in node.names)
+        graph[name] = {d for d in deps if d in mods and d != name and not d.startswith(name + ".")}
+    return graph
+
+
+def _cycles(graph: dict) -> list:
+    found, state, stack = [], {}, []
+
+    def visit(u):
+        state[u] = "open"
+        stack.append(u)
+        for v in sorted(graph.get(u, ())):
+            if state.get(v) == "open":
+                found.append(stack[stack.index(v):] + [v])
+            elif v not in state:
+                visit(v)
+        stack.pop()
+        state[u] = "done"
+
+    for u in sorted(graph):
+        if u not in state:
+            visit(u)
+    return found
+
+
+def test_no_import_cycle():
+    assert _cycles(_import_graph()) == []
+
+
+def test_the_cycle_finder_finds_a_cycle():
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == [["a", "b", "c", "a"]]
+
+
+def test_no_module_over_500_lines():
+    long = {str(p.relative_to(ROOT)): n for p in ROOT.rglob("*.py") if (n := len(p.read_text().splitlines())) > 500}
+    assert long == {}
