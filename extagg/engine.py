@@ -14,7 +14,7 @@ import attrs
 import torch
 
 from .capture import INPUT, LayerCapture, Probes, resolve_layers
-from .errors import InputError, LayerMismatchError
+from .errors import InputError, LayerMismatchError, PluginContractError
 from .guard import compute_dtype, model_device_dtype, preserved
 from .method import Method
 from .phase2 import evaluate_layer
@@ -177,11 +177,25 @@ def capture_pass(registry: Registry, model, request: Request, modifiers: tuple, 
         replacements: dict = {}
         for spec, call in zip(specs, modifiers):
             replaced = stack.enter_context(spec.fn(model, request.images, request.targets, **call.kwargs))
-            if replaced:
-                replacements.update(replaced)
+            if replaced is not None:
+                replacements.update(_check_replacements(spec, replaced, model))
         for p in model.parameters():
             p.requires_grad_(False)
         return run_pass(model, request.images, needs, request.targets, objective, request.modules, replacements)
+
+
+def _check_replacements(spec, replaced, model) -> dict:
+    """What a modifier's context yielded: ``{parameter or buffer name: tensor}`` of the model, else an error."""
+    if not isinstance(replaced, dict):
+        raise PluginContractError(f"modifier {spec.name!r} (from {spec.origin}) yielded {type(replaced).__name__}; "
+                                  "expected None or a dict {parameter or buffer name: tensor}")
+    known = {name for name, _ in model.named_parameters()} | {name for name, _ in model.named_buffers()}
+    for name, value in replaced.items():
+        if name not in known or not isinstance(value, torch.Tensor):
+            raise PluginContractError(
+                f"modifier {spec.name!r} (from {spec.origin}) yielded {name!r}: "
+                f"{type(value).__name__}; expected tensors for the model's own parameter or buffer names")
+    return replaced
 
 
 def _check_pairs(spec, request: Request) -> None:

@@ -127,3 +127,21 @@ def test_valid_params_and_profiles_register():
                         params=[Param("a", int, 1), Param("b", float, 1), Param("c", bool, False), Param("d", str, "x"),
                                 Param("e", int)]))
     assert "oops" in registry_with(register_filters=hook).filters
+
+
+@pytest.mark.parametrize("yielded, match", [([1], "yielded list"), ({"nope": torch.zeros(1)}, "yielded 'nope'"),
+                                            ({"0.weight": 1.0}, "yielded '0.weight': float")])
+def test_a_modifier_yielding_something_else_than_replacement_tensors_is_named(tiny_net, images, yielded, match):
+    import contextlib
+
+    from extagg.specs import Modifier
+
+    @contextlib.contextmanager
+    def bad(model, images, targets):
+        yield yielded
+
+    def register_modifiers(register):
+        register(Modifier(name="oops", fn=bad, stateless=True))
+    reg = registry_with(register_modifiers=register_modifiers)
+    with pytest.raises(PluginContractError, match=r"modifier 'oops' \(from extagg-oops.*" + match):
+        run(tiny_net, images, reg, "oops:scaling+sum")

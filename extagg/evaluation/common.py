@@ -10,6 +10,7 @@ from ..capture import INPUT
 from ..errors import InputError, UnknownNameError
 from ..guard import model_device_dtype, preserved
 from ..maps import resize_maps
+from ..util import as_list
 from ..registry import Registry, default_registry
 from ..targets import class_logits
 from .datasets import Sample
@@ -20,9 +21,10 @@ Preprocess = Optional[Callable[[torch.Tensor], torch.Tensor]]
 _WILD = set("*?[")
 
 
-def _as_list(x: Patterns, what: str) -> list[str]:
-    items = [x] if isinstance(x, str) else list(x)
-    if not items or any(not isinstance(i, str) or not i.strip() for i in items):
+def _patterns(x: Patterns, what: str) -> list[str]:
+    """``x`` as a list of stripped, non-empty strings (see :func:`extagg.util.as_list`)."""
+    items = as_list(x, what)
+    if any(not isinstance(i, str) or not i.strip() for i in items):
         raise InputError(f"{what} must be a non-empty string or list of non-empty strings, got {x!r}")
     return [i.strip() for i in items]
 
@@ -36,7 +38,7 @@ def expand_methods(patterns: Patterns, registry: Optional[Registry] = None) -> l
     (named methods, parameters, modifiers such as ``meta:normgrad``, plugins) are parsed as given."""
     registry = registry or default_registry()
     out: list[str] = []
-    for p in _as_list(patterns, "methods"):
+    for p in _patterns(patterns, "methods"):
         found = registry.methods(p) if is_pattern(p) else [registry.canonical(p)]
         if not found:
             raise InputError(f"method pattern {p!r} matches no method; see extagg.methods('*') for the design space")
@@ -51,7 +53,7 @@ def expand_layers(model: torch.nn.Module, patterns: Patterns,
     modules = {n: m for n, m in model.named_modules() if n}
     names = [INPUT, *modules]
     out: list[str] = []
-    for p in _as_list(patterns, "layers"):
+    for p in _patterns(patterns, "layers"):
         if is_pattern(p):
             found = [n for n in names if fnmatch.fnmatchcase(n, p) and (keep is None or keep(n, modules.get(n)))]
             if not found:

@@ -120,6 +120,12 @@ def from_sides(c: Contribution, side: SideStats, stat: Stat):
     return tuple(c.or_zero(p) for p in parts)
 
 
+def pick(sides: dict, stat: Stat):
+    """``stat`` from a dict of computed side statistics (a pair for the pair statistics)."""
+    parts = [sides[s] for s in SIDES_OF[stat]]
+    return tuple(parts) if len(parts) > 1 else parts[0]
+
+
 def mul_add(a, b, c, d) -> Optional[torch.Tensor]:
     """``a*b + c*d`` where a None factor is an exact zero; None if both terms are."""
     ab = None if a is None or b is None else a * b

@@ -6,7 +6,7 @@ from typing import Optional
 import torch
 
 from . import backend
-from .contribution import Contribution, from_sides
+from .contribution import Contribution, from_sides, pick
 from .sides import SideStats, Store
 from .stats import SIDES_OF, Stat, as_stats
 
@@ -56,8 +56,7 @@ class Product(Contribution):
             sides = backend.product_sides(self.x, self.g.shape, {s for st in stats for s in SIDES_OF[st]},
                                           other=self.g)
             for stat in stats:
-                parts = [sides[s] for s in SIDES_OF[stat]]
-                self._keep(stat, tuple(parts) if len(parts) > 1 else parts[0])
+                self._keep(stat, pick(sides, stat))
             return
         backend.prefetch_sides(self._dense_side(), [s for st in stats for s in SIDES_OF[st]])
 

@@ -6,7 +6,7 @@ from typing import Optional
 import torch
 
 from . import backend
-from .contribution import Contribution, add, from_sides
+from .contribution import Contribution, add, from_sides, pick
 from .sides import SideStats, Store
 from .stats import SIDES_OF, Stat, as_stats
 
@@ -57,7 +57,7 @@ class Scaled(Contribution):
             sides = backend.product_sides(self.x, self._full_shape(), {s for st in stats for s in SIDES_OF[st]},
                                           scale=self.w)
             for stat in stats:
-                self._keep(stat, _pick(self, sides, stat))
+                self._keep(stat, pick(sides, stat))
             return
         sweep = [st for st in stats if st in (Stat.EXTREMES, Stat.MIN_ABS)]
         if not sweep:
@@ -68,7 +68,7 @@ class Scaled(Contribution):
         sides = backend.product_sides(self.x, self._full_shape(), {s for st in sweep for s in SIDES_OF[st]},
                                       scale=self.w)
         for stat in sweep:
-            self._keep(stat, _pick(self, sides, stat))
+            self._keep(stat, pick(sides, stat))
 
     def _dense_side(self) -> SideStats:
         if self._side is None:
@@ -107,8 +107,3 @@ class Scaled(Contribution):
         pos = self.or_zero(add(self._mv(xp, wp), self._mv(xn, wn)))
         neg = self.or_zero(add(self._mv(xp, wn), self._mv(xn, wp)))
         return pos, neg
-
-
-def _pick(c: Contribution, sides: dict, stat: Stat):
-    parts = [sides[s] for s in SIDES_OF[stat]]
-    return tuple(parts) if len(parts) > 1 else parts[0]
