@@ -21,7 +21,7 @@ import torch
 import common as C
 import extagg
 from extagg import engine, native
-from extagg.phase2 import evaluate_layer
+from extagg.phase2 import Store, evaluate_layer
 
 
 def phase2_times(arch: str, size: int, repeats: int, device: str) -> dict:
@@ -48,10 +48,12 @@ def phase2_times(arch: str, size: int, repeats: int, device: str) -> dict:
         for on in kernels:
             with native.enabled(on):
                 for layer in layers:
-                    for extractor, ms in groups[layer].items():  # each extractor on its own (no shared store)
+                    c = captures[layer]
+                    store = Store(pinned=(c.grad, c.output, c.input))  # shared by the layer's extractors
+                    for extractor, ms in groups[layer].items():
                         C.sync(device)
                         t0 = time.perf_counter()
-                        evaluate_layer(registry, captures[layer], ms, plans=plans)
+                        evaluate_layer(registry, c, ms, plans=plans, store=store)
                         C.sync(device)
                         times[on, layer, extractor.name].append(time.perf_counter() - t0)
     best = {key[1:]: min(ts[1:]) for key, ts in times.items() if key[0] == kernels[0]}

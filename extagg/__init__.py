@@ -23,6 +23,7 @@ from .errors import (
     InvalidMethodError,
     LayerMismatchError,
     MethodSyntaxError,
+    PluginContractError,
     PluginLoadError,
     UnknownNameError,
 )
@@ -60,10 +61,10 @@ def describe(method: Union[str, Method], registry: Registry = None) -> str:
 
 
 __all__ = [
-    "Call", "Dense", "Product", "Scaled", "DuplicateNameError", "ExtaggError", "Factored", "InputError", "InvalidMethodError",
-    "LayerCapture", "LayerMismatchError", "Method", "MethodSyntaxError", "PatchGeometry", "PluginLoadError",
-    "Registry", "SaliencyMaps", "UnknownNameError", "default_registry", "describe", "hookimpl",
-    "make_plugin_manager", "methods", "parse_method", "reload_plugins", "saliency",
-    "LayerWeights", "combination_sweep", "combine_layers", "feature_spread_weights", "layer_order",
-    "probe_accuracy_weights", "saliency_per_example",
+    "Call", "Dense", "DuplicateNameError", "ExtaggError", "Factored", "InputError", "InvalidMethodError",
+    "LayerCapture", "LayerMismatchError", "LayerWeights", "Method", "MethodSyntaxError", "PatchGeometry",
+    "PluginContractError", "PluginLoadError", "Product", "Registry", "SaliencyMaps", "Scaled", "UnknownNameError",
+    "combination_sweep", "combine_layers", "default_registry", "describe", "feature_spread_weights", "hookimpl",
+    "layer_order", "make_plugin_manager", "methods", "parse_method", "probe_accuracy_weights", "reload_plugins",
+    "saliency", "saliency_per_example",
 ]

@@ -60,7 +60,8 @@ class Contribution(abc.ABC):
     # ---- shared
     def stat(self, stat: Stat):
         """The value of ``stat``: one (N, T, h, w) tensor, or a pair of them for the pair statistics."""
-        stat = as_stat(stat)
+        if stat.__class__ is not Stat:
+            stat = as_stat(stat)
         if stat not in self._stats:
             self._stats[stat] = self._compute(stat)
         return self._stats[stat]

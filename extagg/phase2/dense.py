@@ -22,6 +22,8 @@ class Dense(Contribution):
             got = tuple(values.shape) if isinstance(values, torch.Tensor) else type(values).__name__
             raise ValueError(f"Dense needs values of shape (N, T, D, h, w), got {got}")
         self._values = values
+        n, t, _, h, w = values.shape
+        self._shape = (n, t, h, w)
         self._side: Optional[SideStats] = None
 
     @property
@@ -30,8 +32,7 @@ class Dense(Contribution):
 
     @property
     def shape(self) -> tuple[int, int, int, int]:
-        n, t, _, h, w = self._values.shape
-        return n, t, h, w
+        return self._shape
 
     @property
     def size(self) -> int:

@@ -31,6 +31,8 @@ def _culprit(spec) -> str:
 
 def check_map(out, want: tuple[int, ...], dtype: torch.dtype, spec, what: str) -> torch.Tensor:
     """``out`` if it is a floating tensor of shape ``want``; else a :class:`PluginContractError` naming ``spec``."""
+    if isinstance(out, torch.Tensor) and out.shape == want and out.dtype.is_floating_point:
+        return out  # the common case, checked cheaply
     if not isinstance(out, torch.Tensor):
         raise PluginContractError(f"{_culprit(spec)}: {what} returned {type(out).__name__}, expected a tensor of "
                                   f"shape {want}")
@@ -111,11 +113,10 @@ class _LayerEvaluator:
                 raise PluginContractError(
                     f"{_culprit(spec)} returned {type(out).__name__}; expected a contribution form from "
                     "extagg.plugin (Dense, Scaled, Product or Factored)")
-            n = self.capture.grad.shape[0] if self.capture.grad is not None else None
-            if len(out.shape) != 4 or (n is not None and out.shape[:2] != tuple(self.capture.grad.shape[:2])):
-                raise PluginContractError(
-                    f"{_culprit(spec)} returned a contribution of shape {out.shape}; expected (N, T, h, w) with "
-                    f"N, T = {tuple(self.capture.grad.shape[:2])} (the capture's gradient)")
+            want = tuple(self.capture.grad.shape[:2])  # (N, T) of the capture's gradient
+            if len(out.shape) != 4 or tuple(out.shape[:2]) != want:
+                raise PluginContractError(f"{_culprit(spec)} returned a contribution of shape {out.shape}; "
+                                          f"expected (N, T, h, w) with (N, T) = {want}, as the capture's gradient")
             self.contributions[key] = out
         return out
 
@@ -190,15 +191,18 @@ class _LayerEvaluator:
 
 
 def evaluate_layer(registry, capture, methods, *, plans: dict, closed_forms: bool = True,
-                   size: Optional[tuple[int, int]] = None) -> dict[str, torch.Tensor]:
+                   size: Optional[tuple[int, int]] = None, store: Optional[Store] = None) -> dict[str, torch.Tensor]:
     """The maps of ``methods`` (each fitting the layer) at one captured layer, keyed by canonical method string.
 
     ``capture`` is an :class:`extagg.capture.LayerCapture`; it is handed to the extractors with a fresh per-layer
     :class:`~extagg.phase2.sides.Store` (``capture.store``), so their contributions share the statistics of the
     captured tensors. ``plans`` caches each method's :class:`Plan` (valid for one registry). ``size``: resize
-    every map to (H, W), bilinear. ``closed_forms=False`` forces the generic path (tests).
+    every map to (H, W), bilinear. ``closed_forms=False`` forces the generic path (tests). ``store``: the layer's
+    store to use instead of a fresh one (to share statistics between several calls at one layer).
     """
-    capture = attrs.evolve(capture, store=Store(pinned=(capture.grad, capture.output, capture.input)))
+    if store is None:
+        store = Store(pinned=(capture.grad, capture.output, capture.input))
+    capture = attrs.evolve(capture, store=store)
     evaluator = _LayerEvaluator(registry, capture, closed_forms=closed_forms, plans=plans)
     by_extractor: dict[Call, list[Method]] = {}
     for method in methods:

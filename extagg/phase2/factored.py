@@ -76,6 +76,8 @@ class Factored(Contribution):
     def __init__(self, g: torch.Tensor, x: torch.Tensor, geometry: PatchGeometry, *, store: Optional[Store] = None):
         super().__init__(store)
         self.g, self.x, self.geometry = g, x, geometry
+        n, t, _, h, w = g.shape
+        self._shape = (n, t, h, w)
         groups = geometry.groups
         if g.shape[2] % groups or x.shape[1] % groups:
             raise ValueError(f"channels {g.shape[2]}, {x.shape[1]} not divisible by groups={groups}")
@@ -96,8 +98,7 @@ class Factored(Contribution):
 
     @property
     def shape(self) -> tuple[int, int, int, int]:
-        n, t, _, h, w = self.g.shape
-        return n, t, h, w
+        return self._shape
 
     @property
     def blocks(self) -> int:

@@ -22,6 +22,8 @@ class Product(Contribution):
             raise ValueError(f"Product needs x (N, D, h, w) and g (N, T, D, h, w), got {tuple(x.shape)} and "
                              f"{tuple(g.shape)}")
         self.x, self.g = x, g
+        n, t, _, h, w = g.shape
+        self._shape = (n, t, h, w)
         self._values: Optional[torch.Tensor] = None
         self._side: Optional[SideStats] = None
 
@@ -33,8 +35,7 @@ class Product(Contribution):
 
     @property
     def shape(self) -> tuple[int, int, int, int]:
-        n, t, _, h, w = self.g.shape
-        return n, t, h, w
+        return self._shape
 
     @property
     def size(self) -> int:

@@ -23,6 +23,7 @@ class Scaled(Contribution):
         if x.ndim != 4 or w.ndim != 3 or w.shape[0] != x.shape[0] or w.shape[2] != x.shape[1]:
             raise ValueError(f"Scaled needs x (N, C, h, w) and w (N, T, C), got {tuple(x.shape)} and {tuple(w.shape)}")
         self.x, self.w = x, w
+        self._shape = (x.shape[0], w.shape[1], x.shape[2], x.shape[3])
         self._values: Optional[torch.Tensor] = None
         self._side: Optional[SideStats] = None
         self._x_parts: dict[bool, tuple] = {}
@@ -35,8 +36,7 @@ class Scaled(Contribution):
 
     @property
     def shape(self) -> tuple[int, int, int, int]:
-        n, _, h, w = self.x.shape
-        return n, self.w.shape[1], h, w
+        return self._shape
 
     @property
     def size(self) -> int:
