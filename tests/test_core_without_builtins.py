@@ -52,3 +52,35 @@ def test_saliency_needs_methods_named_by_the_caller(tiny_net, images):
     """No built-in default: the method is a required argument."""
     with pytest.raises(TypeError, match="methods"):
         extagg.saliency(tiny_net, images)
+
+
+def test_a_third_party_per_example_modifier_gets_what_meta_gets(tiny_net, images):
+    """per_example is a record field: any plugin's modifier is refused a batch and run once per pair."""
+    import contextlib
+
+    from extagg.errors import InputError
+    from extagg.evaluation.common import run_saliency
+    from extagg.specs import Modifier
+
+    seen = []
+
+    @contextlib.contextmanager
+    def one(model, images, targets):
+        seen.append((images.shape[0], None if targets is None else tuple(targets.shape)))
+        yield None
+
+    mod = type(extagg)("one_plugin")
+    mod.register_modifiers = hookimpl(lambda register: register(
+        Modifier(name="one", fn=one, per_example=True, stateless=True)))
+    reg = Registry.from_plugin_manager(make_plugin_manager(autoload=False, extra=[mod]))
+    targets = torch.tensor([[0, 1], [2, 3]])
+    with pytest.raises(InputError, match=r"modifier 'one' .*2 image\(s\) x 2 target\(s\).*saliency_per_example"):
+        extagg.saliency(tiny_net, images, "one:normgrad", "2", targets, registry=reg)
+    got = extagg.saliency_per_example(tiny_net, images, "one:normgrad", "2", targets, registry=reg)
+    assert seen == [(1, (1, 1))] * 4
+    plain = extagg.saliency(tiny_net, images, "normgrad", "2", targets, registry=reg)
+    torch.testing.assert_close(got["one:normgrad", "2"], plain["normgrad", "2"])  # "one" changes nothing
+    assert torch.equal(got.targets, targets)
+    seen.clear()
+    maps, _ = run_saliency(tiny_net, images, ["one:normgrad", "normgrad"], ["2"], targets=targets, registry=reg)
+    assert len(seen) == 4 and set(maps) == {("one:conv1x1+norm", "2"), ("conv1x1+norm", "2")}
