@@ -21,7 +21,7 @@ import torch
 import common as C
 import extagg
 from extagg import engine, native
-from extagg.aggregate import LayerEvaluator
+from extagg.phase2 import Store, evaluate_layer
 
 
 def phase2_times(arch: str, size: int, repeats: int, device: str) -> dict:
@@ -34,7 +34,7 @@ def phase2_times(arch: str, size: int, repeats: int, device: str) -> dict:
     methods = [registry.parse(m) for m in C.all_methods()]
     modules = dict(model.named_modules())
     needs = {layer: {"output", "grad", "input"} for layer in layers}
-    captures, _, _ = engine.run_pass(model, images, needs, C.TARGET_CLASS, None)
+    captures, _, _ = engine.run_pass(model, images, needs, torch.tensor([[C.TARGET_CLASS]]), None)
     groups: dict[str, dict] = {layer: {} for layer in layers}
     for m in methods:
         for layer in layers:
@@ -48,14 +48,12 @@ def phase2_times(arch: str, size: int, repeats: int, device: str) -> dict:
         for on in kernels:
             with native.enabled(on):
                 for layer in layers:
-                    evaluator = LayerEvaluator(registry, captures[layer], plans=plans)
+                    c = captures[layer]
+                    store = Store(pinned=(c.grad, c.output, c.input))  # shared by the layer's extractors
                     for extractor, ms in groups[layer].items():
                         C.sync(device)
                         t0 = time.perf_counter()
-                        evaluator.prefetch(extractor, ms)
-                        for m in ms:
-                            evaluator.map(m)
-                        evaluator.release(extractor)
+                        evaluate_layer(registry, c, ms, plans=plans, store=store)
                         C.sync(device)
                         times[on, layer, extractor.name].append(time.perf_counter() - t0)
     best = {key[1:]: min(ts[1:]) for key, ts in times.items() if key[0] == kernels[0]}

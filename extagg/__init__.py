@@ -3,7 +3,7 @@
 Quick tour::
 
     import extagg
-    maps = extagg.saliency(model, images, methods=["linear-approx", "conv3x3+norm"],
+    maps = extagg.saliency(model, images, methods=["scaling+sum", "conv3x3+norm"],
                            layers=["layer3", "layer4"], targets=torch.tensor([281, 3]))
     maps["conv3x3+norm", "layer4"]          # (N, 1, h, w), raw
     extagg.methods("scaling+*")             # the design space, as canonical strings
@@ -14,8 +14,8 @@ from __future__ import annotations
 from typing import Iterable, Union
 
 from .capture import LayerCapture
-from .contributions import Dense, Factored, PatchGeometry, Product, Scaled
-from .engine import saliency
+from .phase2 import Dense, Factored, PatchGeometry, Product, Scaled
+from .engine import saliency, saliency_per_example
 from .errors import (
     DuplicateNameError,
     ExtaggError,
@@ -23,6 +23,7 @@ from .errors import (
     InvalidMethodError,
     LayerMismatchError,
     MethodSyntaxError,
+    PluginContractError,
     PluginLoadError,
     UnknownNameError,
 )
@@ -39,7 +40,6 @@ from .combine import (
     layer_order,
     probe_accuracy_weights,
 )
-from .meta import meta_saliency, saliency_per_example
 
 __version__ = "0.1.0"
 
@@ -61,10 +61,10 @@ def describe(method: Union[str, Method], registry: Registry = None) -> str:
 
 
 __all__ = [
-    "Call", "Dense", "Product", "Scaled", "DuplicateNameError", "ExtaggError", "Factored", "InputError", "InvalidMethodError",
-    "LayerCapture", "LayerMismatchError", "Method", "MethodSyntaxError", "PatchGeometry", "PluginLoadError",
-    "Registry", "SaliencyMaps", "UnknownNameError", "default_registry", "describe", "hookimpl",
-    "make_plugin_manager", "methods", "parse_method", "reload_plugins", "saliency",
-    "LayerWeights", "combination_sweep", "combine_layers", "feature_spread_weights", "layer_order",
-    "probe_accuracy_weights", "meta_saliency", "saliency_per_example",
+    "Call", "Dense", "DuplicateNameError", "ExtaggError", "Factored", "InputError", "InvalidMethodError",
+    "LayerCapture", "LayerMismatchError", "LayerWeights", "Method", "MethodSyntaxError", "PatchGeometry",
+    "PluginContractError", "PluginLoadError", "Product", "Registry", "SaliencyMaps", "Scaled", "UnknownNameError",
+    "combination_sweep", "combine_layers", "default_registry", "describe", "feature_spread_weights", "hookimpl",
+    "layer_order", "make_plugin_manager", "methods", "parse_method", "probe_accuracy_weights", "reload_plugins",
+    "saliency", "saliency_per_example",
 ]

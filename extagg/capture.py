@@ -27,7 +27,9 @@ class LayerCapture:
 
     ``output``: the activation ``x^out`` (N, C, h, w); ``input``: the module's first positional input ``x^in``;
     ``grad``: ``+d objective / d x^out`` for every target, (N, T, C, h, w); ``module``: None at ``"input"``.
-    Floating tensors are in the compute dtype (float32 for half/bfloat16 models).
+    Floating tensors are in the compute dtype (float32 for half/bfloat16 models). ``store``: the layer's
+    :class:`extagg.phase2.Store` (set by phase 2 when it builds the capture it hands to extractors); pass it to
+    the forms you build (``Dense(c.grad, store=c.store)``) so they share statistics of the captured tensors.
     """
 
     name: str
@@ -35,6 +37,7 @@ class LayerCapture:
     output: Optional[torch.Tensor] = None
     input: Optional[torch.Tensor] = None
     grad: Optional[torch.Tensor] = None
+    store: Optional[object] = None
 
 
 def split_layer(name: str) -> tuple[str, Optional[int]]:
@@ -63,10 +66,12 @@ def resolve_layers(model: torch.nn.Module, layers: Iterable[str]) -> dict[str, O
 class Probes:
     """Context manager that hooks the requested layers; after the forward pass, ``probes`` and ``captures`` are set."""
 
-    def __init__(self, model: torch.nn.Module, needs: dict[str, set[str]]):
+    def __init__(self, model: torch.nn.Module, needs: dict[str, set[str]],
+                 modules: Optional[dict[str, Optional[torch.nn.Module]]] = None):
         self.model = model
         self.needs = needs
-        self.modules = resolve_layers(model, needs)
+        self.modules = ({layer: modules[layer] for layer in needs} if modules is not None
+                        else resolve_layers(model, needs))
         self.handles: list = []
         self.calls: dict[int, int] = {}
         self.raw: dict[str, dict[str, torch.Tensor]] = {}

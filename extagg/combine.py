@@ -24,14 +24,13 @@ import torch
 import torch.nn.functional as F
 
 from .capture import INPUT, Probes, resolve_layers, split_layer
-from .engine import check_images, saliency
+from .engine import check_images, saliency, saliency_per_example
 from .errors import InputError
 from .guard import model_device_dtype, preserved
 from .layers import execution_order
-from .meta import saliency_per_example
 from .registry import default_registry
 from .targets import as_target_matrix
-from .viz import normalise
+from .maps import normalise, resize_maps
 
 MODES = ("sum", "product")
 NAMED_WEIGHTINGS = ("uniform", "linear")
@@ -161,9 +160,7 @@ def combine(maps, weights: WeightsLike = "uniform", mode: str = "sum", *, layers
     gamma = resolve_weights(weights, list(selected), order)
     out = None
     for layer, m in selected.items():
-        if tuple(m.shape[-2:]) != size:
-            m = F.interpolate(m, size=size, mode="bilinear", align_corners=False)
-        m = minmax_normalise(m)
+        m = minmax_normalise(resize_maps(m, size))
         term = gamma[layer] * m if mode == "sum" else m.pow(gamma[layer])
         out = term if out is None else (out + term if mode == "sum" else out * term)
     return out
@@ -374,7 +371,7 @@ def combination_sweep(model: torch.nn.Module, images: torch.Tensor, methods, lay
     ``weightings`` items: ``"uniform"``, ``"linear"`` (model layer order, :func:`layer_order`), ``"feature-spread"``
     (computed on ``images``), ``"probe-accuracy"`` (on ``images`` and ``labels``), a :class:`LayerWeights`, a dict,
     or ``(name, weights)``. ``scorer(map (N, T, H, W), targets (N, T)) -> float`` (higher is better) scores every
-    entry, e.g. a pointing game closed over the masks. Methods with a ``meta`` modifier run one pass per
+    entry, e.g. a pointing game closed over the masks. Methods with a ``per_example`` modifier run one pass per
     (image, target) when the batch has several. Single-layer maps are raw (not normalised); combinations are in [0, 1].
     """
     images = check_images(images)
@@ -391,7 +388,7 @@ def combination_sweep(model: torch.nn.Module, images: torch.Tensor, methods, lay
     saliency_kwargs["resize"] = size
     matrix = as_target_matrix(targets, images.shape[0], None) if saliency_kwargs.get("objective") is None else None
     n_pairs = images.shape[0] * (1 if matrix is None else matrix.shape[1])
-    per_example = [c for c in canon if n_pairs > 1 and any(x.name == "meta" for x in registry.parse(c).modifiers)]
+    per_example = [c for c in canon if n_pairs > 1 and registry.per_example(c)]
     plain = [c for c in canon if c not in per_example]
     results = [saliency(model, images, plain, layers, targets, **saliency_kwargs)] if plain else []
     if per_example:

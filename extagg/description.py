@@ -7,8 +7,8 @@ def describe(registry, method) -> str:
     lines = [f"method: {m}"]
     if isinstance(method, str) and method.strip().lower() != str(m):
         lines.append(f"written: {method.strip()}")
-    if m.alias:
-        alias = registry.aliases[m.alias]
+    if m.named:
+        alias = registry.named_methods[m.named]
         lines.append(f"named method: {alias.name} - {alias.doc} [{alias.reference}] (from {alias.origin})")
 
     def part(role, kind, call):

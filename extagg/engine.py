@@ -1,35 +1,35 @@
-"""``extagg.saliency``: every requested method at every requested layer from one forward and one backward pass."""
+"""``extagg.saliency``: every requested method at every requested layer from one forward and one backward pass.
+
+The call reads as its data path: :func:`parse_request` (methods, layers, images, targets: each resolved once)
+-> :func:`capture_pass` (forward with probes, one batched backward) -> :func:`extagg.phase2.evaluate_layer`
+(maps per layer) -> :class:`SaliencyMaps`. Pass modifiers split the methods into passes, one per modifier set.
+"""
 from __future__ import annotations
 
 import contextlib
 import warnings
 from typing import Optional, Sequence, Union
 
+import attrs
 import torch
-import torch.nn.functional as F
 
-from .aggregate import LayerEvaluator
 from .capture import INPUT, LayerCapture, Probes, resolve_layers
-from .errors import InputError, LayerMismatchError
+from .errors import InputError, LayerMismatchError, PluginContractError
 from .guard import compute_dtype, model_device_dtype, preserved
 from .method import Method
+from .phase2 import evaluate_layer
 from .plugins import enter_modifier
 from .registry import Registry, default_registry
 from .result import SaliencyMaps
-from .targets import (Objective, Targets, as_target_matrix, check_call_options, num_classes_of, objective_scores,
-                      run_forward)
+from .targets import (Objective, Targets, as_target_matrix, check_call_options, check_in_range, num_classes_of,
+                      objective_scores, run_forward)
+from .util import as_list
 
 StrOrSeq = Union[str, Method, Sequence[Union[str, Method]]]
 
 
-def _as_list(x: StrOrSeq, what: str) -> list:
-    items = [x] if isinstance(x, (str, Method)) else list(x)
-    if not items:
-        raise InputError(f"no {what} given")
-    return items
-
-
 def check_images(images) -> torch.Tensor:
+    """``images`` if it is a finite floating (N, C, H, W) tensor with N >= 1; an :class:`InputError` otherwise."""
     if not isinstance(images, torch.Tensor):
         raise InputError(f"images must be a torch.Tensor of shape (N, C, H, W), got {type(images).__name__}")
     if images.ndim != 4:
@@ -59,8 +59,55 @@ def check_layer_fit(registry: Registry, method: Method, layer: str, module: Opti
         want = " or ".join(t.__name__ for t in spec.applies_to)
         raise LayerMismatchError(
             f"extractor {spec.name!r} (in {str(method)!r}) needs a {want} layer, but {layer!r} is {got}; "
-            "use an identity extractor (e.g. 'conv1x1', 'scaling') or choose a matching layer"
+            "use an extractor without a layer type (e.g. 'conv1x1', 'scaling') or choose a matching layer"
         )
+
+
+@attrs.frozen
+class Request:
+    """One call of :func:`saliency`, resolved once: canonical methods, layers and their modules, the images on
+    the model's device and dtype, the target matrix, and the (method, layer) pairs grouped into passes."""
+
+    names: dict  # Method -> canonical string, each distinct method once, in order
+    spelled: dict  # as the user wrote it -> canonical string
+    modules: dict  # layer -> module (None: the input)
+    pairs: list  # (Method, layer) in result order
+    passes: dict  # modifiers -> [(Method, layer)]
+    images: torch.Tensor
+    targets: Optional[torch.Tensor]  # (N, T) long, range not yet checked; None: the predicted class
+    size: Optional[tuple]
+    forward_kwargs: Optional[dict] = None
+
+
+def parse_request(registry: Registry, model: torch.nn.Module, images, methods: StrOrSeq, layers, targets: Targets,
+                  *, objective: Optional[Objective], resize, mismatched: str,
+                  forward_kwargs: Optional[dict] = None) -> Request:
+    """Parse and check everything about a call before the model runs."""
+    spelled, names = {}, {}
+    for m in as_list(methods, "methods", atoms=(str, Method)):
+        method = registry.parse(m)
+        spelled[m if isinstance(m, str) else str(m)] = names.setdefault(method, str(method))
+    layer_list = list(dict.fromkeys(as_list(layers, "layers", atoms=(str,))))
+    modules = resolve_layers(model, layer_list)
+    if mismatched not in ("raise", "skip"):
+        raise InputError(f"mismatched must be 'raise' or 'skip', got {mismatched!r}")
+    pairs = []
+    for method in names:
+        for layer in layer_list:
+            if fits(registry, method, modules[layer]):
+                pairs.append((method, layer))
+            elif mismatched == "raise":
+                check_layer_fit(registry, method, layer, modules[layer])
+    images = check_images(images)
+    check_call_options(targets, objective, resize, forward_kwargs)
+    device, dtype = model_device_dtype(model, images)
+    images = images.to(device=device, dtype=dtype)
+    passes: dict = {}
+    for method, layer in pairs:
+        passes.setdefault(method.modifiers, []).append((method, layer))
+    matrix = as_target_matrix(targets, images.shape[0], None) if objective is None else None
+    size = tuple(images.shape[-2:]) if resize is True else (tuple(resize) if resize else None)
+    return Request(names, spelled, modules, pairs, passes, images, matrix, size, forward_kwargs)
 
 
 def _backward(scores: torch.Tensor, probes: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -80,27 +127,33 @@ def _backward(scores: torch.Tensor, probes: list[torch.Tensor]) -> list[torch.Te
             warnings.simplefilter("ignore")
             grads = torch.autograd.grad(scores, probes, grad_outputs=seeds, is_grads_batched=True,
                                         allow_unused=True, retain_graph=True)
-        return [g.movedim(0, 1) for g in fill([None if g is None else g for g in grads])]
+        return [g.movedim(0, 1) for g in fill(list(grads))]
     except RuntimeError:  # an op without a batching rule: one backward per target on the same graph
         per_target = [fill(torch.autograd.grad(scores[:, k].sum(), probes, allow_unused=True, retain_graph=True))
                       for k in range(t)]
         return [torch.stack(gs, 1) for gs in zip(*per_target)]
 
 
-def run_pass(model, images, needs: dict[str, set[str]], targets: Targets, objective: Optional[Objective],
+def run_pass(model, images, needs: dict[str, set[str]], targets: Optional[torch.Tensor],
+             objective: Optional[Objective], modules: Optional[dict] = None, replacements: Optional[dict] = None,
              forward_kwargs: Optional[dict] = None):
     """One forward and one backward; returns ({layer: LayerCapture}, scores (N, T), targets (N, T) or None).
 
-    The model must already be in the desired mode with parameter gradients off (see :func:`saliency`).
+    The model must already be in the desired mode with parameter gradients off (see :func:`saliency`);
+    ``targets`` is an (N, T) matrix from :func:`extagg.targets.as_target_matrix`, or None. ``replacements``
+    (``{name: tensor}``) run the forward through :func:`torch.func.functional_call` with those tensors;
+    ``forward_kwargs`` are the model's other keyword arguments.
     """
-    _, dtype = model_device_dtype(model, images)
-    cdtype = compute_dtype(dtype)
+    cdtype = compute_dtype(images.dtype)
     with torch.enable_grad():
-        with Probes(model, needs) as probes:
-            output = run_forward(model, probes.input_probe(images), forward_kwargs)
+        with Probes(model, needs, modules) as probes:
+            x = probes.input_probe(images)
+            output = run_forward(model, x, forward_kwargs, replacements)
         probes.check()
-        matrix = None if objective is not None else as_target_matrix(targets, images.shape[0], num_classes_of(output))
-        scores, matrix = objective_scores(output, matrix, objective, n=images.shape[0])
+        if objective is None:
+            check_in_range(targets, num_classes_of(output))
+        scores, matrix = objective_scores(output, None if objective is not None else targets, objective,
+                                          n=images.shape[0])
         layers = list(needs)
         grads = _backward(scores, [probes.probes[layer] for layer in layers])
     captures = {}
@@ -116,10 +169,59 @@ def run_pass(model, images, needs: dict[str, set[str]], targets: Targets, object
     return captures, scores.detach(), (None if objective is not None else matrix)
 
 
+def capture_pass(registry: Registry, model, request: Request, modifiers: tuple, group: list, *,
+                 objective: Optional[Objective], eval_mode: bool):
+    """The captures of one pass: the model in eval mode (if asked), the pass modifiers entered, parameter
+    gradients off; the model is restored afterwards, also after an exception."""
+    needs: dict[str, set[str]] = {}
+    for method, layer in group:
+        needs.setdefault(layer, set()).update(registry.extractors[method.extractor.name].needs)
+    specs = [registry.modifiers[call.name] for call in modifiers]
+    for spec in specs:
+        _check_pairs(spec, request)
+    with preserved(model, weights=not all(spec.stateless for spec in specs)), contextlib.ExitStack() as stack:
+        if eval_mode:
+            model.eval()
+        replacements: dict = {}
+        for spec, call in zip(specs, modifiers):
+            replaced = enter_modifier(stack, spec, model, request.images, request.targets, **call.kwargs)
+            if replaced is not None:
+                replacements.update(_check_replacements(spec, replaced, model))
+        for p in model.parameters():
+            p.requires_grad_(False)
+        return run_pass(model, request.images, needs, request.targets, objective, request.modules, replacements,
+                        request.forward_kwargs)
+
+
+def _check_replacements(spec, replaced, model) -> dict:
+    """What a modifier's context yielded: ``{parameter or buffer name: tensor}`` of the model, else an error."""
+    if not isinstance(replaced, dict):
+        raise PluginContractError(f"modifier {spec.name!r} (from {spec.origin}) yielded {type(replaced).__name__}; "
+                                  "expected None or a dict {parameter or buffer name: tensor}")
+    known = {name for name, _ in model.named_parameters()} | {name for name, _ in model.named_buffers()}
+    for name, value in replaced.items():
+        if name not in known or not isinstance(value, torch.Tensor):
+            raise PluginContractError(
+                f"modifier {spec.name!r} (from {spec.origin}) yielded {name!r}: "
+                f"{type(value).__name__}; expected tensors for the model's own parameter or buffer names")
+    return replaced
+
+
+def _check_pairs(spec, request: Request) -> None:
+    """A per-example modifier explains one (image, target) pair per pass."""
+    n = request.images.shape[0]
+    t = 1 if request.targets is None else request.targets.shape[1]
+    if spec.per_example and n * t != 1:
+        raise InputError(
+            f"modifier {spec.name!r} ({spec.origin}) takes one (image, target) pair per pass (per_example), but "
+            f"this pass explains {n} image(s) x {t} target(s); use extagg.saliency_per_example(...), which runs "
+            "one pass per pair, or pass one image and one target")
+
+
 def saliency(
     model: torch.nn.Module,
     images: torch.Tensor,
-    methods: StrOrSeq = "linear-approx",
+    methods: StrOrSeq,
     layers: Union[str, Sequence[str]] = INPUT,
     targets: Targets = None,
     *,
@@ -135,7 +237,8 @@ def saliency(
 
     :param model: any ``torch.nn.Module``; it is left exactly as it was (see :func:`extagg.guard.preserved`).
     :param images: (N, C, H, W) floating tensor; moved to the model's device and dtype.
-    :param methods: method strings (``"scaling+sum"``, ``"normgrad"``, ``"conv3x3+relu+norm"``) or one string.
+    :param methods: method strings (``"scaling+sum"``, a named method, ``"conv3x3+relu+norm"``) or one string;
+        ``extagg.methods()`` lists the compositions, ``extagg.default_registry().named_methods`` the names.
     :param layers: ``named_modules()`` names, ``"input"`` for the image, ``"name@k"`` for the k-th call of a module
         called several times per forward pass; one string or a sequence.
     :param targets: None (the predicted class), an int, N ints, or an (N, T) tensor (T maps per image).
@@ -146,69 +249,64 @@ def saliency(
     :param mismatched: ``"raise"`` (default) if an extractor does not fit a layer (``conv`` on a ReLU), or
         ``"skip"`` to leave such (method, layer) pairs out of the result (for sweeps over many layers).
     :param closed_forms: False forces the generic path that materialises contributions in chunks (for tests).
-    :param forward_kwargs: keyword arguments for every ``model(images, **forward_kwargs)`` call.
+    :param forward_kwargs: keyword arguments passed to every ``model(images, **forward_kwargs)`` call.
     :returns: :class:`SaliencyMaps` of (N, T, h, w) tensors in float32 (half/bfloat16 models) or the model's dtype.
     """
     registry = registry or default_registry()
-    spelled = {}
-    names: dict[Method, str] = {}  # each distinct method once, in order, with its canonical name
-    for m in _as_list(methods, "methods"):
-        method = registry.parse(m)
-        name = names.setdefault(method, str(method))
-        spelled[m if isinstance(m, str) else str(m)] = name
-    layer_list = list(dict.fromkeys(_as_list(layers, "layers")))
-    modules = resolve_layers(model, layer_list)
-    if mismatched not in ("raise", "skip"):
-        raise InputError(f"mismatched must be 'raise' or 'skip', got {mismatched!r}")
-    pairs = []
-    for method in names:
-        for layer in layer_list:
-            if fits(registry, method, modules[layer]):
-                pairs.append((method, layer))
-            elif mismatched == "raise":
-                check_layer_fit(registry, method, layer, modules[layer])
-    images = check_images(images)
-    check_call_options(targets, objective, resize, forward_kwargs)
-    device, dtype = model_device_dtype(model, images)
-    images = images.to(device=device, dtype=dtype)
+    request = parse_request(registry, model, images, methods, layers, targets, objective=objective, resize=resize,
+                            mismatched=mismatched, forward_kwargs=forward_kwargs)
+    return _evaluate(registry, model, request, objective=objective, eval_mode=eval_mode, closed_forms=closed_forms)
 
-    passes: dict[tuple, list[tuple[Method, str]]] = {}
-    for method, layer in pairs:
-        passes.setdefault(method.modifiers, []).append((method, layer))
 
+def _evaluate(registry: Registry, model, request: Request, *, objective, eval_mode: bool,
+              closed_forms: bool) -> SaliencyMaps:
+    """Every pass of ``request``, then phase 2 layer by layer."""
     maps: dict[tuple[str, str], torch.Tensor] = {}
-    out_targets, out_scores = None, None
-    size = tuple(images.shape[-2:]) if resize is True else (tuple(resize) if resize else None)
+    out_targets = out_scores = None
     plans = registry.memo("plans")  # each method's phase-2 plan, shared by all layers and calls
-    for modifiers, group in passes.items():
-        needs: dict[str, set[str]] = {}
-        for method, layer in group:
-            needs.setdefault(layer, set()).update(registry.extractors[method.extractor.name].needs)
-        with preserved(model, weights=bool(modifiers)), contextlib.ExitStack() as stack:
-            if eval_mode:
-                model.eval()
-            matrix = as_target_matrix(targets, images.shape[0], None) if objective is None else None
-            for call in modifiers:
-                enter_modifier(stack, registry.modifiers[call.name], model, images, matrix, **call.kwargs)
-            for p in model.parameters():
-                p.requires_grad_(False)
-            captures, scores, matrix = run_pass(model, images, needs, targets, objective, forward_kwargs)
+    for modifiers, group in request.passes.items():
+        captures, scores, matrix = capture_pass(registry, model, request, modifiers, group, objective=objective,
+                                                eval_mode=eval_mode)
         out_targets = matrix if out_targets is None else out_targets
         out_scores = scores if out_scores is None else out_scores
         for layer in list(captures):  # one layer at a time, freeing its capture and caches when done
-            evaluator = LayerEvaluator(registry, captures.pop(layer), closed_forms=closed_forms, plans=plans)
-            by_extractor: dict = {}
-            for method, at in group:
-                if at == layer:
-                    by_extractor.setdefault(method.extractor, []).append(method)
-            for extractor, methods_here in by_extractor.items():
-                evaluator.prefetch(extractor, methods_here)
-                for method in methods_here:
-                    m = evaluator.map(method)
-                    if size is not None:
-                        m = F.interpolate(m, size=size, mode="bilinear", align_corners=False)
-                    maps[evaluator.plan(method).name, layer] = m
-                evaluator.release(extractor)
-            del evaluator
-    ordered = {(names[m], layer): maps[names[m], layer] for m, layer in pairs}
-    return SaliencyMaps(registry, ordered, spelled, out_targets, out_scores)
+            here = [method for method, at in group if at == layer]
+            for name, m in evaluate_layer(registry, captures.pop(layer), here, plans=plans,
+                                          closed_forms=closed_forms, size=request.size).items():
+                maps[name, layer] = m
+    ordered = {(request.names[m], layer): maps[request.names[m], layer] for m, layer in request.pairs}
+    return SaliencyMaps(registry, ordered, request.spelled, out_targets, out_scores)
+
+
+def saliency_per_example(model: torch.nn.Module, images: torch.Tensor, methods: StrOrSeq,
+                         layers: Union[str, Sequence[str]] = INPUT, targets: Targets = None, **kwargs) -> SaliencyMaps:
+    """:func:`saliency` run once per (image, target) pair, the maps stacked to (N, T, h, w).
+
+    For pass modifiers declared ``per_example`` (one pass explains one pair, as meta-saliency's SGD step):
+    every pair gets its own pass. Methods, layers and targets are parsed and resolved once; keyword arguments
+    are those of :func:`saliency`. Returns a :class:`SaliencyMaps` as that does.
+    """
+    registry = kwargs.pop("registry", None) or default_registry()
+    objective = kwargs.pop("objective", None)
+    eval_mode, closed_forms = kwargs.pop("eval_mode", True), kwargs.pop("closed_forms", True)
+    request = parse_request(registry, model, images, methods, layers, targets, objective=objective,
+                            resize=kwargs.pop("resize", False), mismatched=kwargs.pop("mismatched", "raise"),
+                            forward_kwargs=kwargs.pop("forward_kwargs", None))
+    if kwargs:
+        raise InputError(f"unknown keyword argument(s) {sorted(kwargs)}; see extagg.saliency")
+    n = request.images.shape[0]
+    cols = 1 if request.targets is None else request.targets.shape[1]
+    rows = []
+    for i in range(n):
+        rows.append([_evaluate(registry, model, attrs.evolve(
+            request, images=request.images[i:i + 1],
+            targets=None if request.targets is None else request.targets[i:i + 1, k:k + 1]),
+            objective=objective, eval_mode=eval_mode, closed_forms=closed_forms) for k in range(cols)])
+    first = rows[0][0]
+
+    def stack(get):
+        return torch.cat([torch.cat([get(r) for r in row], 1) for row in rows], 0)
+
+    maps = {key: stack(lambda r, key=key: r[key]) for key in first}
+    targets_out = None if first.targets is None else stack(lambda r: r.targets)
+    return SaliencyMaps(registry, maps, request.spelled, targets_out, stack(lambda r: r.scores))

@@ -14,7 +14,7 @@ def close_matches(name: str, available: Iterable[str], n: int = 3) -> list[str]:
     return difflib.get_close_matches(name, list(available), n=n, cutoff=0.6)
 
 
-def _did_you_mean(suggestions: Sequence[str]) -> str:
+def did_you_mean(suggestions: Sequence[str]) -> str:
     if not suggestions:
         return ""
     return "; did you mean " + " or ".join(repr(s) for s in suggestions) + "?"
@@ -33,7 +33,7 @@ class UnknownNameError(ExtaggError, LookupError):
         self.suggestions = close_matches(name, self.available)
         where = f" in {context!r}" if context else ""
         shown = ", ".join(self.available[:40]) + (", ..." if len(self.available) > 40 else "")
-        msg = f"unknown {kind} {name!r}{where}{_did_you_mean(self.suggestions)} available: {shown or '(none)'}"
+        msg = f"unknown {kind} {name!r}{where}{did_you_mean(self.suggestions)} available: {shown or '(none)'}"
         super().__init__(msg)
 
     def __str__(self) -> str:  # LookupError would not quote, but be explicit
@@ -79,3 +79,9 @@ class InputError(ExtaggError, ValueError):
 class ForwardError(InputError, RuntimeError, TypeError):
     """The model's forward pass failed on the input extagg gave it (wrong channel count, a missing keyword
     argument); still a RuntimeError / TypeError for code that caught the original."""
+
+
+class PluginContractError(ExtaggError, TypeError):
+    """Plugin code returned or declared something the contract does not allow (a map of the wrong shape, an
+    unknown statistic in ``reads``, an extractor result that is not a contribution); the message names the
+    component, its plugin and distribution, and what was expected."""

@@ -26,6 +26,8 @@ from typing import Callable
 
 import pluggy
 
+from .specs import Aggregator, Extractor, Filter, Modifier, NamedMethod
+
 PROJECT = "extagg"
 hookspec = pluggy.HookspecMarker(PROJECT)
 hookimpl = pluggy.HookimplMarker(PROJECT)
@@ -33,7 +35,7 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 
 
 @hookspec
-def register_extractors(register: Callable) -> None:
+def register_extractors(register: Callable[[Extractor], None]) -> None:
     """Register phase-1 extractors: ``register(extagg.specs.Extractor(...))``.
 
     An extractor maps a layer capture (activation, gradient, module) to the per-location contribution to the
@@ -42,22 +44,22 @@ def register_extractors(register: Callable) -> None:
 
 
 @hookspec
-def register_filters(register: Callable) -> None:
+def register_filters(register: Callable[[Filter], None]) -> None:
     """Register elementwise filters: ``register(extagg.specs.Filter(...))``, usable before or after the aggregator."""
 
 
 @hookspec
-def register_aggregators(register: Callable) -> None:
+def register_aggregators(register: Callable[[Aggregator], None]) -> None:
     """Register phase-2 aggregators: ``register(extagg.specs.Aggregator(...))``, one number per location."""
 
 
 @hookspec
-def register_methods(register: Callable) -> None:
-    """Register named methods: ``register(extagg.specs.Alias(name=..., expansion="scaling+sum"))``."""
+def register_methods(register: Callable[[NamedMethod], None]) -> None:
+    """Register named methods: ``register(extagg.specs.NamedMethod(name=..., expansion="scaling+sum"))``."""
 
 
 @hookspec
-def register_modifiers(register: Callable) -> None:
+def register_modifiers(register: Callable[[Modifier], None]) -> None:
     """Register pass modifiers: ``register(extagg.specs.Modifier(...))``, written ``name(...):method``."""
 
 

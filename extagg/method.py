@@ -69,7 +69,7 @@ class Method:
     """A parsed, resolved method: ``modifiers : extractor + pre-filters + aggregator + post-filters``.
 
     Build one with :meth:`extagg.Registry.parse` (or :func:`extagg.parse_method`); ``str(method)`` is canonical.
-    ``alias`` records the named method the user wrote, if any; it does not take part in equality.
+    ``named`` records the named method the user wrote, if any; it does not take part in equality.
     """
 
     extractor: Call
@@ -77,20 +77,16 @@ class Method:
     pre: tuple[Call, ...] = ()
     post: tuple[Call, ...] = ()
     modifiers: tuple[Call, ...] = ()
-    alias: Optional[str] = attrs.field(default=None, eq=False, repr=False)
+    named: Optional[str] = attrs.field(default=None, eq=False, repr=False)
 
     def __str__(self) -> str:
         body = "+".join(str(c) for c in (self.extractor, *self.pre, self.aggregator, *self.post))
         return "".join(f"{m}:" for m in self.modifiers) + body
 
     @property
-    def stages(self) -> tuple[Call, ...]:
-        """Every call after the extractor, in order."""
-        return (*self.pre, self.aggregator, *self.post)
-
-    @property
-    def without_modifiers(self) -> "Method":
-        return attrs.evolve(self, modifiers=(), alias=None)
+    def alias(self) -> Optional[str]:
+        """The former name of :attr:`named`."""
+        return self.named
 
 
 @attrs.frozen

@@ -58,6 +58,18 @@ def block_hint(name: str) -> str:
     return f"to run without it, set {BLOCK_ENV}={name}"
 
 
+class PluginManager(pluggy.PluginManager):
+    """pluggy's manager for the ``extagg`` project, with ``infos``: each loaded plugin's :class:`PluginInfo`,
+    filled as :func:`make_plugin_manager` loads them, and ``failures``: the plugins left out as broken (with
+    ``skip_broken``); both read by the registry and the CLI."""
+
+    def __init__(self):
+        super().__init__(hookspecs.PROJECT)
+        self.add_hookspecs(hookspecs)
+        self.infos: dict[str, PluginInfo] = {}
+        self.failures: tuple[PluginFailure, ...] = ()
+
+
 def _dist_of(ep) -> tuple[Optional[str], Optional[str]]:
     dist = getattr(ep, "dist", None)
     if dist is None:
@@ -81,7 +93,7 @@ def make_plugin_manager(
     extra: Iterable = (),
     require_builtins: bool = True,
     skip_broken: bool = False,
-) -> pluggy.PluginManager:
+) -> PluginManager:
     """A fresh plugin manager with every ``extagg`` entry point loaded and checked.
 
     :param autoload: load third-party entry points; defaults to True unless ``EXTAGG_DISABLE_PLUGIN_AUTOLOAD``
@@ -91,7 +103,7 @@ def make_plugin_manager(
     :param extra: plugin objects (modules) to register directly, after the entry points (for tests and notebooks).
     :param require_builtins: raise if no entry point of the ``extagg`` distribution is found.
     :param skip_broken: leave out a plugin that fails to import or register (or shares another's entry-point
-        name) and record it in ``pm.extagg_failures`` instead of raising.
+        name) and record it in ``pm.failures`` instead of raising.
     :raises DuplicateNameError: two entry points share a name.
     :raises PluginLoadError: a plugin fails to import or register, or implements a hook that does not exist.
     """
@@ -100,9 +112,8 @@ def make_plugin_manager(
     blocked = set(block) | _env_list(BLOCK_ENV)
     eps = list(md.entry_points(group=GROUP) if entry_points is None else entry_points)
 
-    pm = pluggy.PluginManager(hookspecs.PROJECT)
-    pm.add_hookspecs(hookspecs)
-    infos: dict[str, PluginInfo] = {}
+    pm = PluginManager()
+    infos = pm.infos
     failures: list[PluginFailure] = []
     seen: dict[str, object] = {}
     found_builtin = False
@@ -158,8 +169,7 @@ def make_plugin_manager(
             pm.unregister(exc.plugin)
             infos.pop(name, None)
             failures.append(PluginFailure(name, dist, str(error)))
-    pm.extagg_plugins = infos  # public attribute read by the registry and the CLI
-    pm.extagg_failures = tuple(failures)
+    pm.failures = tuple(failures)
     return pm
 
 

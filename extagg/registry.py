@@ -9,7 +9,7 @@ import functools
 import threading
 import warnings
 from types import MappingProxyType
-from typing import Any, Iterable, Mapping, Optional, Union
+from typing import Any, Iterable, Mapping, Union
 
 import attrs
 
@@ -17,7 +17,7 @@ from . import hookspecs
 from .errors import DuplicateNameError, InvalidMethodError, PluginLoadError, UnknownNameError
 from .method import Call, Method, ParseCache, RawCall, scan
 from .plugins import PluginFailure, PluginInfo, block_hint, make_plugin_manager
-from .specs import COMPONENT_TYPES, Aggregator, Alias, Extractor, Filter, Modifier, Origin, Param
+from .specs import COMPONENT_TYPES, Aggregator, Extractor, Filter, Modifier, NamedMethod, Origin, Param, record_problems
 
 _NAME_OK = __import__("re").compile(r"^[a-z][a-z0-9_-]*$")
 
@@ -69,8 +69,8 @@ class Registry:
         :class:`PluginLoadError` / :class:`DuplicateNameError` naming the plugin; with ``skip_broken`` that plugin's
         records are all left out instead and the failure is kept in :attr:`failures`.
         """
-        infos: dict[str, PluginInfo] = dict(getattr(pm, "extagg_plugins", {}))
-        failures: list[PluginFailure] = list(getattr(pm, "extagg_failures", ()))
+        infos: dict[str, PluginInfo] = dict(getattr(pm, "infos", {}))  # a plain pluggy manager has none
+        failures: list[PluginFailure] = list(getattr(pm, "failures", ()))
         pending: dict[str, list[tuple[str, Any]]] = {}
 
         def fail(name: str, error: Exception) -> None:
@@ -134,13 +134,6 @@ class Registry:
         except KeyError:
             raise UnknownNameError(kind, name, self.components[kind]) from None
 
-    def find(self, name: str) -> Optional[Any]:
-        """The record called ``name`` whatever its kind, or None."""
-        for table in self.components.values():
-            if name in table:
-                return table[name]
-        return None
-
     @property
     def extractors(self) -> Mapping[str, Extractor]:
         return self.components["extractor"]
@@ -154,8 +147,11 @@ class Registry:
         return self.components["aggregator"]
 
     @property
-    def aliases(self) -> Mapping[str, Alias]:
+    def named_methods(self) -> Mapping[str, NamedMethod]:
+        """Named methods (``normgrad`` -> ``conv1x1+norm``), registered through ``register_methods``."""
         return self.components["method"]
+
+    aliases = named_methods  # the former name
 
     @property
     def modifiers(self) -> Mapping[str, Modifier]:
@@ -169,6 +165,10 @@ class Registry:
         if not isinstance(method, str):
             raise TypeError(f"a method must be a string or extagg.Method, got {type(method).__name__}: {method!r}")
         return self._cache.get(method, self._resolve)
+
+    def per_example(self, method: MethodLike) -> bool:
+        """Whether a modifier of ``method`` is declared ``per_example`` (one pass per (image, target) pair)."""
+        return any(self.modifiers[c.name].per_example for c in self.parse(method).modifiers)
 
     def canonical(self, method: MethodLike) -> str:
         """The canonical string of ``method``."""
@@ -194,13 +194,13 @@ class Registry:
         raw = scan(text)
         modifiers = tuple(self._call(self._lookup("modifier", c, text), c, text) for c in raw.modifiers)
         head, rest = raw.calls[0], raw.calls[1:]
-        alias = None
+        named = None
         stages: list[tuple[str, Call]] = []
-        if head.name in self.aliases:
+        if head.name in self.named_methods:
             if head.args:
                 raise InvalidMethodError(f"named method {head.name!r} takes no parameters, in {text!r}")
-            alias = head.name
-            base = self._expand(self.aliases[head.name])
+            named = head.name
+            base = self._expand(self.named_methods[head.name])
             extractor = base.extractor
             modifiers = modifiers + base.modifiers
             stages += [("filter", c) for c in base.pre] + [("aggregator", base.aggregator)]
@@ -208,7 +208,7 @@ class Registry:
         elif head.name in self.extractors:
             extractor = self._call(self.extractors[head.name], head, text)
         else:
-            choices = {**self.extractors, **self.aliases}
+            choices = {**self.extractors, **self.named_methods}
             if head.name in self.filters or head.name in self.aggregators:
                 raise InvalidMethodError(
                     f"a method starts with an extractor or a named method, not {head.name!r}, in {text!r}; "
@@ -241,10 +241,10 @@ class Registry:
             pre=tuple(c for _, c in stages[:i]),
             post=tuple(c for _, c in stages[i + 1:]),
             modifiers=modifiers,
-            alias=alias,
+            named=named,
         )
 
-    def _expand(self, alias: Alias) -> Method:
+    def _expand(self, alias: NamedMethod) -> Method:
         """The method a named method stands for; one that expands to itself (directly or not) is an error."""
         chain = _expanding.__dict__.setdefault("chain", [])
         if alias.name in chain:
@@ -292,6 +292,12 @@ def _registrar(got: list, kind: str, hook_name: str, origin: Origin):
             raise PluginLoadError(
                 f"plugin {str(origin)!r} registered the {kind} name {record.name!r}; names are lower "
                 f"case strings, start with a letter and use letters, digits, '-' and '_'; {block_hint(origin.plugin)}"
+            )
+        problems = record_problems(record)
+        if problems:
+            raise PluginLoadError(
+                f"plugin {str(origin)!r} registered the {kind} {record.name!r} through {hook_name}, which is "
+                f"invalid: " + "; ".join(problems) + f"; {block_hint(origin.plugin)}"
             )
         got.append((kind, attrs.evolve(record, origin=origin)))
 

@@ -22,6 +22,10 @@ class SaliencyMaps(Mapping):
         self.targets = targets
         self.scores = scores
 
+    def with_spellings(self, spellings: dict) -> "SaliencyMaps":
+        """The same maps, also answering to the method spellings ``{as written: canonical string}``."""
+        return SaliencyMaps(self._registry, self._maps, {**self._spelled, **spellings}, self.targets, self.scores)
+
     def _key(self, key) -> tuple[str, str]:
         if isinstance(key, str):
             layers = {layer for _, layer in self._maps}

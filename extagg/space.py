@@ -8,7 +8,7 @@ contains ``:`` (``"*:*"`` lists them all, ``"meta:*+norm"`` some). Compositions 
 
 * an ``abs``-like pre-filter (sign profile ``(1, 1)``) before an ``abs_invariant`` aggregator (``norm``);
 * a post-filter that is the identity or zero on nonnegative numbers (profile ``(1, b)`` or ``(0, b)``) after a
-  map that is nonnegative: an aggregator marked ``nonnegative``, or one that ``keeps_sign`` after a nonnegative pre-filter.
+  map that is nonnegative: an aggregator marked ``nonnegative``, or one that ``preserves_nonnegative`` after a nonnegative pre-filter.
 """
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ def is_redundant(pre: Optional[Filter], agg: Aggregator, post: Optional[Filter])
     if pre is not None and pre.sign_profile == (1, 1) and agg.abs_invariant:
         return True
     if post is not None and post.sign_profile is not None and post.sign_profile[0] in (0, 1):
-        if agg.nonnegative or (agg.keeps_sign and _nonnegative_profile(pre)):
+        if agg.nonnegative or (agg.preserves_nonnegative and _nonnegative_profile(pre)):
             return True
     return False
 
@@ -80,6 +80,6 @@ def enumerate_methods(registry, pattern: Union[str, Iterable[str]] = "*",
 def _expand(registry, pattern: str) -> str:
     pattern = pattern.strip().lower().replace(" ", "")
     head, _, tail = pattern.rpartition(":")
-    if tail in registry.aliases:
+    if tail in registry.named_methods:
         return (head + ":" if head else "") + str(registry.parse(tail))
     return pattern

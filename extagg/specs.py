@@ -100,8 +100,9 @@ class Aggregator:
     ``reads(profile, **params)`` (optional) names the contribution statistics that ``closed_form`` will read for
     that profile (``"sum"``, ``"sq"``, ``"signed"``, ``"signed_sq"``, ``"extremes"``, ``"min_abs"``), so that a
     sweep can compute all the statistics its methods need in one pass over the data.
-    ``nonnegative``: the result is always >= 0 (a later relu/abs is a no-op). ``keeps_sign``: nonnegative
-    contributions give a nonnegative result. ``abs_invariant``: an ``abs`` pre-filter changes nothing.
+    ``nonnegative``: the result is always >= 0 (a later relu/abs is a no-op). ``preserves_nonnegative``:
+    nonnegative contributions give a nonnegative result (``sum``, ``max``; formerly ``keeps_sign``, still
+    accepted). ``abs_invariant``: an ``abs`` pre-filter changes nothing.
     """
 
     name: str
@@ -112,14 +113,19 @@ class Aggregator:
     closed_form: Optional[Callable[..., Any]] = attrs.field(default=None, eq=False, repr=False)
     reads: Optional[Callable[..., Any]] = attrs.field(default=None, eq=False, repr=False)
     nonnegative: bool = False
-    keeps_sign: bool = False
+    preserves_nonnegative: bool = False
     abs_invariant: bool = False
+    keeps_sign: bool = attrs.field(default=False, repr=False)
     origin: Optional[Origin] = None
     kind = "aggregator"
 
+    def __attrs_post_init__(self) -> None:
+        if self.keeps_sign:  # the former name of preserves_nonnegative
+            object.__setattr__(self, "preserves_nonnegative", True)
+
 
 @attrs.frozen(kw_only=True)
-class Alias:
+class NamedMethod:
     """A named method: ``name`` stands for the composition ``expansion`` (e.g. ``normgrad`` -> ``conv1x1+norm``)."""
 
     name: str
@@ -135,17 +141,79 @@ class Modifier:
     """A pass modifier written before the composition, ``meta(lr=0.002):normgrad``.
 
     ``fn(model, images, targets, **params)`` returns a context manager inside which extagg runs the forward
-    and backward pass of every method that shares this modifier; it may change the model's weights (extagg
-    restores the model exactly afterwards). ``targets`` is an (N, T) long tensor or None.
+    and backward pass of every method that shares this modifier. ``targets`` is an (N, T) long tensor or None.
+    The context's value may be a dict ``{parameter or buffer name: tensor}``: the pass then runs the model
+    through :func:`torch.func.functional_call` with those tensors in place of its own.
+
+    ``stateless=True`` declares that ``fn`` never writes the model's tensors (it yields replacements instead), so
+    extagg skips its weight snapshot and a graph the user holds stays valid; with False ``fn`` may write weights
+    in place and extagg restores them bit for bit afterwards. ``per_example=True`` declares that one pass explains
+    one (image, target) pair: :func:`extagg.saliency` then refuses larger batches and
+    :func:`extagg.saliency_per_example` runs one pass per pair.
     """
 
     name: str
     fn: Callable[..., Any] = attrs.field(eq=False, repr=False)
     doc: str = ""
     params: tuple[Param, ...] = attrs.field(default=(), converter=_tuple)
+    per_example: bool = False
+    stateless: bool = False
     origin: Optional[Origin] = None
     kind = "modifier"
 
 
-COMPONENT_TYPES = {cls.kind: cls for cls in (Extractor, Filter, Aggregator, Alias, Modifier)}
+Alias = NamedMethod
+"""The former name of :class:`NamedMethod`, kept for plugins that import it."""
+
+COMPONENT_TYPES = {cls.kind: cls for cls in (Extractor, Filter, Aggregator, NamedMethod, Modifier)}
 """Record class of each component kind."""
+
+PARAM_TYPES = (int, float, bool, str)
+"""The types a :class:`Param` may declare (what a method string can spell)."""
+CAPTURED = frozenset({"output", "input", "grad"})
+"""What an extractor may declare in ``needs``."""
+
+
+def _param_problems(param: Param) -> list[str]:
+    if not isinstance(param, Param):
+        return [f"params must be extagg.plugin.Param records, got {param!r}"]
+    out = []
+    if param.type not in PARAM_TYPES:
+        shown = getattr(param.type, "__name__", repr(param.type))
+        out.append(f"parameter {param.name!r} has type {shown}; a method string can give "
+                   + ", ".join(t.__name__ for t in PARAM_TYPES))
+    elif not param.required:
+        value, kind = param.default, param.type
+        ok = isinstance(value, kind) and (kind is bool or not isinstance(value, bool)) \
+            or (kind is float and isinstance(value, int) and not isinstance(value, bool))
+        if not ok:
+            out.append(f"parameter {param.name!r} of type {kind.__name__} has the default {value!r}")
+    if param.check is not None and not callable(param.check):
+        out.append(f"parameter {param.name!r} has a check that is not callable: {param.check!r}")
+    return out
+
+
+def record_problems(record) -> list[str]:
+    """What is wrong with a registered record, as sentences (empty if nothing): parameter types and defaults,
+    callables, ``needs``, ``applies_to``, ``sign_profile``. The registry raises them with the plugin's name."""
+    out = []
+    for param in getattr(record, "params", ()):
+        out += _param_problems(param)
+    for attr in ("fn", "reduce", "closed_form", "reads"):
+        value = getattr(record, attr, None)
+        if value is not None and not callable(value):
+            out.append(f"{attr} must be callable, got {value!r}")
+    if isinstance(record, Extractor):
+        if not record.needs <= CAPTURED:
+            out.append(f"needs {sorted(record.needs)} may only name {sorted(CAPTURED)}")
+        if record.applies_to is not None and (not isinstance(record.applies_to, tuple) or not record.applies_to
+                                              or not all(isinstance(t, type) for t in record.applies_to)):
+            out.append(f"applies_to must be None or a non-empty tuple of module classes, got {record.applies_to!r}")
+    if isinstance(record, Filter) and record.sign_profile is not None:
+        profile = record.sign_profile
+        if not (isinstance(profile, (tuple, list)) and len(profile) == 2
+                and all(isinstance(a, int) and not isinstance(a, bool) and a in (-1, 0, 1) for a in profile)):
+            out.append(f"sign_profile must be None or a pair (a, b) with a, b in (-1, 0, 1), got {profile!r}")
+    if isinstance(record, Aggregator) and record.reads is not None and record.closed_form is None:
+        out.append("declares reads but no closed_form (reads names what the closed form reads)")
+    return out

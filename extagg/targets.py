@@ -52,12 +52,18 @@ def as_target_matrix(targets: Targets, n: int, num_classes: Optional[int]) -> Op
                 raise InputError(f"targets of shape {tuple(t.shape)} does not fit {n} images; expected ({n}, T), T >= 1")
         else:
             raise InputError(f"targets must be 0-, 1- or 2-D, got shape {tuple(t.shape)}")
-    if num_classes is not None:
-        bad = (t < 0) | (t >= num_classes)
-        if bad.any():
-            raise InputError(f"target {int(t[bad][0])} is out of range: the model has {num_classes} classes "
-                             f"(valid 0..{num_classes - 1})")
+    check_in_range(t, num_classes)
     return t
+
+
+def check_in_range(t: Optional[torch.Tensor], num_classes: Optional[int]) -> None:
+    """Raise :class:`InputError` if a target of the (N, T) matrix ``t`` is not a class of the model."""
+    if t is None or num_classes is None:
+        return
+    bad = (t < 0) | (t >= num_classes)
+    if bad.any():
+        raise InputError(f"target {int(t[bad][0])} is out of range: the model has {num_classes} classes "
+                         f"(valid 0..{num_classes - 1})")
 
 
 def class_logits(output: torch.Tensor) -> torch.Tensor:
@@ -123,10 +129,14 @@ def check_call_options(targets: Targets, objective: Optional[Objective], resize,
         raise InputError(f"forward_kwargs must be a dict of keyword arguments, got {forward_kwargs!r}")
 
 
-def run_forward(model: torch.nn.Module, x: torch.Tensor, forward_kwargs: Optional[dict] = None):
-    """``model(x, **forward_kwargs)``; a forward pass that rejects the input (wrong channel count, a missing
+def run_forward(model: torch.nn.Module, x: torch.Tensor, forward_kwargs: Optional[dict] = None,
+                replacements: Optional[dict] = None):
+    """``model(x, **forward_kwargs)``, through :func:`torch.func.functional_call` with ``replacements``
+    (``{name: tensor}``) where given; a forward pass that rejects the input (wrong channel count, a missing
     keyword argument) is a :class:`~extagg.errors.ForwardError` that says so."""
     try:
+        if replacements:
+            return torch.func.functional_call(model, replacements, (x,), dict(forward_kwargs or {}))
         return model(x, **(forward_kwargs or {}))
     except InputError:
         raise

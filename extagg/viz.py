@@ -5,14 +5,8 @@ from pathlib import Path
 from typing import Union
 
 import torch
-import torch.nn.functional as F
 
-
-def normalise(m: torch.Tensor) -> torch.Tensor:
-    """Min-max to [0, 1] per map over the last two dims; a constant map becomes all zeros (never NaN)."""
-    lo = m.amin(dim=(-2, -1), keepdim=True)
-    span = m.amax(dim=(-2, -1), keepdim=True) - lo
-    return torch.where(span > 0, (m - lo) / torch.where(span > 0, span, torch.ones_like(span)), torch.zeros_like(m))
+from .maps import normalise, resize_maps
 
 
 def jet(v: torch.Tensor) -> torch.Tensor:
@@ -27,7 +21,7 @@ def jet(v: torch.Tensor) -> torch.Tensor:
 def overlay(image: torch.Tensor, saliency: torch.Tensor, alpha: float = 0.5) -> torch.Tensor:
     """Blend ``jet(normalise(saliency))`` (any h, w; resized bilinearly) over ``image`` (3, H, W) in [0, 1]."""
     m = saliency.detach().float().reshape(1, 1, *saliency.shape[-2:])
-    m = F.interpolate(m, size=image.shape[-2:], mode="bilinear", align_corners=False)[0, 0]
+    m = resize_maps(m, image.shape[-2:])[0, 0]
     return ((1 - alpha) * image.float().cpu() + alpha * jet(normalise(m).cpu())).clamp(0, 1)
 
 

@@ -1,3 +1,4 @@
+import functools
 import os
 
 import pytest
@@ -11,10 +12,34 @@ settings.register_profile("thorough", max_examples=300, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
+@functools.lru_cache(maxsize=1)
+def builtin_registry() -> extagg.Registry:
+    """The built-in components only (extagg's own entry points), whatever else is installed: the core suite is
+    hermetic; third-party plugins test themselves (see examples/extagg-hello/tests). Built on first use."""
+    return extagg.Registry.from_plugin_manager(extagg.make_plugin_manager(autoload=False))
+
+
+class LazyBuiltins:
+    """:func:`builtin_registry`, built on first attribute access (module-level use without import-time work)."""
+
+    def __getattr__(self, name):
+        return getattr(builtin_registry(), name)
+
+
+def pytest_generate_tests(metafunc):
+    """Parametrise over the built-in registry at collection (never at import): ``builtin_method`` (every
+    composition and named method), ``builtin_aggregator`` (every aggregator name)."""
+    if "builtin_method" in metafunc.fixturenames:
+        reg = builtin_registry()
+        metafunc.parametrize("builtin_method", reg.methods() + sorted(reg.named_methods))
+    if "builtin_aggregator" in metafunc.fixturenames:
+        metafunc.parametrize("builtin_aggregator", sorted(builtin_registry().aggregators))
+
+
 @pytest.fixture(scope="session")
 def registry():
-    """The registry built from installed entry points (builtins, plus any installed plugin)."""
-    return extagg.default_registry()
+    """The built-in registry (see :func:`builtin_registry`)."""
+    return builtin_registry()
 
 
 @pytest.fixture

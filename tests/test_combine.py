@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 import extagg
+from extagg_builtins.meta import meta_saliency
 from extagg.combine import (
     LayerWeights,
     combination_sweep,
@@ -256,7 +257,7 @@ def test_sweep_gives_every_single_layer_and_every_combination():
     assert len(sweep.entries) == 2 * (2 + 3 * 2)
     assert all(torch.equal(t, torch.tensor([[0], [1], [2]])) for t in seen)
     plain = extagg.saliency(model, x, "normgrad", layers, [0, 1, 2], resize=True)
-    meta = extagg.meta.meta_saliency(model, x, "gradcam", layers, [0, 1, 2], resize=True)
+    meta = meta_saliency(model, x, "gradcam", layers, [0, 1, 2], resize=True)
     for e in sweep.entries:
         source = plain if e.method == "conv1x1+norm" else meta
         key = "normgrad" if e.method == "conv1x1+norm" else "meta:gradcam"

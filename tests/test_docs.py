@@ -186,7 +186,7 @@ def test_components_md_aggregator_properties(builtins):
     for name, cells in component_tables()["aggregator"].items():
         spec = builtins.aggregators[name]
         claimed = {p.strip() for p in cells[4].split(",") if p.strip() != "-"}
-        actual = {flag for flag in ("nonnegative", "keeps_sign", "abs_invariant") if getattr(spec, flag)}
+        actual = {flag for flag in ("nonnegative", "preserves_nonnegative", "abs_invariant") if getattr(spec, flag)}
         assert claimed == actual, name
         assert (cells[3] == "-") == (spec.closed_form is None), name
 

@@ -6,8 +6,8 @@ from torch import nn
 import extagg
 from extagg.errors import InputError, LayerMismatchError, UnknownNameError
 from tests import oracle
+from tests.conftest import builtin_registry
 
-ALL = extagg.methods()
 
 
 @pytest.fixture(scope="module")
@@ -16,14 +16,15 @@ def sweep():
     net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 4, 3, 2, 1),
                         nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3)).eval()
     x = torch.randn(2, 3, 9, 9)
-    names = ALL + sorted(extagg.default_registry().aliases)
+    reg = builtin_registry()
+    names = reg.methods() + sorted(reg.named_methods)
     return extagg.saliency(net, x, names, layers=["input", "1", "2", "3"], targets=torch.tensor([[0, 1], [2, 0]]),
-                           mismatched="skip")
+                           mismatched="skip", registry=reg)
 
 
-@pytest.mark.parametrize("method", ALL + sorted(extagg.default_registry().aliases))
-def test_every_registered_method_runs_and_is_finite(sweep, method):
-    layers = [layer for m, layer in sweep if m == extagg.parse_method(method).__str__()]
+def test_every_registered_method_runs_and_is_finite(sweep, builtin_method):
+    method = builtin_method
+    layers = [layer for m, layer in sweep if m == builtin_registry().canonical(method)]
     assert layers, f"{method} fits no layer"
     for layer in layers:
         m = sweep[method, layer]

@@ -14,6 +14,8 @@ from extagg.evaluation import Sample, identity_check, pointing_game
 from extagg.evaluation.class_map import group_objective, read_class_map, resolve_class_map
 from extagg.evaluation.cli import main
 
+PAIR = ("normgrad", "normgrad-conv")  # the identity check's (identity, real) methods, as the CLI's default
+
 
 def _samples(h=24, w=28):
     g = torch.Generator().manual_seed(3)
@@ -110,12 +112,13 @@ def test_identity_check_labels_need_a_map_when_the_data_declares_classes():
     g = torch.Generator().manual_seed(0)
     samples = [Sample(torch.rand(3, 16, 16, generator=g, dtype=torch.float64), str(i), (i % 3,)) for i in range(3)]
     with pytest.raises(InputError, match="6 output classes but the data set has 3 classes"):
-        identity_check(model, samples, "2", num_classes=3)
-    mapped = identity_check(model, samples, "2", num_classes=3, class_map={0: 5, 1: 4, 2: 3})
-    direct = identity_check(model, [Sample(s.image, s.image_id, (5 - s.classes[0],)) for s in samples], "2")
+        identity_check(model, samples, "2", methods=PAIR, num_classes=3)
+    mapped = identity_check(model, samples, "2", methods=PAIR, num_classes=3, class_map={0: 5, 1: 4, 2: 3})
+    direct = identity_check(model, [Sample(s.image, s.image_id, (5 - s.classes[0],)) for s in samples], "2",
+                            methods=PAIR)
     assert [r.value for r in mapped] == [r.value for r in direct]
     with pytest.raises(InputError, match="label 2 has no model class"):
-        identity_check(model, samples, "2", num_classes=3, class_map={0: 5, 1: 4})
+        identity_check(model, samples, "2", methods=PAIR, num_classes=3, class_map={0: 5, 1: 4})
 
 
 def test_cli_class_map_file(tmp_path, monkeypatch):

@@ -9,8 +9,10 @@ import torch.nn.functional as F
 from torch import nn
 
 import extagg
+from extagg import saliency_per_example
 from extagg.errors import InputError, InvalidMethodError
-from extagg.meta import meta_saliency, meta_step, saliency_per_example
+from extagg_builtins import meta as meta_plugin
+from extagg_builtins.meta import meta_saliency, meta_step
 
 METHODS = ["normgrad", "linear-approx", "gradcam", "conv3x3+norm", "conv+norm"]
 LAYERS = ["input", "conv1", "conv2"]
@@ -94,7 +96,7 @@ def assert_same(model: nn.Module, before: dict) -> None:
 @pytest.mark.parametrize("lr", [0.002, 0.3])
 def test_meta_equals_method_on_hand_updated_copy(negative, lr):
     model, x, target = make_net(), images(), 2
-    prefix = extagg.meta.meta_call(lr, negative)
+    prefix = meta_plugin.meta_call(lr, negative)
     metas = [prefix + m for m in METHODS]
     got = extagg.saliency(model, x, metas + METHODS, LAYERS, targets=target, mismatched="skip")
     ref = extagg.saliency(hand_updated(model, x, target, lr, negative), x, METHODS, LAYERS, targets=target,
@@ -196,13 +198,59 @@ def test_model_restored_when_something_raises(when):
 
 
 def test_meta_step_standalone_restores_and_never_writes_grad():
+    """The step yields new weights (every parameter stepped) and never writes the model's own tensors."""
     model, x = make_net(), images()
     before = snapshot(model)
-    with meta_step(model, x, torch.tensor([[1]]), lr=0.3):
-        changed = [n for n, p in model.named_parameters() if not torch.equal(p, before["params"][n])]
+    versions = {n: p._version for n, p in model.named_parameters()}
+    with meta_step(model, x, torch.tensor([[1]]), lr=0.3) as stepped:
+        changed = [n for n, p in stepped.items() if not torch.equal(p, before["params"][n])]
         assert set(changed) == set(before["params"])
         assert all(p.grad is None for p in model.parameters())
+        assert all(torch.equal(p, before["params"][n]) for n, p in model.named_parameters())  # untouched inside too
     assert_same(model, before)
+    assert {n: p._version for n, p in model.named_parameters()} == versions  # no in-place write at all
+
+
+def test_a_pending_graph_survives_meta_saliency():
+    """A user who ran a forward pass and has not yet called backward can call it after meta-saliency, and gets
+    the gradients they would have got without it."""
+    model, x = make_net(), images()
+    for p in model.parameters():
+        p.requires_grad_(True)
+    ref = [g.clone() for g in torch.autograd.grad(model(x).logsumexp(1).sum(), list(model.parameters()))]
+    loss = model(x).logsumexp(1).sum()  # pending: forward done, backward not yet called
+    extagg.saliency(model, x, ["meta(lr=0.3):normgrad", "meta:gradcam"], ["conv1", "conv2"], targets=1)
+    loss.backward()
+    for p, g in zip(model.parameters(), ref):
+        assert torch.equal(p.grad, g)
+
+
+def test_a_weight_writing_modifier_is_restored_and_breaks_nothing_it_should_not(tiny_net, images):
+    """A modifier that writes weights (stateless=False) is still restored bit for bit; the pending-graph
+    guarantee above comes from the meta step being functional (this test fails if it writes in place)."""
+    import contextlib
+
+    from extagg import Registry, hookimpl, make_plugin_manager
+    from extagg.specs import Modifier
+
+    @contextlib.contextmanager
+    def scale(model, images, targets):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.mul_(2)
+        yield None
+
+    mod = type(extagg)("scale_plugin")
+    mod.register_modifiers = hookimpl(lambda register: register(Modifier(name="scale", fn=scale)))
+    reg = Registry.from_plugin_manager(make_plugin_manager(autoload=False, extra=[mod]))
+    before = [p.detach().clone() for p in tiny_net.parameters()]
+    for p in tiny_net.parameters():
+        p.requires_grad_(True)
+    loss = tiny_net(images).sum()
+    extagg.saliency(tiny_net, images, "scale:normgrad", "2", targets=0, registry=reg)
+    assert all(torch.equal(p, b) for p, b in zip(tiny_net.parameters(), before))
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        loss.backward()
 
 
 def test_batches_need_one_step_per_pair():

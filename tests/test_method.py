@@ -7,7 +7,9 @@ import extagg
 from extagg.errors import InvalidMethodError, MethodSyntaxError, UnknownNameError
 from tests.strategies import method_texts
 
-REG = extagg.default_registry()
+from tests.conftest import LazyBuiltins
+
+REG = LazyBuiltins()
 
 
 @given(text=method_texts(REG))

@@ -26,7 +26,7 @@ def stats_of(c, on: bool) -> dict:
     with native.enabled(on):
         fresh = c()
         fresh.prefetch(list(STATS))
-        return {name: fresh._stat(name) for name in STATS}
+        return {name: fresh.stat(name) for name in STATS}
 
 
 def assert_same(got: dict, want: dict, rtol=1e-10, atol=1e-12):

@@ -12,9 +12,9 @@ from hypothesis import strategies as st
 from strategies import factored, signed
 
 import extagg
-from extagg import native, statistics
-from extagg.contributions import Dense, Factored, PatchGeometry, Scaled
-from extagg.statistics import Store, pad_zeros, pool_extreme, pool_sum
+from extagg import native
+from extagg.phase2 import Dense, Factored, PatchGeometry, Scaled, Store, depthwise, pooling, sweeps
+from extagg.phase2.pooling import pad_zeros, pool_extreme, pool_sum
 
 STATS = ("sum", "sq", "signed", "signed_sq", "extremes", "min_abs")
 PROFILES = list(itertools.product([-1, 0, 1], repeat=2))
@@ -40,7 +40,7 @@ def padded_maps(draw):
 @given(case=padded_maps(), small=st.booleans())
 def test_pools_equal_reductions_of_the_unfolded_windows(case, small, monkeypatch_module):
     x, k, stride, dilation = case
-    monkeypatch_module.setattr(statistics, "SMALL_MAP", 1 << 30 if small else 0)  # slices, or the convolution
+    monkeypatch_module.setattr(pooling, "SMALL_MAP", 1 << 30 if small else 0)  # slices, or the convolution
     cols = windows(x, k, stride, dilation)
     oh = (x.shape[-2] - dilation[0] * (k[0] - 1) - 1) // stride[0] + 1
     shape = (*x.shape[:2], oh, -1)
@@ -76,11 +76,11 @@ def monkeypatch_module():
 def _lazy_and_fused(make, names, chunk, monkeypatch):
     """Statistics of two equal contributions: one read lazily, one prefetched in chunks of ``chunk`` elements."""
     lazy = make()
-    want = {name: lazy._stat(name) for name in names}
-    monkeypatch.setattr(statistics, "CHUNK", chunk)
+    want = {name: lazy.stat(name) for name in names}
+    monkeypatch.setattr(sweeps, "CHUNK", chunk)
     fused = make()
     fused.prefetch(list(names))
-    return want, {name: fused._stat(name) for name in names}
+    return want, {name: fused.stat(name) for name in names}
 
 
 def _assert_same(want, got):
@@ -93,12 +93,9 @@ def _assert_same(want, got):
 def test_fused_factored_statistics_equal_lazy_ones(c, names, chunk, monkeypatch_module):
     """Every form of Factored (ungrouped, grouped, depthwise), any set of statistics, one to many chunks."""
     def make():
-        store = Store(pinned=(c.g, c.x))  # as the evaluator shares them
-        out = Factored(c.g, c.x, c.geometry)
-        out.store = store
-        return out
+        return Factored(c.g, c.x, c.geometry, store=Store(pinned=(c.g, c.x)))  # as the evaluator shares them
 
-    monkeypatch_module.setattr(statistics, "CHUNK", 1 << 19)
+    monkeypatch_module.setattr(sweeps, "CHUNK", 1 << 19)
     want, got = _lazy_and_fused(make, names, chunk, monkeypatch_module)
     _assert_same(want, got)
 
@@ -112,27 +109,27 @@ def test_fused_dense_and_scaled_statistics_equal_lazy_ones(seed, names, chunk, d
     w = signed(data.draw, torch.randn(2, 2, 5, generator=gen, dtype=torch.float64))
     values = signed(data.draw, torch.randn(2, 2, 5, 3, 4, generator=gen, dtype=torch.float64))
     for make in (lambda: Dense(values), lambda: Scaled(x, w)):
-        monkeypatch_module.setattr(statistics, "CHUNK", 1 << 19)
+        monkeypatch_module.setattr(sweeps, "CHUNK", 1 << 19)
         want, got = _lazy_and_fused(make, names, chunk, monkeypatch_module)
         _assert_same(want, got)
     # and Scaled's statistics are those of its materialised values
-    _assert_same({n: Dense(Scaled(x, w).values)._stat(n) for n in names}, {n: Scaled(x, w)._stat(n) for n in names})
+    _assert_same({n: Dense(Scaled(x, w).values).stat(n) for n in names}, {n: Scaled(x, w).stat(n) for n in names})
 
 
 def test_the_fused_sweep_detects_a_wrong_statistic(monkeypatch):
     """The comparison above can fail: a sweep that drops the last chunk gives different statistics."""
     g, x = torch.randn(1, 1, 6, 4, 4, dtype=torch.float64), torch.randn(1, 6, 4, 4, dtype=torch.float64)
-    want = Factored(g, x, PatchGeometry.identity(3, groups=6))._stat("sum")
-    monkeypatch.setattr(statistics, "CHUNK", 16 * 2)  # one block per chunk
-    real = extagg.depthwise.one_per_block_stats
+    want = Factored(g, x, PatchGeometry.identity(3, groups=6)).stat("sum")
+    monkeypatch.setattr(sweeps, "CHUNK", 16 * 2)  # one block per chunk
+    real = depthwise.one_per_block_stats
 
     def drop_last(g, x, blocks, *args, **kwargs):
         return real(g[:, :, :-1], x[:, :-1], blocks - 1, *args, **kwargs)
 
-    monkeypatch.setattr(extagg.contributions, "one_per_block_stats", drop_last)
+    monkeypatch.setattr(extagg.phase2.backend, "one_per_block_stats", drop_last)
     broken = Factored(g, x, PatchGeometry.identity(3, groups=6))
     broken.prefetch(["sum"])
-    assert not torch.allclose(broken._stat("sum"), want)
+    assert not torch.allclose(broken.stat("sum"), want)
 
 
 class _Spy(Dense):
@@ -144,15 +141,15 @@ class _Spy(Dense):
 
     def _stat(self, name):
         self.read.add(name)
-        return super()._stat(name)
+        return super().stat(name)
 
 
-@pytest.mark.parametrize("name", sorted(extagg.default_registry().aggregators))
 @pytest.mark.parametrize("profile", PROFILES)
-def test_every_aggregator_reads_what_it_declares(name, profile):
+def test_every_aggregator_reads_what_it_declares(registry, builtin_aggregator, profile):
     """``reads`` must cover what ``closed_form`` uses, or a sweep would prefetch too little (and silently
     recompute); here both sides are checked for every registered aggregator that declares it."""
-    spec = extagg.default_registry().aggregators[name]
+    name = builtin_aggregator
+    spec = registry.aggregators[name]
     if spec.reads is None or spec.closed_form is None:
         pytest.skip(f"{name} declares no reads")
     c = _Spy(torch.randn(1, 1, 4, 2, 2, dtype=torch.float64))

@@ -14,12 +14,14 @@ from typing import Optional
 from ..errors import InputError
 
 METRICS = ("pointing", "sensitivity", "randomisation", "identity", "deletion", "insertion")
+IDENTITY_DEFAULT = ("normgrad", "normgrad-conv")
+"""The identity check's (identity, real) methods when ``--methods`` is not given (built-in named methods)."""
 DATA = ("voc", "coco", "folder")
 
 
 def add_evaluate_command(subparsers) -> argparse.ArgumentParser:
     """Add the ``evaluate`` sub-command to an argparse ``subparsers``; it sets ``func`` (call ``args.func(args)``)."""
-    from ..cli import device, number_in
+    from ..cli_args import device, number_in
 
     p = subparsers.add_parser(
         "evaluate", help="pointing game, class sensitivity, randomisation, identity checks, deletion and insertion",
@@ -129,9 +131,10 @@ def run_evaluate(args, out=None) -> int:
                                baseline=args.baseline, batch_size=args.batch_size,
                                curve_batch_size=args.curve_batch_size, **common)
     else:
-        records = identity_check(model, data, args.layers, targets=args.targets, batch_size=args.batch_size,
-                                 tolerance=args.tolerance, difficult=args.difficult_file or "rule",
-                                 class_map=args.class_map, **common)
+        pair = tuple(args.methods) if args.methods else IDENTITY_DEFAULT
+        records = identity_check(model, data, args.layers, methods=pair, targets=args.targets,
+                                 batch_size=args.batch_size, tolerance=args.tolerance,
+                                 difficult=args.difficult_file or "rule", class_map=args.class_map, **common)
     if args.output:
         write_records(records, args.output)
     shown = [r for r in records if not r.metric.startswith("class_accuracy:")]

@@ -5,11 +5,12 @@ import fnmatch
 from typing import Callable, Iterable, Iterator, Optional, Sequence, Union
 
 import torch
-import torch.nn.functional as F
 
 from ..capture import INPUT
 from ..errors import InputError, UnknownNameError
 from ..guard import model_device_dtype, preserved
+from ..maps import resize_maps
+from ..util import as_list
 from ..registry import Registry, default_registry
 from ..targets import class_logits
 from .datasets import Sample
@@ -20,9 +21,10 @@ Preprocess = Optional[Callable[[torch.Tensor], torch.Tensor]]
 _WILD = set("*?[")
 
 
-def _as_list(x: Patterns, what: str) -> list[str]:
-    items = [x] if isinstance(x, str) else list(x)
-    if not items or any(not isinstance(i, str) or not i.strip() for i in items):
+def _patterns(x: Patterns, what: str) -> list[str]:
+    """``x`` as a list of stripped, non-empty strings (see :func:`extagg.util.as_list`)."""
+    items = as_list(x, what)
+    if any(not isinstance(i, str) or not i.strip() for i in items):
         raise InputError(f"{what} must be a non-empty string or list of non-empty strings, got {x!r}")
     return [i.strip() for i in items]
 
@@ -36,7 +38,7 @@ def expand_methods(patterns: Patterns, registry: Optional[Registry] = None) -> l
     (named methods, parameters, modifiers such as ``meta:normgrad``, plugins) are parsed as given."""
     registry = registry or default_registry()
     out: list[str] = []
-    for p in _as_list(patterns, "methods"):
+    for p in _patterns(patterns, "methods"):
         found = registry.methods(p) if is_pattern(p) else [registry.canonical(p)]
         if not found:
             raise InputError(f"method pattern {p!r} matches no method; see extagg.methods('*') for the design space")
@@ -51,7 +53,7 @@ def expand_layers(model: torch.nn.Module, patterns: Patterns,
     modules = {n: m for n, m in model.named_modules() if n}
     names = [INPUT, *modules]
     out: list[str] = []
-    for p in _as_list(patterns, "layers"):
+    for p in _patterns(patterns, "layers"):
         if is_pattern(p):
             found = [n for n in names if fnmatch.fnmatchcase(n, p) and (keep is None or keep(n, modules.get(n)))]
             if not found:
@@ -122,9 +124,7 @@ def logits(model: torch.nn.Module, x: torch.Tensor, eval_mode: bool = True) -> t
 
 def resize(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Bilinear resize of (N, T, h, w) maps (``align_corners=False``, as the engine's ``resize``)."""
-    if tuple(maps.shape[-2:]) == tuple(size):
-        return maps
-    return F.interpolate(maps, size=tuple(size), mode="bilinear", align_corners=False)
+    return resize_maps(maps, size)
 
 
 def progress(iterable, enabled: bool, total: Optional[int] = None, desc: str = ""):
@@ -146,21 +146,17 @@ def total_of(data, limit: Optional[int]) -> Optional[int]:
     return n if limit is None else min(n, limit)
 
 
-PER_EXAMPLE_MODIFIERS = frozenset({"meta"})
-"""Pass modifiers that take one (image, target) pair per pass (meta-saliency's SGD step)."""
-
-
 def run_saliency(model: torch.nn.Module, x: torch.Tensor, methods: Sequence[str], layers: Sequence[str], *,
                  targets=None, registry: Optional[Registry] = None, **kwargs):
-    """``extagg.saliency`` for all methods; methods with a per-example modifier (``meta:...``) go through
-    ``extagg.meta.saliency_per_example`` (one step and one pass per pair), explaining the same targets.
+    """``extagg.saliency`` for all methods; methods with a modifier declared ``per_example`` (``meta:...``) go
+    through ``extagg.saliency_per_example`` (one pass per pair), explaining the same targets.
 
     Returns ``({(method, layer): (N, T, h, w)}, targets (N, T) or None)``.
     """
-    from ..engine import saliency
+    from ..engine import saliency, saliency_per_example
 
     registry = registry or default_registry()
-    plain = [m for m in methods if not any(c.name in PER_EXAMPLE_MODIFIERS for c in registry.parse(m).modifiers)]
+    plain = [m for m in methods if not registry.per_example(m)]
     special = [m for m in methods if m not in plain]
     maps: dict = {}
     if plain:
@@ -169,8 +165,6 @@ def run_saliency(model: torch.nn.Module, x: torch.Tensor, methods: Sequence[str]
         if targets is None and kwargs.get("objective") is None:
             targets = result.targets
     if special:
-        from ..meta import saliency_per_example
-
         result = saliency_per_example(model, x, special, layers, targets, registry=registry, **kwargs)
         maps.update(result.items())
         targets = targets if targets is not None else result.targets

@@ -28,9 +28,6 @@ from .pointing import pointing_game
 from .records import Record, summarise
 from .similarity import spearman
 
-IDENTITY, REAL = "normgrad", "normgrad-conv"
-
-
 def _conv_layers(model: torch.nn.Module, layers) -> list[str]:
     modules = dict(model.named_modules())
     names = expand_layers(model, layers, keep=lambda n, m: isinstance(m, torch.nn.Conv2d))
@@ -41,20 +38,23 @@ def _conv_layers(model: torch.nn.Module, layers) -> list[str]:
     return names
 
 
-def identity_check(model: torch.nn.Module, data, layers, *, preprocess=None, targets: str = "label",
+def identity_check(model: torch.nn.Module, data, layers, *, methods: tuple[str, str], preprocess=None,
+                   targets: str = "label",
                    batch_size: int = 8, limit: Optional[int] = None, tolerance: float = 15,
                    difficult="rule", num_classes: Optional[int] = None, progress: bool = False,
                    registry=None, class_map=None) -> list[Record]:
     """Spearman(NormGrad identity trick, NormGrad real conv) per image and layer; pointing difference with masks.
 
     :param layers: Conv2d layer names or patterns (patterns keep only Conv2d modules).
+    :param methods: ``(identity, real)``: the method with the virtual identity after the conv and the one on the
+        conv's own weights, e.g. ``("normgrad", "normgrad-conv")`` with the built-ins (the CLI's default).
     :param num_classes: number of classes of pointing data without a ``class_names`` attribute.
     :param targets: ``"label"`` (the sample's first class; TorchRay uses the ground truth) or ``"predicted"``.
     :param class_map: data-set class -> model class(es) for ``"label"`` targets (and pointing data); needed
         when the data set declares its classes (``class_names`` or ``num_classes``) and the model's number of
         outputs differs (see :mod:`extagg.evaluation.class_map`). Labels of a plain list of samples without
         ``num_classes`` are model class indices.
-    :returns: records with ``method`` = ``"normgrad vs normgrad-conv"``, subset ``"all"``, metric ``spearman``
+    :returns: records with ``method`` = ``"<identity> vs <real>"`` as given, subset ``"all"``, metric ``spearman``
         (+ ``_std``, ``_nan``); with pointing data also both methods' pointing records and ``pointing_difference``
         (``count``: evaluations) per subset.
     """
@@ -62,8 +62,10 @@ def identity_check(model: torch.nn.Module, data, layers, *, preprocess=None, tar
         raise InputError(f"targets must be 'label' or 'predicted', got {targets!r}")
     registry = registry or default_registry()
     conv_layers = _conv_layers(model, layers)
-    ident, real = registry.canonical(IDENTITY), registry.canonical(REAL)
-    pair = f"{IDENTITY} vs {REAL}"
+    if isinstance(methods, str) or len(methods) != 2:
+        raise InputError(f"methods must be (identity, real), two method strings, got {methods!r}")
+    ident, real = registry.canonical(methods[0]), registry.canonical(methods[1])
+    pair = f"{methods[0]} vs {methods[1]}"
     stream = iterate(data, limit)
     first = next(stream, None)
     if first is None:

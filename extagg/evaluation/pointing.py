@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from ..errors import InputError
 from .records import Record
+from .similarity import gaussian_kernel1d
 
 Point = tuple[float, float]
 
@@ -78,9 +79,7 @@ def gaussian_smooth(maps: torch.Tensor, smooth: float) -> torch.Tensor:
     h, w = maps.shape[-2:]
     sigma = smooth * max(h, w)
     r = math.ceil(4 * sigma)
-    i = torch.arange(-r, r + 1, device=maps.device, dtype=maps.dtype)
-    k = torch.exp(-(i ** 2) / (2 * sigma ** 2))
-    k = k / k.sum()
+    k = gaussian_kernel1d(sigma, r, maps.device, maps.dtype)
     x = maps.reshape(-1, 1, h, w)
     x = F.conv2d(F.pad(x, (r, r, 0, 0), mode="replicate"), k.view(1, 1, 1, -1))
     x = F.conv2d(F.pad(x, (0, 0, r, r), mode="replicate"), k.view(1, 1, -1, 1))

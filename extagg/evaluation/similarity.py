@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import InputError
-from ..viz import normalise
+from ..maps import normalise
 
 
 def _float(t: torch.Tensor) -> torch.Tensor:

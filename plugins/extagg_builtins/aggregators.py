@@ -3,10 +3,8 @@ from __future__ import annotations
 
 import torch
 
-import extagg
-from extagg.closed_forms import (factored_max, factored_min, factored_norm, factored_sum, reads_max, reads_min,
-                                 reads_norm, reads_sum)
-from extagg.specs import Aggregator
+from extagg.plugin import (Aggregator, hookimpl, factored_max, factored_min, factored_norm, factored_sum, reads_max,
+                           reads_min, reads_norm, reads_sum)
 
 
 def _sum(x, dim):
@@ -25,13 +23,13 @@ def _norm(x, dim):
     return torch.linalg.vector_norm(x, dim=dim)
 
 
-@extagg.hookimpl
+@hookimpl
 def register_aggregators(register):
-    register(Aggregator(name="sum", reduce=_sum, closed_form=factored_sum, reads=reads_sum, keeps_sign=True,
+    register(Aggregator(name="sum", reduce=_sum, closed_form=factored_sum, reads=reads_sum, preserves_nonnegative=True,
                         formula="sum_i c_i", doc="Signed sum."))
-    register(Aggregator(name="max", reduce=_max, closed_form=factored_max, reads=reads_max, keeps_sign=True,
+    register(Aggregator(name="max", reduce=_max, closed_form=factored_max, reads=reads_max, preserves_nonnegative=True,
                         formula="max_i c_i", doc="Signed maximum."))
-    register(Aggregator(name="min", reduce=_min, closed_form=factored_min, reads=reads_min, keeps_sign=True,
+    register(Aggregator(name="min", reduce=_min, closed_form=factored_min, reads=reads_min, preserves_nonnegative=True,
                         formula="min_i c_i", doc="Signed minimum."))
     register(Aggregator(name="norm", reduce=_norm, closed_form=factored_norm, reads=reads_norm, nonnegative=True, abs_invariant=True,
                         formula="||c||_2", doc="L2 norm (Frobenius norm of a matrix contribution)."))

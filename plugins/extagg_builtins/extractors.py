@@ -4,10 +4,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-import extagg
 from extagg.errors import InputError
-from extagg.contributions import Dense, Factored, PatchGeometry, Product, Scaled
-from extagg.specs import Extractor, Param
+from extagg.plugin import Dense, Extractor, Factored, Param, PatchGeometry, Product, Scaled, hookimpl
 
 
 MAX_K = 1023
@@ -34,29 +32,29 @@ def _fit(c, k: int, name: str) -> None:
 
 
 def bias(c):
-    return Dense(c.grad)
+    return Dense(c.grad, store=c.store)
 
 
 def scaling(c):
-    return Product(c.output, c.grad)
+    return Product(c.output, c.grad, store=c.store)
 
 
 def pooled_scaling(c):
-    return Scaled(c.output, c.grad.mean(dim=(-2, -1)))
+    return Scaled(c.output, c.grad.mean(dim=(-2, -1)), store=c.store)
 
 
 def identity_conv(c, k: int = 3):
     _fit(c, k, "iconv")
-    return Factored(c.grad, c.output, PatchGeometry.identity(k))
+    return Factored(c.grad, c.output, PatchGeometry.identity(k), store=c.store)
 
 
 def depthwise_conv(c, k: int = 3):
     _fit(c, k, "dwconv")
-    return Factored(c.grad, c.output, PatchGeometry.identity(k, groups=c.output.shape[1]))
+    return Factored(c.grad, c.output, PatchGeometry.identity(k, groups=c.output.shape[1]), store=c.store)
 
 
 def real_conv(c):
-    return Factored(c.grad, c.input, PatchGeometry.of_conv(c.module))
+    return Factored(c.grad, c.input, PatchGeometry.of_conv(c.module), store=c.store)
 
 
 def _normalised_input(c) -> torch.Tensor:
@@ -70,14 +68,14 @@ def _normalised_input(c) -> torch.Tensor:
 
 
 def bn_scale(c):
-    return Product(_normalised_input(c), c.grad)
+    return Product(_normalised_input(c), c.grad, store=c.store)
 
 
 _K = Param("k", int, 3, "odd kernel size", check=_odd)
 _KREQ = Param("k", int, doc="odd kernel size", check=_odd)
 
 
-@extagg.hookimpl
+@hookimpl
 def register_extractors(register):
     register(Extractor(name="bias", fn=bias, formula="g_u",
                        doc="Virtual bias after the layer: the gradient at each location."))

@@ -3,15 +3,14 @@ from __future__ import annotations
 
 import torch
 
-import extagg
-from extagg.specs import Filter
+from extagg.plugin import Filter, hookimpl
 
 
 def negative_part(x: torch.Tensor) -> torch.Tensor:
     return (-x).clamp(min=0)
 
 
-@extagg.hookimpl
+@hookimpl
 def register_filters(register):
     register(Filter(name="relu", fn=torch.relu, sign_profile=(1, 0), formula="max(x, 0)",
                     doc="Positive part (selective filtering)."))

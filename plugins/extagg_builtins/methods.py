@@ -1,8 +1,7 @@
 """Built-in named methods of Rebuffi et al. (Table 2) and Grad-CAM, each one composition."""
 from __future__ import annotations
 
-import extagg
-from extagg.specs import Alias
+from extagg.plugin import NamedMethod, hookimpl
 
 NAMED = [
     ("gradient", "bias+abs+max", "Gradient (TorchRay): max over channels of |dS/dx|.", "Simonyan et al. 2014"),
@@ -15,7 +14,7 @@ NAMED = [
 ]
 
 
-@extagg.hookimpl
+@hookimpl
 def register_methods(register):
     for name, expansion, doc, reference in NAMED:
-        register(Alias(name=name, expansion=expansion, doc=doc, reference=reference))
+        register(NamedMethod(name=name, expansion=expansion, doc=doc, reference=reference))

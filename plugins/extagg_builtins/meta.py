@@ -1,4 +1,4 @@
-"""Meta-saliency (Rebuffi et al. 2020, Sec. 4.3): the method evaluated on weights after one SGD step.
+"""The built-in ``meta`` pass modifier: meta-saliency (Rebuffi et al. 2020, Sec. 4.3): the method evaluated on weights after one SGD step.
 
 ``meta(lr=0.002):normgrad`` takes one plain SGD step on the cross-entropy of the class being explained,
 ``theta' = theta - lr * grad_theta CE(model(x), c)`` (``negative=true``: ``theta + lr * grad``, an ascent step),
@@ -7,9 +7,10 @@ The paper's ``theta - 2 eps grad`` with ``eps = 0.001`` is ``lr = 0.002``, the d
 forward and backward pass, shared by every method and layer of the call that carries the same modifier.
 
 One step explains one (image, class) pair: the updated weights depend on the class, so one pass cannot serve
-several. :func:`meta_step` therefore accepts exactly one image and one target and raises
-:class:`~extagg.errors.InputError` otherwise; :func:`saliency_per_example` (and :func:`meta_saliency`) loop over
-the pairs and stack the maps, at one step and one pass per pair.
+several. The modifier is registered with ``per_example=True``: :func:`extagg.saliency` refuses a batch for it
+and :func:`extagg.saliency_per_example` (and :func:`meta_saliency`) loop over the pairs and stack the maps, at one
+step and one pass per pair. The step is functional (``stateless=True``): the stepped weights are new tensors the
+pass reads through :func:`torch.func.functional_call`, and the model's own tensors are never written.
 """
 from __future__ import annotations
 
@@ -20,9 +21,9 @@ from typing import Iterator, Optional, Sequence, Union
 import torch
 import torch.nn.functional as F
 
-from .errors import InputError
-from .guard import preserved
-from .targets import class_logits
+import extagg
+from extagg.errors import InputError
+from extagg.targets import class_logits
 
 DEFAULT_LR = 0.002
 """The paper's ``theta - 2 eps grad`` with ``eps = 0.001`` (TorchRay's function defaults to 1e-4, its scripts to 0.0025)."""
@@ -53,15 +54,17 @@ def _predicted(output: torch.Tensor) -> torch.Tensor:
 
 @contextlib.contextmanager
 def meta_step(model: torch.nn.Module, images: torch.Tensor, targets: Optional[torch.Tensor] = None, *,
-              lr: float = DEFAULT_LR, negative: bool = False) -> Iterator[torch.nn.Module]:
-    """Context manager: inside it the model holds ``theta -/+ lr * grad CE``; on exit it is restored bit for bit.
+              lr: float = DEFAULT_LR, negative: bool = False) -> Iterator[dict[str, torch.Tensor]]:
+    """Context manager yielding the stepped parameters ``{name: theta -/+ lr * grad CE}``; the model's own tensors
+    are never written (so a graph the caller holds stays valid).
 
-    The ``fn`` of the ``meta`` modifier. ``images`` is (1, C, H, W); ``targets`` a (1, 1) long tensor or None for
+    The ``fn`` of the ``meta`` modifier: extagg runs the pass with these parameters through
+    :func:`torch.func.functional_call`. ``images`` is (1, C, H, W); ``targets`` a (1, 1) long tensor or None for
     the predicted class (taken from the step's own forward pass, so no extra pass is spent on it; if the step
-    changes the predicted class, the pass inside the block raises :class:`InputError`, since it would explain
+    changes the predicted class, a pass inside the block raises :class:`InputError`, since it would explain
     another class than the one the step used). Every floating parameter takes the step, also those with
-    ``requires_grad=False``; ``.grad`` is never written (gradients come from :func:`torch.autograd.grad`).
-    The module modes inside the block are those on entry; the step itself runs in eval mode.
+    ``requires_grad=False``; gradients come from :func:`torch.autograd.grad` on detached copies, so ``.grad`` and
+    ``requires_grad`` are never touched. The step runs in eval mode; module modes are restored before the block.
     """
     problem = check_lr(lr)
     if problem:
@@ -75,46 +78,37 @@ def meta_step(model: torch.nn.Module, images: torch.Tensor, targets: Optional[to
     if n * t != 1:
         raise InputError(
             f"meta-saliency takes one SGD step per explained (image, class) pair, but this pass explains {n} "
-            f"image(s) x {t} target(s); use extagg.meta.saliency_per_example(...) (or extagg.meta.meta_saliency) "
+            f"image(s) x {t} target(s); use extagg.saliency_per_example(...) (or extagg_builtins.meta.meta_saliency) "
             "which runs one step and one pass per pair, or pass one image and one target"
         )
-    with preserved(model, weights=True):
-        params = [p for p in model.parameters() if p.is_floating_point()]
-        modes = [(m, m.training) for m in model.modules()]
-        flags = [p.requires_grad for p in params]
-        try:
-            model.eval()
-            for p in params:
-                p.requires_grad_(True)
-            with torch.enable_grad():
-                output = model(images)
-                if not isinstance(output, torch.Tensor) or output.ndim < 2:
-                    cross_entropy_of(output, torch.zeros(1, dtype=torch.long))  # raises the explanatory error
-                if targets is None:
-                    target = _predicted(output.detach())
-                else:
-                    target = targets.reshape(-1)[:1].to(device=output.device, dtype=torch.long)
-                    if not 0 <= int(target) < output.shape[1]:
-                        raise InputError(f"target {int(target)} is out of range: the model has {output.shape[1]} "
-                                         f"classes (valid 0..{output.shape[1] - 1})")
-                loss = cross_entropy_of(output, target)
-                if negative:
-                    loss = -loss
-                grads = torch.autograd.grad(loss, params, allow_unused=True)
-        finally:
-            for m, mode in modes:
-                m.training = mode
-            for p, flag in zip(params, flags):
-                p.requires_grad_(flag)
-        with torch.no_grad():
-            for p, g in zip(params, grads):
-                if g is not None:
-                    p.copy_(p - lr * g)
-        handle = model.register_forward_hook(_same_class_check(target) if targets is None else _noop)
-        try:
-            yield model
-        finally:
-            handle.remove()
+    leaves = {name: p.detach().requires_grad_(True) for name, p in model.named_parameters() if p.is_floating_point()}
+    modes = [(m, m.training) for m in model.modules()]
+    try:
+        model.eval()
+        with torch.enable_grad():
+            output = torch.func.functional_call(model, leaves, (images,))
+            if not isinstance(output, torch.Tensor) or output.ndim < 2:
+                cross_entropy_of(output, torch.zeros(1, dtype=torch.long))  # raises the explanatory error
+            if targets is None:
+                target = _predicted(output.detach())
+            else:
+                target = targets.reshape(-1)[:1].to(device=output.device, dtype=torch.long)
+                if not 0 <= int(target) < output.shape[1]:
+                    raise InputError(f"target {int(target)} is out of range: the model has {output.shape[1]} "
+                                     f"classes (valid 0..{output.shape[1] - 1})")
+            loss = cross_entropy_of(output, target)
+            if negative:
+                loss = -loss
+            grads = torch.autograd.grad(loss, list(leaves.values()), allow_unused=True)
+    finally:
+        for m, mode in modes:
+            m.training = mode
+    stepped = {name: p.detach() if g is None else p.detach() - lr * g for (name, p), g in zip(leaves.items(), grads)}
+    handle = model.register_forward_hook(_same_class_check(target) if targets is None else _noop)
+    try:
+        yield stepped
+    finally:
+        handle.remove()
 
 
 def _noop(*_args):
@@ -133,37 +127,6 @@ def _same_class_check(stepped: torch.Tensor):
     return hook
 
 
-def saliency_per_example(model: torch.nn.Module, images: torch.Tensor, methods="linear-approx",
-                         layers: Union[str, Sequence[str]] = "input", targets=None, **kwargs):
-    """:func:`extagg.saliency` run once per (image, target) pair, maps stacked to (N, T, h, w).
-
-    For pass modifiers that take one example at a time (``meta``): each pair gets its own step and its own
-    pass. Keyword arguments go to :func:`extagg.saliency`. Returns a :class:`~extagg.SaliencyMaps` as that does.
-    """
-    from .engine import check_images, saliency
-    from .registry import default_registry
-    from .result import SaliencyMaps
-    from .targets import as_target_matrix
-
-    images = check_images(images)
-    n = images.shape[0]
-    registry = kwargs.get("registry") or default_registry()
-    matrix = as_target_matrix(targets, n, None) if kwargs.get("objective") is None else None
-    rows = []
-    for i in range(n):
-        cols = [None] if matrix is None else [matrix[i:i + 1, k:k + 1] for k in range(matrix.shape[1])]
-        rows.append([saliency(model, images[i:i + 1], methods, layers, col, **kwargs) for col in cols])
-    first = rows[0][0]
-    maps = {key: torch.cat([torch.cat([r[key] for r in row], 1) for row in rows], 0) for key in first}
-
-    def stack(attr):
-        if getattr(first, attr) is None:
-            return None
-        return torch.cat([torch.cat([getattr(r, attr) for r in row], 1) for row in rows], 0)
-
-    return SaliencyMaps(registry, maps, dict(first._spelled), stack("targets"), stack("scores"))
-
-
 def meta_call(lr: float = DEFAULT_LR, negative: bool = False) -> str:
     """The modifier prefix for these settings, e.g. ``"meta(lr=0.0025):"`` (defaults left out)."""
     problem = check_lr(lr)
@@ -174,18 +137,15 @@ def meta_call(lr: float = DEFAULT_LR, negative: bool = False) -> str:
     return "meta" + (f"({','.join(params)})" if params else "") + ":"
 
 
-def meta_saliency(model: torch.nn.Module, images: torch.Tensor, methods="linear-approx",
-                  layers: Union[str, Sequence[str]] = "input", targets=None, *, lr: float = DEFAULT_LR,
-                  negative: bool = False, **kwargs):
+def meta_saliency(model: torch.nn.Module, images: torch.Tensor, methods, layers: Union[str, Sequence[str]] = "input",
+                  targets=None, *, lr: float = DEFAULT_LR, negative: bool = False, **kwargs):
     """Meta-saliency of every method at every layer for a batch: ``meta(lr, negative):method`` per example.
 
     ``methods`` are written without the modifier (``"normgrad"``); the result is keyed by the canonical meta
     strings (``"meta:conv1x1+norm"``) and also answers to the spelling given. Cost: one step and one pass per
     (image, target) pair. With one image and one target this is exactly ``extagg.saliency`` on the meta strings.
     """
-    from .registry import default_registry
-
-    registry = kwargs.get("registry") or default_registry()
+    registry = kwargs.get("registry") or extagg.default_registry()
     items = [methods] if isinstance(methods, str) else list(methods)
     if not items:
         raise InputError("no methods given")
@@ -197,7 +157,5 @@ def meta_saliency(model: torch.nn.Module, images: torch.Tensor, methods="linear-
             raise InputError(f"method {str(m)!r} already has a meta modifier; give it to extagg.saliency, or drop "
                              "the 'meta:' prefix here")
         prefixed.append(prefix + str(method))
-    result = saliency_per_example(model, images, prefixed, layers, targets, **kwargs)
-    for m, p in zip(items, prefixed):
-        result._spelled[str(m)] = registry.canonical(p)
-    return result
+    result = extagg.saliency_per_example(model, images, prefixed, layers, targets, **kwargs)
+    return result.with_spellings({str(m): registry.canonical(p) for m, p in zip(items, prefixed)})
