@@ -6,6 +6,7 @@ from torch import nn
 
 from extagg.errors import InputError
 from extagg.plugin import Dense, Extractor, Factored, Param, PatchGeometry, Product, Scaled, hookimpl
+from extagg_builtins.cam_weights import GRADIENT_FILTERS, POOLS, channel_weights, filtered, one_of
 
 
 MAX_K = 1023
@@ -35,12 +36,12 @@ def bias(c):
     return Dense(c.grad, store=c.store)
 
 
-def scaling(c):
-    return Product(c.output, c.grad, store=c.store)
+def scaling(c, g: str = "signed"):
+    return Product(c.output, filtered(c.grad, g), store=c.store)
 
 
-def pooled_scaling(c):
-    return Scaled(c.output, c.grad.mean(dim=(-2, -1)), store=c.store)
+def pooled_scaling(c, g: str = "signed", pool: str = "mean", alpha_norm: bool = False):
+    return Scaled(c.output, channel_weights(c.grad, c.output, g, pool, alpha_norm), store=c.store)
 
 
 def identity_conv(c, k: int = 3):
@@ -72,6 +73,12 @@ def bn_scale(c):
 
 
 _K = Param("k", int, 3, "odd kernel size", check=_odd)
+_G = Param("g", str, "signed", "filter on the gradient before it is pooled or multiplied: signed (none), relu, abs",
+           check=one_of(tuple(GRADIENT_FILTERS)))
+_POOL = Param("pool", str, "mean", "channel weight from the filtered gradient f(g): mean (Grad-CAM), mass "
+              "(XGrad-CAM: sum x f(g) / sum x), alpha (Grad-CAM++ eq. 19: sum alpha f(g))", check=one_of(POOLS))
+_ALPHA_NORM = Param("alpha_norm", bool, False, "pool=alpha only: divide alpha per channel by its sum where f(g) != 0 "
+                    "(Grad-CAM++'s original code)")
 _KREQ = Param("k", int, doc="odd kernel size", check=_odd)
 
 
@@ -79,10 +86,13 @@ _KREQ = Param("k", int, doc="odd kernel size", check=_odd)
 def register_extractors(register):
     register(Extractor(name="bias", fn=bias, formula="g_u",
                        doc="Virtual bias after the layer: the gradient at each location."))
-    register(Extractor(name="scaling", fn=scaling, formula="x_u * g_u",
-                       doc="Virtual per-channel scaling after the layer: activation times gradient."))
-    register(Extractor(name="pooled-scaling", fn=pooled_scaling, formula="x_u * mean_v g_v",
-                       doc="Scaling whose gradient is pooled over space (Grad-CAM's channel weights)."))
+    register(Extractor(name="scaling", fn=scaling, params=[_G], formula="x_u * f(g_u)",
+                       doc="Virtual per-channel scaling after the layer: activation times gradient "
+                           "('scaling(g=relu)': times the gradient's positive part, LayerCAM)."))
+    register(Extractor(name="pooled-scaling", fn=pooled_scaling, params=[_G, _POOL, _ALPHA_NORM],
+                       formula="x_u * w, w = pool_v f(g_v) (mean | mass-weighted | Grad-CAM++ alpha-weighted)",
+                       doc="Scaling whose gradient is pooled over space into channel weights: Grad-CAM (default), "
+                           "XGrad-CAM (pool=mass), Grad-CAM++ (pool=alpha); g=relu|abs filters g before pooling."))
     register(Extractor(name="conv1x1", fn=lambda c: identity_conv(c, 1), formula="vec(g_u x_u^T)",
                        doc="Virtual 1x1 identity convolution after the layer (NormGrad)."))
     register(Extractor(name="conv3x3", fn=lambda c: identity_conv(c, 3), formula="vec(g_u p_u^T), p_u = 3x3 patch of x, zero pad 1",
