@@ -1,0 +1,124 @@
+"""The CAM family against pytorch-grad-cam (``pip install grad-cam``; skipped without it), where the definitions
+coincide, and by how much where they do not (docs/cam_family.md says why).
+
+pytorch-grad-cam returns ``minmax(minmax(relu(map)))`` resized to the input (float32, eps 1e-7); the layers used
+here are at the input's resolution, so no resizing takes part in the comparison."""
+import pytest
+import torch
+from torch import nn
+
+import extagg
+
+pgc = pytest.importorskip("pytorch_grad_cam")
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget  # noqa: E402
+
+
+def full_resolution_net(seed: int = 0) -> nn.Sequential:
+    torch.manual_seed(seed)
+    net = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(),
+                        nn.Conv2d(6, 5, 3, padding=1), nn.ReLU(),
+                        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(5, 4)).double().eval()
+    with torch.no_grad():
+        net[1].running_mean.uniform_(-0.5, 0.5)
+        net[1].running_var.uniform_(0.5, 2)
+        net[1].weight.uniform_(0.5, 1.5)
+        net[1].bias.uniform_(-0.3, 0.3)
+    return net
+
+
+@pytest.fixture
+def net():
+    return full_resolution_net()
+
+
+@pytest.fixture
+def x():
+    return torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+
+
+def minmax(m: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
+    m = m - m.amin(dim=(-2, -1), keepdim=True)
+    return m / (eps + m.amax(dim=(-2, -1), keepdim=True))
+
+
+def peer(cls, net, x, layer, c):
+    cam = cls(model=net, target_layers=[net[layer]])
+    return torch.from_numpy(cam(input_tensor=x, targets=[ClassifierOutputTarget(c)] * x.shape[0])).double()
+
+
+def ours(net, x, method, layer, c, registry):
+    m = extagg.saliency(net, x, method, str(layer), c, registry=registry)[method][:, 0]
+    return minmax(minmax(torch.relu(m)))
+
+
+@pytest.mark.parametrize("name, method", [("XGradCAM", "xgradcam"), ("LayerCAM", "layercam"),
+                                          ("HiResCAM", "hirescam"), ("GradCAM", "gradcam")])
+@pytest.mark.parametrize("layer", [1, 2, 4])
+def test_same_definition_same_map(net, x, registry, name, method, layer):
+    expected = peer(getattr(pgc, name), net, x, layer, 3)
+    torch.testing.assert_close(ours(net, x, method, layer, 3, registry), expected, atol=2e-6, rtol=0)
+
+
+def _gradcampp(net, x, layer, c, eps):
+    """Eq. 19 (exp output) with ``eps`` added to the alpha denominator, alpha = 0 where g = 0; plain autograd."""
+    a = net[:layer + 1](x).detach().requires_grad_(True)
+    g, = torch.autograd.grad(net[layer + 1:](a)[:, c].sum(), a)
+    a = a.detach()
+    alpha = g ** 2 / (2 * g ** 2 + a.sum(dim=(2, 3), keepdim=True) * g ** 3 + eps)
+    alpha = torch.where(g != 0, alpha, 0)
+    w = (alpha * torch.relu(g)).sum(dim=(2, 3), keepdim=True)
+    return minmax(minmax(torch.relu((w * a).sum(1))))
+
+
+@pytest.mark.parametrize("layer", [1, 2, 4])
+def test_gradcampp_differs_from_pytorch_grad_cam_only_by_its_eps(net, x, registry, layer):
+    """pytorch-grad-cam adds 1e-6 to the alpha denominator 2g^2 + S g^3; extagg adds nothing (alpha = 0 where the
+    denominator is 0). Where g^2 is near 1e-6 (small gradients, early layers) the eps changes alpha: the peer is
+    the formula with eps = 1e-6, extagg the formula with eps = 0, and the two differ by up to several percent of
+    the map's range here (layers 1 and 2; 1e-3 at the GAP layer 4)."""
+    expected = peer(pgc.GradCAMPlusPlus, net, x, layer, 3)
+    torch.testing.assert_close(_gradcampp(net, x, layer, 3, 1e-6), expected, atol=2e-6, rtol=0)
+    got = ours(net, x, "gradcampp", layer, 3, registry)
+    torch.testing.assert_close(got, _gradcampp(net, x, layer, 3, 0.0))
+    if layer in (1, 2):
+        assert (got - expected).abs().max() > 1e-3
+
+
+def _per_channel_fullgrad(net, x, c):
+    """pytorch-grad-cam's FullGrad written with plain autograd: |b * g| min-max normalised per image *and per
+    channel*, summed, then the layer sum min-max normalised."""
+    outs, biases = [], []
+
+    def keep(module, _inp, out):
+        out.retain_grad()
+        outs.append(out)
+        b = module.bias
+        if isinstance(module, nn.BatchNorm2d):
+            b = b - module.weight * module.running_mean / torch.sqrt(module.running_var + module.eps)
+        biases.append(b.detach())
+
+    handles = [m.register_forward_hook(keep) for m in net if isinstance(m, (nn.Conv2d, nn.BatchNorm2d))]
+    xx = x.clone().requires_grad_(True)
+    try:
+        net(xx)[:, c].sum().backward()
+    finally:
+        for h in handles:
+            h.remove()
+        net.zero_grad(set_to_none=True)
+    total = minmax((xx.grad * x).abs()).sum(1)
+    for out, b in zip(outs, biases):
+        total = total + minmax((out.grad * b[None, :, None, None]).abs()).sum(1)
+    return minmax(total)
+
+
+def test_fullgrad_differs_from_pytorch_grad_cam_by_its_per_channel_normalisation(net, x, registry):
+    """pytorch-grad-cam normalises each channel of |b * g| on its own; the reference code (and extagg) the whole
+    C x H x W tensor of a layer. The peer is exactly its own per-channel definition; extagg is not."""
+    from extagg_builtins.fullgrad import fullgrad
+    cam = pgc.FullGrad(model=net, target_layers=[])
+    expected = torch.from_numpy(cam(input_tensor=x, targets=[ClassifierOutputTarget(1)] * 2)).double()
+    torch.testing.assert_close(_per_channel_fullgrad(net, x, 1), expected, atol=2e-6, rtol=0)
+    got = minmax(fullgrad(net, x, 1, registry=registry)[:, 0])
+    gap = (got - expected).abs().max().item()
+    print(f"fullgrad vs pytorch-grad-cam: max |difference| {gap:.3f} of the [0, 1] range")
+    assert gap > 1e-2, gap
