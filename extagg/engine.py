@@ -48,7 +48,9 @@ def check_images(images) -> torch.Tensor:
 def fits(registry: Registry, method: Method, module: Optional[torch.nn.Module]) -> bool:
     """Whether the method's extractor applies to the layer's module (None: the input image)."""
     spec = registry.extractors[method.extractor.name]
-    return spec.applies_to is None or (module is not None and isinstance(module, spec.applies_to))
+    if module is None:
+        return spec.applies_to is None or spec.applies_to_input
+    return spec.applies_to is None or isinstance(module, spec.applies_to)
 
 
 def check_layer_fit(registry: Registry, method: Method, layer: str, module: Optional[torch.nn.Module]) -> None:
@@ -56,7 +58,7 @@ def check_layer_fit(registry: Registry, method: Method, layer: str, module: Opti
     if not fits(registry, method, module):
         spec = registry.extractors[method.extractor.name]
         got = "the input image" if module is None else type(module).__name__
-        want = " or ".join(t.__name__ for t in spec.applies_to)
+        want = " or ".join([t.__name__ for t in spec.applies_to] + (["'input'"] if spec.applies_to_input else []))
         raise LayerMismatchError(
             f"extractor {spec.name!r} (in {str(method)!r}) needs a {want} layer, but {layer!r} is {got}; "
             "use an extractor without a layer type (e.g. 'conv1x1', 'scaling') or choose a matching layer"

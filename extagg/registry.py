@@ -14,7 +14,8 @@ from typing import Any, Iterable, Mapping, Union
 import attrs
 
 from . import hookspecs
-from .errors import DuplicateNameError, InvalidMethodError, PluginLoadError, UnknownNameError
+from .errors import (DuplicateNameError, InvalidMethodError, PluginLoadError, UnknownNameError, close_matches,
+                     did_you_mean)
 from .method import Call, Method, ParseCache, RawCall, scan
 from .plugins import PluginFailure, PluginInfo, block_hint, make_plugin_manager
 from .specs import COMPONENT_TYPES, Aggregator, Extractor, Filter, Modifier, NamedMethod, Origin, Param, record_problems
@@ -38,6 +39,10 @@ def _convert(param: Param, value: Any, owner: str) -> Any:
             f"parameter {param.name!r} of {owner!r} must be {kind.__name__}, got {value!r}"
         )
     value = kind(value)
+    if param.choices and value not in param.choices:
+        raise InvalidMethodError(
+            f"parameter {param.name!r} of {owner!r} must be one of {', '.join(map(str, param.choices))}, got "
+            f"{value!r}" + did_you_mean(close_matches(str(value), map(str, param.choices))))
     if param.check is not None:
         problem = param.check(value)
         if problem:

@@ -2,7 +2,8 @@
 
 A composition is ``extractor [+ pre-filter] + aggregator [+ post-filter]`` (at most one filter on each side;
 longer chains are valid method strings but are not enumerated). Components with a required parameter are
-left out (write them by hand, e.g. ``iconv(k=5)+norm``); the others appear at their defaults.
+left out (write them by hand, e.g. ``iconv(k=5)+norm``); the others appear at their defaults, and once for each
+combination of the values of parameters that declare ``choices`` (``pooled-scaling(g=relu,pool=alpha)+sum``).
 Modifier variants (``meta:scaling+sum``, each modifier at its defaults) are listed only when a pattern
 contains ``:`` (``"*:*"`` lists them all, ``"meta:*+norm"`` some). Compositions in which a filter provably does nothing are left out:
 
@@ -17,6 +18,7 @@ import itertools
 import re
 from typing import Iterable, Optional, Union
 
+from .method import format_value
 from .specs import Aggregator, Filter
 
 
@@ -43,6 +45,18 @@ def is_redundant(pre: Optional[Filter], agg: Aggregator, post: Optional[Filter])
     return False
 
 
+def spellings(spec) -> list[str]:
+    """Canonical spellings of ``spec`` over its parameters' ``choices`` (defaults left out): ``["scaling",
+    "scaling(g=abs)", "scaling(g=relu)"]``; just the name for a component without choices."""
+    options = [[(p.name, v) for v in p.choices] for p in sorted(spec.params, key=lambda p: p.name) if p.choices]
+    defaults = {p.name: p.default for p in spec.params}
+    out = []
+    for combo in itertools.product(*options):
+        given = [f"{k}={format_value(v)}" for k, v in combo if v != defaults[k]]
+        out.append(spec.name + (f"({','.join(given)})" if given else ""))
+    return out
+
+
 def enumerate_methods(registry, pattern: Union[str, Iterable[str]] = "*",
                       exclude: Union[str, Iterable[str]] = ()) -> list[str]:
     """Canonical strings of the design space matching any of ``pattern`` and none of ``exclude``.
@@ -61,19 +75,21 @@ def enumerate_methods(registry, pattern: Union[str, Iterable[str]] = "*",
     if any(":" in p for p in include):  # modifier variants are listed only when a pattern asks for them
         prefixes += [f"{m.name}:" for m in registry.modifiers.values() if not any(p.required for p in m.params)]
     out = []
+    spelled = {id(x): spellings(x) for x in [*registry.extractors.values(), *filters[1:], *aggregators]}
     for ext in registry.extractors.values():
         if not ready(ext):
             continue
         for pre, agg, post in itertools.product(filters, aggregators, filters):
             if is_redundant(pre, agg, post):
                 continue
-            body = "+".join(x.name for x in (ext, pre, agg, post) if x is not None)
-            for prefix in prefixes:
-                text = prefix + body
-                if any(fnmatch.fnmatchcase(text, p) for p in include) and not any(
-                    fnmatch.fnmatchcase(text, p) for p in excluded
-                ):
-                    out.append(text)
+            parts = [spelled[id(x)] for x in (ext, pre, agg, post) if x is not None]
+            for body in map("+".join, itertools.product(*parts)):
+                for prefix in prefixes:
+                    text = prefix + body
+                    if any(fnmatch.fnmatchcase(text, p) for p in include) and not any(
+                        fnmatch.fnmatchcase(text, p) for p in excluded
+                    ):
+                        out.append(text)
     return sorted(out, key=natural_key)
 
 

@@ -28,11 +28,18 @@ class Origin:
         return f"{self.plugin} ({self.distribution}{version})"
 
 
+def _tuple_of(x: Any) -> tuple:
+    return tuple(x)
+
+
 @attrs.frozen
 class Param:
     """A parameter a component accepts in method strings, e.g. ``dwconv(k=5)``.
 
     ``type`` is one of ``int``, ``float``, ``bool``, ``str``; ``check`` may return an error message for a bad value.
+    ``choices`` (optional) lists every value the parameter accepts (the default among them): any other value is
+    refused with the list and a "did you mean", and the design space enumerates each choice
+    (``pooled-scaling(g=relu)+sum`` next to ``pooled-scaling+sum``).
     """
 
     name: str
@@ -40,6 +47,7 @@ class Param:
     default: Any = REQUIRED
     doc: str = ""
     check: Optional[Callable[[Any], Optional[str]]] = attrs.field(default=None, eq=False, repr=False)
+    choices: tuple = attrs.field(default=(), converter=_tuple_of)
 
     @property
     def required(self) -> bool:
@@ -57,7 +65,8 @@ class Extractor:
     ``fn(capture, **params)`` receives an :class:`extagg.capture.LayerCapture` and returns a
     :class:`extagg.contributions.Dense` or :class:`extagg.contributions.Factored`.
     ``needs`` is a subset of ``{"output", "input", "grad"}``: what the capture must hold.
-    ``applies_to`` restricts the layer's module type (None: any module, and the ``"input"`` layer).
+    ``applies_to`` restricts the layer's module type (None: any module, and the ``"input"`` layer);
+    ``applies_to_input=True`` admits the ``"input"`` layer as well when ``applies_to`` is set.
     """
 
     name: str
@@ -67,6 +76,7 @@ class Extractor:
     params: tuple[Param, ...] = attrs.field(default=(), converter=_tuple)
     needs: frozenset = attrs.field(default=frozenset({"output", "grad"}), converter=frozenset)
     applies_to: Optional[tuple[type, ...]] = None
+    applies_to_input: bool = False
     origin: Optional[Origin] = None
     kind = "extractor"
 
@@ -188,6 +198,13 @@ def _param_problems(param: Param) -> list[str]:
             or (kind is float and isinstance(value, int) and not isinstance(value, bool))
         if not ok:
             out.append(f"parameter {param.name!r} of type {kind.__name__} has the default {value!r}")
+    if param.choices:
+        wrong = [c for c in param.choices if not isinstance(c, param.type) or isinstance(c, bool) != (param.type is bool)]
+        if wrong:
+            out.append(f"parameter {param.name!r} of type {param.type.__name__} lists the choices {wrong!r}")
+        elif not param.required and param.default not in param.choices:
+            out.append(f"parameter {param.name!r} has the default {param.default!r}, not one of its choices "
+                       f"{list(param.choices)!r}")
     if param.check is not None and not callable(param.check):
         out.append(f"parameter {param.name!r} has a check that is not callable: {param.check!r}")
     return out
@@ -209,6 +226,8 @@ def record_problems(record) -> list[str]:
         if record.applies_to is not None and (not isinstance(record.applies_to, tuple) or not record.applies_to
                                               or not all(isinstance(t, type) for t in record.applies_to)):
             out.append(f"applies_to must be None or a non-empty tuple of module classes, got {record.applies_to!r}")
+        if record.applies_to_input and record.applies_to is None:
+            out.append("applies_to_input=True needs applies_to (without it every layer, the input included, fits)")
     if isinstance(record, Filter) and record.sign_profile is not None:
         profile = record.sign_profile
         if not (isinstance(profile, (tuple, list)) and len(profile) == 2

@@ -6,7 +6,7 @@ from hypothesis import given
 from torch import nn
 
 import extagg
-from extagg.errors import InputError
+from extagg.errors import LayerMismatchError
 from tests.strategies import net_specs
 
 
@@ -162,5 +162,26 @@ def test_bad_choices_name_the_accepted_ones(registry, bad, accepted):
 
 
 def test_bias_value_refuses_other_modules(net, x, registry):
-    with pytest.raises(InputError, match="Conv2d, BatchNorm2d or the 'input' layer"):
+    with pytest.raises(LayerMismatchError, match="Conv2d or BatchNorm2d or 'input'"):
         extagg.saliency(net, x, "fullgrad", "2", targets=0, registry=registry)
+
+
+@pytest.mark.parametrize("param, problem", [
+    (extagg.specs.Param("g", str, "none", choices=("signed", "relu")), "not one of its choices"),
+    (extagg.specs.Param("g", str, "relu", choices=("relu", 1)), "lists the choices [1]"),
+])
+def test_a_param_with_bad_choices_is_refused_when_it_registers(param, problem):
+    from extagg.plugin import Dense, Extractor, hookimpl
+    mod = type(extagg)("bad_choices")
+    mod.register_extractors = hookimpl(lambda register: register(
+        Extractor(name="odd", fn=lambda c, g="relu": Dense(c.grad), params=[param])))
+    with pytest.raises(Exception, match=__import__("re").escape(problem)):
+        extagg.Registry.from_plugin_manager(extagg.make_plugin_manager(autoload=False, extra=[mod]))
+
+
+def test_choices_are_enumerated_in_the_design_space(registry):
+    """Each positive / signed pair is in the space, one token apart."""
+    space = set(registry.methods())
+    for named in ("gradcam", "gradcam-pos", "gradcam-abs", "gradcampp", "gradcampp-signed", "xgradcam",
+                  "layercam", "hirescam", "fullgrad", "fullgrad-pos", "fullgrad-signed"):
+        assert str(registry.parse(named)) in space, named

@@ -19,21 +19,12 @@ Shapes: gradient ``g`` (N, T, C, h, w), activation ``x`` (N, C, h, w); the weigh
 """
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 
 GRADIENT_FILTERS = {"signed": lambda g: g, "relu": torch.relu, "abs": torch.abs}
 """The filters ``g`` may name, applied to the gradient before pooling."""
 POOLS = ("mean", "mass", "alpha")
 """The pooling rules ``pool`` may name."""
-
-
-def one_of(options):
-    """A :class:`extagg.plugin.Param` check accepting exactly ``options``."""
-    def check(value) -> Optional[str]:
-        return None if value in options else "must be one of " + ", ".join(options)
-    return check
 
 
 def filtered(g: torch.Tensor, name: str) -> torch.Tensor:

@@ -72,7 +72,7 @@ NAMED = [
 
 @hookimpl
 def register_extractors(register):
-    register(Extractor(name="bias-value", fn=bias_value,
+    register(Extractor(name="bias-value", fn=bias_value, applies_to=BIAS_LAYERS, applies_to_input=True,
                        formula="b_k * g_ku (Conv2d bias; BatchNorm2d: beta - gamma*mean/sqrt(var+eps)); x_u * g_u at input",
                        doc="The layer's real bias times its output gradient, per location (FullGrad's bias term; "
                            "the input-gradient term x*g at 'input'). Summed over channels and space, over the "

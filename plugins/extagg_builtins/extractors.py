@@ -6,7 +6,7 @@ from torch import nn
 
 from extagg.errors import InputError
 from extagg.plugin import Dense, Extractor, Factored, Param, PatchGeometry, Product, Scaled, hookimpl
-from extagg_builtins.cam_weights import GRADIENT_FILTERS, POOLS, channel_weights, filtered, one_of
+from extagg_builtins.cam_weights import GRADIENT_FILTERS, POOLS, channel_weights, filtered
 
 
 MAX_K = 1023
@@ -74,9 +74,9 @@ def bn_scale(c):
 
 _K = Param("k", int, 3, "odd kernel size", check=_odd)
 _G = Param("g", str, "signed", "filter on the gradient before it is pooled or multiplied: signed (none), relu, abs",
-           check=one_of(tuple(GRADIENT_FILTERS)))
+           choices=tuple(GRADIENT_FILTERS))
 _POOL = Param("pool", str, "mean", "channel weight from the filtered gradient f(g): mean (Grad-CAM), mass "
-              "(XGrad-CAM: sum x f(g) / sum x), alpha (Grad-CAM++ eq. 19: sum alpha f(g))", check=one_of(POOLS))
+              "(XGrad-CAM: sum x f(g) / sum x), alpha (Grad-CAM++ eq. 19: sum alpha f(g))", choices=POOLS)
 _ALPHA_NORM = Param("alpha_norm", bool, False, "pool=alpha only: divide alpha per channel by its sum where f(g) != 0 "
                     "(Grad-CAM++'s original code)")
 _KREQ = Param("k", int, doc="odd kernel size", check=_odd)
