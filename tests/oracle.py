@@ -35,15 +35,41 @@ def unfold_same(a: torch.Tensor, k: int) -> torch.Tensor:
     return F.unfold(a, k, padding=k // 2).reshape(n, c, k * k, h, w)
 
 
-def contribution(name: str, k: int, module, x_in, a, g) -> torch.Tensor:
+GRADIENT_FILTERS = {"signed": lambda g: g, "relu": torch.relu, "abs": torch.abs}
+
+
+def cam_weights(a, g, gf: str, pool: str, alpha_norm: bool) -> torch.Tensor:
+    """(N, T, C, 1, 1) channel weights: Grad-CAM (mean), XGrad-CAM (mass), Grad-CAM++ eq. 19 (alpha)."""
+    fg = GRADIENT_FILTERS[gf](g)
+    if pool == "mean":
+        return fg.mean((3, 4), keepdim=True)
+    mass = a.sum((2, 3), keepdim=True)[:, None]
+    if pool == "mass":
+        return torch.nan_to_num((fg * a[:, None]).sum((3, 4), keepdim=True) / mass, nan=0.0, posinf=0.0, neginf=0.0)
+    alpha = torch.nan_to_num(g ** 2 / (2 * g ** 2 + mass * g ** 3), nan=0.0, posinf=0.0, neginf=0.0)
+    if alpha_norm:
+        total = (alpha * (fg != 0)).sum((3, 4), keepdim=True)
+        alpha = torch.where(total != 0, alpha / total, alpha)
+    return (alpha * fg).sum((3, 4), keepdim=True)
+
+
+def contribution(name: str, k: int, module, x_in, a, g, params=None) -> torch.Tensor:
     """The materialised per-location contribution (N, T, D, h, w) of extractor ``name``."""
     n, t, c, h, w = g.shape
+    params = params or {}
     if name in ("bias", "bn-bias"):
         return g
     if name == "scaling":
-        return a[:, None] * g
+        return a[:, None] * GRADIENT_FILTERS[params.get("g", "signed")](g)
     if name == "pooled-scaling":
-        return a[:, None] * g.mean((3, 4), keepdim=True)
+        return a[:, None] * cam_weights(a, g, params.get("g", "signed"), params.get("pool", "mean"),
+                                        params.get("alpha_norm", False))
+    if name == "bias-value":
+        if isinstance(module, torch.nn.BatchNorm2d):
+            b = module.bias - module.weight * module.running_mean / (module.running_var + module.eps).sqrt()
+        else:
+            b = module.bias if module.bias is not None else torch.zeros(c, dtype=g.dtype)
+        return b.detach()[None, None, :, None, None] * g
     if name == "bn-scale":
         xhat = (x_in - module.running_mean[:, None, None]) / (module.running_var[:, None, None] + module.eps).sqrt()
         return xhat[:, None] * g
@@ -66,7 +92,7 @@ def method_map(method, net, x, index: int, targets: torch.Tensor) -> torch.Tenso
     """The map (N, T, h, w) of a parsed extagg Method, from the definitions above."""
     x_in, a, g = split_grad(net, x, index, targets)
     k = {"conv1x1": 1, "conv3x3": 3}.get(method.extractor.name, method.extractor.kwargs.get("k", 3))
-    c = contribution(method.extractor.name, k, net[index], x_in, a, g)
+    c = contribution(method.extractor.name, k, net[index], x_in, a, g, method.extractor.kwargs)
     for f in method.pre:
         c = FILTERS[f.name](c)
     m = AGGREGATORS[method.aggregator.name](c)

@@ -5,6 +5,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import extagg
+from extagg.space import spellings
 from tests import oracle
 from tests.strategies import NetSpec, ConvSpec, net_specs
 
@@ -25,11 +26,14 @@ def test_every_builtin_composition_equals_its_materialised_definition(registry, 
         spec_ = registry.extractors[extractor]
         if spec_.origin.distribution != "extagg":
             continue
-        pool = {"conv": convs, "bn-scale": bns, "bn-bias": bns}.get(extractor, relus + convs)
+        pool = {"conv": convs, "bn-scale": bns, "bn-bias": bns, "bias-value": convs + bns}.get(extractor, relus + convs)
         if not pool:
             continue
         index = data.draw(st.sampled_from(pool), label=f"layer for {extractor}")
-        head = f"{extractor}(k={data.draw(st.sampled_from([1, 3, 5]))})" if spec_.params else extractor
+        if any(p.name == "k" for p in spec_.params):
+            head = f"{extractor}(k={data.draw(st.sampled_from([1, 3, 5]))})"
+        else:  # every choice of its parameters (pooled-scaling(g=relu,pool=alpha), ...)
+            head = data.draw(st.sampled_from(spellings(spec_)), label=f"{extractor} variant")
         pre = data.draw(st.lists(st.sampled_from(["relu", "abs", "neg"]), max_size=2), label="pre")
         agg = data.draw(st.sampled_from(["sum", "max", "min", "norm"]), label="agg")
         post = data.draw(st.lists(st.sampled_from(["relu", "abs", "neg"]), max_size=1), label="post")
