@@ -204,7 +204,7 @@ PLACEHOLDERS = {
     "modifier:extractor+pre-filters+aggregator+post-filters",
     "name(...):method",
 }
-DOC_FILES = ["index.md", "concepts.md", "components.md", "plugins/tutorial.md", "plugins/hooks.md"]
+DOC_FILES = ["index.md", "concepts.md", "components.md", "cam_family.md", "plugins/tutorial.md", "plugins/hooks.md"]
 
 
 def quoted_method_strings(text: str) -> list[str]:
