@@ -3,10 +3,12 @@ computed here with plain autograd (hooks that keep each bias layer's output), ne
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import given
 from torch import nn
 
 from extagg.errors import InputError
 from extagg_builtins.fullgrad import fullgrad, fullgrad_layers
+from tests.strategies import net_specs
 
 
 def conv_bn_net(seed: int = 0) -> nn.Sequential:
@@ -122,3 +124,16 @@ def test_bias_value_refuses_batchnorm_in_training_mode(net, x, registry):
     with pytest.raises(InputError, match="eval mode"):
         extagg.saliency(net, x, "fullgrad", "1", 0, registry=registry, eval_mode=False)
     assert net[1].training
+
+
+@given(spec=net_specs())
+def test_completeness_on_random_relu_networks(spec):
+    """Any conv (+BN) + ReLU network with a GAP or flatten linear head: the signed terms sum to the logit."""
+    import extagg
+    from tests.conftest import builtin_registry
+    net, x = spec.build(), spec.images()
+    c = spec.classes - 1
+    layers = fullgrad_layers(net)
+    res = extagg.saliency(net, x, "fullgrad-signed", layers, c, registry=builtin_registry())
+    total = sum(m.sum(dim=(-2, -1))[:, 0] for m in res.values()) + net[-1].bias[c]
+    torch.testing.assert_close(total, net(x)[:, c].detach())
