@@ -36,6 +36,18 @@ def pytest_generate_tests(metafunc):
         metafunc.parametrize("builtin_aggregator", sorted(builtin_registry().aggregators))
 
 
+@pytest.fixture(autouse=True, scope="module")
+def hermetic_default_registry():
+    """While a core test module runs, ``extagg.default_registry()`` (and so every call without ``registry=``)
+    holds the built-ins only, whatever else is installed; afterwards it is rebuilt as usual."""
+    extagg.registry.default_registry.cache_clear()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("EXTAGG_DISABLE_PLUGIN_AUTOLOAD", "1")
+        extagg.default_registry()  # cached from here on
+    yield
+    extagg.registry.default_registry.cache_clear()
+
+
 @pytest.fixture(scope="session")
 def registry():
     """The built-in registry (see :func:`builtin_registry`)."""
