@@ -78,3 +78,16 @@ def test_command_wiring_and_bad_options(tmp_path, fake_models):
               "-o", str(tmp_path / "out.txt")])
     with pytest.raises(InputError, match="VOCdevkit"):
         main(["evaluate", "--metric", "pointing", "--data", "voc", "--root", str(tmp_path), "--methods", "gradient"])
+
+
+@pytest.mark.parametrize("metric", ["deletion", "insertion"])
+def test_deletion_insertion_on_image_folder(tmp_path, fake_models, metric):
+    for cls in ("a", "b"):
+        os.makedirs(tmp_path / "data" / cls)
+        Image.new("RGB", (30, 26), (40, 90, 10 + 50 * (cls == "b"))).save(tmp_path / "data" / cls / "0.png")
+    out = tmp_path / "out.json"
+    main(["evaluate", "--metric", metric, "--data", "folder", "--root", str(tmp_path / "data"),
+          "--methods", "gradient", "--steps", "4", "--baseline", "zero", "-o", str(out), "--no-progress"])
+    got = {(r["method"], r["metric"]): r for r in json.loads(out.read_text())}
+    row = got[("bias+abs+max", f"{metric}_auc")]
+    assert row["subset"] == "all" and row["count"] == 2 and 0 <= row["value"] <= 1

@@ -13,14 +13,14 @@ from typing import Optional
 
 from ..errors import InputError
 
-METRICS = ("pointing", "sensitivity", "randomisation", "identity")
+METRICS = ("pointing", "sensitivity", "randomisation", "identity", "deletion", "insertion")
 DATA = ("voc", "coco", "folder")
 
 
 def add_evaluate_command(subparsers) -> argparse.ArgumentParser:
     """Add the ``evaluate`` sub-command to an argparse ``subparsers``; it sets ``func`` (call ``args.func(args)``)."""
     p = subparsers.add_parser(
-        "evaluate", help="pointing game, class sensitivity, randomisation and identity checks",
+        "evaluate", help="pointing game, class sensitivity, randomisation, identity checks, deletion and insertion",
         description="Evaluate saliency methods on a model and a data set read from disk (never downloaded). "
                     "Writes tidy records (method, layer, subset, metric, value, count).")
     p.add_argument("--model", default=None,
@@ -54,6 +54,12 @@ def add_evaluate_command(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--mode", choices=("cascading", "independent", "both"), default="both")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--hog-cell", type=int, default=16, help="HOG cell size in pixels (default 16)")
+    p.add_argument("--steps", type=int, default=32,
+                   help="deletion/insertion: curve intervals (steps + 1 points; default 32)")
+    p.add_argument("--baseline", choices=("blur", "zero", "mean"), default="blur",
+                   help="deletion/insertion: what removed pixels become (default blur)")
+    p.add_argument("--curve-batch-size", type=int, default=64,
+                   help="deletion/insertion: curve points per forward pass (default 64)")
     p.add_argument("--targets", choices=("label", "predicted"), default="label", help="identity check targets")
     p.add_argument("--device", default=None, help="torch device for the model (default: where it loads)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -74,7 +80,7 @@ def _data(args):
 def run_evaluate(args, out=None) -> int:
     """Run ``extagg evaluate`` with parsed ``args``; prints a table, writes ``--output``; returns 0."""
     from ..models import load_model  # lazily: only this command needs model loading
-    from . import class_sensitivity, identity_check, parameter_randomisation, pointing_game
+    from . import class_sensitivity, faithfulness, identity_check, parameter_randomisation, pointing_game
     from .records import format_table, write_records
 
     out = out or sys.stdout
@@ -100,6 +106,10 @@ def run_evaluate(args, out=None) -> int:
     elif args.metric == "randomisation":
         records = parameter_randomisation(model, data, methods, args.layers, randomise=args.randomise, mode=args.mode,
                                           seed=args.seed, hog_cell=args.hog_cell, batch_size=args.batch_size, **common)
+    elif args.metric in ("deletion", "insertion"):
+        records = faithfulness(model, data, methods, args.layers, mode=args.metric, steps=args.steps,
+                               baseline=args.baseline, batch_size=args.batch_size,
+                               curve_batch_size=args.curve_batch_size, **common)
     else:
         records = identity_check(model, data, args.layers, targets=args.targets, batch_size=args.batch_size,
                                  tolerance=args.tolerance, difficult=args.difficult_file or "rule", **common)
