@@ -19,8 +19,9 @@ METRICS = ("pointing", "sensitivity", "randomisation", "identity", "deletion", "
 NO_ANNOTATION_METRICS = ("sensitivity", "randomisation", "identity", "deletion", "insertion")
 DATA = ("skimage", "voc", "coco", "folder", "custom")
 """``custom``: samples handed to :func:`extagg.sweep.sweep` (Python only)."""
-SKIMAGE_PHOTOS = ("chelsea", "coffee", "rocket", "astronaut", "motorcycle_left", "hubble_deep_field")
-"""Colour photos that ship with scikit-image (CC0 / public domain), in the order the default sweep uses them."""
+SKIMAGE_PHOTOS = ("chelsea", "coffee", "camera", "motorcycle_left")
+"""Photos that ship with scikit-image (CC0 / public domain) of objects EfficientNet-Lite0 recognises (Egyptian cat
+0.79, espresso 0.88, tripod 0.94, moped 0.49); ``camera`` is grey, read as RGB."""
 COMBINE_MODES = ("sum", "product")
 COMBINE_WEIGHTINGS = ("uniform", "linear")
 RANDOMISATION_MODES = ("cascading", "independent", "both")
@@ -112,7 +113,7 @@ class SweepConfig:
     random_weights: bool = False
     data: str = attrs.field(default="skimage", validator=_one_of("data source", DATA))
     root: Optional[str] = None
-    limit: Optional[int] = 4
+    limit: Optional[int] = None
     methods: tuple[str, ...] = attrs.field(default=DEFAULT_METHODS, converter=_strings)
     exclude: tuple[str, ...] = attrs.field(default=(), converter=_strings)
     layers: tuple[str, ...] = attrs.field(default=DEFAULT_LAYERS, converter=_strings)
