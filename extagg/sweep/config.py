@@ -19,15 +19,14 @@ METRICS = ("pointing", "sensitivity", "randomisation", "identity", "deletion", "
 NO_ANNOTATION_METRICS = ("sensitivity", "randomisation", "identity", "deletion", "insertion")
 DATA = ("skimage", "voc", "coco", "folder", "custom")
 """``custom``: samples handed to :func:`extagg.sweep.sweep` (Python only)."""
-SKIMAGE_PHOTOS = ("chelsea", "coffee", "camera", "motorcycle_left")
+SKIMAGE_PHOTOS = ("chelsea", "coffee", "camera")
 """Photos that ship with scikit-image (CC0 / public domain) of objects EfficientNet-Lite0 recognises (Egyptian cat
-0.79, espresso 0.88, tripod 0.94, moped 0.49); ``camera`` is grey, read as RGB."""
+0.79, espresso 0.88, tripod 0.94); ``camera`` is grey, read as RGB."""
 COMBINE_MODES = ("sum", "product")
 COMBINE_WEIGHTINGS = ("uniform", "linear")
 RANDOMISATION_MODES = ("cascading", "independent", "both")
-DEFAULT_METHODS = ("gradient", "linear-approx", "scaling+norm", "normgrad", "selective-normgrad", "gradcam",
-                   "meta(lr=0.002):normgrad")
-DEFAULT_LAYERS = ("input", "stages", "_conv_head")
+DEFAULT_METHODS = ("gradcam", "linear-approx", "scaling+norm", "normgrad", "meta(lr=0.002):normgrad")
+DEFAULT_LAYERS = ("stages", "_conv_head")
 
 
 def _strings(value: Any) -> tuple[str, ...]:
@@ -119,7 +118,7 @@ class SweepConfig:
     layers: tuple[str, ...] = attrs.field(default=DEFAULT_LAYERS, converter=_strings)
     metrics: tuple[str, ...] = attrs.field(default=NO_ANNOTATION_METRICS, converter=_strings,
                                            validator=_check_metrics)
-    combine: tuple[str, ...] = attrs.field(default=("sum:uniform", "product:linear"), converter=_strings,
+    combine: tuple[str, ...] = attrs.field(default=("sum:linear",), converter=_strings,
                                            validator=_check_combine)
     targets: str = attrs.field(default="predicted", converter=str, validator=_check_targets)
     steps: int = attrs.field(default=8, validator=_positive("steps"))

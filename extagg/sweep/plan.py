@@ -125,8 +125,13 @@ def randomisation_blocks(model: torch.nn.Module, config: SweepConfig, example: t
     if not names:
         raise InputError("the model has no block with parameters to randomise")
     order = [n.split("@")[0] for n, _ in execution_order(model, example)]
-    first = {n: order.index(n) if n in order else math.inf for n in names}
-    return sorted(names, key=lambda n: -first[n])
+
+    def last_call(name):  # a container that is never called itself (ModuleList) ends with its last child's call
+        hits = [i for i, n in enumerate(order) if n == name or n.startswith(name + ".")]
+        return max(hits) if hits else -1
+
+    position = {n: last_call(n) for n in names}
+    return sorted(names, key=lambda n: -position[n])
 
 
 def is_slow(registry: Registry, method: str) -> bool:
