@@ -6,8 +6,8 @@ import torch
 from extagg.evaluation import Sample
 from extagg.sweep import SweepConfig
 
-METHODS = ("gradcam", "normgrad", "linear-approx", "meta:normgrad")
-LAYERS = ("input", "0", "3", "4")
+METHODS = ("gradcam", "normgrad", "meta:normgrad")
+LAYERS = ("input", "0", "3")
 
 
 def tiny_model() -> torch.nn.Module:
@@ -31,6 +31,6 @@ def tiny_samples(n: int = 5, size: int = 32) -> list[Sample]:
 
 def tiny_config(run_dir, **kw) -> SweepConfig:
     base = dict(model="tiny", data="custom", methods=METHODS, layers=LAYERS, run_dir=str(run_dir), batch_size=2,
-                steps=3, hog_cell=8, curve_batch=16, progress=False, figures=False)
+                steps=3, hog_cell=8, curve_batch=32, randomise=("7", "3"), progress=False, figures=False)
     base.update(kw)
     return SweepConfig(**base)

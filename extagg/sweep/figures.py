@@ -150,8 +150,8 @@ def grid(plt, plan, model, preprocess, sample, registry, path: Path):
                 key = (registry.canonical(f"{e}+{a}"), layer)
                 if key in maps:
                     m = normalise(maps[key][0, 0].float()).cpu()
-                    ax.imshow(small.cpu(), cmap="gray", alpha=0.35)
-                    ax.imshow(m, cmap="jet", alpha=0.65)
+                    ax.imshow(small.cpu().numpy(), cmap="gray", alpha=0.35)
+                    ax.imshow(m.numpy(), cmap="jet", alpha=0.65)
                 else:
                     ax.text(0.5, 0.5, "slow", ha="center", va="center", fontsize=6, transform=ax.transAxes)
                 if r == 0:
