@@ -168,7 +168,8 @@ def _compute(plan, config, registry, model, preprocess, samples, pending, done, 
         except ImportError:  # pragma: no cover - tqdm is in the eval extra
             tqdm = None
         if tqdm is not None:
-            bar = tqdm(total=sum(len(b) for b in pending), desc="sweep", unit="img", file=sys.stderr)
+            todo = sum(1 for b in pending for u in _batch_units(plan, b) if u not in done)
+            bar = tqdm(total=todo, desc="sweep", unit="unit", file=sys.stderr, smoothing=0.1)
     try:
         for first in range(0, len(pending), group.world):
             mine = pending[first + group.rank] if first + group.rank < len(pending) else None
@@ -188,13 +189,14 @@ def _compute(plan, config, registry, model, preprocess, samples, pending, done, 
                         finished += new
                     else:
                         store.append(new)
-                    if bar is not None:
-                        bar.set_postfix_str(metric, refresh=True)
+                        if bar is not None:
+                            bar.set_postfix_str(f"batch {first + 1}/{len(pending)}, {metric}", refresh=False)
+                            bar.update(len(new))
             if group.distributed:
                 for part in group.gather(finished):
                     store.append(part)
-            if bar is not None:
-                bar.update(sum(len(b) for b in pending[first:first + group.world]))
+                    if bar is not None:
+                        bar.update(len(part))
     finally:
         if bar is not None:
             bar.close()
