@@ -205,12 +205,13 @@ def test_pointing_counts_hits_per_class_and_the_centre_baseline(tmp_path):
     samples = [Sample(torch.rand(3, h, w, generator=g), "a", (1,), near),
                Sample(torch.rand(3, h, w, generator=g), "b", (1,), far),
                Sample(torch.rand(3, h, w, generator=g), "c", (2,), near)]
-    result = run(tiny_config(tmp_path, metrics=("pointing",), methods=("gradcam",), layers=("3",),
+    result = run(tiny_config(tmp_path, metrics=("pointing", "identity"), methods=("gradcam",), layers=("3",),
                              combine=()), samples=samples)
+    assert next(r for r in result.rows if r.metric == "identity").count == 3  # other metrics still run
     centre = {r.subset: r for r in result.rows if r.method == "center-baseline"}
     # class 1: 1 hit of 2, class 2: 1 of 1 -> mean of per-class accuracies 0.75 over 3 evaluations
     assert centre["all"].value == 0.75 and centre["all"].count == 3
-    row = next(r for r in result.rows if r.method == "pooled-scaling+sum+relu" and r.subset == "all")
+    row = next(r for r in result.rows if r.method == "pooled-scaling+sum+relu" and r.metric == "pointing")
     assert row.metric == "pointing" and row.count == 3 and 0 <= row.value <= 1
 
 

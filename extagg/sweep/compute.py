@@ -82,9 +82,9 @@ class BatchRunner:
     def run(self, samples, want: Callable[[str], bool]) -> Iterator[tuple[str, Values]]:
         """Yield ``(metric, values)`` for every wanted metric of this batch."""
         plan = self.plan
-        if "pointing" in plan.metrics:
-            if want("pointing"):
-                yield "pointing", self.pointing(samples[0])
+        if "pointing" in plan.metrics and want("pointing"):  # batches of one image: its classes are the targets
+            yield "pointing", self.pointing(samples[0])
+        if all(m == "pointing" for m in plan.metrics):
             return
         x = model_inputs(self.model, [s.image for s in samples], self.preprocess)
         n = x.shape[0]
