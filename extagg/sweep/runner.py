@@ -71,8 +71,14 @@ def _load(config: SweepConfig, model, preprocess, samples, device: str):
         model, preprocess = load_model(config.model, config.weights)
         label = config.model + (f" ({config.weights})" if config.weights else
                                 " (random weights)" if config.random_weights else " (wheel weights)")
-    else:
+    else:  # the user's model is never moved: it stays where it is
         label = f"{config.model} ({type(model).__name__}, given)"
+        p = next(model.parameters(), None)
+        here = p.device if p is not None else torch.device("cpu")
+        if config.device is not None and torch.device(config.device) != here:
+            raise InputError(f"the given model is on {here}, not on device {config.device!r}; move it first "
+                             "(the sweep does not move a model it was given)")
+        device = here
     if samples is None:
         if config.data == "custom":
             raise InputError("data='custom' means samples given to sweep(config, samples=[...]); none were given")
