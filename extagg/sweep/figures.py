@@ -160,7 +160,7 @@ def grid(plt, plan, model, preprocess, sample, registry, path: Path):
                     ax.set_ylabel(e, fontsize=7)
     fig.suptitle(f"extractor x aggregator on {sample.image_id} (normalised maps)", fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=72)
+    fig.savefig(path, dpi=60)
     plt.close(fig)
     return path
 
