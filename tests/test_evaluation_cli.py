@@ -20,8 +20,8 @@ from extagg.evaluation.cli import add_evaluate_command, main
 def fake_models(monkeypatch):
     seen = {}
 
-    def load_model(name="default", weights=None):
-        seen["name"], seen["weights"] = name, weights
+    def load_model(name="default", weights=None, random_weights=False):
+        seen["name"], seen["weights"], seen["random_weights"] = name, weights, random_weights
         model = tiny_cnn(num_classes=20).float()
         return model, lambda x: torch.nn.functional.interpolate(x[None], size=(24, 24), mode="bilinear",
                                                                 align_corners=False)[0]

@@ -227,3 +227,19 @@ def test_data_set_records_are_the_mean_of_per_image_areas():
     assert got["insertion_auc"].count == 3 and got["insertion_auc"].subset == "all"
     assert got["insertion_auc"].value == pytest.approx(float(want.mean()))
     assert got["insertion_auc_std"].value == pytest.approx(float(want.std(unbiased=False)))
+
+
+def test_curve_points_are_batched_across_images():
+    """3 images x (7 + 1) points = 24 points: 3 forward passes of 8, plus one to find the predicted classes."""
+    model = tiny_cnn()
+    images, maps = _data()
+    sizes = []
+    handle = model.register_forward_hook(lambda m, a, o: sizes.append(a[0].shape[0]))
+    try:
+        deletion_insertion(model, images, maps, [0, 1, 2], mode="deletion", steps=7, batch_size=8)
+        assert sizes == [8, 8, 8]
+        sizes.clear()
+        deletion_insertion(model, images, maps, None, mode="insertion", steps=7, batch_size=10)
+        assert sizes == [3, 10, 10, 4]
+    finally:
+        handle.remove()

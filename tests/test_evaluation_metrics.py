@@ -18,9 +18,9 @@ from strategies_evaluation import assert_same_state, map_pairs, model_state, tin
 
 import extagg
 from extagg.errors import InputError
-from extagg.evaluation import (Record, Sample, class_sensitivity, hog, hog_similarity, identity_check, minmax,
-                               parameter_randomisation, randomise_module, records_to_csv, records_to_json,
-                               spearman, ssim, summarise, write_records)
+from extagg.evaluation import (Record, Sample, cascading_order, class_sensitivity, execution_positions, hog,
+                               hog_similarity, identity_check, minmax, parameter_randomisation, randomise_module,
+                               records_to_csv, records_to_json, spearman, ssim, summarise, write_records)
 
 
 # ----------------------------------------------------------------------------- similarity
@@ -241,6 +241,67 @@ def test_randomisation_default_blocks_in_output_first_order_and_model_untouched_
         parameter_randomisation(model, _images(1, h=24, w=24), "gradient", "input", randomise=["1"], hog_cell=8)
     with pytest.raises(extagg.UnknownNameError):
         parameter_randomisation(model, _images(1, h=24, w=24), "gradient", "input", randomise=["nope"], hog_cell=8)
+
+
+class _AttributeOrderNotExecutionOrder(torch.nn.Module):
+    """Attributes head, blocks (a ModuleList, never called itself), stem, bn; runs stem, bn, blocks, head."""
+
+    def __init__(self):
+        super().__init__()
+        self.head = torch.nn.Linear(4, 3)
+        self.blocks = torch.nn.ModuleList([torch.nn.Conv2d(4, 4, 3, padding=1) for _ in range(2)])
+        self.stem = torch.nn.Conv2d(3, 4, 3, padding=1)
+        self.bn = torch.nn.BatchNorm2d(4)
+
+    def forward(self, x):
+        x = torch.relu(self.bn(self.stem(x)))
+        for block in self.blocks:
+            x = torch.relu(block(x))
+        return self.head(x.mean((2, 3)))
+
+
+def test_cascading_order_is_execution_order_from_the_output():
+    """The old order (forward calls of top-level children, uncalled containers last) was
+    head, bn, stem, blocks: the blocks were randomised after the stem."""
+    torch.manual_seed(0)
+    model = _AttributeOrderNotExecutionOrder().double().eval()
+    x = torch.rand(1, 3, 8, 8, dtype=torch.float64)
+    assert cascading_order(model, None, x) == ["head", "blocks.1", "blocks.0", "bn", "stem"]
+    assert cascading_order(model, "blocks.*", x) == ["blocks.1", "blocks.0"]
+    assert cascading_order(model, ["stem", "head"], x) == ["stem", "head"]          # explicit: as given
+    positions, called = execution_positions(model, x)
+    assert "blocks" not in called and {"stem", "bn", "blocks.0", "head"} <= called
+    assert positions["blocks"] == positions["blocks.1"] and positions["stem"] < positions["bn"] < positions["blocks.0"]
+    recs = parameter_randomisation(model, _images(1, h=24, w=24), "linear-approx", "input", mode="cascading",
+                                   hog_cell=8, baseline=False)
+    assert list(dict.fromkeys(r.subset for r in recs)) == [f"cascading:{n}" for n in
+                                                           ["head", "blocks.1", "blocks.0", "bn", "stem"]]
+
+
+def test_cascading_order_of_efficientnet_lite0():
+    pytest.importorskip("efficientnet_lite_pytorch")
+    from extagg.models import load_model
+
+    model, _ = load_model()
+    order = cascading_order(model, None, torch.rand(1, 3, 64, 64))
+    assert order == ["_fc", "_bn1", "_conv_head", *[f"_blocks.{i}" for i in range(15, -1, -1)], "_bn0", "_conv_stem"]
+
+
+def test_randomised_batchnorm_gets_random_gamma_and_beta():
+    bn = torch.nn.BatchNorm2d(2000)
+    bn.running_mean.uniform_(-1, 1)
+    means = bn.running_mean.clone()
+    other = copy.deepcopy(bn)
+    randomise_module(bn, 3)
+    randomise_module(other, 3)
+    assert torch.equal(bn.weight, other.weight) and torch.equal(bn.bias, other.bias)   # deterministic
+    assert torch.equal(bn.running_mean, means)                                          # statistics kept
+    for p in (bn.weight.detach(), bn.bias.detach()):
+        assert p.abs().max() <= 2 and abs(float(p.mean())) < 0.1 and 0.8 < float(p.std()) < 0.95
+    assert not torch.allclose(bn.weight, bn.bias)
+    layer_norm = torch.nn.LayerNorm(50)
+    randomise_module(layer_norm, 1, init="normal")
+    assert float(layer_norm.weight.detach().std()) > 0.5
 
 
 # ----------------------------------------------------------------------------- identity check

@@ -4,7 +4,8 @@ Every evaluation takes a model, a data source (an iterable of :class:`Sample`, e
 :class:`COCOPointing`, :class:`ImageFolderSamples`, or a plain list), method strings or fnmatch patterns and
 layer names or patterns, and returns tidy :class:`Record` ``(method, layer, subset, metric, value, count)``
 lists; all maps come from :func:`extagg.saliency` (one forward and one backward per batch). The user's model is
-left exactly as it was (parameter randomisation works on a deep copy). See docs/evaluation.md.
+left exactly as it was (parameter randomisation works on a deep copy). Evaluations that explain data-set labels
+need a model with the data set's classes or a ``class_map`` (:mod:`.class_map`). See docs/evaluation.md.
 
 * :func:`pointing_game`: pointing accuracy (all / difficult subsets) and the centre baseline.
 * :func:`class_sensitivity`: Spearman between the most- and least-probable-class maps.
@@ -15,6 +16,7 @@ left exactly as it was (parameter randomisation works on a deep copy). See docs/
 """
 from __future__ import annotations
 
+from .class_map import ClassMap, group_objective, read_class_map, resolve_class_map
 from .common import expand_layers, expand_methods
 from .datasets import (
     VOC_CLASSES,
@@ -42,15 +44,15 @@ from .pointing import (
     saliency_point,
     spatial_softmax_objective,
 )
-from .randomisation import parameter_randomisation, randomise_module
+from .randomisation import cascading_order, execution_positions, parameter_randomisation, randomise_module
 from .records import Record, format_table, records_to_csv, records_to_json, summarise, write_records
 from .sensitivity import class_sensitivity, top_bottom_classes
 from .similarity import average_ranks, hog, hog_similarity, map_similarities, minmax, spearman, ssim
 
 __all__ = [
-    "CENTER", "COCOPointing", "ImageFolderSamples", "PointingScore", "Record", "Sample", "VOCPointing",
-    "VOC_CLASSES", "annotation_mask", "average_ranks", "center_point", "class_sensitivity",
-    "compute_difficult_flags", "deletion_insertion", "deletion_insertion_curves", "difficult_by_rule", "faithfulness", "expand_layers", "expand_methods", "format_table",
+    "CENTER", "COCOPointing", "ClassMap", "group_objective", "read_class_map", "resolve_class_map", "ImageFolderSamples", "PointingScore", "Record", "Sample", "VOCPointing",
+    "VOC_CLASSES", "annotation_mask", "average_ranks", "cascading_order", "center_point", "class_sensitivity",
+    "compute_difficult_flags", "deletion_insertion", "deletion_insertion_curves", "difficult_by_rule", "execution_positions", "faithfulness", "expand_layers", "expand_methods", "format_table",
     "gaussian_smooth", "hog", "hog_similarity", "identity_check", "load_image", "map_similarities", "minmax",
     "parameter_randomisation", "pointing_game", "pointing_hit", "polygon_rle_counts", "randomise_module",
     "read_difficult_flags", "records_to_csv", "records_to_json", "rle_counts_from_string", "rle_decode",

@@ -24,9 +24,12 @@ def add_evaluate_command(subparsers) -> argparse.ArgumentParser:
         description="Evaluate saliency methods on a model and a data set read from disk (never downloaded). "
                     "Writes tidy records (method, layer, subset, metric, value, count).")
     p.add_argument("--model", default=None,
-                   help="model name for extagg.models.load_model (default: its default model); the model's own "
-                        "preprocessing sets the input size")
-    p.add_argument("--weights", default=None, help="weights for load_model (a path or name; default: its default)")
+                   help="model name for extagg.models.load_model (default: efficientnet-lite0); the weights' own "
+                        "preprocessing (extagg.preprocessing.preprocessing_for) sets input size, mean and std")
+    p.add_argument("--weights", default=None,
+                   help="torchvision weights name (e.g. DEFAULT, IMAGENET1K_V2) or a state_dict file")
+    p.add_argument("--random-weights", action="store_true",
+                   help="torchvision model without weights: random initialisation, on purpose")
     p.add_argument("--metric", required=True, choices=METRICS)
     p.add_argument("--data", required=True, choices=DATA,
                    help="voc: ROOT/VOCdevkit/VOC<year>; coco: ROOT/annotations/instances_<split>.json + ROOT/<split>/; "
@@ -37,6 +40,9 @@ def add_evaluate_command(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--methods", nargs="+", required=False, default=None,
                    help="method strings or fnmatch patterns (default: normgrad and normgrad-conv for identity)")
     p.add_argument("--layers", nargs="+", default=["input"], help="layer names or fnmatch patterns (default input)")
+    p.add_argument("--class-map", default=None, metavar="FILE.json",
+                   help="pointing / identity with labels: JSON object {data-set class name or id: model class index "
+                        "or [indices]}; needed unless the model has as many outputs as the data set has classes")
     p.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")
     p.add_argument("--per-class-images", type=int, default=None,
                    help="folder data: first K images of each class (the paper's class-sensitivity set is K = 1)")
@@ -88,7 +94,12 @@ def run_evaluate(args, out=None) -> int:
         raise InputError(f"--output must end in .csv or .json, got {args.output!r}")
     if args.metric == "pointing" and args.data == "folder":
         raise InputError("--metric pointing needs localisation data: --data voc or --data coco")
-    model, preprocess = load_model(args.model, weights=args.weights) if args.model else load_model()
+    if args.model:
+        model, preprocess = load_model(args.model, weights=args.weights, random_weights=args.random_weights)
+    elif args.weights is not None or args.random_weights:
+        raise InputError("--weights / --random-weights need --model NAME (a torchvision model name)")
+    else:
+        model, preprocess = load_model()
     if args.device:
         model = model.to(args.device)
     data = _data(args)
@@ -100,7 +111,7 @@ def run_evaluate(args, out=None) -> int:
     if args.metric == "pointing":
         records = pointing_game(model, data, methods, args.layers, difficult=args.difficult_file or "rule",
                                 tolerance=args.tolerance, smooth=args.smooth, spatial_softmax=args.spatial_softmax,
-                                per_class=args.per_class, **common)
+                                per_class=args.per_class, class_map=args.class_map, **common)
     elif args.metric == "sensitivity":
         records = class_sensitivity(model, data, methods, args.layers, batch_size=args.batch_size, **common)
     elif args.metric == "randomisation":
@@ -112,7 +123,8 @@ def run_evaluate(args, out=None) -> int:
                                curve_batch_size=args.curve_batch_size, **common)
     else:
         records = identity_check(model, data, args.layers, targets=args.targets, batch_size=args.batch_size,
-                                 tolerance=args.tolerance, difficult=args.difficult_file or "rule", **common)
+                                 tolerance=args.tolerance, difficult=args.difficult_file or "rule",
+                                 class_map=args.class_map, **common)
     if args.output:
         write_records(records, args.output)
     shown = [r for r in records if not r.metric.startswith("class_accuracy:")]

@@ -21,7 +21,8 @@ import torch
 from ..engine import saliency
 from ..errors import InputError
 from ..registry import default_registry
-from .common import batches, expand_layers, iterate, model_inputs, total_of
+from .class_map import group_objective, resolve_class_map
+from .common import batches, expand_layers, iterate, logits, model_inputs, total_of
 from .common import progress as bar
 from .pointing import pointing_game
 from .records import Record, summarise
@@ -43,12 +44,16 @@ def _conv_layers(model: torch.nn.Module, layers) -> list[str]:
 def identity_check(model: torch.nn.Module, data, layers, *, preprocess=None, targets: str = "label",
                    batch_size: int = 8, limit: Optional[int] = None, tolerance: float = 15,
                    difficult="rule", num_classes: Optional[int] = None, progress: bool = False,
-                   registry=None) -> list[Record]:
+                   registry=None, class_map=None) -> list[Record]:
     """Spearman(NormGrad identity trick, NormGrad real conv) per image and layer; pointing difference with masks.
 
     :param layers: Conv2d layer names or patterns (patterns keep only Conv2d modules).
     :param num_classes: number of classes of pointing data without a ``class_names`` attribute.
     :param targets: ``"label"`` (the sample's first class; TorchRay uses the ground truth) or ``"predicted"``.
+    :param class_map: data-set class -> model class(es) for ``"label"`` targets (and pointing data); needed
+        when the data set declares its classes (``class_names`` or ``num_classes``) and the model's number of
+        outputs differs (see :mod:`extagg.evaluation.class_map`). Labels of a plain list of samples without
+        ``num_classes`` are model class indices.
     :returns: records with ``method`` = ``"normgrad vs normgrad-conv"``, subset ``"all"``, metric ``spearman``
         (+ ``_std``, ``_nan``); with pointing data also both methods' pointing records and ``pointing_difference``
         (``count``: evaluations) per subset.
@@ -74,7 +79,7 @@ def identity_check(model: torch.nn.Module, data, layers, *, preprocess=None, tar
         point = pointing_game(model, stream, [ident, real], conv_layers, preprocess=preprocess,
                               num_classes=num_classes, class_names=getattr(data, "class_names", None),
                               difficult=difficult, tolerance=tolerance, per_class=False, progress=progress,
-                              registry=registry, mismatched="raise", on_image=on_image)
+                              registry=registry, mismatched="raise", on_image=on_image, class_map=class_map)
         records += point
         acc = {(r.method, r.layer, r.subset): r for r in point if r.metric == "pointing_accuracy"}
         for (method, layer, subset), r in acc.items():
@@ -82,15 +87,33 @@ def identity_check(model: torch.nn.Module, data, layers, *, preprocess=None, tar
                 other = acc[real, layer, subset]
                 records.append(Record(pair, layer, subset, "pointing_difference", r.value - other.value, r.count))
     else:
+        names = getattr(data, "class_names", None)
+        declared = num_classes or (len(names) if names else None)
+        cmap = None
         for group in bar(batches(stream, batch_size), progress, total_of(data, limit), "identity check"):
             x = model_inputs(model, [s.image for s in group], preprocess)
+            kw: dict = {}
             if targets == "label":
                 if any(not s.classes for s in group):
                     raise InputError("targets='label' needs a label on every sample; use targets='predicted'")
-                t = torch.tensor([s.classes[0] for s in group], dtype=torch.long)
-            else:
-                t = None
-            maps = saliency(model, x, [ident, real], conv_layers, targets=t, resize=True, registry=registry)
+                labels = [s.classes[0] for s in group]
+                if cmap is None and (declared or class_map is not None):
+                    if not declared:
+                        raise InputError("a class_map needs the data set's classes: pass num_classes")
+                    cmap = resolve_class_map(class_map, num_data_classes=declared, data_names=names,
+                                             num_model_classes=logits(model, x).shape[1])
+                if cmap is None:
+                    kw["targets"] = torch.tensor(labels, dtype=torch.long)
+                else:
+                    bad = [c for c in labels if not 0 <= c < declared or not cmap.mapped(c)]
+                    if bad:
+                        raise InputError(f"label {bad[0]} has no model class in the class map (data set of {declared} "
+                                         "classes); map it or use targets='predicted'")
+                    if cmap.single:
+                        kw["targets"] = torch.tensor([cmap.groups[c][0] for c in labels], dtype=torch.long)
+                    else:
+                        kw["objective"] = group_objective([[cmap.groups[c]] for c in labels])
+            maps = saliency(model, x, [ident, real], conv_layers, resize=True, registry=registry, **kw)
             for layer in conv_layers:
                 corr[layer].append(spearman(maps[ident, layer], maps[real, layer]).flatten().cpu())
     for layer, parts in corr.items():

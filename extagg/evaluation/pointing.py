@@ -187,7 +187,7 @@ def pointing_game(model: torch.nn.Module, data, methods, layers="input", *, prep
                   num_classes: Optional[int] = None, class_names: Optional[Sequence[str]] = None,
                   difficult="rule", tolerance: float = 15, smooth: float = 0.0, spatial_softmax: bool = False,
                   per_class: bool = True, limit: Optional[int] = None, progress: bool = False,
-                  registry=None, mismatched: Optional[str] = None, on_image=None) -> list[Record]:
+                  registry=None, mismatched: Optional[str] = None, on_image=None, class_map=None) -> list[Record]:
     """The pointing game for every (method, layer), plus the centre baseline, from one pass per image.
 
     :param data: iterable of :class:`~extagg.evaluation.datasets.Sample` with ``masks`` (e.g. :class:`VOCPointing`).
@@ -201,11 +201,14 @@ def pointing_game(model: torch.nn.Module, data, methods, layers="input", *, prep
     :param spatial_softmax: weight a fully convolutional model's class score map by its spatial softmax
         (TorchRay's pointing gradient) instead of summing it; the same for (N, C) outputs.
     :param on_image: optional ``callable(sample, classes, {(method, layer): (T, H, W) maps})`` per image.
+    :param class_map: ``{data-set class (id or name): model class index or [indices]}`` or a JSON file; needed
+        unless the model has exactly ``num_classes`` outputs (see :mod:`extagg.evaluation.class_map`).
     :returns: records with subsets ``"all"`` and ``"difficult"``; metrics from :meth:`PointingScore.records`.
         Every image gets ONE forward and ONE backward for all its classes (``targets`` of shape (1, T)).
     """
-    from .common import any_pattern, expand_layers, expand_methods, iterate, model_inputs, resize, run_saliency
-    from .common import total_of
+    from .class_map import group_objective, resolve_class_map
+    from .common import any_pattern, expand_layers, expand_methods, iterate, logits, model_inputs, resize
+    from .common import run_saliency, total_of
     from .common import progress as bar
     from .difficult import difficult_by_rule, difficult_from_file
 
@@ -226,6 +229,7 @@ def pointing_game(model: torch.nn.Module, data, methods, layers="input", *, prep
         return scores[key]
 
     score((CENTER, ""))
+    cmap = None
     for sample in bar(iterate(data, limit), progress, total_of(data, limit), "pointing"):
         if sample.masks is None:
             raise InputError(f"sample {sample.image_id!r} has no masks; the pointing game needs localisation data")
@@ -235,6 +239,14 @@ def pointing_game(model: torch.nn.Module, data, methods, layers="input", *, prep
         classes = [sample.classes[i] for i in keep]
         if any(not 0 <= c < num_classes for c in classes):
             raise InputError(f"sample {sample.image_id!r} has class ids {classes}; valid 0..{num_classes - 1}")
+        x = model_inputs(model, [sample.image], preprocess)
+        if cmap is None:
+            cmap = resolve_class_map(class_map, num_data_classes=num_classes, data_names=names,
+                                     num_model_classes=logits(model, x).shape[1])
+        keep = [i for i in keep if cmap.mapped(sample.classes[i])]
+        if not keep:
+            continue
+        classes = [sample.classes[i] for i in keep]
         masks = sample.masks[keep].bool().cpu()
         h, w = masks.shape[-2:]
         if source == "rule":
@@ -243,9 +255,12 @@ def pointing_game(model: torch.nn.Module, data, methods, layers="input", *, prep
             hard = difficult_from_file(source, sample.image_id, classes).tolist()
         else:
             hard = [False] * len(classes)
-        x = model_inputs(model, [sample.image], preprocess)
-        targets = torch.tensor([classes], dtype=torch.long)
-        kw = dict(objective=spatial_softmax_objective(targets)) if spatial_softmax else dict(targets=targets)
+        if cmap.single:
+            targets = torch.tensor([[cmap.groups[c][0] for c in classes]], dtype=torch.long)
+            kw = dict(objective=spatial_softmax_objective(targets)) if spatial_softmax else dict(targets=targets)
+        else:
+            base = spatial_softmax_objective if spatial_softmax else None
+            kw = dict(objective=group_objective([[cmap.groups[c] for c in classes]], base))
         maps, _ = run_saliency(model, x, method_list, layer_list, mismatched=mismatched, registry=registry, **kw)
         resized = {}
         for (method, layer), m in maps.items():

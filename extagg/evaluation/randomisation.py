@@ -1,7 +1,8 @@
 """Model-parameter randomisation test (Adebayo et al. 2018), on a deep copy: the user's model is never touched.
 
-For each named block (default: the model's top-level children that hold parameters, from the output back to
-the input in forward-call order):
+For each named block (default: the model's top-level children that hold parameters, a container whose forward
+never runs, such as a ``ModuleList`` of blocks, replaced by its children; ordered from the output back to the
+input by the last time a parameterised module inside each block runs in one forward pass):
 
 * **cascading**: blocks are re-initialised cumulatively, from the logits down;
 * **independent**: one block at a time, all others trained.
@@ -11,7 +12,8 @@ After each step the maps for the class the *trained* model predicts are compared
 at the input resolution. A **random-map baseline** per (method, layer) compares the trained maps with uniform
 noise (subset ``"random-map"``). Re-initialisation uses each module's own ``reset_parameters()`` (the layer's
 default initialiser; Adebayo et al. re-draw with the layer's initialiser) with a fixed seed per block, so every
-batch and both modes see the same random weights; BatchNorm running statistics (buffers) are kept.
+batch and both modes see the same random weights; normalisation layers get random gamma and beta (truncated
+standard normal); BatchNorm running statistics (buffers) are kept.
 """
 from __future__ import annotations
 
@@ -23,7 +25,9 @@ from typing import Callable, Optional, Sequence, Union
 import torch
 
 from ..errors import InputError, UnknownNameError
-from .common import any_pattern, batches, expand_layers, expand_methods, iterate, logits, model_inputs, run_saliency
+from ..guard import model_device_dtype
+from ..layers import execution_order
+from .common import any_pattern, batches, expand_layers, expand_methods, iterate, model_inputs, run_saliency
 from .common import progress as bar
 from .records import Record, summarise
 from .similarity import map_similarities
@@ -39,12 +43,34 @@ def _normal_(params, generator_seed: int) -> None:
         p.copy_(torch.randn(p.shape, generator=g, device=p.device, dtype=p.dtype) * std)
 
 
+NORMS = (torch.nn.modules.batchnorm._NormBase, torch.nn.GroupNorm, torch.nn.LayerNorm)
+"""Normalisation layers whose affine parameters get random values (their ``reset_parameters`` sets 1 and 0)."""
+
+
+def _randomise_norms(module: torch.nn.Module, seed: int) -> None:
+    """Affine weight and bias of every normalisation layer under ``module``: truncated N(0, 1) in [-2, 2]."""
+    i = 0
+    for sub in module.modules():
+        if not isinstance(sub, NORMS):
+            continue
+        for p in (sub.weight, sub.bias):
+            if isinstance(p, torch.nn.Parameter):
+                g = torch.Generator(device=p.device).manual_seed(seed + 104729 + i)
+                p.copy_(torch.nn.init.trunc_normal_(torch.empty(p.shape, device=p.device, dtype=torch.float32),
+                                                    generator=g).to(p.dtype))
+                i += 1
+
+
 def randomise_module(module: torch.nn.Module, seed: int, init: Init = "reset") -> None:
     """Re-initialise every parameter under ``module`` in place, deterministically from ``seed``; buffers kept.
 
     ``init``: ``"reset"`` (each submodule's ``reset_parameters()``; parameters no submodule resets get
     ``"normal"``), ``"normal"`` (He-normal for weights with >= 2 dims, N(0, 0.01^2) for 1-D parameters), or
-    ``callable(module, generator)``. The global RNG state is left unchanged.
+    ``callable(module, generator)``. With ``"reset"`` and ``"normal"``, the affine weight and bias (gamma, beta)
+    of normalisation layers (BatchNorm, InstanceNorm, GroupNorm, LayerNorm) are drawn from a standard normal
+    truncated to [-2, 2] (their own ``reset_parameters`` would set the constants 1 and 0, which is not random).
+    Buffers (BatchNorm running mean and variance) keep their trained values. The global RNG state is left
+    unchanged.
     """
     buffers = [(b, b.detach().clone()) for b in module.buffers()]
     with torch.no_grad():
@@ -61,24 +87,80 @@ def randomise_module(module: torch.nn.Module, seed: int, init: Init = "reset") -
                         reset()
                         covered |= {id(p) for p in sub.parameters(recurse=False)}
             _normal_([p for p in module.parameters() if id(p) not in covered], seed)
+            _randomise_norms(module, seed)
         elif init == "normal":
             _normal_(list(module.parameters()), seed)
+            _randomise_norms(module, seed)
         else:
             raise InputError(f"init must be 'reset', 'normal' or a callable(module, generator), got {init!r}")
         for b, v in buffers:
             b.copy_(v)
 
 
-def _blocks(work: torch.nn.Module, randomise, x: torch.Tensor) -> list[str]:
-    """Block names in cascading order (output first)."""
+def _has_params(module: torch.nn.Module) -> bool:
+    return any(True for _ in module.parameters())
+
+
+def execution_positions(model: torch.nn.Module, x: torch.Tensor) -> tuple[dict[str, int], set[str]]:
+    """From one gradient-free forward pass of ``x`` (:func:`extagg.layers.execution_order`):
+    ``({name: position}, called)``.
+
+    ``position`` of a module with parameters is the last place in the pass at which a module with its own
+    parameters at or under it finished running; modules nothing under which ran are absent. ``called`` holds
+    the names of all modules whose ``forward`` ran (a ``ModuleList`` never does). The model is left as it was.
+    """
+    own = {n for n, m in model.named_modules() if any(True for _ in m.parameters(recurse=False))}
+    _, dtype = model_device_dtype(model, x)
+    calls = [name.split("@")[0] for name, _ in execution_order(model, x.to(dtype))]
+    positions: dict[str, int] = {}
+    for pos, name in enumerate(n for n in calls if n in own):
+        parts = name.split(".")
+        for i in range(len(parts) + 1):
+            positions[".".join(parts[:i])] = pos
+    return positions, set(calls)
+
+
+def _default_blocks(model: torch.nn.Module, called: set[str]) -> list[str]:
+    """Top-level children with parameters; a container whose forward never runs (a ``ModuleList`` of blocks)
+    is replaced by its children, recursively."""
+    out: list[str] = []
+
+    def visit(prefix: str, module: torch.nn.Module) -> None:
+        for n, child in module.named_children():
+            name = f"{prefix}{n}"
+            if not _has_params(child):
+                continue
+            if name not in called and any(True for _ in child.children()):
+                visit(name + ".", child)
+            else:
+                out.append(name)
+
+    visit("", model)
+    return out
+
+
+def cascading_order(work: torch.nn.Module, randomise, x: torch.Tensor) -> list[str]:
+    """Block names in cascading order: explicit names as given; the default blocks (see
+    :func:`parameter_randomisation`) and pattern matches output first, by their :func:`execution_positions` on
+    the input batch ``x`` (blocks nothing in which runs come last)."""
     modules = dict(work.named_modules())
-    with_params = [n for n, m in modules.items() if n and any(True for _ in m.parameters())]
-    if randomise is None:
-        names = [n for n, m in work.named_children() if any(True for _ in m.parameters())]
-        explicit = False
+    with_params = [n for n, m in modules.items() if n and _has_params(m)]
+    items = None if randomise is None else ([randomise] if isinstance(randomise, str) else list(randomise))
+    if items is not None and not any_pattern(items):
+        names = []
+        for n in items:
+            if n not in modules:
+                raise UnknownNameError("layer to randomise", n, with_params)
+            if n not in with_params:
+                raise InputError(f"layer {n!r} ({type(modules[n]).__name__}) has no parameters to randomise")
+            if n not in names:
+                names.append(n)
+        return names
+    positions, called = execution_positions(work, x)
+    if items is None:
+        names = _default_blocks(work, called)
     else:
-        items = [randomise] if isinstance(randomise, str) else list(randomise)
-        names, explicit = [], not any_pattern(items)
+        names = []
         for p in items:
             found = [n for n in with_params if fnmatch.fnmatchcase(n, p)] if any_pattern([p]) else [p]
             if p not in modules and not found:
@@ -92,17 +174,7 @@ def _blocks(work: torch.nn.Module, randomise, x: torch.Tensor) -> list[str]:
                     names.append(n)
     if not names:
         raise InputError("no layer with parameters to randomise; pass randomise=[names]")
-    if explicit:
-        return names
-    order: list[str] = []
-    handles = [modules[n].register_forward_hook(lambda m, a, o, n=n: order.append(n) if n not in order else None)
-               for n in names]
-    try:
-        logits(work, x)
-    finally:
-        for h in handles:
-            h.remove()
-    return sorted(names, key=lambda n: -order.index(n) if n in order else math.inf)
+    return sorted(names, key=lambda n: -positions[n] if n in positions else math.inf)
 
 
 def parameter_randomisation(model: torch.nn.Module, data, methods, layers="input", *,
@@ -112,8 +184,8 @@ def parameter_randomisation(model: torch.nn.Module, data, methods, layers="input
                             progress: bool = False, registry=None, mismatched: Optional[str] = None) -> list[Record]:
     """Similarity of every (method, layer) map to the trained model's map under parameter randomisation.
 
-    :param randomise: block names or patterns (cascading order as given for explicit names; output-first
-        forward order for the default and for patterns).
+    :param randomise: block names or patterns (cascading order as given for explicit names; output first in
+        execution order for the default and for patterns, see :func:`cascading_order`).
     :param mode: ``"cascading"``, ``"independent"`` or ``"both"``. :param init: see :func:`randomise_module`.
     :param hog_cell: HOG cell size in pixels (maps need at least 3 cells per side).
     :returns: records with subsets ``"cascading:<block>"`` (cumulative through that block),
@@ -146,7 +218,7 @@ def parameter_randomisation(model: torch.nn.Module, data, methods, layers="input
         work.load_state_dict(trained)
         x = model_inputs(work, [s.image for s in group], preprocess)
         if order is None:
-            order = _blocks(work, randomise, x)
+            order = cascading_order(work, randomise, x)
         base, targets = run(x, None)
         if baseline:
             if noise is None:

