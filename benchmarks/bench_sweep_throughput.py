@@ -101,11 +101,15 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--images", type=int, default=3)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--steps", type=int, default=None, help="curve intervals (default: the sweep's default)")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="interleaved rounds (sweep, limit, reference each round); the minimum per kind is kept")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    config = SweepConfig(limit=args.images, combine=(), batch_size=args.images, progress=False, figures=False)
+    config = SweepConfig(limit=args.images, combine=(), batch_size=args.images, progress=False, figures=False,
+                         **({"steps": args.steps} if args.steps else {}))
     registry = default_registry()
     model, preprocess = load_model()
     samples = load_samples(config)
@@ -115,12 +119,19 @@ def main() -> None:
     runner = BatchRunner(model, preprocess, plan, config, registry)
     n = len(samples)
     timed(lambda: limit_passes(model, x[:1], plan, attrs.evolve(config, steps=1), registry, 2))  # warm-up
-    t_sweep = timed(lambda: list(runner.run(samples, lambda metric: True)))
-    t_limit = timed(lambda: limit_passes(model, x, plan, config, registry, 2))
-    t_ref = timed(lambda: reference(model, preprocess, samples, plan, config, registry))
-    rows = {"sweep": t_sweep, "limit (unavoidable model calls)": t_limit, "reference (pass per method per metric)": t_ref}
+    kinds = {"sweep": lambda: list(runner.run(samples, lambda metric: True)),
+             "limit (unavoidable model calls)": lambda: limit_passes(model, x, plan, config, registry, 2),
+             "reference (pass per method per metric)": lambda: reference(model, preprocess, samples, plan, config,
+                                                                         registry)}
+    times: dict[str, list[float]] = {k: [] for k in kinds}
+    for _ in range(args.rounds):  # interleaved, so that a drift of the machine's load hits every kind alike
+        for name, fn in kinds.items():
+            times[name].append(timed(fn))
+    rows = {k: min(v) for k, v in times.items()}
+    t_sweep = rows["sweep"]
     print(f"extagg sweep throughput: EfficientNet-Lite0, {n} photos in one batch, {len(plan.methods)} methods x "
-          f"{len(plan.layers)} layers, metrics {', '.join(plan.metrics)}; torch {torch.__version__}, "
+          f"{len(plan.layers)} layers, metrics {', '.join(plan.metrics)}, {config.steps} curve intervals; "
+          f"min of {args.rounds} interleaved round(s); torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads, {platform.processor() or platform.machine()}")
     print(f"{'':42}{'seconds':>10}{'images/s':>10}{'time / sweep':>14}")
     for name, t in rows.items():
@@ -128,7 +139,7 @@ def main() -> None:
     if args.out:
         with open(args.out, "w") as f:
             json.dump({"images": n, "methods": list(plan.methods), "layers": list(plan.layers),
-                       "metrics": list(plan.metrics), "seconds": rows, "threads": torch.get_num_threads(),
+                       "metrics": list(plan.metrics), "steps": config.steps, "seconds": rows, "all_seconds": times, "threads": torch.get_num_threads(),
                        "torch": torch.__version__, "when": time.strftime("%Y-%m-%d %H:%M:%S")}, f, indent=1)
 
 
