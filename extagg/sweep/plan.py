@@ -13,11 +13,10 @@ from typing import Optional
 import attrs
 import torch
 
-from ..aggregate import Plan as MethodPlan
+from ..phase2 import Plan as MethodPlan
 from ..capture import LayerCapture
 from ..contributions import Factored
 from ..engine import fits
-from ..evaluation.common import PER_EXAMPLE_MODIFIERS
 from ..layers import execution_order
 from ..registry import Registry
 from .config import SweepConfig, parse_combination
@@ -101,7 +100,7 @@ def twin_of(registry: Registry, method: str) -> Optional[str]:
         return None
     from ..method import Call
 
-    twin = attrs.evolve(parsed, extractor=Call(REAL_CONV, ()), alias=None)
+    twin = attrs.evolve(parsed, extractor=Call(REAL_CONV, ()), named=None)
     return str(twin)
 
 
@@ -179,8 +178,7 @@ def make_plan(config: SweepConfig, model: torch.nn.Module, registry: Registry, i
             twin = twin_of(registry, m) if isinstance(module, torch.nn.Conv2d) else None
             if twin is not None and fits(registry, registry.parse(twin), module):
                 twins[m, layer] = twin
-    per_example = frozenset(m for m in [*methods, *twins.values()]
-                            if any(c.name in PER_EXAMPLE_MODIFIERS for c in registry.parse(m).modifiers))
+    per_example = frozenset(m for m in [*methods, *twins.values()] if registry.per_example(m))
     n = len(image_ids)
     size = 1 if "pointing" in config.metrics else config.batch_size
     batches = tuple(tuple(range(i, min(i + size, n))) for i in range(0, n, size))
