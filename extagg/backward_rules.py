@@ -12,7 +12,7 @@ gradient *is* relevance pass-through, and LRP rules reduce to:
 
 * Linear / Conv (epsilon): ``g_x = J^T (g * y / (y + eps * sign(y)))``, the ordinary backward of a rescaled
   gradient (``sign(0) = +1``);
-* Linear / Conv (z+): ``s = y * g / z+``, ``z+ = W+ x+ + W- x-`` (no bias), ``g_x = W+^T s`` where ``x >= 0`` and
+* Linear / Conv (z+): ``s = g * y / z+``, ``z+ = W+ x+ + W- x-`` (no bias), ``g_x = W+^T s`` where ``x >= 0`` and
   ``W-^T s`` where ``x < 0`` (``0/0 = 0``);
 * ReLU6 (both): relevance pass-through, ``g_x = g * y / x`` (``0`` where ``x = 0``);
 * BatchNorm: epsilon: as Linear (it is affine); z+: relevance pass-through like ReLU6;
@@ -37,7 +37,8 @@ LINEAR_LIKE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 POOLS = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d,
          nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d)
-PLAIN = (nn.Identity, nn.Flatten, nn.Unflatten, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d)
+PLAIN = (nn.Identity, nn.Flatten, nn.Unflatten, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.ZeroPad1d,
+         nn.ZeroPad2d, nn.ZeroPad3d)
 
 RELU_FUNCTIONS = (F.relu, F.relu_, torch.relu, torch.relu_, torch.Tensor.relu, torch.Tensor.relu_, F.relu6,
                   F.hardtanh, F.hardtanh_)
@@ -141,8 +142,8 @@ def rectgrad_rule(q: float = 98.0) -> Rule:
 
 # ----------------------------------------------------------------------------- LRP rules
 def _safe_divide(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    zero = b == 0
-    return torch.where(zero, 0.0, a / torch.where(zero, 1.0, b))
+    """``a / b``, 0 where ``b == 0``."""
+    return torch.where(b == 0, 0.0, a / b)
 
 
 def _relevance_pass() -> Swap:
@@ -165,51 +166,44 @@ def _epsilon(eps: float) -> Modulate:
     return Modulate(factor)
 
 
-def _conv_padding(layer: str, module: nn.Module) -> Optional[tuple]:
-    """Explicit symmetric padding of a conv module, or None where it has none (then z+ is refused)."""
-    if module.padding_mode != "zeros":
-        return None
-    if isinstance(module.padding, str):
-        if module.padding == "valid":
-            return (0,) * len(module.kernel_size)
-        total = [d * (k - 1) for d, k in zip(module.dilation, module.kernel_size)]
-        if any(t % 2 for t in total):
-            return None
-        return tuple(t // 2 for t in total)
-    return tuple(module.padding)
+_STANDARD_FORWARDS = {nn.Linear.forward, nn.Conv1d.forward, nn.Conv2d.forward, nn.Conv3d.forward}
+
+
+def _with_weight(module: nn.Module, weight: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+    """The module's linear map with ``weight`` and no bias, applied to ``a``; a subclass with its own ``forward``
+    (e.g. a conv with "same" padding done by a child module) runs that forward on the swapped parameters."""
+    if type(module).forward in _STANDARD_FORWARDS:
+        return F.linear(a, weight) if isinstance(module, nn.Linear) else module._conv_forward(a, weight, None)
+    from torch.nn.utils.stateless import _reparametrize_module
+
+    params = {"weight": weight}
+    if getattr(module, "bias", None) is not None:
+        params["bias"] = torch.zeros_like(module.bias)
+    with _reparametrize_module(module, params):
+        return module.forward(a)
 
 
 def _zplus_linear(layer: str, module: nn.Module) -> Swap:
-    if isinstance(module, nn.Linear):
-        def transpose(s, weight, x):
-            return s @ weight
-    else:
-        padding = _conv_padding(layer, module)
-        if padding is None:
-            raise UnsupportedLayerError(
-                f"propagation rule 'lrp-zplus' needs zero, symmetric padding, but layer {layer!r} has "
-                f"padding={module.padding!r}, padding_mode={module.padding_mode!r}")
-        dims = len(module.kernel_size)
-
-        def transpose(s, weight, x):
-            return torch.ops.aten.convolution_backward(
-                s, x, weight, None, list(module.stride), list(padding), list(module.dilation), False, [0] * dims,
-                module.groups, [True, False, False])[0]
-
-    def forward(x, weight):
-        if isinstance(module, nn.Linear):
-            return F.linear(x, weight)
-        return module._conv_forward(x, weight, None)
+    """``s = y g / z+`` with ``z+ = W+ x+ + W- x-``; ``g_x = W+^T s`` where ``x >= 0``, ``W-^T s`` where ``x < 0``
+    (the transposes are the vector-Jacobian product of the two streams, built once in the forward pass)."""
 
     def prepare(module, x, y):
         weight = module.weight.detach()
-        wp, wn = weight.clamp(min=0), weight.clamp(max=0)
-        zp = forward(x.clamp(min=0), wp) + forward(x.clamp(max=0), wn)
-        return x, y, zp, wp, wn
+        wp = weight.clamp(min=0)
+        if not bool((x < 0).any()):   # after a ReLU: one stream (one sync, saves a conv and its transpose)
+            zp, transpose = torch.func.vjp(lambda a: _with_weight(module, wp, a), x)
+            return x, _safe_divide(y, zp), transpose, False
+        wn = weight.clamp(max=0)
 
-    def backward(g, x, y, zp, wp, wn):
-        s = _safe_divide(y * g, zp)
-        return torch.where(x < 0, transpose(s, wn, x), transpose(s, wp, x))
+        def streams(a, b):
+            return _with_weight(module, wp, a) + _with_weight(module, wn, b)
+
+        zp, transpose = torch.func.vjp(streams, x.clamp(min=0), x.clamp(max=0))
+        return x, _safe_divide(y, zp), transpose, True
+
+    def backward(g, x, ratio, transpose, mixed):
+        grads = transpose(g * ratio)
+        return torch.where(x < 0, grads[1], grads[0]) if mixed else grads[0]
 
     return Swap(prepare, backward)
 
@@ -236,7 +230,7 @@ def lrp_epsilon_rule(eps: float = 1e-6) -> Rule:
             return KEEP
         refuse_modules("lrp-epsilon", layer, module, LRP_SUPPORTED)
 
-    return Rule("lrp-epsilon", handler, _lrp_refused("lrp-epsilon"))
+    return Rule("lrp-epsilon", handler, _lrp_refused("lrp-epsilon"), units=LINEAR_LIKE)
 
 
 def lrp_zplus_rule() -> Rule:
@@ -252,4 +246,4 @@ def lrp_zplus_rule() -> Rule:
             return KEEP
         refuse_modules("lrp-zplus", layer, module, LRP_SUPPORTED)
 
-    return Rule("lrp-zplus", handler, _lrp_refused("lrp-zplus"))
+    return Rule("lrp-zplus", handler, _lrp_refused("lrp-zplus"), units=LINEAR_LIKE)

@@ -34,7 +34,9 @@ class UnsupportedLayerError(LayerMismatchError):
 @attrs.frozen
 class Swap:
     """Replace the module's input gradient: ``state = prepare(module, x, y)`` during the forward pass (a tuple of
-    tensors, taken before anything can change ``x`` or ``y`` in place), then ``backward(grad_y, *state) -> grad_x``.
+    tensors and other objects, taken before anything can change ``x`` or ``y`` in place), then
+    ``backward(grad_y, *state) -> grad_x``. ``backward`` must be written with vmap-able torch operations (several
+    targets are back-propagated at once with ``is_grads_batched``).
     """
 
     prepare: Callable[..., tuple]
@@ -65,10 +67,12 @@ class Rule:
     name: str
     handler: Callable[[str, torch.nn.Module], Handler]
     refused_functions: dict = attrs.field(factory=dict)
+    units: tuple = ()
 
 
 class _Replace(torch.autograd.Function):
-    """Forward: a copy of ``y``. Backward: ``backward(grad, *state)`` becomes the gradient of ``x``."""
+    """Forward: a copy of ``y``. Backward: ``backward(grad, *state)`` becomes the gradient of ``x``; ``state``
+    may mix tensors (saved for backward) and other objects (kept as they are)."""
 
     generate_vmap_rule = True
 
@@ -78,12 +82,16 @@ class _Replace(torch.autograd.Function):
 
     @staticmethod
     def setup_context(ctx, inputs, output):
+        state = inputs[3:]
         ctx.rule_backward = inputs[2]
-        ctx.save_for_backward(*inputs[3:])
+        ctx.layout = [None if isinstance(s, torch.Tensor) else s for s in state]
+        ctx.save_for_backward(*(s for s in state if isinstance(s, torch.Tensor)))
 
     @staticmethod
     def backward(ctx, grad):
-        return (ctx.rule_backward(grad, *ctx.saved_tensors), None, None) + (None,) * len(ctx.saved_tensors)
+        tensors = iter(ctx.saved_tensors)
+        state = [next(tensors) if s is None else s for s in ctx.layout]
+        return (ctx.rule_backward(grad, *state), None, None) + (None,) * len(state)
 
 
 def _scale(grad: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
@@ -125,13 +133,19 @@ def _function_name(func) -> str:
 
 
 def plan(rule: Rule, model: torch.nn.Module) -> dict[str, tuple[torch.nn.Module, object]]:
-    """``{name: (module, handler)}`` for the leaf modules the rule knows (``KEEP`` included); raises before
-    anything is installed."""
-    out = {}
+    """``{name: (module, handler)}`` for the modules the rule knows (``KEEP`` included); raises before anything
+    is installed. Leaf modules are asked, and so are modules of ``rule.units`` whatever their children (a conv
+    subclass that pads through a child module); the children of a unit are the unit's business."""
+    out: dict = {}
+    inside: list[str] = []
     for name, module in model.named_modules():
-        if next(module.children(), None) is not None:
+        if any(name.startswith(unit + ".") for unit in inside):
+            continue
+        if next(module.children(), None) is not None and not isinstance(module, rule.units):
             continue
         handler = rule.handler(name or type(model).__name__, module)
+        if next(module.children(), None) is not None:
+            inside.append(name)
         if handler is not None:
             out[name] = (module, handler)
     return out
