@@ -217,8 +217,10 @@ def rules_installed(model: torch.nn.Module, rule: Rule) -> Iterator[None]:
         for module, handler in handled.values():
             if handler is KEEP:
                 continue
-            handles.append(module.register_forward_pre_hook(pre))
-            handles.append(module.register_forward_hook(post_for(handler)))
+            # prepended: the rule sees the module's own output and input before any other hook (a layer probe
+            # added earlier must receive the rule's output, not be cut off by it), whatever the order of entry
+            handles.append(module.register_forward_pre_hook(pre, prepend=True))
+            handles.append(module.register_forward_hook(post_for(handler), prepend=True))
         for module in model.modules():
             handles.append(module.register_forward_hook(leave, always_call=True))
         with _Watch(_describe(rule), where) if rule.refused_functions else contextlib.nullcontext():

@@ -173,6 +173,28 @@ def test_rules_leave_the_forward_output_bit_for_bit(make):
     assert all(not m._forward_hooks and not m._forward_pre_hooks for m in net.modules())
 
 
+@pytest.mark.parametrize("make", RULE_OBJECTS)
+def test_a_probe_hooked_before_the_rule_still_receives_the_rule_gradient(make):
+    """The rule's hooks go first, so a layer probe registered earlier (or later) sees the same gradient."""
+    net, x = reuse_model(), images()
+    grads = []
+    for probe_first in (True, False):
+        probe = []
+
+        def hook(module, args, output):
+            probe.append(torch.zeros_like(output, requires_grad=True))
+            return output + probe[-1]
+
+        handle = net.act.register_forward_hook(hook) if probe_first else None
+        with rules_installed(net, make()), torch.enable_grad():
+            handle = handle or net.act.register_forward_hook(hook)
+            out = net(x.clone().requires_grad_(True))
+            grads.append(torch.autograd.grad(out[:, 1].sum(), probe[0])[0])
+        handle.remove()
+    assert grads[0].abs().sum() > 0
+    assert torch.equal(grads[0], grads[1])
+
+
 def test_a_module_called_three_times_gets_the_rule_at_each_call(reg):
     """Guided backprop on the reused ReLU6 (and the in-place ReLU), written out by hand for this model."""
     net, x, t = reuse_model(), images() * 5, torch.tensor([0, 1, 2])
