@@ -57,16 +57,16 @@ def _upper(module: nn.Module) -> float:
 
 
 # ----------------------------------------------------------------------------- ReLU rules
-def _guided(module: nn.Module) -> Swap:
-    upper = _upper(module)
+def _guided(module: nn.Module) -> Modulate:
+    """``max(g, 0)`` at the output; the module's own backward then applies ``1[x > 0]`` (ReLU6: ``1[0 < x < 6]``)."""
 
     def prepare(module, x, y):
-        return ((y > 0) & (y < upper),)
+        return ()
 
-    def backward(g, open_):
-        return torch.where(open_ & (g > 0), g, 0.0)
+    def backward(g):
+        return g.clamp(min=0)
 
-    return Swap(prepare, backward)
+    return Modulate(prepare, backward)
 
 
 def _deconvnet(module: nn.Module) -> Swap:
@@ -159,11 +159,14 @@ def _relevance_pass() -> Swap:
 
 
 def _epsilon(eps: float) -> Modulate:
-    def factor(module, x, y):
+    def prepare(module, x, y):
         sign = torch.where(y >= 0, 1.0, -1.0).to(y.dtype)
-        return _safe_divide(y, y + eps * sign)
+        return (_safe_divide(y, y + eps * sign),)
 
-    return Modulate(factor)
+    def backward(g, factor):
+        return g * factor
+
+    return Modulate(prepare, backward)
 
 
 _STANDARD_FORWARDS = {nn.Linear.forward, nn.Conv1d.forward, nn.Conv2d.forward, nn.Conv3d.forward}

@@ -4,8 +4,8 @@ A :class:`Rule` decides, for every leaf module of the model, how the backward pa
 
 * ``None``: the module keeps its ordinary gradient;
 * a :class:`Swap`: the module's gradient with respect to its input is *replaced* by ``Swap.backward``;
-* a :class:`Modulate`: the gradient arriving at the module's output is multiplied elementwise by a factor before
-  the module's ordinary backward runs (LRP-epsilon's ``z / (z + eps sign z)``);
+* a :class:`Modulate`: the gradient arriving at the module's output is transformed before the module's ordinary
+  backward runs (LRP-epsilon's ``g z / (z + eps sign z)``);
 * or it raises :class:`UnsupportedLayerError` naming the layer, before anything runs.
 
 The forward pass is never changed: each hooked module's output is replaced by a copy with the same values
@@ -45,10 +45,12 @@ class Swap:
 
 @attrs.frozen
 class Modulate:
-    """Multiply the gradient at the module's output by ``factor(module, x, y)`` (same shape as ``y``); the module's
-    own backward then runs as usual."""
+    """Transform the gradient at the module's output, then let the module's own backward run:
+    ``state = prepare(module, x, y)`` during the forward pass, ``backward(grad_y, *state) -> new grad_y``
+    (LRP-epsilon's ``g * z / (z + eps sign z)``; guided backprop's ``max(g, 0)`` before ReLU's own mask)."""
 
-    factor: Callable[..., torch.Tensor]
+    prepare: Callable[..., tuple]
+    backward: Callable[..., torch.Tensor]
 
 
 KEEP = attrs.make_class("Keep", [], repr=False)()
@@ -92,10 +94,6 @@ class _Replace(torch.autograd.Function):
         tensors = iter(ctx.saved_tensors)
         state = [next(tensors) if s is None else s for s in ctx.layout]
         return (ctx.rule_backward(grad, *state), None, None) + (None,) * len(state)
-
-
-def _scale(grad: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-    return grad * factor
 
 
 class _Calls:
@@ -165,14 +163,18 @@ def rules_installed(model: torch.nn.Module, rule: Rule) -> Iterator[None]:
     inside_handled = [0]
     handled_ids = {id(m) for m, _ in handled.values()}
 
-    def pre(module, args):
-        if not args or not isinstance(args[0], torch.Tensor):
+    def pre_for(handler):
+        copy = isinstance(handler, Swap)   # a Swap routes to x: an in-place module must not overwrite it
+
+        def pre(module, args):
+            if not args or not isinstance(args[0], torch.Tensor):
+                return None
+            x = args[0]
+            calls.inputs.setdefault(id(module), []).append(x)
+            if copy and getattr(module, "inplace", False):
+                return (x.clone(), *args[1:])
             return None
-        x = args[0]
-        calls.inputs.setdefault(id(module), []).append(x)
-        if getattr(module, "inplace", False):
-            return (x.clone(), *args[1:])
-        return None
+        return pre
 
     def post_for(handler):
         def post(module, args, y):
@@ -184,8 +186,8 @@ def rules_installed(model: torch.nn.Module, rule: Rule) -> Iterator[None]:
                 if not y.requires_grad:
                     return None
                 with torch.no_grad():
-                    factor = handler.factor(module, x, y.detach())
-                return _Replace.apply(y, y.detach(), _scale, factor)
+                    state = tuple(handler.prepare(module, x.detach(), y.detach()))
+                return _Replace.apply(y, y.detach(), handler.backward, *state)
             if not x.requires_grad:
                 return None
             with torch.no_grad():
@@ -219,7 +221,7 @@ def rules_installed(model: torch.nn.Module, rule: Rule) -> Iterator[None]:
                 continue
             # prepended: the rule sees the module's own output and input before any other hook (a layer probe
             # added earlier must receive the rule's output, not be cut off by it), whatever the order of entry
-            handles.append(module.register_forward_pre_hook(pre, prepend=True))
+            handles.append(module.register_forward_pre_hook(pre_for(handler), prepend=True))
             handles.append(module.register_forward_hook(post_for(handler), prepend=True))
         for module in model.modules():
             handles.append(module.register_forward_hook(leave, always_call=True))
