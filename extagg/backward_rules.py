@@ -159,9 +159,9 @@ def _relevance_pass() -> Swap:
 
 
 def _epsilon(eps: float) -> Modulate:
-    def prepare(module, x, y):
-        sign = torch.where(y >= 0, 1.0, -1.0).to(y.dtype)
-        return (_safe_divide(y, y + eps * sign),)
+    def prepare(module, x, y):   # z / (z + eps sign z) = |z| / (|z| + eps), with sign(0) = +1
+        size = y.abs()
+        return ((size / (size + eps)) if eps > 0 else (y != 0).to(y.dtype),)
 
     def backward(g, factor):
         return g * factor
