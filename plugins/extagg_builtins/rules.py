@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import math
 
+import attrs
+
 import extagg
 from extagg.backward_rules import deconvnet_rule, guided_rule, lrp_epsilon_rule, lrp_zplus_rule, rectgrad_rule
 from extagg.propagation import rules_installed
@@ -43,21 +45,25 @@ def _lrp_zplus(model, images, targets):
     return rules_installed(model, lrp_zplus_rule())
 
 
+# A rule writes no tensor of the model (it only adds hooks): where the modifier contract can say so
+# (``Modifier.stateless``), extagg then skips its weight snapshot.
+_STATELESS = {"stateless": True} if "stateless" in attrs.fields_dict(Modifier) else {}
+
 RULES = [
-    Modifier(name="guided", fn=_guided,
+    Modifier(**_STATELESS, name="guided", fn=_guided,
              doc="Guided backprop's rule: at every ReLU/ReLU6, g_in = 1[x > 0] 1[g > 0] g (ReLU6: also x < 6)."),
-    Modifier(name="deconvnet", fn=_deconvnet,
+    Modifier(**_STATELESS, name="deconvnet", fn=_deconvnet,
              doc="Deconvnet's rule: at every ReLU/ReLU6, g_in = max(g, 0), the forward mask ignored."),
-    Modifier(name="rectgrad", fn=_rectgrad,
+    Modifier(**_STATELESS, name="rectgrad", fn=_rectgrad,
              params=[Param("q", float, 98.0, "percentile of y*g per sample below which the gradient is cut",
                            check=_check_q)],
              doc="RectGrad's rule: at every ReLU/ReLU6, g_in = 1[y g > tau] g, tau the per-sample q-th percentile "
                  "of y g (nearest rank); ReLU6 also blocks where x >= 6."),
-    Modifier(name="lrp-epsilon", fn=_lrp_epsilon,
+    Modifier(**_STATELESS, name="lrp-epsilon", fn=_lrp_epsilon,
              params=[Param("eps", float, 1e-6, "stabiliser added to z with the sign of z", check=_check_eps)],
              doc="LRP-epsilon as a gradient: x * g is the relevance. Linear/Conv/BatchNorm/pooling: "
                  "g_in = J^T (g * z / (z + eps sign z)); ReLU: ordinary gradient; ReLU6: relevance pass-through."),
-    Modifier(name="lrp-zplus", fn=_lrp_zplus,
+    Modifier(**_STATELESS, name="lrp-zplus", fn=_lrp_zplus,
              doc="LRP-z+ (alpha1-beta0, Excitation Backprop) as a gradient: x * g is the relevance. Linear/Conv: "
                  "g_in = W+^T s (x >= 0) or W-^T s (x < 0), s = z g / (W+ x+ + W- x-), bias ignored; "
                  "ReLU, pooling: ordinary gradient; ReLU6, BatchNorm: relevance pass-through."),
