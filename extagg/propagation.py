@@ -24,11 +24,12 @@ import attrs
 import torch
 from torch.overrides import TorchFunctionMode
 
-from .errors import LayerMismatchError
+from .errors import InputError
 
 
-class UnsupportedLayerError(LayerMismatchError):
-    """A propagation rule met a layer (module or functional call) it has no backward rule for."""
+class UnsupportedLayerError(InputError):
+    """A propagation rule met a layer (module or functional call) it has no backward rule for. An
+    :class:`~extagg.errors.InputError`: the model, as given, cannot be explained with that rule."""
 
 
 @attrs.frozen
@@ -127,6 +128,8 @@ def _function_name(func) -> str:
         return f"torch.nn.functional.{qual}"
     if qual.startswith("TensorBase.") or qual.startswith("Tensor."):
         return "Tensor." + qual.split(".", 1)[1]
+    if qual.startswith("_VariableFunctionsClass."):
+        return "torch." + qual.split(".", 1)[1]
     return f"torch.{qual}" if not module or module == "torch" or module.startswith("torch._C") else f"{module}.{qual}"
 
 
