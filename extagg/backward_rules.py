@@ -23,6 +23,7 @@ gradient *is* relevance pass-through, and LRP rules reduce to:
 """
 from __future__ import annotations
 
+import copy
 import math
 from typing import Optional
 
@@ -177,13 +178,11 @@ def _with_weight(module: nn.Module, weight: torch.Tensor, a: torch.Tensor) -> to
     (e.g. a conv with "same" padding done by a child module) runs that forward on the swapped parameters."""
     if type(module).forward in _STANDARD_FORWARDS:
         return F.linear(a, weight) if isinstance(module, nn.Linear) else module._conv_forward(a, weight, None)
-    from torch.nn.utils.stateless import _reparametrize_module
-
-    params = {"weight": weight}
-    if getattr(module, "bias", None) is not None:
-        params["bias"] = torch.zeros_like(module.bias)
-    with _reparametrize_module(module, params):
-        return module.forward(a)
+    twin = copy.copy(module)   # shares children and buffers; its own parameter table, so the module is untouched
+    twin._parameters = {**module._parameters, "weight": weight}
+    if "bias" in twin._parameters:
+        twin._parameters["bias"] = None
+    return type(module).forward(twin, a)
 
 
 def _zplus_linear(layer: str, module: nn.Module) -> Swap:
