@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 import extagg
+import rules_support
 from extagg import hookspecs
 from extagg.method import format_value
 
@@ -87,7 +88,7 @@ def load_hello():
 @pytest.fixture(scope="module")
 def builtins():
     """The built-in components only: extagg's own entry points, nothing third-party."""
-    return extagg.Registry.from_plugin_manager(extagg.make_plugin_manager(autoload=False))
+    return extagg.Registry.from_plugin_manager(rules_support.plugin_manager(autoload=False))
 
 
 # ----------------------------------------------------------------------------- hooks.md
@@ -198,7 +199,8 @@ PLACEHOLDERS = {
     "modifier:extractor+pre-filters+aggregator+post-filters",
     "name(...):method",
 }
-DOC_FILES = ["index.md", "concepts.md", "components.md", "plugins/tutorial.md", "plugins/hooks.md"]
+DOC_FILES = ["index.md", "concepts.md", "components.md", "propagation_rules.md", "plugins/tutorial.md",
+             "plugins/hooks.md"]
 
 
 def quoted_method_strings(text: str) -> list[str]:
@@ -217,7 +219,7 @@ def docs_registry():
         # only the definitions: cut the script at the point where it builds a registry
         exec(block.split("\nregistry = ")[0], module.__dict__)
         plugins.append(module)
-    return extagg.Registry.from_plugin_manager(extagg.make_plugin_manager(autoload=False, extra=plugins))
+    return extagg.Registry.from_plugin_manager(rules_support.plugin_manager(autoload=False, extra=plugins))
 
 
 def test_quoted_method_strings_are_found():
