@@ -1,5 +1,4 @@
 import functools
-import importlib
 import os
 
 import pytest
@@ -17,15 +16,8 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 def builtin_registry() -> extagg.Registry:
     """The built-in components only (extagg's own entry points), whatever else is installed: the core suite is
     hermetic; third-party plugins test themselves (see examples/extagg-hello/tests). Built on first use."""
-    return extagg.Registry.from_plugin_manager(extagg.make_plugin_manager(autoload=False, extra=_not_installed()))
-
-
-def _not_installed() -> list:
-    """Built-in plugin modules whose entry point the installed metadata does not list yet (a checkout newer than
-    its ``pip install -e .``): registered directly, so the suite tests them either way."""
-    import importlib.metadata as md
-    listed = {ep.value for ep in md.entry_points(group="extagg")}
-    return [importlib.import_module(m) for m in ("extagg_builtins.cams",) if m not in listed]
+    from tests import rules_support  # the newer built-ins also before a reinstall
+    return extagg.Registry.from_plugin_manager(rules_support.plugin_manager(autoload=False))
 
 
 class LazyBuiltins:
@@ -43,6 +35,18 @@ def pytest_generate_tests(metafunc):
         metafunc.parametrize("builtin_method", reg.methods() + sorted(reg.named_methods))
     if "builtin_aggregator" in metafunc.fixturenames:
         metafunc.parametrize("builtin_aggregator", sorted(builtin_registry().aggregators))
+
+
+@pytest.fixture(autouse=True, scope="module")
+def hermetic_default_registry():
+    """While a core test module runs, ``extagg.default_registry()`` (and so every call without ``registry=``)
+    holds the built-ins only, whatever else is installed; afterwards it is rebuilt as usual."""
+    extagg.registry.default_registry.cache_clear()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("EXTAGG_DISABLE_PLUGIN_AUTOLOAD", "1")
+        extagg.default_registry()  # cached from here on
+    yield
+    extagg.registry.default_registry.cache_clear()
 
 
 @pytest.fixture(scope="session")
