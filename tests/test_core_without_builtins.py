@@ -8,6 +8,7 @@ from extagg import Registry, hookimpl, make_plugin_manager
 from extagg.errors import UnknownNameError
 from extagg.phase2 import Dense
 from extagg.specs import Extractor
+from tests import rules_support
 from tests.test_plugins import builtin_eps
 
 BUILTINS = sorted(ep.name for ep in builtin_eps())
@@ -16,7 +17,8 @@ BUILTINS = sorted(ep.name for ep in builtin_eps())
 def only(keep: str, extra=()) -> Registry:
     """The registry with every built-in entry point blocked except ``keep``."""
     block = [name for name in BUILTINS if name != keep]
-    return Registry.from_plugin_manager(make_plugin_manager(autoload=False, block=block, extra=extra))
+    return Registry.from_plugin_manager(make_plugin_manager(autoload=False, block=block, extra=extra,
+                                                            entry_points=rules_support.entry_points()))
 
 
 def test_the_builtins_are_several_plugins():

@@ -38,7 +38,7 @@ def test_every_builtin_composition_equals_its_materialised_definition(registry, 
         agg = data.draw(st.sampled_from(["sum", "max", "min", "norm"]), label="agg")
         post = data.draw(st.lists(st.sampled_from(["relu", "abs", "neg"]), max_size=1), label="post")
         method = registry.parse("+".join([head, *pre, agg, *post]))
-        got = extagg.saliency(net, x, method, layers=str(index), targets=targets)[method, str(index)]
+        got = extagg.saliency(net, x, method, layers=str(index), targets=targets, registry=registry)[method, str(index)]
         want = oracle.method_map(method, net, x, index, targets)
         assert got.shape == want.shape
         torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-12, msg=f"{method} at layer {index}")

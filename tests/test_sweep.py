@@ -127,7 +127,7 @@ def test_every_metric_for_every_kind_of_method(tmp_path, registry):
                                                      if not any(p.required for p in registry.aggregators[a].params)]
                + sorted(registry.aliases) + ["meta:gradcam"])
     cfg = tiny_config(tmp_path, methods=tuple(methods), layers=("input", "0", "3"), combine=("sum:linear",))
-    result = run(cfg, samples=tiny_samples(2))
+    result = run(cfg, samples=tiny_samples(2), registry=registry)
     plan = result.plan
     assert set(plan.methods) >= {registry.canonical(m) for m in methods}
     seen = {(r["method"], r["layer"], r["metric"].split("_")[0], r["image"]) for r in result.per_image}
