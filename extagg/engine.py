@@ -13,9 +13,10 @@ from typing import Optional, Sequence, Union
 import attrs
 import torch
 
-from .capture import INPUT, LayerCapture, Probes, resolve_layers
+from .capture import INPUT, LayerCapture, Probes
 from .errors import InputError, LayerMismatchError, PluginContractError
 from .guard import compute_dtype, model_device_dtype, preserved
+from .layer_request import resolve_requested_layers
 from .method import Method
 from .phase2 import evaluate_layer
 from .plugins import enter_modifier
@@ -87,10 +88,13 @@ def parse_request(registry: Registry, model: torch.nn.Module, images, methods: S
     for m in as_list(methods, "methods", atoms=(str, Method)):
         method = registry.parse(m)
         spelled[m if isinstance(m, str) else str(m)] = names.setdefault(method, str(method))
-    layer_list = list(dict.fromkeys(as_list(layers, "layers", atoms=(str,))))
-    modules = resolve_layers(model, layer_list)
     if mismatched not in ("raise", "skip"):
         raise InputError(f"mismatched must be 'raise' or 'skip', got {mismatched!r}")
+    images = check_images(images)
+    check_call_options(targets, objective, resize, forward_kwargs)
+    device, dtype = model_device_dtype(model, images)
+    images = images.to(device=device, dtype=dtype)
+    layer_list, modules = resolve_requested_layers(model, layers, images)
     pairs = []
     for method in names:
         for layer in layer_list:
@@ -98,10 +102,6 @@ def parse_request(registry: Registry, model: torch.nn.Module, images, methods: S
                 pairs.append((method, layer))
             elif mismatched == "raise":
                 check_layer_fit(registry, method, layer, modules[layer])
-    images = check_images(images)
-    check_call_options(targets, objective, resize, forward_kwargs)
-    device, dtype = model_device_dtype(model, images)
-    images = images.to(device=device, dtype=dtype)
     passes: dict = {}
     for method, layer in pairs:
         passes.setdefault(method.modifiers, []).append((method, layer))
@@ -222,7 +222,7 @@ def saliency(
     model: torch.nn.Module,
     images: torch.Tensor,
     methods: StrOrSeq,
-    layers: Union[str, Sequence[str]] = INPUT,
+    layers: Union[str, torch.nn.Module, Sequence[Union[str, torch.nn.Module]]] = INPUT,
     targets: Targets = None,
     *,
     objective: Optional[Objective] = None,
@@ -240,7 +240,9 @@ def saliency(
     :param methods: method strings (``"scaling+sum"``, a named method, ``"conv3x3+relu+norm"``) or one string;
         ``extagg.methods()`` lists the compositions, ``extagg.default_registry().named_methods`` the names.
     :param layers: ``named_modules()`` names, ``"input"`` for the image, ``"name@k"`` for the k-th call of a module
-        called several times per forward pass; one string or a sequence.
+        called several times per forward pass, fnmatch patterns (``"layer*"``), named groups (``"stages"``,
+        ``"blocks"``, ``"spatial"``, ``"last"``; see :mod:`extagg.layer_select`) or module objects of the model
+        (``model.layer4``); one or a sequence (see :mod:`extagg.layer_request`).
     :param targets: None (the predicted class), an int, N ints, or an (N, T) tensor (T maps per image).
     :param objective: ``callable(output) -> (N,) or (N, T)`` scores to explain instead of class logits.
     :param resize: False (layer resolution), True (the input's H, W) or an (H, W) size; bilinear,
@@ -279,7 +281,7 @@ def _evaluate(registry: Registry, model, request: Request, *, objective, eval_mo
 
 
 def saliency_per_example(model: torch.nn.Module, images: torch.Tensor, methods: StrOrSeq,
-                         layers: Union[str, Sequence[str]] = INPUT, targets: Targets = None, **kwargs) -> SaliencyMaps:
+                         layers=INPUT, targets: Targets = None, **kwargs) -> SaliencyMaps:
     """:func:`saliency` run once per (image, target) pair, the maps stacked to (N, T, h, w).
 
     For pass modifiers declared ``per_example`` (one pass explains one pair, as meta-saliency's SGD step):

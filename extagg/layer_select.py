@@ -1,0 +1,153 @@
+"""Layer selection by name, fnmatch pattern or named group: ``select_layers(model, ["stages", "layer4.*"])``.
+
+Names are ``named_modules()`` names, ``"input"`` (the image) and ``name@k`` (the k-th call of a module called
+several times per forward pass). A pattern (``*``, ``?``, ``[``) matches module names; a module called several
+times expands to one ``name@k`` per call. Named groups, found from the model's structure and one no-grad forward
+pass on ``example`` (default: a zero 224x224 RGB image), never from class names:
+
+* ``blocks``: the outermost composite modules held in a plain ``Sequential`` / ``ModuleList`` (ResNet
+  bottlenecks ``layer3.1``, EfficientNet ``_blocks.7``); for a model without such blocks (VGG), every
+  activation module (``features.3``, the ReLU after each conv).
+* ``stages``: the last block before each change of spatial size, named by its parent ``Sequential`` when it is
+  that container's last child (ResNet ``layer1`` .. ``layer4``; EfficientNet ``_blocks.0``, ``_blocks.2``, ...;
+  VGG the ReLU before each max-pool, ``features.3, .8, .15, .22, .29``).
+* ``spatial``: every module call whose output is a 4-D map larger than 1x1, in execution order.
+* ``last``: the last of those (the classic CAM layer).
+
+``group:NAME`` always means the group; a bare group name means the module if the model has a module of that
+name. Unknown names and patterns that match nothing raise :class:`~extagg.errors.UnknownNameError` with a
+"did you mean".
+"""
+from __future__ import annotations
+
+import fnmatch
+from typing import Optional, Sequence, Union
+
+import torch
+
+from .capture import INPUT, split_layer
+from .errors import InputError, UnknownNameError
+from .layers import execution_order
+
+GROUPS = ("blocks", "stages", "spatial", "last")
+CONTAINERS = (torch.nn.Sequential, torch.nn.ModuleList)
+ACTIVATIONS = (torch.nn.ReLU, torch.nn.ReLU6, torch.nn.LeakyReLU, torch.nn.ELU, torch.nn.GELU, torch.nn.SiLU,
+               torch.nn.Hardswish, torch.nn.Mish, torch.nn.PReLU, torch.nn.Tanh, torch.nn.Sigmoid)
+_WILD = set("*?[")
+
+
+def _is_container(m: torch.nn.Module) -> bool:
+    return type(m) in CONTAINERS  # exact: Conv2dNormActivation subclasses Sequential but is a block
+
+
+class _Layout:
+    """Module names, parents and the execution order (computed once, lazily)."""
+
+    def __init__(self, model: torch.nn.Module, example: Optional[torch.Tensor]):
+        self.model = model
+        self.example = example
+        self.modules = {n: m for n, m in model.named_modules() if n}
+        self._order: Optional[list[tuple[str, tuple[int, ...]]]] = None
+
+    @property
+    def order(self) -> list[tuple[str, tuple[int, ...]]]:
+        if self._order is None:
+            x = self.example
+            if x is None:
+                p = next(self.model.parameters(), None)
+                x = torch.zeros(1, 3, 224, 224, device=p.device if p is not None else "cpu",
+                                dtype=p.dtype if p is not None and p.is_floating_point() else torch.float32)
+            self._order = execution_order(self.model, x)
+        return self._order
+
+    def calls(self, name: str) -> list[str]:
+        """``[name]`` for a module called once (or never), ``[name@0, name@1, ...]`` for one called several times."""
+        hits = [n for n, _ in self.order if split_layer(n)[0] == name and "@" in n]
+        return hits or [name]
+
+    def spatial(self) -> list[str]:
+        return [n for n, s in self.order if len(s) == 4 and s[-1] * s[-2] > 1]
+
+    def blocks(self) -> list[str]:
+        found: list[str] = []
+        for name, m in self.modules.items():
+            parent = self.modules.get(name.rpartition(".")[0]) if "." in name else self.model
+            if parent is None or not _is_container(parent) or _is_container(m) or not any(True for _ in m.children()):
+                continue
+            if any(name.startswith(b + ".") for b in found):
+                continue
+            found.append(name)
+        if not found:
+            found = [n for n, m in self.modules.items() if isinstance(m, ACTIVATIONS)]
+        position = {n: i for i, (n, _) in enumerate(self.order)}
+        shapes = dict(self.order)
+        out = [c for n in found for c in self.calls(n) if len(shapes.get(c, ())) == 4]
+        return sorted(out, key=position.__getitem__)
+
+    def stages(self) -> list[str]:
+        shapes = dict(self.order)
+        blocks = self.blocks()
+        ends = [b for i, b in enumerate(blocks) if i + 1 == len(blocks) or shapes[blocks[i + 1]][-2:] != shapes[b][-2:]]
+        return [self._outermost(b, blocks, shapes) for b in ends]
+
+    def _outermost(self, name: str, blocks: list[str], shapes: dict) -> str:
+        """Walk up while ``name`` is the last child of a plain Sequential (the same output tensor) whose blocks
+        all share its spatial size (``layer1.2`` -> ``layer1``, but not up to a trunk spanning all stages)."""
+        size = shapes[name][-2:]
+        while "." in name and "@" not in name:
+            parent_name, _, child = name.rpartition(".")
+            parent = self.modules.get(parent_name)
+            if parent is None or type(parent) is not torch.nn.Sequential or list(parent._modules)[-1] != child:
+                break
+            inside = [b for b in blocks if b.startswith(parent_name + ".")]
+            if any(shapes[b][-2:] != size for b in inside):
+                break
+            name = parent_name
+        return name
+
+    def group(self, name: str) -> list[str]:
+        if name == "spatial":
+            return self.spatial()
+        if name == "last":
+            found = self.spatial()
+            return found[-1:]
+        return self.blocks() if name == "blocks" else self.stages()
+
+
+def select_layers(model: torch.nn.Module, patterns: Union[str, Sequence[str]],
+                  example: Optional[torch.Tensor] = None) -> list[str]:
+    """Layer names for :func:`extagg.saliency` from names, fnmatch patterns and groups, in the order given,
+    without duplicates.
+
+    :param patterns: e.g. ``["input", "stages", "_conv_head"]``, ``"layer4.*"``, ``"group:blocks"``.
+    :param example: an input batch for the forward pass that groups and patterns need (shapes, repeated calls).
+    """
+    items = [patterns] if isinstance(patterns, str) else list(patterns)
+    if not items or any(not isinstance(p, str) or not p.strip() for p in items):
+        raise InputError(f"layers must be a non-empty string or list of non-empty strings, got {patterns!r}")
+    layout = _Layout(model, example)
+    known = [INPUT, *layout.modules]
+    out: list[str] = []
+    for raw in items:
+        p = raw.strip()
+        if p.startswith("group:") or (p in GROUPS and p not in layout.modules):
+            group = p.removeprefix("group:")
+            if group not in GROUPS:
+                raise UnknownNameError("layer group", group, GROUPS)
+            found = layout.group(group)
+            if not found:
+                raise InputError(f"layer group {group!r} is empty for this model ({type(model).__name__}); "
+                                 "name layers or patterns instead")
+        elif _WILD & set(p):
+            found = [c for n in layout.modules if fnmatch.fnmatchcase(n, p) for c in layout.calls(n)]
+            if fnmatch.fnmatchcase(INPUT, p):
+                found.insert(0, INPUT)
+            if not found:
+                raise UnknownNameError("layer pattern", p, [*known, *GROUPS])
+        else:
+            base, _ = split_layer(p)
+            if p != INPUT and base not in layout.modules:
+                raise UnknownNameError("layer", p, [*known, *GROUPS])
+            found = [p]
+        out += [n for n in found if n not in out]
+    return out

@@ -1,0 +1,92 @@
+"""Layer names, patterns and groups (stages, blocks, spatial, last) on ResNet, VGG and EfficientNet."""
+import pytest
+import torch
+import torchvision
+
+from extagg.errors import InputError, UnknownNameError
+from extagg.layer_select import select_layers
+
+
+@pytest.fixture(scope="module")
+def resnet():
+    return torchvision.models.resnet18().eval()
+
+
+@pytest.fixture(scope="module")
+def vgg():
+    from torchvision.models.vgg import VGG, cfgs, make_layers
+
+    return VGG(make_layers(cfgs["A"]), init_weights=False).eval()  # vgg11 without the slow initialisation
+
+
+def test_resnet_stages_and_blocks(resnet):
+    assert select_layers(resnet, "stages") == ["layer1", "layer2", "layer3", "layer4"]
+    assert select_layers(resnet, "blocks") == [f"layer{s}.{b}" for s in range(1, 5) for b in range(2)]
+    assert select_layers(resnet, "last") == ["layer4"]
+
+
+def test_vgg_stages_are_the_relu_before_each_pool(vgg):
+    feats = list(vgg.features)
+    expected = [f"features.{i}" for i in range(len(feats) - 1)
+                if isinstance(feats[i], torch.nn.ReLU) and isinstance(feats[i + 1], torch.nn.MaxPool2d)]
+    assert expected == ["features.1", "features.4", "features.9", "features.14", "features.19"]
+    assert select_layers(vgg, "stages") == expected
+    relus = [f"features.{i}" for i, m in enumerate(feats) if isinstance(m, torch.nn.ReLU)]
+    assert select_layers(vgg, "blocks") == relus  # the ReLU after each conv; the classifier's are not spatial
+
+
+def test_torchvision_efficientnet_blocks_and_stages():
+    model = torchvision.models.efficientnet_b0().eval()
+    blocks = select_layers(model, "blocks")
+    assert blocks[0] == "features.0" and "features.1.0" in blocks and blocks[-1] == "features.8"
+    assert len(blocks) == 1 + 16 + 1  # stem, 16 MBConv blocks, head
+    assert select_layers(model, "stages") == ["features.1", "features.2", "features.3", "features.5", "features.8"]
+
+
+def test_efficientnet_lite0_groups_and_repeated_calls():
+    pytest.importorskip("efficientnet_lite_pytorch")
+    from extagg.models import load_model
+
+    model, _ = load_model()
+    assert select_layers(model, "blocks") == [f"_blocks.{i}" for i in range(16)]
+    # resolution changes after blocks 0 (112), 2 (56), 4 (28), 10 (14); block 15 is the last (7)
+    assert select_layers(model, ["input", "stages", "_conv_head"]) == [
+        "input", "_blocks.0", "_blocks.2", "_blocks.4", "_blocks.10", "_blocks.15", "_conv_head"]
+    assert select_layers(model, "_sw*") == ["_swish@0", "_swish@1"]  # one ReLU6 called twice
+    assert select_layers(model, "last") == ["_swish@1"]
+
+
+def test_patterns_order_and_duplicates(resnet):
+    assert select_layers(resnet, ["layer4", "layer?.0", "layer4"]) == ["layer4", "layer1.0", "layer2.0", "layer3.0",
+                                                                      "layer4.0"]
+    assert "layer2.0.downsample.0" in select_layers(resnet, "layer*.0")
+    assert select_layers(resnet, ["group:stages", "input"]) == ["layer1", "layer2", "layer3", "layer4", "input"]
+    spatial = select_layers(resnet, "spatial")
+    assert spatial[0] == "conv1" and "fc" not in spatial and "avgpool" not in spatial
+
+
+def test_unknown_names_suggest(resnet):
+    with pytest.raises(UnknownNameError, match="did you mean 'layer4'"):
+        select_layers(resnet, ["layer44"])
+    with pytest.raises(UnknownNameError, match="did you mean 'stages'"):
+        select_layers(resnet, ["stagse"])
+    with pytest.raises(UnknownNameError, match="layer pattern 'nothing.*'"):
+        select_layers(resnet, ["nothing.*"])
+    with pytest.raises(UnknownNameError, match="layer group 'stage'"):
+        select_layers(resnet, ["group:stage"])
+    with pytest.raises(InputError):
+        select_layers(resnet, [])
+
+
+def test_a_module_named_like_a_group_wins(resnet):
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stages = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU())
+
+        def forward(self, x):
+            return self.stages(x).mean((2, 3))
+
+    net = Net()
+    assert select_layers(net, "stages") == ["stages"]
+    assert select_layers(net, "group:blocks") == ["stages.1"]  # no composite blocks: the activations
