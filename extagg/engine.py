@@ -18,6 +18,7 @@ from .errors import InputError, LayerMismatchError, PluginContractError
 from .guard import compute_dtype, model_device_dtype, preserved
 from .layer_request import resolve_requested_layers
 from .method import Method
+from .multipass import evaluate_samples, multipass_of
 from .phase2 import evaluate_layer
 from .plugins import enter_modifier
 from .registry import Registry, default_registry
@@ -105,6 +106,8 @@ def parse_request(registry: Registry, model: torch.nn.Module, images, methods: S
     passes: dict = {}
     for method, layer in pairs:
         passes.setdefault(method.modifiers, []).append((method, layer))
+    for modifiers in passes:
+        multipass_of(registry, modifiers)  # at most one multi-pass modifier per method
     matrix = as_target_matrix(targets, images.shape[0], None) if objective is None else None
     size = tuple(images.shape[-2:]) if resize is True else (tuple(resize) if resize else None)
     return Request(names, spelled, modules, pairs, passes, images, matrix, size, forward_kwargs)
@@ -155,7 +158,7 @@ def run_pass(model, images, needs: dict[str, set[str]], targets: Optional[torch.
         scores, matrix = objective_scores(output, None if objective is not None else targets, objective,
                                           n=images.shape[0])
         layers = list(needs)
-        grads = _backward(scores, [probes.probes[layer] for layer in layers])
+        grads = _backward(scores, [probes.probes[layer] for layer in layers]) if layers else []
     captures = {}
     for layer, grad in zip(layers, grads):
         raw = probes.raw[layer]
@@ -169,13 +172,22 @@ def run_pass(model, images, needs: dict[str, set[str]], targets: Optional[torch.
     return captures, scores.detach(), (None if objective is not None else matrix)
 
 
-def capture_pass(registry: Registry, model, request: Request, modifiers: tuple, group: list, *,
-                 objective: Optional[Objective], eval_mode: bool):
-    """The captures of one pass: the model in eval mode (if asked), the pass modifiers entered, parameter
-    gradients off; the model is restored afterwards, also after an exception."""
+def group_needs(registry: Registry, group: list) -> dict[str, set[str]]:
+    """``{layer: what its extractors need}`` for (method, layer) pairs."""
     needs: dict[str, set[str]] = {}
     for method, layer in group:
         needs.setdefault(layer, set()).update(registry.extractors[method.extractor.name].needs)
+    return needs
+
+
+def capture_pass(registry: Registry, model, request: Request, modifiers: tuple, group: list, *,
+                 objective: Optional[Objective], eval_mode: bool, runs=None):
+    """The captures of one pass: the model in eval mode (if asked), the pass modifiers entered, parameter
+    gradients off; the model is restored afterwards, also after an exception.
+
+    ``runs`` (multi-pass modifiers, :mod:`extagg.multipass`): called as ``runs(run)`` inside the same context,
+    where ``run(images, targets, needs)`` is :func:`run_pass` on the entered modifiers; its value is returned."""
+    needs = group_needs(registry, group)
     specs = [registry.modifiers[call.name] for call in modifiers]
     for spec in specs:
         _check_pairs(spec, request)
@@ -184,13 +196,21 @@ def capture_pass(registry: Registry, model, request: Request, modifiers: tuple, 
             model.eval()
         replacements: dict = {}
         for spec, call in zip(specs, modifiers):
+            if spec.fn is None:
+                continue
             replaced = enter_modifier(stack, spec, model, request.images, request.targets, **call.kwargs)
             if replaced is not None:
                 replacements.update(_check_replacements(spec, replaced, model))
         for p in model.parameters():
             p.requires_grad_(False)
-        return run_pass(model, request.images, needs, request.targets, objective, request.modules, replacements,
-                        request.forward_kwargs)
+
+        def run(images, targets, layer_needs):
+            return run_pass(model, images, layer_needs, targets, objective, request.modules, replacements,
+                            request.forward_kwargs)
+
+        if runs is not None:
+            return runs(run)
+        return run(request.images, request.targets, needs)
 
 
 def _check_replacements(spec, replaced, model) -> dict:
@@ -267,6 +287,16 @@ def _evaluate(registry: Registry, model, request: Request, *, objective, eval_mo
     out_targets = out_scores = None
     plans = registry.memo("plans")  # each method's phase-2 plan, shared by all layers and calls
     for modifiers, group in request.passes.items():
+        sampler = multipass_of(registry, modifiers)
+        if sampler is not None:
+            found, scores, matrix = capture_pass(
+                registry, model, request, modifiers, group, objective=objective, eval_mode=eval_mode,
+                runs=lambda run, g=group, s=sampler: evaluate_samples(registry, run, request, s, g, plans=plans,
+                                                                      closed_forms=closed_forms))
+            maps.update(found)
+            out_targets = matrix if out_targets is None else out_targets
+            out_scores = scores if out_scores is None else out_scores
+            continue
         captures, scores, matrix = capture_pass(registry, model, request, modifiers, group, objective=objective,
                                                 eval_mode=eval_mode)
         out_targets = matrix if out_targets is None else out_targets
