@@ -30,6 +30,8 @@ class LayerCapture:
     Floating tensors are in the compute dtype (float32 for half/bfloat16 models). ``store``: the layer's
     :class:`extagg.phase2.Store` (set by phase 2 when it builds the capture it hands to extractors); pass it to
     the forms you build (``Dense(c.grad, store=c.store)``) so they share statistics of the captured tensors.
+    ``grid``: at a token layer (N, L, D), ``(h, w, prefix)``; ``output``/``input``/``grad`` are then already the
+    patch tokens on the grid, (N, D, h, w) and (N, T, D, h, w) (:mod:`extagg.tokens`).
     """
 
     name: str
@@ -38,6 +40,7 @@ class LayerCapture:
     input: Optional[torch.Tensor] = None
     grad: Optional[torch.Tensor] = None
     store: Optional[object] = None
+    grid: Optional[tuple] = None  # (h, w, prefix) at a token layer (see extagg.tokens), None for a (N, C, h, w) one
 
 
 def split_layer(name: str) -> tuple[str, Optional[int]]:

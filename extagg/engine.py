@@ -23,6 +23,7 @@ from .phase2 import evaluate_layer
 from .plugins import enter_modifier
 from .registry import Registry, default_registry
 from .result import SaliencyMaps
+from .tokens import check_token_grid, spatial_capture, usable
 from .targets import (Objective, Targets, as_target_matrix, check_call_options, check_in_range, num_classes_of,
                       objective_scores, run_forward)
 from .util import as_list
@@ -79,11 +80,13 @@ class Request:
     targets: Optional[torch.Tensor]  # (N, T) long, range not yet checked; None: the predicted class
     size: Optional[tuple]
     forward_kwargs: Optional[dict] = None
+    token_grid: Optional[tuple] = None  # (h, w, prefix) for every token layer; None: found per layer
+    mismatched: str = "raise"
 
 
 def parse_request(registry: Registry, model: torch.nn.Module, images, methods: StrOrSeq, layers, targets: Targets,
                   *, objective: Optional[Objective], resize, mismatched: str,
-                  forward_kwargs: Optional[dict] = None) -> Request:
+                  forward_kwargs: Optional[dict] = None, token_grid=None) -> Request:
     """Parse and check everything about a call before the model runs."""
     spelled, names = {}, {}
     for m in as_list(methods, "methods", atoms=(str, Method)):
@@ -110,7 +113,8 @@ def parse_request(registry: Registry, model: torch.nn.Module, images, methods: S
         multipass_of(registry, modifiers)  # at most one multi-pass modifier per method
     matrix = as_target_matrix(targets, images.shape[0], None) if objective is None else None
     size = tuple(images.shape[-2:]) if resize is True else (tuple(resize) if resize else None)
-    return Request(names, spelled, modules, pairs, passes, images, matrix, size, forward_kwargs)
+    return Request(names, spelled, modules, pairs, passes, images, matrix, size, forward_kwargs,
+                   check_token_grid(token_grid), mismatched)
 
 
 def _backward(scores: torch.Tensor, probes: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -139,13 +143,14 @@ def _backward(scores: torch.Tensor, probes: list[torch.Tensor]) -> list[torch.Te
 
 def run_pass(model, images, needs: dict[str, set[str]], targets: Optional[torch.Tensor],
              objective: Optional[Objective], modules: Optional[dict] = None, replacements: Optional[dict] = None,
-             forward_kwargs: Optional[dict] = None):
+             forward_kwargs: Optional[dict] = None, token_grid: Optional[tuple] = None):
     """One forward and one backward; returns ({layer: LayerCapture}, scores (N, T), targets (N, T) or None).
 
     The model must already be in the desired mode with parameter gradients off (see :func:`saliency`);
     ``targets`` is an (N, T) matrix from :func:`extagg.targets.as_target_matrix`, or None. ``replacements``
     (``{name: tensor}``) run the forward through :func:`torch.func.functional_call` with those tensors;
-    ``forward_kwargs`` are the model's other keyword arguments.
+    ``forward_kwargs`` are the model's other keyword arguments. A token layer's capture is put on its patch grid
+    (``token_grid``, or found: :mod:`extagg.tokens`).
     """
     cdtype = compute_dtype(images.dtype)
     with torch.enable_grad():
@@ -162,13 +167,13 @@ def run_pass(model, images, needs: dict[str, set[str]], targets: Optional[torch.
     captures = {}
     for layer, grad in zip(layers, grads):
         raw = probes.raw[layer]
-        captures[layer] = LayerCapture(
+        captures[layer] = spatial_capture(LayerCapture(
             name=layer,
             module=probes.modules[layer],
             output=raw["output"].to(cdtype),
             input=raw["input"].to(cdtype) if "input" in raw else None,
             grad=grad.to(cdtype),
-        )
+        ), images.shape[0], tuple(images.shape[-2:]), token_grid)
     return captures, scores.detach(), (None if objective is not None else matrix)
 
 
@@ -206,7 +211,7 @@ def capture_pass(registry: Registry, model, request: Request, modifiers: tuple, 
 
         def run(images, targets, layer_needs):
             return run_pass(model, images, layer_needs, targets, objective, request.modules, replacements,
-                            request.forward_kwargs)
+                            request.forward_kwargs, request.token_grid)
 
         if runs is not None:
             return runs(run)
@@ -252,6 +257,7 @@ def saliency(
     closed_forms: bool = True,
     mismatched: str = "raise",
     forward_kwargs: Optional[dict] = None,
+    token_grid: Optional[tuple] = None,
 ) -> SaliencyMaps:
     """Saliency maps of every method at every layer, from one forward and one backward pass per pass modifier.
 
@@ -272,11 +278,13 @@ def saliency(
         ``"skip"`` to leave such (method, layer) pairs out of the result (for sweeps over many layers).
     :param closed_forms: False forces the generic path that materialises contributions in chunks (for tests).
     :param forward_kwargs: keyword arguments passed to every ``model(images, **forward_kwargs)`` call.
+    :param token_grid: ``(h, w)`` or ``(h, w, prefix)``: the patch grid of token layers (N, L, D) and how many
+        leading tokens are not patches (a class token: 1); None finds it per layer (:mod:`extagg.tokens`).
     :returns: :class:`SaliencyMaps` of (N, T, h, w) tensors in float32 (half/bfloat16 models) or the model's dtype.
     """
     registry = registry or default_registry()
     request = parse_request(registry, model, images, methods, layers, targets, objective=objective, resize=resize,
-                            mismatched=mismatched, forward_kwargs=forward_kwargs)
+                            mismatched=mismatched, forward_kwargs=forward_kwargs, token_grid=token_grid)
     return _evaluate(registry, model, request, objective=objective, eval_mode=eval_mode, closed_forms=closed_forms)
 
 
@@ -302,11 +310,13 @@ def _evaluate(registry: Registry, model, request: Request, *, objective, eval_mo
         out_targets = matrix if out_targets is None else out_targets
         out_scores = scores if out_scores is None else out_scores
         for layer in list(captures):  # one layer at a time, freeing its capture and caches when done
-            here = [method for method, at in group if at == layer]
-            for name, m in evaluate_layer(registry, captures.pop(layer), here, plans=plans,
+            capture = captures.pop(layer)
+            here = usable(registry, capture, [method for method, at in group if at == layer], request.mismatched)
+            for name, m in evaluate_layer(registry, capture, here, plans=plans,
                                           closed_forms=closed_forms, size=request.size).items():
                 maps[name, layer] = m
-    ordered = {(request.names[m], layer): maps[request.names[m], layer] for m, layer in request.pairs}
+    ordered = {(request.names[m], layer): maps[request.names[m], layer] for m, layer in request.pairs
+               if (request.names[m], layer) in maps}  # token layers may skip neighbourhood extractors
     return SaliencyMaps(registry, ordered, request.spelled, out_targets, out_scores)
 
 
@@ -323,7 +333,8 @@ def saliency_per_example(model: torch.nn.Module, images: torch.Tensor, methods: 
     eval_mode, closed_forms = kwargs.pop("eval_mode", True), kwargs.pop("closed_forms", True)
     request = parse_request(registry, model, images, methods, layers, targets, objective=objective,
                             resize=kwargs.pop("resize", False), mismatched=kwargs.pop("mismatched", "raise"),
-                            forward_kwargs=kwargs.pop("forward_kwargs", None))
+                            forward_kwargs=kwargs.pop("forward_kwargs", None),
+                            token_grid=kwargs.pop("token_grid", None))
     if kwargs:
         raise InputError(f"unknown keyword argument(s) {sorted(kwargs)}; see extagg.saliency")
     n = request.images.shape[0]

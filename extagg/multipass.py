@@ -30,6 +30,7 @@ from .capture import INPUT
 from .errors import InputError, PluginContractError
 from .phase2 import evaluate_layer
 from .specs import SAMPLE_REDUCTIONS, Samples
+from .tokens import usable
 
 AUTO_BATCH = 32
 """Images per chunk when a modifier leaves ``chunk`` at 0: ``max(1, AUTO_BATCH // N)`` samples."""
@@ -137,7 +138,8 @@ def evaluate_samples(registry, run, request, sampler, group: list, *, plans: dic
                 part = torch.tensordot(w.to(g.dtype), g, 1)
                 sums[layer] = part if layer not in sums else sums[layer] + part
                 continue
-            for name, m in evaluate_layer(registry, capture, by_layer[layer], plans=plans,
+            here = usable(registry, capture, by_layer[layer], request.mismatched)
+            for name, m in evaluate_layer(registry, capture, here, plans=plans,
                                           closed_forms=closed_forms, size=request.size).items():
                 sums.setdefault((name, layer), _Moments(samples.reduce)).add(m.reshape(k, n, *m.shape[1:]), w)
     if not path_grad:
@@ -148,7 +150,8 @@ def evaluate_samples(registry, run, request, sampler, group: list, *, plans: dic
         if layer == INPUT and samples.input_activation is not None:
             output = torch.as_tensor(samples.input_activation).to(device=output.device, dtype=output.dtype)
         capture = attrs.evolve(capture, output=output, grad=sums[layer].to(capture.grad.dtype))
-        for name, m in evaluate_layer(registry, capture, by_layer[layer], plans=plans, closed_forms=closed_forms,
+        here = usable(registry, capture, by_layer[layer], request.mismatched)
+        for name, m in evaluate_layer(registry, capture, here, plans=plans, closed_forms=closed_forms,
                                       size=request.size).items():
             maps[name, layer] = m
     return maps, scores, matrix

@@ -58,6 +58,8 @@ class Extractor:
     :class:`extagg.contributions.Dense` or :class:`extagg.contributions.Factored`.
     ``needs`` is a subset of ``{"output", "input", "grad"}``: what the capture must hold.
     ``applies_to`` restricts the layer's module type (None: any module, and the ``"input"`` layer).
+    ``neighbourhood=True`` declares that the contribution reads a spatial neighbourhood of each location (kxk
+    patches of the map); such an extractor does not apply at a token layer (:mod:`extagg.tokens`).
     """
 
     name: str
@@ -67,6 +69,7 @@ class Extractor:
     params: tuple[Param, ...] = attrs.field(default=(), converter=_tuple)
     needs: frozenset = attrs.field(default=frozenset({"output", "grad"}), converter=frozenset)
     applies_to: Optional[tuple[type, ...]] = None
+    neighbourhood: bool = False
     origin: Optional[Origin] = None
     kind = "extractor"
 

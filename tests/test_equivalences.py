@@ -25,7 +25,7 @@ def test_every_builtin_composition_equals_its_materialised_definition(registry, 
         spec_ = registry.extractors[extractor]
         if spec_.origin.distribution != "extagg":
             continue
-        pool = {"conv": convs, "bn-scale": bns, "bn-bias": bns}.get(extractor, relus + convs)
+        pool = {"conv": convs, "bn-scale": bns, "bn-bias": bns, "linear": []}.get(extractor, relus + convs)
         if not pool:
             continue
         index = data.draw(st.sampled_from(pool), label=f"layer for {extractor}")

@@ -207,7 +207,7 @@ def test_every_modifier_applies_to_every_builtin_method(tiny_net, registry, modi
                           registry=registry, mismatched="skip")
     plain = extagg.saliency(tiny_net, x, methods, ["input", "0", "1", "3", "4"], 1, registry=registry, mismatched="skip")
     assert len(got.keys()) == len(plain.keys())
-    assert {m for m, _ in got.keys()} == {registry.canonical(f"{modifier}:{m}") for m in methods}  # each at a layer
+    assert set(got.keys()) == {(registry.canonical(f"{modifier}:{m}"), layer) for m, layer in plain.keys()}
     for key in got.keys():
         m = got[key]
         assert m.shape[:2] == (1, 1) and torch.isfinite(m).all(), key
