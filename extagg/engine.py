@@ -196,6 +196,10 @@ def capture_pass(registry: Registry, model, request: Request, modifiers: tuple, 
     specs = [registry.modifiers[call.name] for call in modifiers]
     for spec in specs:
         _check_pairs(spec, request)
+    if runs is not None and request.targets is None and objective is None:
+        # the samples explain each real image's predicted class (by the model as given), and the one-pass
+        # modifiers are entered with it, so none of them re-derives a class from a noisy copy
+        request = attrs.evolve(request, targets=_predicted_targets(model, request, eval_mode))
     with preserved(model, weights=not all(spec.stateless for spec in specs)), contextlib.ExitStack() as stack:
         if eval_mode:
             model.eval()
@@ -216,6 +220,16 @@ def capture_pass(registry: Registry, model, request: Request, modifiers: tuple, 
         if runs is not None:
             return runs(run)
         return run(request.images, request.targets, needs)
+
+
+def _predicted_targets(model, request: Request, eval_mode: bool) -> torch.Tensor:
+    """(N, 1) predicted classes of the real images: one no-grad forward, the model restored afterwards."""
+    with preserved(model, weights=False), torch.no_grad():
+        if eval_mode:
+            model.eval()
+        output = run_forward(model, request.images, request.forward_kwargs)
+        _, matrix = objective_scores(output, None, None, n=request.images.shape[0])
+    return matrix
 
 
 def _check_replacements(spec, replaced, model) -> dict:

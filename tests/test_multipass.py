@@ -171,6 +171,17 @@ def test_smooth_composes_with_meta_one_step_on_the_real_image(net, x, registry):
     assert all(torch.equal(v, before[k]) for k, v in net.state_dict().items())
 
 
+def test_smooth_meta_with_predicted_class_steps_once_on_the_real_class(net, x, registry):
+    one = x[:1]
+    got = extagg.saliency(net, one, ["smooth(n=3,sigma=2.0):meta:normgrad"], "3", registry=registry)
+    with torch.no_grad():
+        predicted = int(net(one).argmax(1))
+    assert got.targets.tolist() == [[predicted]]
+    explicit = extagg.saliency(net, one, ["smooth(n=3,sigma=2.0):meta:normgrad"], "3", predicted, registry=registry)
+    torch.testing.assert_close(got["smooth(n=3,sigma=2.0):meta:normgrad", "3"],
+                               explicit["smooth(n=3,sigma=2.0):meta:normgrad", "3"], rtol=0, atol=0)
+
+
 def test_errors(net, x, registry):
     with pytest.raises(InvalidMethodError, match="steps"):
         registry.parse("ig(steps=1):scaling+sum")
