@@ -49,7 +49,8 @@ def multipass_of(registry, modifiers: tuple):
 def _checked(spec, samples, images: torch.Tensor) -> Samples:
     where = f"modifier {spec.name!r} (from {spec.origin})"
     if not isinstance(samples, Samples):
-        raise PluginContractError(f"{where} samples() returned {type(samples).__name__}; expected extagg.plugin.Samples")
+        raise PluginContractError(f"{where} samples() returned {type(samples).__name__}; "
+                                  "expected extagg.plugin.Samples")
     problems = []
     if isinstance(samples.count, bool) or not isinstance(samples.count, int) or samples.count < 1:
         problems.append(f"count {samples.count!r} is not an int >= 1")

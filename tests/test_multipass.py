@@ -216,7 +216,8 @@ def test_every_modifier_applies_to_every_builtin_method(tiny_net, registry, modi
     methods = registry.methods() + sorted(registry.named_methods)
     got = extagg.saliency(tiny_net, x, [f"{modifier}:{m}" for m in methods], ["input", "0", "1", "3", "4"], 1,
                           registry=registry, mismatched="skip")
-    plain = extagg.saliency(tiny_net, x, methods, ["input", "0", "1", "3", "4"], 1, registry=registry, mismatched="skip")
+    plain = extagg.saliency(tiny_net, x, methods, ["input", "0", "1", "3", "4"], 1, registry=registry,
+                            mismatched="skip")
     assert len(got.keys()) == len(plain.keys())
     assert set(got.keys()) == {(registry.canonical(f"{modifier}:{m}"), layer) for m, layer in plain.keys()}
     for key in got.keys():
