@@ -143,7 +143,7 @@ def _backward(scores: torch.Tensor, probes: list[torch.Tensor]) -> list[torch.Te
 
 def run_pass(model, images, needs: dict[str, set[str]], targets: Optional[torch.Tensor],
              objective: Optional[Objective], modules: Optional[dict] = None, replacements: Optional[dict] = None,
-             forward_kwargs: Optional[dict] = None, token_grid: Optional[tuple] = None):
+             forward_kwargs: Optional[dict] = None, token_grid: Optional[tuple] = None, backward: bool = True):
     """One forward and one backward; returns ({layer: LayerCapture}, scores (N, T), targets (N, T) or None).
 
     The model must already be in the desired mode with parameter gradients off (see :func:`saliency`);
@@ -153,7 +153,7 @@ def run_pass(model, images, needs: dict[str, set[str]], targets: Optional[torch.
     (``token_grid``, or found: :mod:`extagg.tokens`).
     """
     cdtype = compute_dtype(images.dtype)
-    with torch.enable_grad():
+    with torch.enable_grad() if backward else torch.no_grad():
         with Probes(model, needs, modules) as probes:
             x = probes.input_probe(images)
             output = run_forward(model, x, forward_kwargs, replacements)
@@ -163,7 +163,10 @@ def run_pass(model, images, needs: dict[str, set[str]], targets: Optional[torch.
         scores, matrix = objective_scores(output, None if objective is not None else targets, objective,
                                           n=images.shape[0])
         layers = list(needs)
-        grads = _backward(scores, [probes.probes[layer] for layer in layers]) if layers else []
+        if layers and backward:
+            grads = _backward(scores, [probes.probes[layer] for layer in layers])
+        else:  # activations only (a multi-pass modifier that brings its own gradients)
+            grads = [None] * len(layers)
     captures = {}
     for layer, grad in zip(layers, grads):
         raw = probes.raw[layer]
@@ -172,7 +175,7 @@ def run_pass(model, images, needs: dict[str, set[str]], targets: Optional[torch.
             module=probes.modules[layer],
             output=raw["output"].to(cdtype),
             input=raw["input"].to(cdtype) if "input" in raw else None,
-            grad=grad.to(cdtype),
+            grad=None if grad is None else grad.to(cdtype),
         ), images.shape[0], tuple(images.shape[-2:]), token_grid)
     return captures, scores.detach(), (None if objective is not None else matrix)
 
@@ -191,7 +194,7 @@ def capture_pass(registry: Registry, model, request: Request, modifiers: tuple, 
     gradients off; the model is restored afterwards, also after an exception.
 
     ``runs`` (multi-pass modifiers, :mod:`extagg.multipass`): called as ``runs(run)`` inside the same context,
-    where ``run(images, targets, needs)`` is :func:`run_pass` on the entered modifiers; its value is returned."""
+    where ``run(images, targets, needs, backward=True)`` is :func:`run_pass` on the entered modifiers; its value is returned."""
     needs = group_needs(registry, group)
     specs = [registry.modifiers[call.name] for call in modifiers]
     for spec in specs:
@@ -213,9 +216,9 @@ def capture_pass(registry: Registry, model, request: Request, modifiers: tuple, 
         for p in model.parameters():
             p.requires_grad_(False)
 
-        def run(images, targets, layer_needs):
+        def run(images, targets, layer_needs, backward=True):
             return run_pass(model, images, layer_needs, targets, objective, request.modules, replacements,
-                            request.forward_kwargs, request.token_grid)
+                            request.forward_kwargs, request.token_grid, backward)
 
         if runs is not None:
             return runs(run)

@@ -106,7 +106,7 @@ class _Moments:
 def evaluate_samples(registry, run, request, sampler, group: list, *, plans: dict, closed_forms: bool):
     """The maps of one multi-pass group, ``({(canonical method, layer): map}, scores, matrix)``.
 
-    ``run(images, targets, needs)`` is one forward and backward inside the pass's context (see
+    ``run(images, targets, needs, backward=True)`` is one forward (and backward) inside the pass's context (see
     :func:`extagg.engine.capture_pass`); ``sampler`` is :func:`multipass_of`'s pair; ``group`` the
     (method, layer) pairs."""
     spec, call = sampler
@@ -119,7 +119,8 @@ def evaluate_samples(registry, run, request, sampler, group: list, *, plans: dic
         needs.setdefault(layer, set()).update(registry.extractors[method.extractor.name].needs)
         by_layer.setdefault(layer, []).append(method)
     path_grad = samples.reduce == "grad"
-    real, scores, matrix = run(images, request.targets, needs if path_grad else {})
+    # the real images: scores, targets and (for "grad") activations; their own gradient is never used
+    real, scores, matrix = run(images, request.targets, needs if path_grad else {}, backward=False)
     targets = request.targets if request.targets is not None else matrix
     count = samples.count
     weights = (torch.full((count,), 1.0 / count, dtype=torch.float64) if samples.weights is None
@@ -150,7 +151,7 @@ def evaluate_samples(registry, run, request, sampler, group: list, *, plans: dic
         output = capture.output
         if layer == INPUT and samples.input_activation is not None:
             output = torch.as_tensor(samples.input_activation).to(device=output.device, dtype=output.dtype)
-        capture = attrs.evolve(capture, output=output, grad=sums[layer].to(capture.grad.dtype))
+        capture = attrs.evolve(capture, output=output, grad=sums[layer].to(capture.output.dtype))
         here = usable(registry, capture, by_layer[layer], request.mismatched)
         for name, m in evaluate_layer(registry, capture, here, plans=plans, closed_forms=closed_forms,
                                       size=request.size).items():
