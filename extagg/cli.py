@@ -1,4 +1,4 @@
-"""Command line: ``extagg methods | plugins | describe | explain | evaluate``."""
+"""Command line: ``extagg methods | plugins | describe | explain | evaluate | sweep``."""
 from __future__ import annotations
 
 import argparse
@@ -117,6 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
         pass
     else:
         add_evaluate_command(sub)
+    from .sweep.cli import add_sweep_command
+
+    add_sweep_command(sub)
     return p
 
 

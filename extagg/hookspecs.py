@@ -10,15 +10,15 @@ components included (see ``plugins/extagg_builtins``)::
     my-plugin = "my_plugin"
 
     # my_plugin.py
-    import extagg
-    from extagg.specs import Filter
+    from extagg.plugin import Filter, hookimpl
 
-    @extagg.hookimpl
+    @hookimpl
     def register_filters(register):
         register(Filter(name="square", fn=lambda x: x * x, doc="Elementwise square."))
 
 Component names are lower case, start with a letter and use letters, digits, ``-`` and ``_``. A name registered twice
-(by one plugin or two) is an error that names both origins.
+(by one plugin or two) is an error that names both origins. :mod:`extagg.plugin` is the one import place for
+what plugins need.
 """
 from __future__ import annotations
 

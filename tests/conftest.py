@@ -14,20 +14,12 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 @functools.lru_cache(maxsize=1)
 def builtin_registry() -> extagg.Registry:
-    """The built-in components only (extagg's own entry points), whatever else is installed: the core suite is
-    hermetic; third-party plugins test themselves (see examples/extagg-hello/tests). Built on first use."""
-    return extagg.Registry.from_plugin_manager(extagg.make_plugin_manager(autoload=False, extra=missing_builtins()))
+    """The built-in components only (extagg's own entry points, with stand-ins for those an older editable install
+    does not list yet: tests/rules_support.py), whatever else is installed: the core suite is hermetic; third-party
+    plugins test themselves (see examples/extagg-hello/tests). Built on first use."""
+    import rules_support
 
-
-def missing_builtins() -> list:
-    """Built-in plugin modules declared in pyproject.toml whose entry point the installed metadata lacks yet
-    (a checkout newer than its editable install), registered directly so the suite tests them."""
-    import importlib
-    import importlib.metadata as md
-
-    installed = {ep.name for ep in md.entry_points(group="extagg")}
-    wanted = {"builtin-multipass": "extagg_builtins.multipass"}
-    return [importlib.import_module(module) for name, module in wanted.items() if name not in installed]
+    return extagg.Registry.from_plugin_manager(rules_support.plugin_manager(autoload=False))
 
 
 class LazyBuiltins:
@@ -45,6 +37,18 @@ def pytest_generate_tests(metafunc):
         metafunc.parametrize("builtin_method", reg.methods() + sorted(reg.named_methods))
     if "builtin_aggregator" in metafunc.fixturenames:
         metafunc.parametrize("builtin_aggregator", sorted(builtin_registry().aggregators))
+
+
+@pytest.fixture(autouse=True, scope="module")
+def hermetic_default_registry():
+    """While a core test module runs, ``extagg.default_registry()`` (and so every call without ``registry=``)
+    holds the built-ins only, whatever else is installed; afterwards it is rebuilt as usual."""
+    extagg.registry.default_registry.cache_clear()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("EXTAGG_DISABLE_PLUGIN_AUTOLOAD", "1")
+        extagg.default_registry()  # cached from here on
+    yield
+    extagg.registry.default_registry.cache_clear()
 
 
 @pytest.fixture(scope="session")

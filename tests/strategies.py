@@ -164,3 +164,26 @@ def depthwise(draw, dtype=torch.float64):
     g = torch.randn(n, t, c, out_h, out_w, generator=gen, dtype=dtype)
     geo = PatchGeometry((kh, kw), stride, pad, dilation, c)
     return Factored(signed(draw, g), signed(draw, x), geo)
+
+
+@st.composite
+def sweep_configs(draw):
+    """A valid :class:`extagg.sweep.SweepConfig` (names are not resolved against a model here)."""
+    from extagg.sweep.config import COMBINE_MODES, COMBINE_WEIGHTINGS, NO_ANNOTATION_METRICS, SweepConfig
+
+    words = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789.*+-_", min_size=1, max_size=12)
+    combos = st.lists(st.tuples(st.sampled_from(COMBINE_MODES), st.sampled_from(COMBINE_WEIGHTINGS)), max_size=3)
+    return SweepConfig(
+        model="resnet18", random_weights=True,
+        limit=draw(st.none() | st.integers(1, 50)),
+        methods=tuple(draw(st.lists(words, min_size=1, max_size=4))),
+        exclude=tuple(draw(st.lists(words, max_size=2))),
+        layers=tuple(draw(st.lists(words, min_size=1, max_size=4))),
+        metrics=tuple(draw(st.lists(st.sampled_from(NO_ANNOTATION_METRICS), min_size=1, max_size=5, unique=True))),
+        combine=tuple(f"{m}:{w}" for m, w in draw(combos)),
+        targets=draw(st.sampled_from(["predicted", "label", "3"])),
+        steps=draw(st.integers(1, 64)), seed=draw(st.integers(0, 2**31)),
+        tolerance=draw(st.floats(0, 50, allow_nan=False)), batch_size=draw(st.integers(1, 16)),
+        randomisation=draw(st.sampled_from(["cascading", "independent", "both"])),
+        run_dir=draw(words), progress=draw(st.booleans()), figures=draw(st.booleans()),
+    )

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 import extagg
+import rules_support
 from extagg import hookspecs
 from extagg.method import format_value
 
@@ -86,11 +87,8 @@ def load_hello():
 
 @pytest.fixture(scope="module")
 def builtins():
-    """The built-in components only: extagg's own entry points, nothing third-party (built-in modules that the
-    installed metadata does not list yet registered directly, see tests/conftest.py)."""
-    from tests.conftest import builtin_registry
-
-    return builtin_registry()
+    """The built-in components only: extagg's own entry points, nothing third-party."""
+    return extagg.Registry.from_plugin_manager(rules_support.plugin_manager(autoload=False))
 
 
 # ----------------------------------------------------------------------------- hooks.md
@@ -151,8 +149,7 @@ def test_components_md_has_a_section_per_kind():
 @pytest.mark.parametrize("kind", sorted(hookspecs.HOOK_KINDS.values()))
 def test_components_md_lists_exactly_the_builtins(builtins, kind):
     """Missing names fail (a new builtin needs a row); extra names fail (a row for something that does not exist)."""
-    registered = {n for n, spec in builtins.components[kind].items()
-                  if spec.origin.distribution == "extagg" or spec.origin.plugin.startswith("extagg_builtins.")}
+    registered = {n for n, spec in builtins.components[kind].items() if spec.origin.distribution == "extagg"}
     documented = set(component_tables()[kind])
     assert sorted(registered - documented) == [], f"builtin {kind}s missing from docs/components.md"
     assert sorted(documented - registered) == [], f"docs/components.md lists {kind}s that do not exist"
@@ -202,8 +199,8 @@ PLACEHOLDERS = {
     "modifier:extractor+pre-filters+aggregator+post-filters",
     "name(...):method",
 }
-DOC_FILES = ["index.md", "concepts.md", "components.md", "plugins/tutorial.md", "plugins/hooks.md",
-             "multipass_and_tokens.md"]
+DOC_FILES = ["index.md", "concepts.md", "components.md", "propagation_rules.md", "plugins/tutorial.md",
+             "plugins/hooks.md", "multipass_and_tokens.md"]
 
 
 def quoted_method_strings(text: str) -> list[str]:
@@ -222,10 +219,7 @@ def docs_registry():
         # only the definitions: cut the script at the point where it builds a registry
         exec(block.split("\nregistry = ")[0], module.__dict__)
         plugins.append(module)
-    from tests.conftest import missing_builtins
-
-    return extagg.Registry.from_plugin_manager(extagg.make_plugin_manager(autoload=False,
-                                                                          extra=[*missing_builtins(), *plugins]))
+    return extagg.Registry.from_plugin_manager(rules_support.plugin_manager(autoload=False, extra=plugins))
 
 
 def test_quoted_method_strings_are_found():

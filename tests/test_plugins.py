@@ -124,7 +124,8 @@ def test_block_env_blocks_named_plugins(monkeypatch):
     eps = [*builtin_eps(), FakeEntryPoint("extagg-square", square_plugin(), "extagg-square")]
     monkeypatch.setenv("EXTAGG_BLOCK_PLUGINS", "extagg-square, builtin-methods")
     reg = Registry.from_plugin_manager(make_plugin_manager(entry_points=eps))
-    assert "square" not in reg.filters and not reg.aliases and "relu" in reg.filters
+    assert "square" not in reg.filters and "relu" in reg.filters
+    assert not [a for a in reg.aliases.values() if a.origin.plugin == "builtin-methods"] and "gradcam" not in reg.aliases
 
 
 def test_missing_builtins_is_an_error_not_an_empty_registry():

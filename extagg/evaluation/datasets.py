@@ -29,6 +29,7 @@ import torch
 from PIL import Image
 
 from ..errors import InputError
+from ..models import load_image
 from .coco_masks import (MaskUnion, annotation_mask, polygon_rle_counts, rle_counts_from_string,  # noqa: F401
                          rle_decode, segmentation_counts)
 from .fields import Where, flag, inside, need, number, read_json, read_voc_xml, side
@@ -61,12 +62,6 @@ class Sample:
         """Indices into ``classes`` of the classes to evaluate."""
         skip = self.skip or (False,) * len(self.classes)
         return [i for i, s in enumerate(skip) if not s]
-
-
-def load_image(path: Union[str, os.PathLike]) -> torch.Tensor:
-    """An image file as a float (3, H, W) RGB tensor in [0, 1]."""
-    with Image.open(path) as im:
-        return pil_to_tensor(im)
 
 
 def pil_to_tensor(im: Image.Image) -> torch.Tensor:

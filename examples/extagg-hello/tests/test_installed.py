@@ -1,4 +1,5 @@
-"""The example third-party plugin, examples/extagg-hello, seen from an ordinary extagg installation.
+"""The example third-party plugin, examples/extagg-hello, seen from an ordinary extagg installation (moved here
+from extagg's core suite, which is hermetic: third-party plugins test themselves).
 
 Skipped unless the distribution is installed (``pip install -e examples/extagg-hello``, as the CI script does).
 Expected maps are computed here by hand: the gradient with ``torch.autograd.grad`` on a split model, the

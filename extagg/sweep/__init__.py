@@ -1,0 +1,15 @@
+"""``extagg sweep``: every method x layer x metric on a model and a data set, resumable, sharded, with figures.
+
+Python::
+
+    from extagg.sweep import SweepConfig, sweep
+    result = sweep(SweepConfig(methods=("gradcam", "normgrad"), layers=("stages",), run_dir="runs/a"))
+    result.rows            # reduced tidy rows (method, layer, metric, subset, value, count, nan, std)
+
+``SweepConfig()`` is the embedded default (EfficientNet-Lite0 from its wheel, scikit-image photos, the metrics
+that need no annotations). See docs/sweep.md for the outputs, resuming and ``torchrun``.
+"""
+from .config import DEFAULT_LAYERS, DEFAULT_METHODS, METRICS, SweepConfig
+from .runner import SweepResult, sweep
+
+__all__ = ["DEFAULT_LAYERS", "DEFAULT_METHODS", "METRICS", "SweepConfig", "SweepResult", "sweep"]

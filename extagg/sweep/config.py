@@ -1,0 +1,187 @@
+"""The sweep's configuration: one frozen record, the same for ``extagg sweep`` and :func:`extagg.sweep.sweep`.
+
+``SweepConfig()`` with no arguments is the embedded default: the pretrained EfficientNet-Lite0 from its wheel,
+real photos shipped with scikit-image, and the metrics that need no annotations. :meth:`SweepConfig.to_dict`
+and :meth:`SweepConfig.from_dict` round-trip through JSON; :data:`RESULT_FIELDS` are the fields that change the
+numbers (a run directory refuses a configuration that differs in any of them).
+"""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import attrs
+
+from ..errors import InputError
+from ..models import DEFAULT_MODEL
+
+METRICS = ("pointing", "sensitivity", "randomisation", "identity", "deletion", "insertion")
+"""Every metric the sweep computes; ``pointing`` needs localisation data (VOC, COCO)."""
+NO_ANNOTATION_METRICS = ("sensitivity", "randomisation", "identity", "deletion", "insertion")
+DATA = ("skimage", "voc", "coco", "folder", "custom")
+"""``custom``: samples handed to :func:`extagg.sweep.sweep` (Python only)."""
+SKIMAGE_PHOTOS = ("chelsea", "coffee", "camera")
+"""Photos that ship with scikit-image (CC0 / public domain) of objects EfficientNet-Lite0 recognises (Egyptian cat
+0.79, espresso 0.88, tripod 0.94); ``camera`` is grey, read as RGB."""
+COMBINE_MODES = ("sum", "product")
+COMBINE_WEIGHTINGS = ("uniform", "linear")
+RANDOMISATION_MODES = ("cascading", "independent", "both")
+DEFAULT_METHODS = ("gradcam", "linear-approx", "scaling+norm", "normgrad", "meta(lr=0.002):normgrad")
+DEFAULT_LAYERS = ("stages", "_conv_head")
+
+
+def _strings(value: Any) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    items = [value] if isinstance(value, str) else list(value)
+    if any(not isinstance(v, str) or not v.strip() for v in items):
+        raise InputError(f"expected non-empty strings, got {value!r}")
+    return tuple(v.strip() for v in items)
+
+
+def _positive(name: str):
+    def check(_inst, _attr, value):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise InputError(f"{name} must be an integer >= 1, got {value!r}")
+    return check
+
+
+def _one_of(name: str, choices: tuple[str, ...]):
+    def check(_inst, _attr, value):
+        if value not in choices:
+            from ..errors import UnknownNameError
+
+            raise UnknownNameError(name, str(value), choices)
+    return check
+
+
+def parse_combination(text: str) -> tuple[str, str]:
+    """``"sum:uniform"`` -> ``("sum", "uniform")``; modes sum/product, weightings uniform/linear."""
+    mode, sep, weighting = text.partition(":")
+    weighting = weighting or "uniform"
+    if mode not in COMBINE_MODES or weighting not in COMBINE_WEIGHTINGS:
+        raise InputError(f"a layer combination is MODE:WEIGHTING with MODE in {', '.join(COMBINE_MODES)} and "
+                         f"WEIGHTING in {', '.join(COMBINE_WEIGHTINGS)} (e.g. 'sum:uniform'), got {text!r}")
+    return mode, weighting
+
+
+def _check_metrics(_inst, _attr, value):
+    if not value:
+        raise InputError(f"give at least one metric: {', '.join(METRICS)}")
+    for m in value:
+        if m not in METRICS:
+            from ..errors import UnknownNameError
+
+            raise UnknownNameError("metric", m, METRICS)
+
+
+def _check_combine(_inst, _attr, value):
+    for c in value:
+        parse_combination(c)
+
+
+def _check_targets(_inst, _attr, value):
+    if value in ("predicted", "label"):
+        return
+    try:
+        ok = int(value) >= 0
+    except ValueError:
+        ok = False
+    if not ok:
+        raise InputError(f"targets must be 'predicted', 'label' or a class index >= 0, got {value!r}")
+
+
+@attrs.frozen(kw_only=True)
+class SweepConfig:
+    """Everything a sweep needs; every field has a default (the embedded default sweep).
+
+    Model: ``model`` (``efficientnet-lite0`` or a torchvision name), ``weights`` (a torchvision weights name or a
+    ``state_dict`` file), ``random_weights`` (explicitly allow a torchvision model without weights).
+    Data: ``data`` (``skimage``: the photos in :data:`SKIMAGE_PHOTOS`; ``voc``, ``coco``, ``folder``: read from
+    ``root``), ``limit`` (first N images). What to compute: ``methods`` and ``exclude`` (method strings or fnmatch
+    patterns over the design space), ``layers`` (names, patterns or groups, see :mod:`extagg.layer_select`),
+    ``metrics`` (from :data:`METRICS`), ``combine`` (layer combinations ``MODE:WEIGHTING``, scored like layers),
+    ``targets`` (``predicted``, ``label`` or a class index). Metric settings: ``steps`` and ``baseline`` of the
+    deletion/insertion curves, ``randomise`` (blocks; default: the top-level children with parameters) and
+    ``randomisation`` mode, ``hog_cell``, ``tolerance`` (pointing, pixels). Execution: ``batch_size`` (images per
+    pass), ``curve_batch`` (images per forward pass of the curves), ``seed``, ``run_dir``, ``device``,
+    ``progress``, ``figures``.
+    """
+
+    model: str = DEFAULT_MODEL
+    weights: Optional[str] = None
+    random_weights: bool = False
+    data: str = attrs.field(default="skimage", validator=_one_of("data source", DATA))
+    root: Optional[str] = None
+    limit: Optional[int] = None
+    methods: tuple[str, ...] = attrs.field(default=DEFAULT_METHODS, converter=_strings)
+    exclude: tuple[str, ...] = attrs.field(default=(), converter=_strings)
+    layers: tuple[str, ...] = attrs.field(default=DEFAULT_LAYERS, converter=_strings)
+    metrics: tuple[str, ...] = attrs.field(default=NO_ANNOTATION_METRICS, converter=_strings,
+                                           validator=_check_metrics)
+    combine: tuple[str, ...] = attrs.field(default=("sum:linear",), converter=_strings,
+                                           validator=_check_combine)
+    targets: str = attrs.field(default="predicted", converter=str, validator=_check_targets)
+    steps: int = attrs.field(default=8, validator=_positive("steps"))
+    baseline: str = "blur"
+    randomise: tuple[str, ...] = attrs.field(default=(), converter=_strings)
+    randomisation: str = attrs.field(default="cascading", validator=_one_of("randomisation mode", RANDOMISATION_MODES))
+    hog_cell: int = attrs.field(default=16, validator=_positive("hog_cell"))
+    tolerance: float = 15.0
+    batch_size: int = attrs.field(default=4, validator=_positive("batch_size"))
+    curve_batch: int = attrs.field(default=64, validator=_positive("curve_batch"))
+    seed: int = 0
+    run_dir: str = "extagg-sweep"
+    device: Optional[str] = None
+    progress: bool = True
+    figures: bool = True
+
+    def __attrs_post_init__(self):
+        if not self.methods:
+            raise InputError("give at least one method (a method string or an fnmatch pattern)")
+        if not self.layers:
+            raise InputError("give at least one layer (a name, a pattern or a group such as 'stages')")
+        if self.limit is not None and (isinstance(self.limit, bool) or not isinstance(self.limit, int)
+                                       or self.limit < 1):
+            raise InputError(f"limit must be an integer >= 1 or None, got {self.limit!r}")
+        if self.data in ("voc", "coco", "folder") and not self.root:
+            raise InputError(f"--data {self.data} reads from disk: give its folder with --root DIR")
+        if self.data == "skimage" and self.root:
+            raise InputError("--root is for --data voc|coco|folder; the skimage photos ship with scikit-image")
+        if "pointing" in self.metrics and self.data not in ("voc", "coco", "custom"):
+            raise InputError(f"the pointing metric needs localisation data (--data voc or coco), not {self.data!r}; "
+                             f"drop it from --metrics")
+        if self.weights is not None and self.random_weights:
+            raise InputError("give either --weights or --random-weights, not both")
+        if self.model == DEFAULT_MODEL and (self.weights is not None or self.random_weights):
+            raise InputError(f"{DEFAULT_MODEL} ships its own pretrained weights; drop --weights/--random-weights")
+
+    def check_weights(self) -> None:
+        """Refuse to load a torchvision model by name without weights unless ``random_weights`` says so."""
+        if self.model != DEFAULT_MODEL and self.weights is None and not self.random_weights:
+            raise InputError(f"--model {self.model} without --weights would explain a randomly initialised network; "
+                             "give --weights (e.g. DEFAULT or a state_dict file) or --random-weights to do it anyway")
+
+    def to_dict(self) -> dict:
+        """A JSON-ready dict of every field (tuples as lists)."""
+        return {f.name: (list(v) if isinstance(v, tuple) else v)
+                for f in attrs.fields(SweepConfig) for v in [getattr(self, f.name)]}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "SweepConfig":
+        """The config of :meth:`to_dict` (unknown keys are an error)."""
+        names = {f.name for f in attrs.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            from ..errors import UnknownNameError
+
+            raise UnknownNameError("configuration field", unknown[0], names)
+        return cls(**d)
+
+    def result_dict(self) -> dict:
+        """The fields that change the numbers (:data:`RESULT_FIELDS`)."""
+        full = self.to_dict()
+        return {k: full[k] for k in RESULT_FIELDS}
+
+
+RESULT_FIELDS = tuple(f.name for f in attrs.fields(SweepConfig)
+                      if f.name not in ("run_dir", "device", "progress", "figures"))

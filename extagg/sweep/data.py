@@ -1,0 +1,49 @@
+"""The sweep's images: real photos from scikit-image (default) or a data set read from disk, as Samples."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+from ..errors import InputError
+from ..evaluation.datasets import Sample, load_image
+from .config import SKIMAGE_PHOTOS, SweepConfig
+
+
+def skimage_photo_paths() -> list[Path]:
+    """Paths of the colour photos in :data:`~extagg.sweep.config.SKIMAGE_PHOTOS` (shipped with scikit-image)."""
+    try:
+        import skimage
+    except ImportError as exc:
+        raise ImportError("the default sweep's photos need scikit-image (`pip install extagg[default-model]`)") from exc
+    folder = Path(skimage.__file__).parent / "data"
+    out = []
+    for name in SKIMAGE_PHOTOS:
+        hits = sorted(folder.glob(name + ".*"))
+        if hits:
+            out.append(hits[0])
+    if not out:
+        raise InputError(f"no scikit-image photos found in {folder}")
+    return out
+
+
+def load_samples(config: SweepConfig) -> list[Sample]:
+    """The configured images in a fixed order (first ``config.limit``); ids are unique and stable."""
+    limit: Optional[int] = config.limit
+    if config.data == "skimage":
+        paths = skimage_photo_paths()[:limit]
+        return [Sample(load_image(p), image_id=p.stem) for p in paths]
+    from ..evaluation.datasets import COCOPointing, ImageFolderSamples, VOCPointing
+
+    if config.data == "voc":
+        data = VOCPointing(config.root, limit=limit)
+    elif config.data == "coco":
+        data = COCOPointing(config.root, limit=limit)
+    else:
+        data = ImageFolderSamples(config.root, limit=limit)
+    samples = list(data)
+    ids = [s.image_id or str(i) for i, s in enumerate(samples)]
+    if len(set(ids)) != len(ids):
+        ids = [f"{i}:{s}" for i, s in enumerate(ids)]
+    import attrs
+
+    return [attrs.evolve(s, image_id=i) for s, i in zip(samples, ids)]

