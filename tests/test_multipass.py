@@ -1,6 +1,8 @@
 """Multi-pass modifiers (extagg.multipass, extagg_builtins.multipass): smooth, smoothsq, vargrad, ig."""
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import extagg
 from extagg.errors import InputError, InvalidMethodError, PluginContractError
@@ -139,6 +141,24 @@ def test_seeded_and_independent_of_chunking(net, x, registry):
     torch.testing.assert_close(a[methods[2], "3"], a[methods[3], "3"], rtol=1e-10, atol=1e-13)
 
 
+@settings(max_examples=10)
+@given(n=st.integers(1, 6), chunk=st.integers(1, 7), seed=st.integers(0, 2 ** 31))
+def test_chunking_never_changes_the_maps(n, chunk, seed):
+    """Law: the samples' chunking (memory) does not change the result, for every reduction."""
+    from tests.conftest import builtin_registry
+
+    torch.manual_seed(0)
+    small = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+                                torch.nn.Flatten(), torch.nn.Linear(4, 3)).double().eval()
+    x = torch.randn(2, 3, 6, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(seed % 97))
+    base = [f"{k}(n={n},seed={seed})" for k in ("smooth", "smoothsq", "vargrad")] + [f"ig(steps={n + 1})"]
+    whole = [f"{b}:normgrad" for b in base]
+    parts = [b.replace("(", f"(chunk={chunk},") + ":normgrad" for b in base]
+    got = extagg.saliency(small, x, whole + parts, "1", [0, 2], registry=builtin_registry())
+    for a, b in zip(whole, parts):
+        torch.testing.assert_close(got[b, "1"], got[a, "1"], rtol=1e-9, atol=1e-12)
+
+
 def test_vargrad_is_smoothsq_minus_smooth_squared(net, x, registry):
     ms = [f"{k}(n=6,seed=1):scaling+sum" for k in ("smooth", "smoothsq", "vargrad")]
     got = extagg.saliency(net, x, ms, "3", TARGETS, registry=registry)
@@ -169,6 +189,13 @@ def test_smooth_composes_with_meta_one_step_on_the_real_image(net, x, registry):
     plain = extagg.saliency(net, one, "normgrad", "3", 1, registry=registry)["normgrad", "3"]
     assert not torch.allclose(got["meta:normgrad", "3"], plain)
     assert all(torch.equal(v, before[k]) for k, v in net.state_dict().items())
+
+
+def test_smooth_composes_with_a_propagation_rule(net, x, registry):
+    ms = ["smooth(n=2,sigma=0.0):guided:bias+sum", "guided:bias+sum", "bias+sum"]
+    got = extagg.saliency(net, x, ms, "input", TARGETS, registry=registry)
+    torch.testing.assert_close(got[ms[0], "input"], got[ms[1], "input"], rtol=1e-12, atol=1e-14)
+    assert not torch.allclose(got[ms[1], "input"], got[ms[2], "input"])  # the rule is in effect
 
 
 def test_smooth_meta_with_predicted_class_steps_once_on_the_real_class(net, x, registry):
