@@ -30,6 +30,9 @@ class LayerCapture:
     Floating tensors are in the compute dtype (float32 for half/bfloat16 models). ``store``: the layer's
     :class:`extagg.phase2.Store` (set by phase 2 when it builds the capture it hands to extractors); pass it to
     the forms you build (``Dense(c.grad, store=c.store)``) so they share statistics of the captured tensors.
+    ``grid``: at a token layer (N, L, D), ``(h, w, prefix)``; ``output``/``input``/``grad`` are then already the
+    patch tokens on the grid, (N, D, h, w) and (N, T, D, h, w) (:mod:`extagg.tokens`). ``training``: the module's
+    ``training`` flag during the pass (phase 2 runs after the model's mode is restored; read this, not the module's).
     """
 
     name: str
@@ -38,6 +41,8 @@ class LayerCapture:
     input: Optional[torch.Tensor] = None
     grad: Optional[torch.Tensor] = None
     store: Optional[object] = None
+    grid: Optional[tuple] = None  # (h, w, prefix) at a token layer (see extagg.tokens), None for a (N, C, h, w) one
+    training: Optional[bool] = None  # the module's training flag during the pass (None at "input")
 
 
 def split_layer(name: str) -> tuple[str, Optional[int]]:
@@ -123,7 +128,7 @@ class Probes:
                         f"layer {layer!r} ({type(module).__name__}) returns {type(output).__name__}, not a floating "
                         "tensor; choose a layer whose output is one tensor"
                     )
-                record = {"output": output.detach()}
+                record = {"output": output.detach(), "training": module.training}
                 self.versions[layer] = (output, output._version)
                 if "input" in self.needs[layer]:
                     if not args or not isinstance(args[0], torch.Tensor):

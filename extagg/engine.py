@@ -13,14 +13,17 @@ from typing import Optional, Sequence, Union
 import attrs
 import torch
 
-from .capture import INPUT, LayerCapture, Probes, resolve_layers
+from .capture import INPUT, LayerCapture, Probes
 from .errors import InputError, LayerMismatchError, PluginContractError
 from .guard import compute_dtype, model_device_dtype, preserved
+from .layer_request import resolve_requested_layers
 from .method import Method
+from .multipass import evaluate_samples, multipass_of
 from .phase2 import evaluate_layer
 from .plugins import enter_modifier
 from .registry import Registry, default_registry
 from .result import SaliencyMaps
+from .tokens import check_token_grid, spatial_capture, usable
 from .targets import (Objective, Targets, as_target_matrix, check_call_options, check_in_range, num_classes_of,
                       objective_scores, run_forward)
 from .util import as_list
@@ -79,20 +82,25 @@ class Request:
     targets: Optional[torch.Tensor]  # (N, T) long, range not yet checked; None: the predicted class
     size: Optional[tuple]
     forward_kwargs: Optional[dict] = None
+    token_grid: Optional[tuple] = None  # (h, w, prefix) for every token layer; None: found per layer
+    mismatched: str = "raise"
 
 
 def parse_request(registry: Registry, model: torch.nn.Module, images, methods: StrOrSeq, layers, targets: Targets,
                   *, objective: Optional[Objective], resize, mismatched: str,
-                  forward_kwargs: Optional[dict] = None) -> Request:
+                  forward_kwargs: Optional[dict] = None, token_grid=None) -> Request:
     """Parse and check everything about a call before the model runs."""
     spelled, names = {}, {}
     for m in as_list(methods, "methods", atoms=(str, Method)):
         method = registry.parse(m)
         spelled[m if isinstance(m, str) else str(m)] = names.setdefault(method, str(method))
-    layer_list = list(dict.fromkeys(as_list(layers, "layers", atoms=(str,))))
-    modules = resolve_layers(model, layer_list)
     if mismatched not in ("raise", "skip"):
         raise InputError(f"mismatched must be 'raise' or 'skip', got {mismatched!r}")
+    images = check_images(images)
+    check_call_options(targets, objective, resize, forward_kwargs)
+    device, dtype = model_device_dtype(model, images)
+    images = images.to(device=device, dtype=dtype)
+    layer_list, modules = resolve_requested_layers(model, layers, images)
     pairs = []
     for method in names:
         for layer in layer_list:
@@ -100,16 +108,15 @@ def parse_request(registry: Registry, model: torch.nn.Module, images, methods: S
                 pairs.append((method, layer))
             elif mismatched == "raise":
                 check_layer_fit(registry, method, layer, modules[layer])
-    images = check_images(images)
-    check_call_options(targets, objective, resize, forward_kwargs)
-    device, dtype = model_device_dtype(model, images)
-    images = images.to(device=device, dtype=dtype)
     passes: dict = {}
     for method, layer in pairs:
         passes.setdefault(method.modifiers, []).append((method, layer))
+    for modifiers in passes:
+        multipass_of(registry, modifiers)  # at most one multi-pass modifier per method
     matrix = as_target_matrix(targets, images.shape[0], None) if objective is None else None
     size = tuple(images.shape[-2:]) if resize is True else (tuple(resize) if resize else None)
-    return Request(names, spelled, modules, pairs, passes, images, matrix, size, forward_kwargs)
+    return Request(names, spelled, modules, pairs, passes, images, matrix, size, forward_kwargs,
+                   check_token_grid(token_grid), mismatched)
 
 
 def _backward(scores: torch.Tensor, probes: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -138,16 +145,17 @@ def _backward(scores: torch.Tensor, probes: list[torch.Tensor]) -> list[torch.Te
 
 def run_pass(model, images, needs: dict[str, set[str]], targets: Optional[torch.Tensor],
              objective: Optional[Objective], modules: Optional[dict] = None, replacements: Optional[dict] = None,
-             forward_kwargs: Optional[dict] = None):
+             forward_kwargs: Optional[dict] = None, token_grid: Optional[tuple] = None, backward: bool = True):
     """One forward and one backward; returns ({layer: LayerCapture}, scores (N, T), targets (N, T) or None).
 
     The model must already be in the desired mode with parameter gradients off (see :func:`saliency`);
     ``targets`` is an (N, T) matrix from :func:`extagg.targets.as_target_matrix`, or None. ``replacements``
     (``{name: tensor}``) run the forward through :func:`torch.func.functional_call` with those tensors;
-    ``forward_kwargs`` are the model's other keyword arguments.
+    ``forward_kwargs`` are the model's other keyword arguments. A token layer's capture is put on its patch grid
+    (``token_grid``, or found: :mod:`extagg.tokens`).
     """
     cdtype = compute_dtype(images.dtype)
-    with torch.enable_grad():
+    with torch.enable_grad() if backward else torch.no_grad():
         with Probes(model, needs, modules) as probes:
             x = probes.input_probe(images)
             output = run_forward(model, x, forward_kwargs, replacements)
@@ -157,42 +165,77 @@ def run_pass(model, images, needs: dict[str, set[str]], targets: Optional[torch.
         scores, matrix = objective_scores(output, None if objective is not None else targets, objective,
                                           n=images.shape[0])
         layers = list(needs)
-        grads = _backward(scores, [probes.probes[layer] for layer in layers])
+        if layers and backward:
+            grads = _backward(scores, [probes.probes[layer] for layer in layers])
+        else:  # activations only (a multi-pass modifier that brings its own gradients)
+            grads = [None] * len(layers)
     captures = {}
     for layer, grad in zip(layers, grads):
         raw = probes.raw[layer]
-        captures[layer] = LayerCapture(
+        captures[layer] = spatial_capture(LayerCapture(
             name=layer,
             module=probes.modules[layer],
             output=raw["output"].to(cdtype),
             input=raw["input"].to(cdtype) if "input" in raw else None,
-            grad=grad.to(cdtype),
-        )
+            grad=None if grad is None else grad.to(cdtype),
+            training=raw.get("training"),
+        ), images.shape[0], tuple(images.shape[-2:]), token_grid)
     return captures, scores.detach(), (None if objective is not None else matrix)
 
 
-def capture_pass(registry: Registry, model, request: Request, modifiers: tuple, group: list, *,
-                 objective: Optional[Objective], eval_mode: bool):
-    """The captures of one pass: the model in eval mode (if asked), the pass modifiers entered, parameter
-    gradients off; the model is restored afterwards, also after an exception."""
+def group_needs(registry: Registry, group: list) -> dict[str, set[str]]:
+    """``{layer: what its extractors need}`` for (method, layer) pairs."""
     needs: dict[str, set[str]] = {}
     for method, layer in group:
         needs.setdefault(layer, set()).update(registry.extractors[method.extractor.name].needs)
+    return needs
+
+
+def capture_pass(registry: Registry, model, request: Request, modifiers: tuple, group: list, *,
+                 objective: Optional[Objective], eval_mode: bool, runs=None):
+    """The captures of one pass: the model in eval mode (if asked), the pass modifiers entered, parameter
+    gradients off; the model is restored afterwards, also after an exception.
+
+    ``runs`` (multi-pass modifiers, :mod:`extagg.multipass`): called as ``runs(run)`` inside the same context,
+    where ``run(images, targets, needs, backward=True)`` is :func:`run_pass` on the entered modifiers; its value is returned."""
+    needs = group_needs(registry, group)
     specs = [registry.modifiers[call.name] for call in modifiers]
     for spec in specs:
         _check_pairs(spec, request)
+    if runs is not None and request.targets is None and objective is None:
+        # the samples explain each real image's predicted class (by the model as given), and the one-pass
+        # modifiers are entered with it, so none of them re-derives a class from a noisy copy
+        request = attrs.evolve(request, targets=_predicted_targets(model, request, eval_mode))
     with preserved(model, weights=not all(spec.stateless for spec in specs)), contextlib.ExitStack() as stack:
         if eval_mode:
             model.eval()
         replacements: dict = {}
         for spec, call in zip(specs, modifiers):
+            if spec.fn is None:
+                continue
             replaced = enter_modifier(stack, spec, model, request.images, request.targets, **call.kwargs)
             if replaced is not None:
                 replacements.update(_check_replacements(spec, replaced, model))
         for p in model.parameters():
             p.requires_grad_(False)
-        return run_pass(model, request.images, needs, request.targets, objective, request.modules, replacements,
-                        request.forward_kwargs)
+
+        def run(images, targets, layer_needs, backward=True):
+            return run_pass(model, images, layer_needs, targets, objective, request.modules, replacements,
+                            request.forward_kwargs, request.token_grid, backward)
+
+        if runs is not None:
+            return runs(run)
+        return run(request.images, request.targets, needs)
+
+
+def _predicted_targets(model, request: Request, eval_mode: bool) -> torch.Tensor:
+    """(N, 1) predicted classes of the real images: one no-grad forward, the model restored afterwards."""
+    with preserved(model, weights=False), torch.no_grad():
+        if eval_mode:
+            model.eval()
+        output = run_forward(model, request.images, request.forward_kwargs)
+        _, matrix = objective_scores(output, None, None, n=request.images.shape[0])
+    return matrix
 
 
 def _check_replacements(spec, replaced, model) -> dict:
@@ -224,7 +267,7 @@ def saliency(
     model: torch.nn.Module,
     images: torch.Tensor,
     methods: StrOrSeq,
-    layers: Union[str, Sequence[str]] = INPUT,
+    layers: Union[str, torch.nn.Module, Sequence[Union[str, torch.nn.Module]]] = INPUT,
     targets: Targets = None,
     *,
     objective: Optional[Objective] = None,
@@ -234,6 +277,7 @@ def saliency(
     closed_forms: bool = True,
     mismatched: str = "raise",
     forward_kwargs: Optional[dict] = None,
+    token_grid: Optional[tuple] = None,
 ) -> SaliencyMaps:
     """Saliency maps of every method at every layer, from one forward and one backward pass per pass modifier.
 
@@ -242,7 +286,9 @@ def saliency(
     :param methods: method strings (``"scaling+sum"``, a named method, ``"conv3x3+relu+norm"``) or one string;
         ``extagg.methods()`` lists the compositions, ``extagg.default_registry().named_methods`` the names.
     :param layers: ``named_modules()`` names, ``"input"`` for the image, ``"name@k"`` for the k-th call of a module
-        called several times per forward pass; one string or a sequence.
+        called several times per forward pass, fnmatch patterns (``"layer*"``), named groups (``"stages"``,
+        ``"blocks"``, ``"spatial"``, ``"last"``; see :mod:`extagg.layer_select`) or module objects of the model
+        (``model.layer4``); one or a sequence (see :mod:`extagg.layer_request`).
     :param targets: None (the predicted class), an int, N ints, or an (N, T) tensor (T maps per image).
     :param objective: ``callable(output) -> (N,) or (N, T)`` scores to explain instead of class logits.
     :param resize: False (layer resolution), True (the input's H, W) or an (H, W) size; bilinear,
@@ -252,11 +298,13 @@ def saliency(
         ``"skip"`` to leave such (method, layer) pairs out of the result (for sweeps over many layers).
     :param closed_forms: False forces the generic path that materialises contributions in chunks (for tests).
     :param forward_kwargs: keyword arguments passed to every ``model(images, **forward_kwargs)`` call.
+    :param token_grid: ``(h, w)`` or ``(h, w, prefix)``: the patch grid of token layers (N, L, D) and how many
+        leading tokens are not patches (a class token: 1); None finds it per layer (:mod:`extagg.tokens`).
     :returns: :class:`SaliencyMaps` of (N, T, h, w) tensors in float32 (half/bfloat16 models) or the model's dtype.
     """
     registry = registry or default_registry()
     request = parse_request(registry, model, images, methods, layers, targets, objective=objective, resize=resize,
-                            mismatched=mismatched, forward_kwargs=forward_kwargs)
+                            mismatched=mismatched, forward_kwargs=forward_kwargs, token_grid=token_grid)
     return _evaluate(registry, model, request, objective=objective, eval_mode=eval_mode, closed_forms=closed_forms)
 
 
@@ -267,21 +315,33 @@ def _evaluate(registry: Registry, model, request: Request, *, objective, eval_mo
     out_targets = out_scores = None
     plans = registry.memo("plans")  # each method's phase-2 plan, shared by all layers and calls
     for modifiers, group in request.passes.items():
+        sampler = multipass_of(registry, modifiers)
+        if sampler is not None:
+            found, scores, matrix = capture_pass(
+                registry, model, request, modifiers, group, objective=objective, eval_mode=eval_mode,
+                runs=lambda run, g=group, s=sampler: evaluate_samples(registry, run, request, s, g, plans=plans,
+                                                                      closed_forms=closed_forms))
+            maps.update(found)
+            out_targets = matrix if out_targets is None else out_targets
+            out_scores = scores if out_scores is None else out_scores
+            continue
         captures, scores, matrix = capture_pass(registry, model, request, modifiers, group, objective=objective,
                                                 eval_mode=eval_mode)
         out_targets = matrix if out_targets is None else out_targets
         out_scores = scores if out_scores is None else out_scores
         for layer in list(captures):  # one layer at a time, freeing its capture and caches when done
-            here = [method for method, at in group if at == layer]
-            for name, m in evaluate_layer(registry, captures.pop(layer), here, plans=plans,
+            capture = captures.pop(layer)
+            here = usable(registry, capture, [method for method, at in group if at == layer], request.mismatched)
+            for name, m in evaluate_layer(registry, capture, here, plans=plans,
                                           closed_forms=closed_forms, size=request.size).items():
                 maps[name, layer] = m
-    ordered = {(request.names[m], layer): maps[request.names[m], layer] for m, layer in request.pairs}
+    ordered = {(request.names[m], layer): maps[request.names[m], layer] for m, layer in request.pairs
+               if (request.names[m], layer) in maps}  # token layers may skip neighbourhood extractors
     return SaliencyMaps(registry, ordered, request.spelled, out_targets, out_scores)
 
 
 def saliency_per_example(model: torch.nn.Module, images: torch.Tensor, methods: StrOrSeq,
-                         layers: Union[str, Sequence[str]] = INPUT, targets: Targets = None, **kwargs) -> SaliencyMaps:
+                         layers=INPUT, targets: Targets = None, **kwargs) -> SaliencyMaps:
     """:func:`saliency` run once per (image, target) pair, the maps stacked to (N, T, h, w).
 
     For pass modifiers declared ``per_example`` (one pass explains one pair, as meta-saliency's SGD step):
@@ -293,7 +353,8 @@ def saliency_per_example(model: torch.nn.Module, images: torch.Tensor, methods: 
     eval_mode, closed_forms = kwargs.pop("eval_mode", True), kwargs.pop("closed_forms", True)
     request = parse_request(registry, model, images, methods, layers, targets, objective=objective,
                             resize=kwargs.pop("resize", False), mismatched=kwargs.pop("mismatched", "raise"),
-                            forward_kwargs=kwargs.pop("forward_kwargs", None))
+                            forward_kwargs=kwargs.pop("forward_kwargs", None),
+                            token_grid=kwargs.pop("token_grid", None))
     if kwargs:
         raise InputError(f"unknown keyword argument(s) {sorted(kwargs)}; see extagg.saliency")
     n = request.images.shape[0]

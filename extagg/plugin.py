@@ -22,11 +22,11 @@ from .hookspecs import hookimpl
 from .phase2 import (IDENTITY, Contribution, Dense, Factored, PatchGeometry, Product, Profile, Scaled, Stat,
                      apply_profile, compose_profiles, factored_max, factored_min, factored_norm, factored_sum,
                      reads_max, reads_min, reads_norm, reads_sum)
-from .specs import REQUIRED, Aggregator, Extractor, Filter, Modifier, NamedMethod, Param
+from .specs import REQUIRED, Aggregator, Extractor, Filter, Modifier, NamedMethod, Param, Samples
 
 __all__ = [
     "IDENTITY", "REQUIRED", "Aggregator", "Contribution", "Dense", "Extractor", "Factored", "Filter", "LayerCapture",
     "Modifier", "NamedMethod", "Param", "PatchGeometry", "Product", "Profile", "Scaled", "Stat", "apply_profile",
     "compose_profiles", "factored_max", "factored_min", "factored_norm", "factored_sum", "hookimpl", "reads_max",
-    "reads_min", "reads_norm", "reads_sum",
+    "reads_min", "reads_norm", "reads_sum", "Samples",
 ]

@@ -67,6 +67,8 @@ class Extractor:
     ``needs`` is a subset of ``{"output", "input", "grad"}``: what the capture must hold.
     ``applies_to`` restricts the layer's module type (None: any module, and the ``"input"`` layer);
     ``applies_to_input=True`` admits the ``"input"`` layer as well when ``applies_to`` is set.
+    ``neighbourhood=True`` declares that the contribution reads a spatial neighbourhood of each location (kxk
+    patches of the map); such an extractor does not apply at a token layer (:mod:`extagg.tokens`).
     """
 
     name: str
@@ -77,6 +79,7 @@ class Extractor:
     needs: frozenset = attrs.field(default=frozenset({"output", "grad"}), converter=frozenset)
     applies_to: Optional[tuple[type, ...]] = None
     applies_to_input: bool = False
+    neighbourhood: bool = False
     origin: Optional[Origin] = None
     kind = "extractor"
 
@@ -160,16 +163,52 @@ class Modifier:
     in place and extagg restores them bit for bit afterwards. ``per_example=True`` declares that one pass explains
     one (image, target) pair: :func:`extagg.saliency` then refuses larger batches and
     :func:`extagg.saliency_per_example` runs one pass per pair.
+
+    A multi-pass modifier (``smooth``, ``ig``) gives ``samples(images, **params)`` -> :class:`Samples` instead of
+    (or besides) ``fn``: extagg runs the method on every sample input and reduces as the :class:`Samples` says
+    (see :mod:`extagg.multipass`). A method carries at most one multi-pass modifier; one-pass modifiers written
+    with it are entered once, on the real images, and every sample pass runs inside them.
     """
 
     name: str
-    fn: Callable[..., Any] = attrs.field(eq=False, repr=False)
+    fn: Optional[Callable[..., Any]] = attrs.field(default=None, eq=False, repr=False)
     doc: str = ""
     params: tuple[Param, ...] = attrs.field(default=(), converter=_tuple)
     per_example: bool = False
     stateless: bool = False
+    samples: Optional[Callable[..., Any]] = attrs.field(default=None, eq=False, repr=False)
     origin: Optional[Origin] = None
     kind = "modifier"
+
+    @property
+    def multipass(self) -> bool:
+        """Whether the modifier asks for several passes (it gives ``samples``)."""
+        return self.samples is not None
+
+
+SAMPLE_REDUCTIONS = ("mean", "mean_sq", "var", "grad")
+"""How a multi-pass modifier's sample passes are reduced: the weighted mean of the maps, of their squares, their
+variance, or (``"grad"``) the weighted sum of the gradients, used with the real input's activations."""
+
+
+@attrs.frozen(kw_only=True)
+class Samples:
+    """What a multi-pass modifier asks for, given the images of one call.
+
+    ``count`` sample inputs; ``make(start, stop)`` builds samples ``start .. stop - 1`` as a
+    (stop - start, N, C, H, W) tensor (so extagg can batch them in chunks of ``chunk`` samples, one forward and one
+    backward per chunk, and the result never depends on the chunking); ``weights`` (``count`` numbers, None:
+    ``1 / count`` each) weigh them in the ``reduce`` (one of :data:`SAMPLE_REDUCTIONS`; ``"var"`` ignores
+    weights). ``input_activation``: with ``reduce="grad"``, what the ``"input"`` layer's activation is (None: the
+    images); Integrated Gradients gives ``images - baseline``.
+    """
+
+    count: int
+    make: Callable[[int, int], Any] = attrs.field(eq=False, repr=False)
+    reduce: str = "mean"
+    weights: Optional[tuple] = None
+    chunk: int = 16
+    input_activation: Optional[Any] = attrs.field(default=None, eq=False, repr=False)
 
 
 Alias = NamedMethod
@@ -216,7 +255,9 @@ def record_problems(record) -> list[str]:
     out = []
     for param in getattr(record, "params", ()):
         out += _param_problems(param)
-    for attr in ("fn", "reduce", "closed_form", "reads"):
+    if isinstance(record, Modifier) and record.fn is None and record.samples is None:
+        out.append("a modifier needs fn (a context for its pass) or samples (several passes), or both")
+    for attr in ("fn", "reduce", "closed_form", "reads", "samples"):
         value = getattr(record, attr, None)
         if value is not None and not callable(value):
             out.append(f"{attr} must be callable, got {value!r}")

@@ -1,17 +1,18 @@
-"""The newer built-in plugins (propagation rules, the CAM family) as entry points of the ``extagg`` distribution,
-also before a reinstall.
+"""The newer built-in plugins (propagation rules, the CAM family, the multi-pass modifiers) as entry points of the
+``extagg`` distribution, also before a reinstall.
 
-``builtin-rules`` and ``builtin-cams`` are declared in pyproject.toml, but an editable install made before they
-were added does not list them. :func:`entry_points` returns the installed ``extagg`` entry points plus a stand-in
-for each of these that the installed metadata lacks, so tests see exactly what a fresh install gives.
+``builtin-rules``, ``builtin-cams`` and ``builtin-multipass`` are declared in pyproject.toml, but an editable install
+made before they were added does not list them. :func:`entry_points` returns the installed ``extagg`` entry points
+plus a stand-in for each one the installed metadata lacks, so tests see exactly what a fresh install gives.
 """
 import importlib
 import importlib.metadata as md
 
 import extagg
 
-STAND_INS = {"builtin-rules": "extagg_builtins.rules", "builtin-cams": "extagg_builtins.cams"}
 NAME = "builtin-rules"
+STAND_INS = {"builtin-rules": "extagg_builtins.rules", "builtin-cams": "extagg_builtins.cams",
+             "builtin-multipass": "extagg_builtins.multipass"}
 
 
 class _Dist:
@@ -35,8 +36,8 @@ class _StandIn:
 
 def entry_points() -> list:
     eps = list(md.entry_points(group="extagg"))
-    listed = {ep.name for ep in eps}
-    return [*eps, *(_StandIn(name, value) for name, value in STAND_INS.items() if name not in listed)]
+    have = {ep.name for ep in eps}
+    return [*eps, *(_StandIn(name, value) for name, value in STAND_INS.items() if name not in have)]
 
 
 def plugin_manager(**kwargs):

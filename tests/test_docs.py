@@ -200,7 +200,7 @@ PLACEHOLDERS = {
     "name(...):method",
 }
 DOC_FILES = ["index.md", "concepts.md", "components.md", "propagation_rules.md", "cam_family.md",
-             "plugins/tutorial.md", "plugins/hooks.md"]
+             "plugins/tutorial.md", "plugins/hooks.md", "multipass_and_tokens.md"]
 
 
 def quoted_method_strings(text: str) -> list[str]:

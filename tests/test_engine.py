@@ -22,9 +22,30 @@ def sweep():
                            mismatched="skip", registry=reg)
 
 
-def test_every_registered_method_runs_and_is_finite(sweep, builtin_method):
+@pytest.fixture(scope="module")
+def token_sweep():
+    """Methods of extractors that need an nn.Linear: at a ViT's MLP Linear, a token layer on a 3x3 patch grid."""
+    import torchvision
+
+    torch.manual_seed(0)
+    vit = torchvision.models.VisionTransformer(image_size=9, patch_size=3, num_layers=1, num_heads=1, hidden_dim=4,
+                                               mlp_dim=4, num_classes=3).eval()
+    nn.init.normal_(vit.heads.head.weight)
+    reg = builtin_registry()
+    names = [m for m in reg.methods() if reg.extractors[reg.parse(m).extractor.name].applies_to == (nn.Linear,)]
+    return extagg.saliency(vit, torch.randn(2, 3, 9, 9), names, layers=["encoder.layers.encoder_layer_0.mlp.0"],
+                           targets=torch.tensor([[0, 1], [2, 0]]), registry=reg)
+
+
+def test_every_registered_method_runs_and_is_finite(sweep, token_sweep, builtin_method):
     method = builtin_method
     layers = [layer for m, layer in sweep if m == builtin_registry().canonical(method)]
+    if not layers:  # an nn.Linear extractor: maps at token layers only
+        sweep, layers = token_sweep, [layer for m, layer in token_sweep if m == builtin_registry().canonical(method)]
+        for layer in layers:
+            assert sweep[method, layer].shape == (2, 2, 3, 3) and torch.isfinite(sweep[method, layer]).all()
+        assert layers, f"{method} fits no layer"
+        return
     assert layers, f"{method} fits no layer"
     for layer in layers:
         m = sweep[method, layer]

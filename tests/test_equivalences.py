@@ -26,7 +26,8 @@ def test_every_builtin_composition_equals_its_materialised_definition(registry, 
         spec_ = registry.extractors[extractor]
         if spec_.origin.distribution != "extagg":
             continue
-        pool = {"conv": convs, "bn-scale": bns, "bn-bias": bns, "bias-value": convs + bns}.get(extractor, relus + convs)
+        pool = {"conv": convs, "bn-scale": bns, "bn-bias": bns, "bias-value": convs + bns,
+                "linear": []}.get(extractor, relus + convs)
         if not pool:
             continue
         index = data.draw(st.sampled_from(pool), label=f"layer for {extractor}")

@@ -118,12 +118,26 @@ def test_fullgrad_refuses_a_method_that_is_not_a_bias_value_sum(net, x, registry
         fullgrad(net, x, 0, normalise="max", registry=registry)
 
 
-def test_bias_value_refuses_batchnorm_in_training_mode(net, x, registry):
+def test_bias_value_uses_the_batch_statistics_in_training_mode(net, x, registry):
+    """In training mode BatchNorm normalises with the batch's statistics: bias-value's term at it is
+    (beta - gamma * batch mean / sqrt(batch var + eps)) * g, written here with plain autograd; the model's mode and
+    running statistics are left as they were (phase 2 runs after the mode is restored)."""
     import extagg
     net.train()
-    with pytest.raises(InputError, match="eval mode"):
-        extagg.saliency(net, x, "fullgrad", "1", 0, registry=registry, eval_mode=False)
-    assert net[1].training
+    stats = (net[1].running_mean.clone(), net[1].running_var.clone())
+    got = extagg.saliency(net, x, "fullgrad-signed", "1", 0, registry=registry, eval_mode=False)["fullgrad-signed", "1"]
+    twin = conv_bn_net().train()
+    inp = twin[0](x).detach()
+    out = twin[1](inp)
+    out.retain_grad()
+    twin[2:](out)[:, 0].sum().backward()
+    mean, var = inp.mean((0, 2, 3)), inp.var((0, 2, 3), unbiased=False)
+    b = twin[1].bias - twin[1].weight * mean / torch.sqrt(var + twin[1].eps)
+    want = (b.detach()[None, :, None, None] * out.grad).sum(1, keepdim=True)
+    torch.testing.assert_close(got[:, 0], want[:, 0])
+    running = net[1].running_mean / torch.sqrt(net[1].running_var + net[1].eps)
+    assert not torch.allclose(b.detach(), net[1].bias - net[1].weight * running)  # the two modes differ here
+    assert net[1].training and torch.equal(net[1].running_mean, stats[0]) and torch.equal(net[1].running_var, stats[1])
 
 
 @given(spec=net_specs())

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import extagg
-from extagg import capture, engine, guard, targets
+from extagg import capture, engine, guard, layer_request, targets
 
 
 @pytest.fixture
@@ -19,7 +19,7 @@ def counted(monkeypatch):
             return real(*args, **kwargs)
         return wrapper
 
-    for module, name in ((engine, "resolve_layers"), (capture, "resolve_layers"), (engine, "model_device_dtype"),
+    for module, name in ((layer_request, "resolve_layers"), (capture, "resolve_layers"), (engine, "model_device_dtype"),
                          (guard, "model_device_dtype"), (engine, "as_target_matrix"), (targets, "as_target_matrix")):
         monkeypatch.setattr(module, name, counting(module, name))
     return calls

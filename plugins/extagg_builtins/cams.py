@@ -8,6 +8,8 @@ Every method here is one composition; the positive variant and the signed one di
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 from torch import nn
 
@@ -18,18 +20,26 @@ BIAS_LAYERS = (nn.Conv2d, nn.BatchNorm2d)
 """Module types whose (effective) bias ``bias-value`` reads."""
 
 
-def effective_bias(module: nn.Module, like: torch.Tensor) -> torch.Tensor:
+def effective_bias(module: nn.Module, like: torch.Tensor, training: Optional[bool] = None,
+                   batch: Optional[torch.Tensor] = None) -> torch.Tensor:
     """The bias a layer adds to each channel of its output, (C,), in ``like``'s dtype and device: a Conv2d's
-    ``bias`` (zeros without one); for BatchNorm2d in eval mode ``beta - gamma * mean / sqrt(var + eps)``."""
+    ``bias`` (zeros without one); for BatchNorm2d ``beta - gamma * mean / sqrt(var + eps)``, with the running
+    statistics in eval mode and the statistics of ``batch`` (the layer's (N, C, H, W) input, as BatchNorm
+    normalises it) in training mode or without running statistics. ``training``: the module's mode when it ran
+    (default: its mode now)."""
     if isinstance(module, nn.Conv2d):
         if module.bias is None:
             return torch.zeros(module.out_channels, dtype=like.dtype, device=like.device)
         return module.bias.detach().to(like.dtype)
     if isinstance(module, nn.BatchNorm2d):
-        if module.training or module.running_mean is None:
-            raise InputError("bias-value reads a BatchNorm2d's effective bias from its running statistics: run the "
-                             "model in eval mode (eval_mode=True, the default) with track_running_stats=True")
-        mean, var = module.running_mean.to(like.dtype), module.running_var.to(like.dtype)
+        if (module.training if training is None else training) or module.running_mean is None:
+            if batch is None:
+                raise InputError("bias-value needs the layer's input for a BatchNorm2d in training mode or without "
+                                 "running statistics (it normalises with the batch's statistics)")
+            x = batch.to(like.dtype)
+            mean, var = x.mean((0, 2, 3)), x.var((0, 2, 3), unbiased=False)
+        else:
+            mean, var = module.running_mean.to(like.dtype), module.running_var.to(like.dtype)
         gamma = torch.ones_like(mean) if module.weight is None else module.weight.detach().to(like.dtype)
         beta = torch.zeros_like(mean) if module.bias is None else module.bias.detach().to(like.dtype)
         return beta - gamma * mean / torch.sqrt(var + module.eps)
@@ -42,7 +52,7 @@ def bias_value(c):
     ``x_u * g_u`` at ``"input"`` (FullGrad's input-gradient term)."""
     if c.module is None:
         return Product(c.output, c.grad, store=c.store)
-    b = effective_bias(c.module, c.output)
+    b = effective_bias(c.module, c.output, c.training, c.input)
     return Product(b[None, :, None, None].expand_as(c.output), c.grad, store=c.store)
 
 
@@ -73,9 +83,11 @@ NAMED = [
 @hookimpl
 def register_extractors(register):
     register(Extractor(name="bias-value", fn=bias_value, applies_to=BIAS_LAYERS, applies_to_input=True,
+                       needs={"output", "input", "grad"},
                        formula="b_k * g_ku (Conv2d bias; BatchNorm2d: beta - gamma*mean/sqrt(var+eps)); x_u * g_u at input",
                        doc="The layer's real bias times its output gradient, per location (FullGrad's bias term; "
-                           "the input-gradient term x*g at 'input'). Summed over channels and space, over the "
+                           "the input-gradient term x*g at 'input'; BatchNorm in training mode: the batch's statistics). Summed "
+                           "over channels and space, over the "
                            "layers of fullgrad_layers(model), plus the output bias, it is the logit."))
 
 

@@ -1,4 +1,5 @@
-"""Built-in extractors: virtual identity layers after the chosen module, the module's own conv, BatchNorm affine."""
+"""Built-in extractors: virtual identity layers after the chosen module, the module's own conv or (token layers)
+Linear, BatchNorm affine."""
 from __future__ import annotations
 
 import torch
@@ -68,6 +69,10 @@ def _normalised_input(c) -> torch.Tensor:
     return (x - mean[:, None, None]) / torch.sqrt(var[:, None, None] + bn.eps)
 
 
+def real_linear(c):
+    return Factored(c.grad, c.input, PatchGeometry.identity(1), store=c.store)
+
+
 def bn_scale(c):
     return Product(_normalised_input(c), c.grad, store=c.store)
 
@@ -96,16 +101,20 @@ def register_extractors(register):
     register(Extractor(name="conv1x1", fn=lambda c: identity_conv(c, 1), formula="vec(g_u x_u^T)",
                        doc="Virtual 1x1 identity convolution after the layer (NormGrad)."))
     register(Extractor(name="conv3x3", fn=lambda c: identity_conv(c, 3), formula="vec(g_u p_u^T), p_u = 3x3 patch of x, zero pad 1",
-                       doc="Virtual 3x3 identity convolution after the layer."))
+                       neighbourhood=True, doc="Virtual 3x3 identity convolution after the layer."))
     register(Extractor(name="iconv", fn=identity_conv, params=[_KREQ],
-                       formula="vec(g_u p_u^T), p_u = kxk patch of x, zero pad k//2",
+                       formula="vec(g_u p_u^T), p_u = kxk patch of x, zero pad k//2", neighbourhood=True,
                        doc="Virtual kxk identity convolution after the layer, any odd k: 'iconv(k=5)'."))
     register(Extractor(name="dwconv", fn=depthwise_conv, params=[_K],
-                       formula="(g_{k,u} x_{k,u+d})_{k,d}, d in kxk offsets",
+                       formula="(g_{k,u} x_{k,u+d})_{k,d}, d in kxk offsets", neighbourhood=True,
                        doc="Virtual depthwise kxk identity convolution after the layer."))
     register(Extractor(name="conv", fn=real_conv, needs={"input", "grad"}, applies_to=(nn.Conv2d,),
                        formula="vec(g_u p_u^T), p_u = the conv's own input patch (kernel, stride, padding, dilation, groups)",
                        doc="The chosen Conv2d's own weight gradient, per output location (no identity trick)."))
+    register(Extractor(name="linear", fn=real_linear, needs={"input", "grad"}, applies_to=(nn.Linear,),
+                       formula="vec(g_u x_in_u^T), u = a patch token",
+                       doc="The chosen nn.Linear's own weight gradient per token, at a token layer (ViT MLPs, "
+                           "projections); a Linear with a 2-D output has no map."))
     register(Extractor(name="bn-scale", fn=bn_scale, needs={"input", "grad"}, applies_to=(nn.BatchNorm2d,),
                        formula="g_u * xhat_u, xhat = (x_in - mean) / sqrt(var + eps)",
                        doc="The chosen BatchNorm2d's real scale (weight) gradient, per location."))

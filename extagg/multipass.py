@@ -1,0 +1,170 @@
+"""Multi-pass modifiers: one method evaluated on several sample inputs and reduced (SmoothGrad, VarGrad, IG).
+
+A modifier record with ``samples`` (:class:`extagg.specs.Samples`) asks for ``count`` sample inputs built from
+the call's images. The pass then runs as follows, inside the one-pass modifiers written with it (entered once,
+on the real images: ``smooth:meta:normgrad`` smooths the method on the meta-stepped weights):
+
+1. one pass on the real images: the scores and the target matrix reported, and the targets every sample
+   explains (``targets=None``: the real image's predicted class, never a noisy copy's); with ``reduce="grad"``
+   also the real activations;
+2. the samples in chunks of ``chunk`` (x N images): one forward and one batched backward per chunk, so memory
+   is bounded by ``chunk * N`` images whatever ``count`` is;
+3. the reduction: ``"mean"``, ``"mean_sq"``, ``"var"`` (population variance, merged chunk by chunk) of each
+   method's (N, T, h, w) maps, resized first if ``resize`` is asked; or ``"grad"``: the weighted sum of the
+   gradients at each layer replaces the gradient in the real pass's capture, and every method's extractor runs
+   on it once. At the ``"input"`` layer the activation is ``Samples.input_activation`` (IG: ``x - baseline``),
+   at any other layer the real input's activation. So ``ig:scaling+sum`` at the input is Integrated
+   Gradients, and at a hidden layer it is ``a(x) * mean path gradient`` (not Captum's layer IG, which
+   interpolates the layer's own activation).
+
+A method carries at most one multi-pass modifier. ``forward_kwargs`` are passed unchanged to every chunk.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import attrs
+import torch
+
+from .capture import INPUT
+from .errors import InputError, PluginContractError
+from .phase2 import evaluate_layer
+from .specs import SAMPLE_REDUCTIONS, Samples
+from .tokens import usable
+
+AUTO_BATCH = 32
+"""Images per chunk when a modifier leaves ``chunk`` at 0: ``max(1, AUTO_BATCH // N)`` samples."""
+
+
+def multipass_of(registry, modifiers: tuple):
+    """``(record, call)`` of the multi-pass modifier among ``modifiers``, None if there is none; two are an
+    :class:`InputError`."""
+    found = [(registry.modifiers[c.name], c) for c in modifiers if registry.modifiers[c.name].multipass]
+    if len(found) > 1:
+        raise InputError("a method takes at most one multi-pass modifier, got "
+                         + ", ".join(repr(str(c)) for _, c in found) + "; write one of them")
+    return found[0] if found else None
+
+
+def _checked(spec, samples, images: torch.Tensor) -> Samples:
+    where = f"modifier {spec.name!r} (from {spec.origin})"
+    if not isinstance(samples, Samples):
+        raise PluginContractError(f"{where} samples() returned {type(samples).__name__}; "
+                                  "expected extagg.plugin.Samples")
+    problems = []
+    if isinstance(samples.count, bool) or not isinstance(samples.count, int) or samples.count < 1:
+        problems.append(f"count {samples.count!r} is not an int >= 1")
+    if samples.reduce not in SAMPLE_REDUCTIONS:
+        problems.append(f"reduce {samples.reduce!r} is not one of {SAMPLE_REDUCTIONS}")
+    if samples.weights is not None and len(samples.weights) != samples.count:
+        problems.append(f"{len(samples.weights)} weights for {samples.count} samples")
+    if isinstance(samples.chunk, bool) or not isinstance(samples.chunk, int) or samples.chunk < 0:
+        problems.append(f"chunk {samples.chunk!r} is not an int >= 0")
+    if problems:
+        raise PluginContractError(f"{where} returned bad Samples: " + "; ".join(problems))
+    return samples
+
+
+def _make(spec, samples: Samples, start: int, stop: int, images: torch.Tensor) -> torch.Tensor:
+    x = samples.make(start, stop)
+    want = (stop - start, *images.shape)
+    if not isinstance(x, torch.Tensor) or tuple(x.shape) != want:
+        got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise PluginContractError(f"modifier {spec.name!r} (from {spec.origin}) made samples {start}..{stop - 1} "
+                                  f"as {got}; expected a tensor of shape {want}")
+    return x.to(device=images.device, dtype=images.dtype).reshape(-1, *images.shape[1:])
+
+
+class _Moments:
+    """Weighted sums (``mean``, ``mean_sq``) or a chunk-merged population variance of (k, ...) batches."""
+
+    def __init__(self, reduce: str):
+        self.reduce, self.total, self.count, self.mean, self.m2 = reduce, None, 0, None, None
+
+    def add(self, batch: torch.Tensor, weights: torch.Tensor) -> None:
+        if self.reduce in ("mean", "mean_sq"):
+            values = batch if self.reduce == "mean" else batch * batch
+            part = torch.tensordot(weights.to(values.dtype), values, 1)
+            self.total = part if self.total is None else self.total + part
+            return
+        k = batch.shape[0]
+        mean_b = batch.mean(0)
+        m2_b = ((batch - mean_b) ** 2).sum(0)
+        if self.mean is None:
+            self.count, self.mean, self.m2 = k, mean_b, m2_b
+            return
+        n = self.count + k
+        delta = mean_b - self.mean
+        self.mean = self.mean + delta * (k / n)
+        self.m2 = self.m2 + m2_b + delta * delta * (self.count * k / n)
+        self.count = n
+
+    def result(self) -> torch.Tensor:
+        return self.total if self.reduce in ("mean", "mean_sq") else self.m2 / self.count
+
+
+def evaluate_samples(registry, run, request, sampler, group: list, *, plans: dict, closed_forms: bool):
+    """The maps of one multi-pass group, ``({(canonical method, layer): map}, scores, matrix)``.
+
+    ``run(images, targets, needs, backward=True)`` is one forward (and backward) inside the pass's context (see
+    :func:`extagg.engine.capture_pass`); ``sampler`` is :func:`multipass_of`'s pair; ``group`` the
+    (method, layer) pairs."""
+    spec, call = sampler
+    images = request.images
+    n = images.shape[0]
+    samples = _checked(spec, spec.samples(images, **call.kwargs), images)
+    needs: dict[str, set[str]] = {}
+    by_layer: dict[str, list] = {}
+    for method, layer in group:
+        needs.setdefault(layer, set()).update(registry.extractors[method.extractor.name].needs)
+        by_layer.setdefault(layer, []).append(method)
+    path_grad = samples.reduce == "grad"
+    # the real images: scores, targets and (for "grad") activations; their own gradient is never used
+    real, scores, matrix = run(images, request.targets, needs if path_grad else {}, backward=False)
+    targets = request.targets if request.targets is not None else matrix
+    count = samples.count
+    weights = (torch.full((count,), 1.0 / count, dtype=torch.float64) if samples.weights is None
+               else torch.as_tensor(samples.weights, dtype=torch.float64))
+    chunk = samples.chunk or max(1, AUTO_BATCH // n)
+    sums: dict = {}
+    for start in range(0, count, chunk):
+        stop = min(count, start + chunk)
+        k = stop - start
+        x = _make(spec, samples, start, stop, images)
+        captures, _, _ = run(x, None if targets is None else targets.repeat(k, 1), needs)
+        w = weights[start:stop].to(images.device)
+        for layer in list(captures):
+            capture = captures.pop(layer)
+            if path_grad:
+                g = capture.grad.reshape(k, n, *capture.grad.shape[1:])
+                part = torch.tensordot(w.to(g.dtype), g, 1)
+                sums[layer] = part if layer not in sums else sums[layer] + part
+                continue
+            here = usable(registry, capture, by_layer[layer], request.mismatched)
+            for name, m in evaluate_layer(registry, capture, here, plans=plans,
+                                          closed_forms=closed_forms, size=request.size).items():
+                sums.setdefault((name, layer), _Moments(samples.reduce)).add(m.reshape(k, n, *m.shape[1:]), w)
+    if not path_grad:
+        return {key: acc.result() for key, acc in sums.items()}, scores, matrix
+    maps = {}
+    for layer, capture in real.items():
+        output = capture.output
+        if layer == INPUT and samples.input_activation is not None:
+            output = torch.as_tensor(samples.input_activation).to(device=output.device, dtype=output.dtype)
+        capture = attrs.evolve(capture, output=output, grad=sums[layer].to(capture.output.dtype))
+        here = usable(registry, capture, by_layer[layer], request.mismatched)
+        for name, m in evaluate_layer(registry, capture, here, plans=plans, closed_forms=closed_forms,
+                                      size=request.size).items():
+            maps[name, layer] = m
+    return maps, scores, matrix
+
+
+def sample_seed(seed: int, index: int) -> int:
+    """The generator seed of sample ``index`` under the call's ``seed`` (independent of the chunking)."""
+    return (int(seed) * 1_000_003 + int(index)) % (2 ** 63)
+
+
+def noise(shape: tuple, seed: int, index: int, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+    """Standard normal noise of sample ``index``, drawn on the CPU in float64 (the same on every device)."""
+    g = torch.Generator().manual_seed(sample_seed(seed, index))
+    return torch.randn(shape, generator=g, dtype=torch.float64).to(dtype or torch.float64)
