@@ -25,13 +25,11 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Optional
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .propagation import KEEP, Modulate, Rule, Swap, UnsupportedLayerError, refuse_modules
+from .propagation import KEEP, Modulate, Rule, Swap, refuse_modules
 
 RELU_LIKE = (nn.ReLU, nn.ReLU6)
 LINEAR_LIKE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)

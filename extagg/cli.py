@@ -5,7 +5,7 @@ import argparse
 import sys
 from typing import Optional, Sequence
 
-from .cli_args import device, number_in, output_file
+from .cli_args import number_in, output_file
 from .errors import ExtaggError
 
 

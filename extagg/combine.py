@@ -171,7 +171,7 @@ def layer_order(model: torch.nn.Module, layers: Sequence[str], images: Optional[
     ``images[:1]`` (``"input"`` first); without ``images``, by ``named_modules()`` registration order
     (the same for models that register modules in the order they run, like torchvision's)."""
     layers = list(dict.fromkeys(layers))
-    modules = resolve_layers(model, layers)
+    resolve_layers(model, layers)  # unknown names raise, with suggestions
     if images is None:
         rank = {name: i for i, (name, _) in enumerate(model.named_modules())}
 

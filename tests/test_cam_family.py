@@ -3,26 +3,11 @@ models (the model split at the layer: ``A = body(x)``, ``g = d head(A)[c] / dA``
 import pytest
 import torch
 from hypothesis import given
-from torch import nn
 
 import extagg
 from extagg.errors import LayerMismatchError
+from tests.cam_nets import small_net
 from tests.strategies import net_specs
-
-
-def small_net(seed: int = 0) -> nn.Sequential:
-    """conv -> bn -> relu -> conv -> relu -> GAP -> linear (float64, eval). Layer "1" (BN) has signed activations
-    and spatially varying gradients; "3" (conv) feeds a ReLU, then GAP; "4" (ReLU) feeds GAP."""
-    torch.manual_seed(seed)
-    net = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(),
-                        nn.Conv2d(6, 5, 3, stride=2, padding=1), nn.ReLU(),
-                        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(5, 4)).double().eval()
-    with torch.no_grad():
-        net[1].running_mean.uniform_(-0.5, 0.5)
-        net[1].running_var.uniform_(0.5, 2)
-        net[1].weight.uniform_(0.5, 1.5)
-        net[1].bias.uniform_(-0.3, 0.3)
-    return net
 
 
 @pytest.fixture

@@ -8,27 +8,15 @@ import torch
 from torch import nn
 
 import extagg
+from tests.cam_nets import small_net
 
 pgc = pytest.importorskip("pytorch_grad_cam")
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget  # noqa: E402
 
 
-def full_resolution_net(seed: int = 0) -> nn.Sequential:
-    torch.manual_seed(seed)
-    net = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(),
-                        nn.Conv2d(6, 5, 3, padding=1), nn.ReLU(),
-                        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(5, 4)).double().eval()
-    with torch.no_grad():
-        net[1].running_mean.uniform_(-0.5, 0.5)
-        net[1].running_var.uniform_(0.5, 2)
-        net[1].weight.uniform_(0.5, 1.5)
-        net[1].bias.uniform_(-0.3, 0.3)
-    return net
-
-
 @pytest.fixture
 def net():
-    return full_resolution_net()
+    return small_net(stride=1)
 
 
 @pytest.fixture

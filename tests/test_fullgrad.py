@@ -8,6 +8,7 @@ from torch import nn
 
 from extagg.errors import InputError
 from extagg_builtins.fullgrad import fullgrad, fullgrad_layers
+from tests.cam_nets import perturb_batchnorm
 from tests.strategies import net_specs
 
 
@@ -17,12 +18,7 @@ def conv_bn_net(seed: int = 0) -> nn.Sequential:
                         nn.Conv2d(6, 5, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(5), nn.ReLU(),
                         nn.Conv2d(5, 4, 1), nn.ReLU(),
                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3)).double().eval()
-    with torch.no_grad():
-        for bn in (net[1], net[4]):
-            bn.running_mean.uniform_(-0.5, 0.5)
-            bn.running_var.uniform_(0.5, 2)
-            bn.weight.uniform_(0.5, 1.5)
-            bn.bias.uniform_(-0.3, 0.3)
+    perturb_batchnorm(net[1], net[4])
     return net
 
 

@@ -146,32 +146,30 @@ def cascading_order(work: torch.nn.Module, randomise, x: torch.Tensor) -> list[s
     modules = dict(work.named_modules())
     with_params = [n for n, m in modules.items() if n and _has_params(m)]
     items = None if randomise is None else ([randomise] if isinstance(randomise, str) else list(randomise))
+    names: list[str] = []
+
+    def add(n: str) -> None:
+        if n not in modules:
+            raise UnknownNameError("layer to randomise", n, with_params)
+        if n not in with_params:
+            raise InputError(f"layer {n!r} ({type(modules[n]).__name__}) has no parameters to randomise")
+        if n not in names:
+            names.append(n)
+
     if items is not None and not any_pattern(items):
-        names = []
         for n in items:
-            if n not in modules:
-                raise UnknownNameError("layer to randomise", n, with_params)
-            if n not in with_params:
-                raise InputError(f"layer {n!r} ({type(modules[n]).__name__}) has no parameters to randomise")
-            if n not in names:
-                names.append(n)
+            add(n)
         return names
     positions, called = execution_positions(work, x)
     if items is None:
         names = _default_blocks(work, called)
     else:
-        names = []
         for p in items:
             found = [n for n in with_params if fnmatch.fnmatchcase(n, p)] if any_pattern([p]) else [p]
             if p not in modules and not found:
                 raise UnknownNameError("layer to randomise", p, with_params)
             for n in found:
-                if n not in modules:
-                    raise UnknownNameError("layer to randomise", n, with_params)
-                if n not in with_params:
-                    raise InputError(f"layer {n!r} ({type(modules[n]).__name__}) has no parameters to randomise")
-                if n not in names:
-                    names.append(n)
+                add(n)
     if not names:
         raise InputError("no layer with parameters to randomise; pass randomise=[names]")
     return sorted(names, key=lambda n: -positions[n] if n in positions else math.inf)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 
+from ..cli_args import device, number_in
 from .config import COMBINE_MODES, COMBINE_WEIGHTINGS, DATA, METRICS, RANDOMISATION_MODES, SKIMAGE_PHOTOS, SweepConfig
 
 _FIELDS = {  # argparse dest -> SweepConfig field (only options the user gave are passed on)
@@ -50,12 +51,12 @@ def add_sweep_command(subparsers) -> argparse.ArgumentParser:
       help="blocks to re-initialise, names or patterns (default: the top-level children with parameters)")
     a("--randomisation", default=None, choices=RANDOMISATION_MODES, help="default cascading")
     a("--hog-cell", type=int, default=None, help="HOG cell size of the randomisation similarity (default 16)")
-    a("--tolerance", type=float, default=None, help="pointing tolerance in pixels (default 15)")
+    a("--tolerance", type=number_in(0, 1e6, low_open=True), default=None, help="pointing tolerance in pixels (default 15)")
     a("--batch-size", type=int, default=None, help=f"images per pass (default {default['batch_size']})")
     a("--curve-batch", type=int, default=None, help=f"images per curve forward pass (default {default['curve_batch']})")
     a("--seed", type=int, default=None, help="seed (default 0)")
     a("-o", "--run-dir", default=None, help=f"run directory (default {default['run_dir']}); rerun to resume")
-    a("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    a("--device", type=device, default=None, help="torch device (default: cuda if available, else cpu)")
     a("--no-progress", action="store_true", help="no progress bar")
     a("--no-figures", action="store_true", help="no figures")
     p.set_defaults(func=run_sweep)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from .results import Row, headline
+from .results import headline_tables
 
 
 def _plt():
@@ -31,22 +31,8 @@ def _short(layer: str, width: int = 12) -> str:
     return layer if len(layer) <= width else "…" + layer[-(width - 1):]
 
 
-def _headlines(plan, rows: list[Row]):
-    """[(sweep metric, row metric, subset, higher is better, {(method, layer): value})]."""
-    out = []
-    for metric in plan.metrics:
-        head = headline(rows, metric)
-        if head is None:
-            continue
-        name, subset, up = head
-        table = {(r.method, r.layer): r.value for r in rows if r.metric == name and r.subset == subset}
-        if table:
-            out.append((metric, name, subset, up, table))
-    return out
-
-
 def metric_vs_layer(plt, plan, rows, path: Path) -> Path:
-    heads = _headlines(plan, rows)
+    heads = headline_tables(plan, rows)
     cols = min(3, len(heads))
     nrows = math.ceil(len(heads) / cols)
     fig, axes = plt.subplots(nrows, cols, figsize=(4.2 * cols, 3.2 * nrows), squeeze=False)
@@ -71,7 +57,7 @@ def metric_vs_layer(plt, plan, rows, path: Path) -> Path:
 
 
 def ranking(plt, plan, rows, path: Path) -> Path:
-    heads = _headlines(plan, rows)
+    heads = headline_tables(plan, rows)
     fig, axes = plt.subplots(1, len(heads), figsize=(3.6 * len(heads), 0.35 * len(plan.methods) + 1.4),
                              squeeze=False)
     for ax, (metric, name, subset, up, table) in zip(axes.flat, heads):
@@ -92,7 +78,7 @@ def ranking(plt, plan, rows, path: Path) -> Path:
 
 
 def combination(plt, plan, rows, path: Path):
-    heads = [h for h in _headlines(plan, rows) if h[0] not in ("identity",)]
+    heads = [h for h in headline_tables(plan, rows) if h[0] not in ("identity",)]
     if not plan.combined or not heads:
         return None
     methods = [m for m in plan.methods if m in plan.combined]
@@ -176,7 +162,7 @@ def make_figures(run_dir, plan, rows, model, preprocess, samples, registry, conf
     folder = Path(run_dir) / "figures"
     folder.mkdir(parents=True, exist_ok=True)
     out = []
-    if _headlines(plan, rows):
+    if headline_tables(plan, rows):
         out.append(metric_vs_layer(plt, plan, rows, folder / "metric_vs_layer.png"))
         out.append(ranking(plt, plan, rows, folder / "ranking.png"))
         combined = combination(plt, plan, rows, folder / "combination.png")

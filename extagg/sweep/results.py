@@ -115,19 +115,26 @@ def headline(rows: list[Row], metric: str) -> Optional[tuple[str, str, bool]]:
     return None
 
 
-def summary_table(plan: SweepPlan, rows: list[Row]) -> str:
-    """Per metric, a methods x layers table of the headline number (``*`` marks each method's best layer)."""
-    lines = []
-    layers = [*plan.layers, *plan.combinations]
-    short = {layer: (layer.replace("combine:", "c:") if len(layer) < 14 else "..." + layer[-11:]) for layer in layers}
+def headline_tables(plan: SweepPlan, rows: list[Row]) -> list[tuple[str, str, str, bool, dict]]:
+    """Per sweep metric with rows: (sweep metric, row metric, subset, higher is better, {(method, layer): value})."""
+    out = []
     for metric in plan.metrics:
         head = headline(rows, metric)
         if head is None:
             continue
         name, subset, up = head
         table = {(r.method, r.layer): r.value for r in rows if r.metric == name and r.subset == subset}
-        if not table:
-            continue
+        if table:
+            out.append((metric, name, subset, up, table))
+    return out
+
+
+def summary_table(plan: SweepPlan, rows: list[Row]) -> str:
+    """Per metric, a methods x layers table of the headline number (``*`` marks each method's best layer)."""
+    lines = []
+    layers = [*plan.layers, *plan.combinations]
+    short = {layer: (layer.replace("combine:", "c:") if len(layer) < 14 else "..." + layer[-11:]) for layer in layers}
+    for _, name, subset, up, table in headline_tables(plan, rows):
         cols = [layer for layer in layers if any((m, layer) in table for m in plan.methods)]
         extra = [k for k in table if k[0] not in plan.methods]
         lines.append(f"{name} [{subset}] ({'higher' if up else 'lower'} is better)")
