@@ -12,9 +12,14 @@ Weightings: ``"uniform"`` (``w_j = 1``), ``"linear"`` (``w_j = j`` in the model'
 :func:`feature_spread_weights` or :func:`probe_accuracy_weights`. :func:`combination_sweep` computes every single
 layer and every combination of a set of methods in one call (the paper's Table 3 comparison); see
 ``docs/combination_and_meta.md``.
+
+Functions that take a model take ``layers`` as :func:`extagg.saliency` does (names, ``name@k``, fnmatch patterns,
+groups such as ``"stages"``, module objects; see :mod:`extagg.layer_request`). :func:`combine` works on maps
+already computed: its ``layers`` are names or fnmatch patterns over the layers those maps hold.
 """
 from __future__ import annotations
 
+import fnmatch
 import math
 from collections.abc import Mapping
 from typing import Any, Callable, Optional, Sequence, Union
@@ -23,10 +28,11 @@ import attrs
 import torch
 import torch.nn.functional as F
 
-from .capture import INPUT, Probes, resolve_layers, split_layer
+from .capture import INPUT, Probes, split_layer
 from .engine import check_images, saliency, saliency_per_example
-from .errors import InputError
+from .errors import InputError, UnknownNameError
 from .guard import model_device_dtype, preserved
+from .layer_request import resolve_requested_layers
 from .layers import execution_order
 from .registry import default_registry
 from .targets import as_target_matrix
@@ -103,11 +109,34 @@ def resolve_weights(weights: WeightsLike, layers: Sequence[str], order: Optional
     raise InputError(f"weights must be 'uniform', 'linear', a {{layer: weight}} dict or a LayerWeights, got {weights!r}")
 
 
+def _expand(layers: Optional[Sequence[str]], present: list[str]) -> Optional[list[str]]:
+    """``layers`` with fnmatch patterns replaced by the matching layers of ``present`` (in their order)."""
+    if layers is None:
+        return None
+    if isinstance(layers, str):
+        layers = [layers]
+    out: list[str] = []
+    for item in layers:
+        if not isinstance(item, str):
+            raise InputError(f"combine(layers=...) takes layer names or fnmatch patterns of the maps' layers, got "
+                             f"{type(item).__name__} {item!r}")
+        if any(c in item for c in "*?["):
+            found = [layer for layer in present if fnmatch.fnmatchcase(layer, item)]
+            if not found:
+                raise UnknownNameError("layer pattern", item, present)
+        else:
+            found = [item]
+        out += [layer for layer in found if layer not in out]
+    return out
+
+
 def _select(maps, layers: Optional[Sequence[str]], method: Optional[str]) -> dict[str, torch.Tensor]:
     """``{layer: map}`` from a SaliencyMaps-like (method, layer) mapping or a {layer: map} dict."""
     if not isinstance(maps, Mapping) or not maps:
         raise InputError(f"maps must be an extagg.saliency result or a non-empty {{layer: map}} dict, got {type(maps).__name__}")
     keys = list(maps.keys())
+    present = list(dict.fromkeys(k[1] if isinstance(k, tuple) and len(k) == 2 else k for k in keys))
+    layers = _expand(layers, present)
     if all(isinstance(k, tuple) and len(k) == 2 for k in keys):
         present = list(dict.fromkeys(m for m, _ in keys))
         if method is None:
@@ -138,7 +167,7 @@ def combine(maps, weights: WeightsLike = "uniform", mode: str = "sum", *, layers
     :param maps: an :func:`extagg.saliency` result (choose ``method`` if it holds several) or ``{layer: map}``.
     :param weights: ``"uniform"``, ``"linear"`` (needs ``order``), ``{layer: w}`` or :class:`LayerWeights`.
     :param mode: ``"sum"`` (weighted sum) or ``"product"`` (weighted geometric product, weights as exponents).
-    :param layers: which layers (default: all in ``maps``, for ``method``).
+    :param layers: which layers: names or fnmatch patterns over the maps' layers (default: all, for ``method``).
     :param order: the model's layers shallow to deep, for ``"linear"`` (see :func:`layer_order`).
     :param size: (H, W) to resize every map to (bilinear, ``align_corners=False``); needed if sizes differ.
     """
@@ -166,12 +195,20 @@ def combine(maps, weights: WeightsLike = "uniform", mode: str = "sum", *, layers
     return out
 
 
-def layer_order(model: torch.nn.Module, layers: Sequence[str], images: Optional[torch.Tensor] = None) -> list[str]:
+def requested_layers(model: torch.nn.Module, layers, images: Optional[torch.Tensor] = None) -> list[str]:
+    """Layer names for a ``layers`` argument as :func:`extagg.saliency` takes it: names, ``name@k``, fnmatch
+    patterns, groups (``"stages"``, ...) and module objects, in the order given, without duplicates. Patterns and
+    groups need ``images`` (one no-grad forward pass of its first image)."""
+    if layers is None or (not isinstance(layers, (str, torch.nn.Module)) and not list(layers)):
+        raise InputError("no layers given: pass layer names, patterns, groups or modules of the model")
+    return resolve_requested_layers(model, layers, images)[0]
+
+
+def layer_order(model: torch.nn.Module, layers, images: Optional[torch.Tensor] = None) -> list[str]:
     """``layers`` sorted shallow to deep: by when their output is computed in one no-grad forward pass of
     ``images[:1]`` (``"input"`` first); without ``images``, by ``named_modules()`` registration order
     (the same for models that register modules in the order they run, like torchvision's)."""
-    layers = list(dict.fromkeys(layers))
-    resolve_layers(model, layers)  # unknown names raise, with suggestions
+    layers = requested_layers(model, layers, images)
     if images is None:
         rank = {name: i for i, (name, _) in enumerate(model.named_modules())}
 
@@ -193,13 +230,14 @@ def layer_order(model: torch.nn.Module, layers: Sequence[str], images: Optional[
     return sorted(layers, key=when)
 
 
-def pooled_features(model: torch.nn.Module, images: torch.Tensor, layers: Sequence[str],
+def pooled_features(model: torch.nn.Module, images: torch.Tensor, layers,
                     batch_size: int = 64) -> dict[str, torch.Tensor]:
     """``{layer: (M, K)}`` spatial means of each layer's output (the image itself for ``"input"``), eval mode, no grad."""
     images = check_images(images)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise InputError(f"batch_size must be an int >= 1, got {batch_size!r}")
     device, dtype = model_device_dtype(model, images)
+    layers = requested_layers(model, layers, images)
     chunks: dict[str, list[torch.Tensor]] = {layer: [] for layer in layers}
     with preserved(model), torch.no_grad():
         model.eval()
@@ -214,7 +252,7 @@ def pooled_features(model: torch.nn.Module, images: torch.Tensor, layers: Sequen
     return {layer: torch.cat(parts) for layer, parts in chunks.items()}
 
 
-def feature_spread_weights(model: torch.nn.Module, images: torch.Tensor, layers: Sequence[str], *,
+def feature_spread_weights(model: torch.nn.Module, images: torch.Tensor, layers, *,
                            relative: bool = True, batch_size: int = 64) -> LayerWeights:
     """Feature spread of each layer over M >= 2 images (the paper's "activation" weights, computed from data).
 
@@ -222,7 +260,6 @@ def feature_spread_weights(model: torch.nn.Module, images: torch.Tensor, layers:
     ``spread = mean_i mean_k |f_ik - mu_k|``, divided by ``mean_i mean_k |f_ik|`` when ``relative`` (default),
     which makes layers of different activation scale comparable (0 for an all-zero layer).
     """
-    layers = list(dict.fromkeys(layers))
     if images.shape[0] < 2:
         raise InputError(f"feature spread needs M >= 2 images, got {images.shape[0]}")
     feats = pooled_features(model, images, layers, batch_size)
@@ -258,7 +295,7 @@ def _probe_accuracy(x: torch.Tensor, y: torch.Tensor, train: torch.Tensor, val: 
     return (pred[train] == y[train]).double().mean().item(), (pred[val] == y[val]).double().mean().item()
 
 
-def probe_accuracy_weights(model: torch.nn.Module, images: torch.Tensor, labels, layers: Sequence[str], *,
+def probe_accuracy_weights(model: torch.nn.Module, images: torch.Tensor, labels, layers, *,
                            seed: int = 0, val_fraction: float = 0.5, steps: int = 100, l2: float = 1e-3,
                            batch_size: int = 64) -> LayerWeights:
     """Linear-probe accuracy of each layer (the paper's "accuracy" weights, computed from data).
@@ -268,7 +305,6 @@ def probe_accuracy_weights(model: torch.nn.Module, images: torch.Tensor, labels,
     split of the M images; the weight is the accuracy on the held-out ``val_fraction`` (training accuracy when
     ``val_fraction=0``). ``details[layer]`` holds train and validation accuracy; ``details["split"]`` the indices.
     """
-    layers = list(dict.fromkeys(layers))
     m = images.shape[0] if isinstance(images, torch.Tensor) else 0
     labels = torch.as_tensor(labels)
     if labels.ndim != 1 or labels.shape[0] != m or labels.is_floating_point() or labels.dtype == torch.bool:
@@ -361,7 +397,7 @@ def _weighting(w, model, images, layers, labels) -> tuple[str, Any]:
                      f"a {{layer: w}} dict or a (name, weights) pair, got {w!r}")
 
 
-def combination_sweep(model: torch.nn.Module, images: torch.Tensor, methods, layers: Sequence[str], targets=None, *,
+def combination_sweep(model: torch.nn.Module, images: torch.Tensor, methods, layers, targets=None, *,
                       weightings: Sequence = ("uniform", "linear"), modes: Sequence[str] = MODES, labels=None,
                       scorer: Optional[Callable[[torch.Tensor, Optional[torch.Tensor]], float]] = None,
                       size: Optional[tuple[int, int]] = None, **saliency_kwargs) -> CombinationSweep:
@@ -375,9 +411,7 @@ def combination_sweep(model: torch.nn.Module, images: torch.Tensor, methods, lay
     (image, target) when the batch has several. Single-layer maps are raw (not normalised); combinations are in [0, 1].
     """
     images = check_images(images)
-    layers = list(dict.fromkeys([layers] if isinstance(layers, str) else layers))
-    if not layers:
-        raise InputError("no layers given")
+    layers = requested_layers(model, layers, images)
     bad = [m for m in modes if m not in MODES]
     if bad or not modes:
         raise InputError(f"modes must be a non-empty subset of {MODES}, got {list(modes)!r}")

@@ -2,7 +2,8 @@
 
 Names are ``named_modules()`` names, ``"input"`` (the image) and ``name@k`` (the k-th call of a module called
 several times per forward pass). A pattern (``*``, ``?``, ``[``) matches module names; a module called several
-times expands to one ``name@k`` per call. Named groups, found from the model's structure and one no-grad forward
+times expands to one ``name@k`` per call, and modules that are never called or return no single tensor (an
+attention module's tuple, an unused ``ModuleList``) are left out of what a pattern matches. Named groups, found from the model's structure and one no-grad forward
 pass on ``example`` (default: a zero 224x224 RGB image), never from class names:
 
 * ``blocks``: the outermost composite modules held in a plain ``Sequential`` / ``ModuleList`` (ResNet
@@ -139,11 +140,17 @@ def select_layers(model: torch.nn.Module, patterns: Union[str, Sequence[str]],
                 raise InputError(f"layer group {group!r} is empty for this model ({type(model).__name__}); "
                                  "name layers or patterns instead")
         elif _WILD & set(p):
-            found = [c for n in layout.modules if fnmatch.fnmatchcase(n, p) for c in layout.calls(n)]
+            matched = [c for n in layout.modules if fnmatch.fnmatchcase(n, p) for c in layout.calls(n)]
+            if not matched and not fnmatch.fnmatchcase(INPUT, p):
+                raise UnknownNameError("layer pattern", p, [*known, *GROUPS])
+            shapes = dict(layout.order)
+            found = [c for c in matched if shapes.get(c)]  # called, with one tensor output (not a tuple)
             if fnmatch.fnmatchcase(INPUT, p):
                 found.insert(0, INPUT)
             if not found:
-                raise UnknownNameError("layer pattern", p, [*known, *GROUPS])
+                raise InputError(f"layer pattern {p!r} matches only modules that are never called or return no "
+                                 f"single tensor ({', '.join(matched[:5])}{', ...' if len(matched) > 5 else ''}); "
+                                 "choose layers whose output is one tensor")
         else:
             base, _ = split_layer(p)
             if p != INPUT and base not in layout.modules:

@@ -294,3 +294,29 @@ def test_sweep_with_data_weightings_and_errors():
         combination_sweep(model, x, "normgrad", ["body.1"], modes=["max"])
     with pytest.raises(InputError, match="no scores"):
         combination_sweep(model, x, "normgrad", ["body.1", "body.3"]).best("conv1x1+norm")
+
+
+def test_layer_requests_are_the_ones_saliency_takes():
+    """Patterns, groups and module objects name the same layers as their names, in every function that takes a
+    model; combine() expands patterns over the layers its maps hold."""
+    model, x = make_net(), rand(4, 3, 8, 8, seed=11)
+    by_name = ["body.1", "body.3"]
+    for request in ("body.[13]", [model.body[3], model.body[1]], ["body.1", model.body[3], "body.[13]"]):
+        assert layer_order(model, request, x) == by_name
+        got = feature_spread_weights(model, x, request)
+        assert got.values == feature_spread_weights(model, x, by_name).values
+    sweep = combination_sweep(model, x, "normgrad", [model.body[1], "body.3"], targets=[0, 1, 2, 0],
+                              weightings=["linear"], modes=["sum"])
+    reference = combination_sweep(model, x, "normgrad", by_name, targets=[0, 1, 2, 0], weightings=["linear"],
+                                  modes=["sum"])
+    assert [e.layers for e in sweep.entries] == [e.layers for e in reference.entries]
+    assert all(torch.equal(a.map, b.map) for a, b in zip(sweep.entries, reference.entries))
+    maps = {"body.1": rand(1, 1, 4, 4), "body.3": rand(1, 1, 4, 4, seed=1), "head": rand(1, 1, 4, 4, seed=2)}
+    assert torch.equal(combine(maps, layers="body.*"), combine(maps, layers=by_name))
+    assert not torch.equal(combine(maps, layers="*"), combine(maps, layers=by_name))  # head joins: differs
+    with pytest.raises(extagg.errors.UnknownNameError, match="body"):
+        combine(maps, layers="bdy.*")
+    with pytest.raises(InputError, match="not a submodule"):
+        layer_order(model, [nn.Conv2d(3, 3, 1)], x)
+    with pytest.raises(InputError, match="no layers given"):
+        combination_sweep(model, x, "normgrad", [])

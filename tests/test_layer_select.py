@@ -90,3 +90,27 @@ def test_a_module_named_like_a_group_wins(resnet):
     net = Net()
     assert select_layers(net, "stages") == ["stages"]
     assert select_layers(net, "group:blocks") == ["stages.1"]  # no composite blocks: the activations
+
+
+def test_patterns_leave_out_modules_without_one_tensor_output():
+    """An attention module returns a tuple and an unused ModuleList is never called: a pattern skips both, a
+    pattern matching only such modules is an error that names them, and an explicit name is kept as given."""
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.attn = torch.nn.MultiheadAttention(4, 1, batch_first=True)
+            self.proj = torch.nn.Linear(4, 4)
+            self.unused = torch.nn.ModuleList([torch.nn.Linear(4, 4)])
+
+        def forward(self, x):
+            t = x.flatten(2).transpose(1, 2)
+            return self.proj(self.attn(t, t, t)[0]).mean(1)
+
+    x = torch.randn(1, 4, 2, 2)
+    assert select_layers(Net(), ["*"], x) == ["input", "proj"]  # out_proj is used functionally, never called
+    with pytest.raises(InputError, match=r"never called or return no single tensor \(unused, unused.0\)"):
+        select_layers(Net(), ["unused*", "proj"], x)
+    with pytest.raises(InputError, match="never called or return no single tensor.*attn"):
+        select_layers(Net(), ["att?"], x)
+    assert select_layers(Net(), ["attn"], x) == ["attn"]  # a name is taken as given (capture then explains)

@@ -23,8 +23,8 @@ from strategies import sweep_configs
 QUIET = io.StringIO
 
 
-def run(cfg, samples=None, **kw):
-    return sweep(cfg, model=tiny_model(), samples=samples or tiny_samples(), out=QUIET(), **kw)
+def run(cfg, samples=None, model=None, **kw):
+    return sweep(cfg, model=model or tiny_model(), samples=samples or tiny_samples(), out=QUIET(), **kw)
 
 
 def files(run_dir):
@@ -85,6 +85,38 @@ def test_unknown_layer_is_refused_with_a_suggestion(tmp_path):
     with pytest.raises(Exception, match="did you mean '3'") as info:
         run(tiny_config(tmp_path, layers=("input", "33")))
     assert "stages" in str(info.value)  # groups are among the names offered
+
+
+def test_identity_extractor_chooses_the_twins_and_is_checked(tmp_path):
+    """The identity check's real-layer extractor is a config field: its twins sit exactly where it applies."""
+    layers = ("0", "1", "3")
+    conv = run(tiny_config(tmp_path / "a", metrics=("identity",), methods=("scaling+sum",), layers=layers))
+    assert conv.plan.twins == {("scaling+sum", "0"): "conv+sum", ("scaling+sum", "3"): "conv+sum"}
+    bn = run(tiny_config(tmp_path / "b", metrics=("identity",), methods=("scaling+sum",), layers=layers,
+                         identity_extractor="bn-scale"))
+    assert bn.plan.twins == {("scaling+sum", "1"): "bn-scale+sum"}
+    assert {r.layer for r in bn.rows if r.metric == "identity"} == {"1"}
+    with pytest.raises(Exception, match="did you mean 'conv'"):
+        run(tiny_config(tmp_path / "c", metrics=("identity",), identity_extractor="cnv"))
+    args = build_parser().parse_args(["sweep", "--identity-extractor", "bn-scale"])
+    assert config_from_args(args).identity_extractor == "bn-scale"
+
+
+def test_a_sweep_over_token_layers(tmp_path):
+    """A ViT's blocks by pattern (attention modules, which return tuples, left out), with the identity check
+    against the real nn.Linear's weight gradient per token."""
+    from test_tokens import TinyViT
+
+    torch.manual_seed(0)
+    cfg = tiny_config(tmp_path, methods=("normgrad", "scaling+sum"), layers=("blocks.0*",),
+                      metrics=("sensitivity", "identity"), identity_extractor="linear", randomise=("head",),
+                      combine=())
+    result = run(cfg, model=TinyViT().eval(), samples=tiny_samples(2, 16))
+    layers = {r.layer for r in result.rows}
+    assert {"blocks.0", "blocks.0.fc1", "blocks.0.fc2"} <= layers and "blocks.0.attn" not in layers
+    assert set(result.plan.twins) == {(m, layer) for m in ("conv1x1+norm", "scaling+sum")
+                                      for layer in ("blocks.0.fc1", "blocks.0.fc2")}
+    assert all(math.isfinite(r.value) for r in result.rows if r.metric == "identity")
 
 
 # ----------------------------------------------------------------------------- outputs

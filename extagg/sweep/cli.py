@@ -10,7 +10,8 @@ _FIELDS = {  # argparse dest -> SweepConfig field (only options the user gave ar
     "model": "model", "weights": "weights", "random_weights": "random_weights", "data": "data", "root": "root",
     "limit": "limit", "methods": "methods", "exclude": "exclude", "layers": "layers", "metrics": "metrics",
     "combine": "combine", "targets": "targets", "steps": "steps", "baseline": "baseline", "randomise": "randomise",
-    "randomisation": "randomisation", "hog_cell": "hog_cell", "tolerance": "tolerance", "batch_size": "batch_size",
+    "randomisation": "randomisation", "hog_cell": "hog_cell", "tolerance": "tolerance",
+    "identity_extractor": "identity_extractor", "batch_size": "batch_size",
     "curve_batch": "curve_batch", "seed": "seed", "run_dir": "run_dir", "device": "device",
 }
 
@@ -52,6 +53,9 @@ def add_sweep_command(subparsers) -> argparse.ArgumentParser:
     a("--randomisation", default=None, choices=RANDOMISATION_MODES, help="default cascading")
     a("--hog-cell", type=int, default=None, help="HOG cell size of the randomisation similarity (default 16)")
     a("--tolerance", type=number_in(0, 1e6, low_open=True), default=None, help="pointing tolerance in pixels (default 15)")
+    a("--identity-extractor", default=None, metavar="EXTRACTOR",
+      help="the real-layer extractor the identity metric compares each method with (default conv: a Conv2d's "
+           "own weight gradient)")
     a("--batch-size", type=int, default=None, help=f"images per pass (default {default['batch_size']})")
     a("--curve-batch", type=int, default=None, help=f"images per curve forward pass (default {default['curve_batch']})")
     a("--seed", type=int, default=None, help="seed (default 0)")

@@ -102,7 +102,9 @@ class SweepConfig:
     ``metrics`` (from :data:`METRICS`), ``combine`` (layer combinations ``MODE:WEIGHTING``, scored like layers),
     ``targets`` (``predicted``, ``label`` or a class index). Metric settings: ``steps`` and ``baseline`` of the
     deletion/insertion curves, ``randomise`` (blocks; default: the top-level children with parameters) and
-    ``randomisation`` mode, ``hog_cell``, ``tolerance`` (pointing, pixels). Execution: ``batch_size`` (images per
+    ``randomisation`` mode, ``hog_cell``, ``tolerance`` (pointing, pixels), ``identity_extractor`` (the real-layer
+    extractor the identity check compares each method with, at the layers it applies to: ``conv``, a Conv2d's own
+    weight gradient, as in the paper; a plugin's real-layer extractor works the same way). Execution: ``batch_size`` (images per
     pass), ``curve_batch`` (images per forward pass of the curves), ``seed``, ``run_dir``, ``device``,
     ``progress``, ``figures``.
     """
@@ -127,6 +129,7 @@ class SweepConfig:
     randomisation: str = attrs.field(default="cascading", validator=_one_of("randomisation mode", RANDOMISATION_MODES))
     hog_cell: int = attrs.field(default=16, validator=_positive("hog_cell"))
     tolerance: float = 15.0
+    identity_extractor: str = attrs.field(default="conv", converter=str)
     batch_size: int = attrs.field(default=4, validator=_positive("batch_size"))
     curve_batch: int = attrs.field(default=64, validator=_positive("curve_batch"))
     seed: int = 0

@@ -22,8 +22,6 @@ from ..registry import Registry
 from .config import SweepConfig, parse_combination
 
 CENTER = "center-baseline"
-REAL_CONV = "conv"
-"""The extractor of the real convolution (the identity check compares each method with its ``conv`` twin)."""
 PER_IMAGE_METRICS = ("pointing",)
 
 
@@ -93,15 +91,31 @@ def expand_methods(config: SweepConfig, registry: Registry) -> list[str]:
     return methods
 
 
-def twin_of(registry: Registry, method: str) -> Optional[str]:
-    """``method`` with its extractor replaced by the real ``conv`` (modifiers, filters, aggregator kept)."""
+def twin_of(registry: Registry, method: str, extractor: str = "conv") -> Optional[str]:
+    """``method`` with its extractor replaced by ``extractor`` (modifiers, filters, aggregator kept); None if the
+    method already uses it."""
     parsed = registry.parse(method)
-    if REAL_CONV not in registry.extractors or parsed.extractor.name == REAL_CONV:
+    if parsed.extractor.name == extractor:
         return None
     from ..method import Call
 
-    twin = attrs.evolve(parsed, extractor=Call(REAL_CONV, ()), named=None)
+    twin = attrs.evolve(parsed, extractor=Call(extractor, ()), named=None)
     return str(twin)
+
+
+def check_identity_extractor(config: SweepConfig, registry: Registry) -> None:
+    """The identity check's real-layer extractor must be registered and take no required parameter."""
+    name = config.identity_extractor
+    if name not in registry.extractors:
+        from ..errors import UnknownNameError
+
+        raise UnknownNameError("identity extractor (--identity-extractor)", name, sorted(registry.extractors))
+    required = [p.name for p in registry.extractors[name].params if p.required]
+    if required:
+        from ..errors import InputError
+
+        raise InputError(f"identity extractor {name!r} needs parameter(s) {required}; choose a real-layer extractor "
+                         "without required parameters, such as 'conv'")
 
 
 def randomisation_blocks(model: torch.nn.Module, config: SweepConfig, example: torch.Tensor) -> list[str]:
@@ -173,9 +187,10 @@ def make_plan(config: SweepConfig, model: torch.nn.Module, registry: Registry, i
                 combined[m] = mine
     twins = {}
     if "identity" in config.metrics:
+        check_identity_extractor(config, registry)
         for m, layer in pairs:
             module = modules[layer]
-            twin = twin_of(registry, m) if isinstance(module, torch.nn.Conv2d) else None
+            twin = twin_of(registry, m, config.identity_extractor) if module is not None else None
             if twin is not None and fits(registry, registry.parse(twin), module):
                 twins[m, layer] = twin
     per_example = frozenset(m for m in [*methods, *twins.values()] if registry.per_example(m))
