@@ -195,13 +195,14 @@ def combine(maps, weights: WeightsLike = "uniform", mode: str = "sum", *, layers
     return out
 
 
-def requested_layers(model: torch.nn.Module, layers, images: Optional[torch.Tensor] = None) -> list[str]:
+def requested_layers(model: torch.nn.Module, layers, images: Optional[torch.Tensor] = None,
+                     forward_kwargs: Optional[dict] = None) -> list[str]:
     """Layer names for a ``layers`` argument as :func:`extagg.saliency` takes it: names, ``name@k``, fnmatch
     patterns, groups (``"stages"``, ...) and module objects, in the order given, without duplicates. Patterns and
     groups need ``images`` (one no-grad forward pass of its first image)."""
     if layers is None or (not isinstance(layers, (str, torch.nn.Module)) and not list(layers)):
         raise InputError("no layers given: pass layer names, patterns, groups or modules of the model")
-    return resolve_requested_layers(model, layers, images)[0]
+    return resolve_requested_layers(model, layers, images, forward_kwargs)[0]
 
 
 def layer_order(model: torch.nn.Module, layers, images: Optional[torch.Tensor] = None) -> list[str]:
@@ -411,7 +412,7 @@ def combination_sweep(model: torch.nn.Module, images: torch.Tensor, methods, lay
     (image, target) when the batch has several. Single-layer maps are raw (not normalised); combinations are in [0, 1].
     """
     images = check_images(images)
-    layers = requested_layers(model, layers, images)
+    layers = requested_layers(model, layers, images, saliency_kwargs.get("forward_kwargs"))
     bad = [m for m in modes if m not in MODES]
     if bad or not modes:
         raise InputError(f"modes must be a non-empty subset of {MODES}, got {list(modes)!r}")

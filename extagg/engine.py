@@ -25,7 +25,7 @@ from .registry import Registry, default_registry
 from .result import SaliencyMaps
 from .tokens import check_token_grid, spatial_capture, usable
 from .targets import (Objective, Targets, as_target_matrix, check_call_options, check_in_range, num_classes_of,
-                      objective_scores, run_forward)
+                      forwarding, objective_scores, run_forward)
 from .util import as_list
 
 StrOrSeq = Union[str, Method, Sequence[Union[str, Method]]]
@@ -100,7 +100,7 @@ def parse_request(registry: Registry, model: torch.nn.Module, images, methods: S
     check_call_options(targets, objective, resize, forward_kwargs)
     device, dtype = model_device_dtype(model, images)
     images = images.to(device=device, dtype=dtype)
-    layer_list, modules = resolve_requested_layers(model, layers, images)
+    layer_list, modules = resolve_requested_layers(model, layers, images, forward_kwargs)
     pairs = []
     for method in names:
         for layer in layer_list:
@@ -210,6 +210,7 @@ def capture_pass(registry: Registry, model, request: Request, modifiers: tuple, 
         if eval_mode:
             model.eval()
         replacements: dict = {}
+        stack.enter_context(forwarding(request.forward_kwargs))
         for spec, call in zip(specs, modifiers):
             if spec.fn is None:
                 continue

@@ -31,10 +31,12 @@ def module_name(model: torch.nn.Module, module: torch.nn.Module) -> str:
                      f"model ({type(model).__name__}); pass one of model.named_modules() or its name")
 
 
-def resolve_requested_layers(model: torch.nn.Module, layers, example: Optional[torch.Tensor] = None
+def resolve_requested_layers(model: torch.nn.Module, layers, example: Optional[torch.Tensor] = None,
+                             forward_kwargs: Optional[dict] = None
                              ) -> tuple[list[str], dict[str, Optional[torch.nn.Module]]]:
     """``(names, {name: module or None for the input})`` for the ``layers`` argument, in the order given,
-    without duplicates; ``example`` is the batch a pattern or group's forward pass uses (its first image)."""
+    without duplicates; ``example`` is the batch a pattern or group's forward pass uses (its first image; the
+    whole batch with ``forward_kwargs``, which may be batched like it)."""
     items = as_list(layers, "layers", atoms=(str, torch.nn.Module))
     spelled = []
     for item in items:
@@ -45,5 +47,7 @@ def resolve_requested_layers(model: torch.nn.Module, layers, example: Optional[t
         else:
             raise InputError(f"layers are names, patterns, groups or modules of the model, got "
                              f"{type(item).__name__} {item!r}")
-    names = select_layers(model, spelled, None if example is None else example[:1])
+    if example is not None and not forward_kwargs:
+        example = example[:1]  # keyword arguments may be batched like the images: then the whole batch runs
+    names = select_layers(model, spelled, example, forward_kwargs)
     return names, resolve_layers(model, names)

@@ -44,9 +44,10 @@ def _is_container(m: torch.nn.Module) -> bool:
 class _Layout:
     """Module names, parents and the execution order (computed once, lazily)."""
 
-    def __init__(self, model: torch.nn.Module, example: Optional[torch.Tensor]):
+    def __init__(self, model: torch.nn.Module, example: Optional[torch.Tensor], forward_kwargs: Optional[dict] = None):
         self.model = model
         self.example = example
+        self.forward_kwargs = forward_kwargs
         self.modules = {n: m for n, m in model.named_modules() if n}
         self._order: Optional[list[tuple[str, tuple[int, ...]]]] = None
 
@@ -58,7 +59,7 @@ class _Layout:
                 p = next(self.model.parameters(), None)
                 x = torch.zeros(1, 3, 224, 224, device=p.device if p is not None else "cpu",
                                 dtype=p.dtype if p is not None and p.is_floating_point() else torch.float32)
-            self._order = execution_order(self.model, x)
+            self._order = execution_order(self.model, x, self.forward_kwargs)
         return self._order
 
     def calls(self, name: str) -> list[str]:
@@ -116,17 +117,18 @@ class _Layout:
 
 
 def select_layers(model: torch.nn.Module, patterns: Union[str, Sequence[str]],
-                  example: Optional[torch.Tensor] = None) -> list[str]:
+                  example: Optional[torch.Tensor] = None, forward_kwargs: Optional[dict] = None) -> list[str]:
     """Layer names for :func:`extagg.saliency` from names, fnmatch patterns and groups, in the order given,
     without duplicates.
 
     :param patterns: e.g. ``["input", "stages", "_conv_head"]``, ``"layer4.*"``, ``"group:blocks"``.
     :param example: an input batch for the forward pass that groups and patterns need (shapes, repeated calls).
+    :param forward_kwargs: the model's other keyword arguments for that pass.
     """
     items = [patterns] if isinstance(patterns, str) else list(patterns)
     if not items or any(not isinstance(p, str) or not p.strip() for p in items):
         raise InputError(f"layers must be a non-empty string or list of non-empty strings, got {patterns!r}")
-    layout = _Layout(model, example)
+    layout = _Layout(model, example, forward_kwargs)
     known = [INPUT, *layout.modules]
     out: list[str] = []
     for raw in items:

@@ -1,16 +1,19 @@
 """Layer discovery: the model's modules in execution order, and a sensible default layer."""
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 
 from .guard import preserved
 
 
-def execution_order(model: torch.nn.Module, images: torch.Tensor) -> list[tuple[str, tuple[int, ...]]]:
+def execution_order(model: torch.nn.Module, images: torch.Tensor,
+                    forward_kwargs: Optional[dict] = None) -> list[tuple[str, tuple[int, ...]]]:
     """``(layer name, output shape)`` of every module call in the order they finish during one forward pass.
 
     Modules called several times appear once per call as ``name@k``; containers appear after their children.
-    Runs one no-grad forward pass; the model is left unchanged.
+    Runs one no-grad forward pass (``model(images, **forward_kwargs)``); the model is left unchanged.
     """
     order: list[tuple[str, tuple[int, ...]]] = []
     names = {id(m): n for n, m in model.named_modules() if n}
@@ -27,7 +30,7 @@ def execution_order(model: torch.nn.Module, images: torch.Tensor) -> list[tuple[
         model.eval()
         handles = [m.register_forward_hook(hook) for n, m in model.named_modules() if n]
         try:
-            model(images)
+            model(images, **(forward_kwargs or {}))
         finally:
             for h in handles:
                 h.remove()

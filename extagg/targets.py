@@ -1,7 +1,9 @@
 """Objectives: which score is explained. By default the logit of the target class, ``+d logit / d activation``."""
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence, Union
+import contextlib
+import contextvars
+from typing import Callable, Iterator, Optional, Sequence, Union
 
 import torch
 
@@ -145,3 +147,24 @@ def run_forward(model: torch.nn.Module, x: torch.Tensor, forward_kwargs: Optiona
                 and "argument" in str(e) else "")
         raise ForwardError(f"the model's forward pass failed on images of shape {tuple(x.shape)} "
                          f"({type(e).__name__}: {str(e).splitlines()[0][:300]}){hint}") from e
+
+
+_CALL_FORWARD_KWARGS: contextvars.ContextVar[Optional[dict]] = contextvars.ContextVar("extagg_forward_kwargs",
+                                                                                      default=None)
+
+
+@contextlib.contextmanager
+def forwarding(forward_kwargs: Optional[dict]) -> Iterator[None]:
+    """Within the block, :func:`call_model` passes ``forward_kwargs`` (the saliency call's) to the model."""
+    token = _CALL_FORWARD_KWARGS.set(forward_kwargs)
+    try:
+        yield
+    finally:
+        _CALL_FORWARD_KWARGS.reset(token)
+
+
+def call_model(model: torch.nn.Module, x: torch.Tensor, replacements: Optional[dict] = None):
+    """Run the model as the current :func:`extagg.saliency` call does: with its ``forward_kwargs`` and, where
+    given, the ``replacements`` ``{name: tensor}`` through :func:`torch.func.functional_call`. For modifiers that
+    run the model themselves (meta-saliency's SGD step), so that a model needing other arguments works."""
+    return run_forward(model, x, _CALL_FORWARD_KWARGS.get(), replacements)

@@ -69,6 +69,31 @@ def test_forward_keyword_arguments():
     assert not torch.equal(one["linear-approx", "conv"], two["linear-approx", "conv"])
 
 
+class WithScale(nn.Module):
+    """``NeedsScale`` with its keyword argument fixed: the model a user would otherwise have to write."""
+
+    def __init__(self, inner, scale):
+        super().__init__()
+        self.inner, self.scale = inner, scale
+
+    def forward(self, x):
+        return self.inner(x, scale=self.scale)
+
+
+@pytest.mark.parametrize("method", ["meta:gradcam", "meta(lr=0.01):linear-approx"])
+def test_forward_keyword_arguments_reach_patterns_and_the_meta_step(method):
+    """Layer patterns and meta-saliency's SGD step run the model too: with forward_kwargs the call equals the
+    same call on a wrapper that fixes the argument, and differs from it where the argument differs."""
+    torch.manual_seed(0)
+    net = NeedsScale()
+    x = x_of(1)
+    got = extagg.saliency(net, x, method, "con*", forward_kwargs={"scale": 3.0}, targets=1)
+    same = extagg.saliency(WithScale(net, 3.0), x, method, "inner.conv", targets=1)
+    other = extagg.saliency(WithScale(net, 1.0), x, method, "inner.conv", targets=1)
+    assert torch.allclose(got[method, "conv"], same[method, "inner.conv"], rtol=1e-6, atol=1e-7)
+    assert not torch.allclose(got[method, "conv"], other[method, "inner.conv"], rtol=1e-3, atol=1e-5)
+
+
 def test_inference_mode_is_refused_clearly():
     net = user_model()
     with torch.inference_mode():

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 import extagg
 from extagg.errors import InputError
+from extagg.plugin import call_model
 from extagg.targets import class_logits
 
 DEFAULT_LR = 0.002
@@ -86,7 +87,7 @@ def meta_step(model: torch.nn.Module, images: torch.Tensor, targets: Optional[to
     try:
         model.eval()
         with torch.enable_grad():
-            output = torch.func.functional_call(model, leaves, (images,))
+            output = call_model(model, images, leaves)
             if not isinstance(output, torch.Tensor) or output.ndim < 2:
                 cross_entropy_of(output, torch.zeros(1, dtype=torch.long))  # raises the explanatory error
             if targets is None:
