@@ -34,7 +34,15 @@ def _worker(rank: int, world: int, port: int, run_dir: str) -> None:
 
 
 def _spawn(run_dir) -> None:
-    mp.spawn(_worker, args=(2, _free_port(), str(run_dir)), nprocs=2, join=True)
+    """Rendezvous through env:// as torchrun sets it up; the free port can be taken by another process before
+    rank 0 binds it, so a rendezvous that finds it in use is retried on a new port (nothing is written before)."""
+    for attempt in range(3):
+        try:
+            mp.spawn(_worker, args=(2, _free_port(), str(run_dir)), nprocs=2, join=True)
+            return
+        except mp.ProcessRaisedException as exc:
+            if attempt == 2 or "address already in use" not in str(exc).lower():
+                raise
 
 
 @pytest.fixture(scope="module")
