@@ -6,36 +6,27 @@ from typing import Optional
 import torch
 
 from . import backend
-from .contribution import Contribution, from_sides, pick
-from .sides import SideStats, Store
+from .contribution import from_sides, pick
+from .dense import Materialisable
+from .sides import Store
 from .stats import SIDES_OF, Stat, as_stats
 
 
-class Product(Contribution):
+class Product(Materialisable):
     """``c_u = x_u * g_u``: an activation ``x`` (N, D, h, w) times a gradient ``g`` (N, T, D, h, w). Its statistics
     come from one read of ``x`` and ``g`` where the native kernels apply, without building the (N, T, D, h, w)
     ``values``; elsewhere ``values`` is built once, on first use, and reduced as a dense contribution."""
 
     def __init__(self, x: torch.Tensor, g: torch.Tensor, *, store: Optional[Store] = None):
-        super().__init__(store)
         if x.ndim != 4 or g.ndim != 5 or g.shape[0] != x.shape[0] or g.shape[2:] != x.shape[1:]:
             raise ValueError(f"Product needs x (N, D, h, w) and g (N, T, D, h, w), got {tuple(x.shape)} and "
                              f"{tuple(g.shape)}")
-        self.x, self.g = x, g
         n, t, _, h, w = g.shape
-        self._shape = (n, t, h, w)
-        self._values: Optional[torch.Tensor] = None
-        self._side: Optional[SideStats] = None
+        super().__init__((n, t, h, w), store)
+        self.x, self.g = x, g
 
-    @property
-    def values(self) -> torch.Tensor:
-        if self._values is None:
-            self._values = self.x[:, None] * self.g
-        return self._values
-
-    @property
-    def shape(self) -> tuple[int, int, int, int]:
-        return self._shape
+    def _build(self) -> torch.Tensor:
+        return self.x[:, None] * self.g
 
     @property
     def size(self) -> int:
@@ -43,11 +34,6 @@ class Product(Contribution):
 
     def _dtype_ref(self) -> torch.Tensor:
         return self.g
-
-    def _dense_side(self) -> SideStats:
-        if self._side is None:
-            self._side = self.store.side(self.values, self.values.shape, 2)
-        return self._side
 
     def prefetch(self, stats) -> None:
         stats = [s for s in as_stats(stats) if not self.has(s)]
@@ -59,7 +45,7 @@ class Product(Contribution):
             for stat in stats:
                 self._keep(stat, pick(sides, stat))
             return
-        backend.prefetch_sides(self._dense_side(), [s for st in stats for s in SIDES_OF[st]])
+        backend.prefetch_sides(self.side(), [s for st in stats for s in SIDES_OF[st]])
 
     def _compute(self, stat: Stat):
-        return from_sides(self, self._dense_side(), stat)
+        return from_sides(self, self.side(), stat)

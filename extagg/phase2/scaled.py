@@ -6,12 +6,13 @@ from typing import Optional
 import torch
 
 from . import backend
-from .contribution import Contribution, add, from_sides, pick
-from .sides import SideStats, Store
+from .contribution import add, from_sides, pick
+from .dense import Materialisable
+from .sides import Store
 from .stats import SIDES_OF, Stat, as_stats
 
 
-class Scaled(Contribution):
+class Scaled(Materialisable):
     """``c_u = w * x_u``: an activation ``x`` (N, C, h, w) scaled per channel by weights ``w`` (N, T, C) that do
     not vary over space, as in Grad-CAM (``w`` = the spatially pooled gradient). Sums (of the parts and of their
     squares) are matrix-vector products, so they never build the (N, T, C, h, w) ``values``; all statistics come
@@ -19,24 +20,14 @@ class Scaled(Contribution):
     channels."""
 
     def __init__(self, x: torch.Tensor, w: torch.Tensor, *, store: Optional[Store] = None):
-        super().__init__(store)
         if x.ndim != 4 or w.ndim != 3 or w.shape[0] != x.shape[0] or w.shape[2] != x.shape[1]:
             raise ValueError(f"Scaled needs x (N, C, h, w) and w (N, T, C), got {tuple(x.shape)} and {tuple(w.shape)}")
+        super().__init__((x.shape[0], w.shape[1], x.shape[2], x.shape[3]), store)
         self.x, self.w = x, w
-        self._shape = (x.shape[0], w.shape[1], x.shape[2], x.shape[3])
-        self._values: Optional[torch.Tensor] = None
-        self._side: Optional[SideStats] = None
         self._x_parts: dict[bool, tuple] = {}
 
-    @property
-    def values(self) -> torch.Tensor:
-        if self._values is None:
-            self._values = self.x[:, None] * self.w[..., None, None]
-        return self._values
-
-    @property
-    def shape(self) -> tuple[int, int, int, int]:
-        return self._shape
+    def _build(self) -> torch.Tensor:
+        return self.x[:, None] * self.w[..., None, None]
 
     @property
     def size(self) -> int:
@@ -63,17 +54,12 @@ class Scaled(Contribution):
         if not sweep:
             return
         if self._values is not None:
-            backend.prefetch_sides(self._dense_side(), [s for st in sweep for s in SIDES_OF[st]])
+            backend.prefetch_sides(self.side(), [s for st in sweep for s in SIDES_OF[st]])
             return
         sides = backend.product_sides(self.x, self._full_shape(), {s for st in sweep for s in SIDES_OF[st]},
                                       scale=self.w)
         for stat in sweep:
             self._keep(stat, pick(sides, stat))
-
-    def _dense_side(self) -> SideStats:
-        if self._side is None:
-            self._side = self.store.side(self.values, self.values.shape, 2)
-        return self._side
 
     def _mv(self, x: Optional[torch.Tensor], w: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
         """``sum_c w[n, t, c] x[n, c, u]`` as (N, T, h, w); None for a zero factor."""
@@ -91,7 +77,7 @@ class Scaled(Contribution):
 
     def _compute(self, stat: Stat):
         if stat in (Stat.EXTREMES, Stat.MIN_ABS):
-            return from_sides(self, self._dense_side(), stat)
+            return from_sides(self, self.side(), stat)
         w = self.w
         if stat is Stat.SUM:
             return self._mv(self.x, w)
