@@ -22,30 +22,6 @@ def tiny_cnn(num_classes: int = 5, seed: int = 0, bn: bool = False) -> nn.Module
     return model.eval()
 
 
-def model_state(model: nn.Module) -> dict:
-    """Everything the evaluations must leave unchanged."""
-    return {
-        "params": {k: v.detach().clone() for k, v in model.named_parameters()},
-        "buffers": {k: v.detach().clone() for k, v in model.named_buffers()},
-        "requires_grad": {k: v.requires_grad for k, v in model.named_parameters()},
-        "grads": {k: v.grad for k, v in model.named_parameters()},
-        "training": [m.training for m in model.modules()],
-        "hooks": [(len(m._forward_hooks), len(m._forward_pre_hooks), len(m._backward_hooks)) for m in model.modules()],
-    }
-
-
-def assert_same_state(before: dict, model: nn.Module) -> None:
-    after = model_state(model)
-    for k, v in before["params"].items():
-        assert torch.equal(v, after["params"][k]), k
-    for k, v in before["buffers"].items():
-        assert torch.equal(v, after["buffers"][k]), k
-    assert before["requires_grad"] == after["requires_grad"]
-    assert all(after["grads"][k] is g for k, g in before["grads"].items())
-    assert before["training"] == after["training"]
-    assert before["hooks"] == after["hooks"]
-
-
 def write_voc(root, images: dict, image_set: str = "test") -> None:
     """``images``: {image_id: (height, width, [(name, xmin, ymin, xmax, ymax, difficult), ...])} -> VOC layout."""
     base = os.path.join(root, "VOCdevkit", "VOC2007")

@@ -12,7 +12,8 @@ from extagg.errors import InputError, UnknownNameError
 from extagg.evaluation import deletion_insertion, deletion_insertion_curves
 from extagg.evaluation.pointing import gaussian_smooth
 
-from strategies_evaluation import assert_same_state, model_state, tiny_cnn
+from model_state import assert_unchanged, snapshot
+from strategies_evaluation import tiny_cnn
 
 
 def naive_curve(model, image, saliency, target, mode, steps, baseline, ties="first"):
@@ -171,17 +172,17 @@ def test_model_left_exactly_as_it_was_and_evaluated_in_eval_mode():
     images, maps = _data()
     handle = model[0].register_forward_hook(lambda *a: None)
     model[0].weight.grad = torch.ones_like(model[0].weight)
-    before = model_state(model)
+    before = snapshot(model)
     got = deletion_insertion(model, images, maps, [0, 1, 2], mode="deletion", steps=3)
-    assert_same_state(before, model)
+    assert_unchanged(before, model)
     assert model.training
     want = deletion_insertion(model.eval(), images, maps, [0, 1, 2], mode="deletion", steps=3)
     torch.testing.assert_close(got, want)
     handle.remove()
-    before = model_state(model)
+    before = snapshot(model)
     with pytest.raises(InputError):
         deletion_insertion(model, images, maps, [0, 1, 9], mode="deletion", steps=3)
-    assert_same_state(before, model)
+    assert_unchanged(before, model)
 
 
 def test_bad_input_errors():

@@ -14,7 +14,8 @@ from hypothesis import given, settings
 from scipy.stats import spearmanr
 from skimage.feature import hog as sk_hog
 from skimage.metrics import structural_similarity
-from strategies_evaluation import assert_same_state, map_pairs, model_state, tiny_cnn
+from model_state import assert_unchanged, snapshot
+from strategies_evaluation import map_pairs, tiny_cnn
 
 import extagg
 from extagg.errors import InputError
@@ -124,9 +125,9 @@ def _images(n=5, h=20, w=18, seed=0):
 def test_class_sensitivity_matches_straightforward_computation():
     model = tiny_cnn(num_classes=6)
     samples = _images()
-    before = model_state(model)
+    before = snapshot(model)
     recs = class_sensitivity(model, samples, ["linear-approx", "gradient"], ["input", "2"], batch_size=2)
-    assert_same_state(before, model)
+    assert_unchanged(before, model)
     got = {(r.method, r.layer, r.metric): r for r in recs}
     for method in ("linear-approx", "gradient"):
         canon = str(extagg.parse_method(method))
@@ -184,10 +185,10 @@ def test_randomisation_records_match_independent_metrics_and_model_untouched():
     model.train()                                    # must stay in train mode
     model[0].weight.grad = torch.ones_like(model[0].weight)
     samples = _images(4, h=24, w=24)
-    before = model_state(model)
+    before = snapshot(model)
     recs = parameter_randomisation(model, samples, ["linear-approx", "normgrad"], ["input", "3"],
                                    randomise=["6", "2"], mode="both", hog_cell=8, batch_size=3)
-    assert_same_state(before, model)
+    assert_unchanged(before, model)
     got = {(r.method, r.layer, r.subset, r.metric): r.value for r in recs}
     # independent: randomise copies ourselves with the public re-initialiser, metrics with scipy / skimage
     trained = copy.deepcopy(model).eval()
@@ -233,10 +234,10 @@ def test_randomisation_default_blocks_in_output_first_order_and_model_untouched_
         yield from _images(2, h=24, w=24)
         raise RuntimeError("disk went away")
 
-    before = model_state(model)
+    before = snapshot(model)
     with pytest.raises(RuntimeError, match="disk went away"):
         parameter_randomisation(model, broken(), "linear-approx", "input", hog_cell=8, batch_size=1)
-    assert_same_state(before, model)
+    assert_unchanged(before, model)
     with pytest.raises(InputError, match="mode"):
         parameter_randomisation(model, _images(1), "gradient", "input", mode="sideways")
     with pytest.raises(InputError, match="no parameters"):
@@ -330,9 +331,9 @@ def _conv_maps(model, x, target, layer_index):
 def test_identity_check_matches_straightforward_computation():
     model = tiny_cnn(num_classes=4)
     samples = _images(4)
-    before = model_state(model)
+    before = snapshot(model)
     recs = identity_check(model, samples, ["0", "2"], methods=PAIR, batch_size=3)
-    assert_same_state(before, model)
+    assert_unchanged(before, model)
     got = {(r.layer, r.metric): r for r in recs}
     for layer in (0, 2):
         rs = []
@@ -367,9 +368,9 @@ def test_identity_check_pointing_difference_and_errors():
 def test_class_sensitivity_meta_variant_matches_per_pair_computation():
     model = tiny_cnn(num_classes=5)
     samples = _images(3, h=12, w=12)
-    before = model_state(model)
+    before = snapshot(model)
     recs = class_sensitivity(model, samples, ["meta(lr=0.01):normgrad", "normgrad"], "2", batch_size=3)
-    assert_same_state(before, model)
+    assert_unchanged(before, model)
     got = {(r.method, r.metric): r.value for r in recs}
     for method in ("meta(lr=0.01):normgrad", "normgrad"):
         canon = str(extagg.parse_method(method))

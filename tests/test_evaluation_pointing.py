@@ -8,7 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 from scipy.ndimage import correlate1d
-from strategies_evaluation import assert_same_state, model_state, tiny_cnn
+from model_state import assert_unchanged, snapshot
+from strategies_evaluation import tiny_cnn
 
 import extagg
 from extagg.errors import InputError
@@ -168,9 +169,9 @@ def test_pointing_game_matches_straightforward_computation(tolerance):
     model = tiny_cnn(num_classes=4)
     samples = _samples()
     methods, layers = ["linear-approx", "gradient", "normgrad"], ["input", "2"]
-    before = model_state(model)
+    before = snapshot(model)
     recs = pointing_game(model, samples, methods, layers, num_classes=4, tolerance=tolerance)
-    assert_same_state(before, model)
+    assert_unchanged(before, model)
     got = {(r.method, r.layer, r.subset, r.metric): r for r in recs}
     for method in methods:
         canon = extagg.parse_method(method).__str__()

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import extagg
+from model_state import assert_unchanged, snapshot
 from extagg import saliency_per_example
 from extagg.errors import InputError, InvalidMethodError
 from extagg_builtins import meta as meta_plugin
@@ -62,36 +63,6 @@ def hand_updated(model: nn.Module, x: torch.Tensor, target: int, lr: float, nega
     return c
 
 
-def snapshot(model: nn.Module) -> dict:
-    return {
-        "params": {n: p.detach().clone() for n, p in model.named_parameters()},
-        "ids": {n: id(p) for n, p in model.named_parameters()},
-        "buffers": {n: b.detach().clone() for n, b in model.named_buffers()},
-        "grads": {n: None if p.grad is None else (id(p.grad), p.grad.clone()) for n, p in model.named_parameters()},
-        "flags": {n: p.requires_grad for n, p in model.named_parameters()},
-        "training": {n: m.training for n, m in model.named_modules()},
-        "hooks": {n: (dict(m._forward_hooks), dict(m._forward_pre_hooks), dict(m._backward_hooks))
-                  for n, m in model.named_modules()},
-    }
-
-
-def assert_same(model: nn.Module, before: dict) -> None:
-    after = snapshot(model)
-    for name, value in before["params"].items():
-        assert torch.equal(after["params"][name], value), name  # bitwise: float64, no tolerance
-    assert after["ids"] == before["ids"]
-    for name, value in before["buffers"].items():
-        assert torch.equal(after["buffers"][name], value), name
-    for name, value in before["grads"].items():
-        if value is None:
-            assert after["grads"][name] is None, name
-        else:
-            assert after["grads"][name][0] == value[0] and torch.equal(after["grads"][name][1], value[1]), name
-    assert after["flags"] == before["flags"]
-    assert after["training"] == before["training"]
-    assert after["hooks"] == before["hooks"]
-
-
 @pytest.mark.parametrize("negative", [False, True])
 @pytest.mark.parametrize("lr", [0.002, 0.3])
 def test_meta_equals_method_on_hand_updated_copy(negative, lr):
@@ -132,7 +103,7 @@ def test_step_runs_in_eval_mode_even_when_the_pass_does_not():
     model.train()
     before = snapshot(model)
     got = extagg.saliency(model, x, "meta(lr=0.3):normgrad", "conv2", targets=1, eval_mode=False)
-    assert_same(model, before)  # running stats of the train-mode pass are restored too
+    assert_unchanged(before, model)  # running stats of the train-mode pass are restored too
     stepped = hand_updated(model, x, 1, 0.3, False).train()  # step in eval mode, pass in train mode
     ref = extagg.saliency(stepped, x, "normgrad", "conv2", targets=1, eval_mode=False)
     assert torch.allclose(got["meta(lr=0.3):normgrad"], ref["normgrad"], rtol=1e-10, atol=1e-13)
@@ -174,7 +145,7 @@ def test_model_restored_bit_for_bit():
     model.conv1.register_forward_hook(lambda *a: None)
     before = snapshot(model)
     extagg.saliency(model, x, ["meta:normgrad", "meta(negative=true,lr=0.5):gradcam"], LAYERS, targets=1)
-    assert_same(model, before)
+    assert_unchanged(before, model)
 
 
 @pytest.mark.parametrize("when", [1, 2])  # 1: inside the step's forward, 2: inside the pass on updated weights
@@ -194,7 +165,7 @@ def test_model_restored_when_something_raises(when):
     with pytest.raises(RuntimeError, match="injected"):
         extagg.saliency(model, x, "meta(lr=0.5):normgrad", ["conv1", "conv2"], targets=1)
     assert len(calls) == when
-    assert_same(model, before)
+    assert_unchanged(before, model)
 
 
 def test_meta_step_standalone_restores_and_never_writes_grad():
@@ -203,11 +174,11 @@ def test_meta_step_standalone_restores_and_never_writes_grad():
     before = snapshot(model)
     versions = {n: p._version for n, p in model.named_parameters()}
     with meta_step(model, x, torch.tensor([[1]]), lr=0.3) as stepped:
-        changed = [n for n, p in stepped.items() if not torch.equal(p, before["params"][n])]
+        changed = [n for n, p in stepped.items() if not torch.equal(p, before["params"][n][1])]
         assert set(changed) == set(before["params"])
         assert all(p.grad is None for p in model.parameters())
-        assert all(torch.equal(p, before["params"][n]) for n, p in model.named_parameters())  # untouched inside too
-    assert_same(model, before)
+        assert all(torch.equal(p, before["params"][n][1]) for n, p in model.named_parameters())  # untouched inside too
+    assert_unchanged(before, model)
     assert {n: p._version for n, p in model.named_parameters()} == versions  # no in-place write at all
 
 

@@ -4,6 +4,7 @@ import torch
 from torch import nn
 
 import extagg
+from model_state import assert_unchanged, snapshot
 
 
 def user_model():
@@ -20,33 +21,13 @@ def user_model():
     return net
 
 
-def snapshot(net):
-    return {
-        "values": [t.detach().clone() for t in net.state_dict().values()],
-        "training": [m.training for m in net.modules()],
-        "flags": [p.requires_grad for p in net.parameters()],
-        "grads": [(id(p.grad), None if p.grad is None else p.grad.clone()) for p in net.parameters()],
-        "hooks": [(list(m._forward_hooks), list(m._forward_pre_hooks), list(m._backward_hooks),
-                   list(getattr(m, "_backward_pre_hooks", {}))) for m in net.modules()],
-    }
-
-
-def assert_same(before, after):
-    assert all(torch.equal(a, b) for a, b in zip(before["values"], after["values"]))
-    assert before["training"] == after["training"]
-    assert before["flags"] == after["flags"]
-    for (ia, ga), (ib, gb) in zip(before["grads"], after["grads"]):
-        assert ia == ib and ((ga is None and gb is None) or torch.equal(ga, gb))
-    assert before["hooks"] == after["hooks"]
-
-
 @pytest.mark.parametrize("eval_mode", [True, False])
 def test_untouched_after_a_normal_call(eval_mode):
     net, x = user_model(), torch.randn(2, 3, 8, 8)
     before = snapshot(net)
     extagg.saliency(net, x, extagg.methods("*+norm"), layers=["input", "1", "2", "3", "4"], targets=[0, 1],
                     mismatched="skip", eval_mode=eval_mode)
-    assert_same(before, snapshot(net))
+    assert_unchanged(before, net)
 
 
 def test_guard_is_needed_training_mode_forward_changes_buffers():
@@ -55,7 +36,7 @@ def test_guard_is_needed_training_mode_forward_changes_buffers():
     before = snapshot(net)
     net(x)
     with pytest.raises(AssertionError):
-        assert_same(before, snapshot(net))
+        assert_unchanged(before, net)
 
 
 @pytest.mark.parametrize("failure", ["objective", "target", "forward", "layer-call"])
@@ -76,4 +57,35 @@ def test_untouched_after_an_exception(failure):
         kwargs.update(layers=["3@1"])  # conv 3 is called once: detected after the forward pass
     with pytest.raises(Exception):
         extagg.saliency(net, x, **kwargs)
-    assert_same(before, snapshot(net))
+    assert_unchanged(before, net)
+
+
+@pytest.mark.parametrize("change", ["value", "replaced", "buffer", "flag", "grad", "grad value", "mode", "hook",
+                                    "inplace"])
+def test_the_check_fails_on_every_kind_of_change(change):
+    """model_state.assert_unchanged, which every "model untouched" test relies on, sees each kind of change."""
+    net = user_model()
+    net[0].weight.grad = torch.zeros_like(net[0].weight)
+    before = snapshot(net)
+    assert_unchanged(before, net)
+    with torch.no_grad():
+        if change == "value":
+            net[0].weight[0, 0, 0, 0] += 1e-6
+        elif change == "replaced":
+            net[0].weight = nn.Parameter(net[0].weight.detach().clone())
+        elif change == "buffer":
+            net[1].running_mean[0] += 1
+        elif change == "flag":
+            net[0].weight.requires_grad_(not net[0].weight.requires_grad)
+        elif change == "grad":
+            net[0].weight.grad = net[0].weight.grad.clone()
+        elif change == "grad value":
+            net[0].weight.grad[0] += 1
+        elif change == "mode":
+            net[1].train(not net[1].training)
+        elif change == "hook":
+            net[2].register_forward_hook(lambda *a: None)
+        else:
+            net[2].inplace = not net[2].inplace
+    with pytest.raises(AssertionError):
+        assert_unchanged(before, net)

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 import extagg
+from model_state import assert_unchanged, snapshot
 import rules_reference as ref
 import rules_support
 from extagg.backward_rules import (deconvnet_rule, guided_rule, lrp_epsilon_rule, lrp_zplus_rule, rank_of_percentile,
@@ -226,18 +227,6 @@ class _GuidedRelu(torch.autograd.Function):
 
 
 # ----------------------------------------------------------------------------- the model is left as it was
-def snapshot(net):
-    return {
-        "values": [t.detach().clone() for t in net.state_dict().values()],
-        "training": [m.training for m in net.modules()],
-        "flags": [p.requires_grad for p in net.parameters()],
-        "grads": [(id(p.grad), None if p.grad is None else p.grad.clone()) for p in net.parameters()],
-        "hooks": [tuple(len(getattr(m, d)) for d in ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks",
-                                                       "_backward_pre_hooks")) for m in net.modules()],
-        "inplace": [getattr(m, "inplace", None) for m in net.modules()],
-    }
-
-
 def user_model():
     net = reuse_model().train()
     net.conv1.weight.requires_grad_(False)
@@ -252,16 +241,7 @@ def test_model_untouched_after_a_call(reg, rule):
     before = snapshot(net)
     extagg.saliency(net, x, [f"{rule}:scaling+sum", f"{rule}:conv1x1+norm"], layers=["input", "bn", "act@1"],
                     targets=[0, 1, 2], registry=reg)
-    _same(before, snapshot(net))
-
-
-def _same(a, b):
-    assert all(torch.equal(u, v) for u, v in zip(a["values"], b["values"]))
-    for key in ("training", "flags", "hooks", "inplace"):
-        assert a[key] == b[key], key
-    for (ia, ga), (ib, gb) in zip(a["grads"], b["grads"]):
-        assert ia == ib and ((ga is None and gb is None) or torch.equal(ga, gb))
-    return True
+    assert_unchanged(before, net)
 
 
 class Functional(nn.Module):
@@ -280,7 +260,7 @@ def test_model_untouched_after_an_exception(reg, rule):
     before = snapshot(net)
     with pytest.raises(UnsupportedLayerError):
         extagg.saliency(net, x, f"{rule}:scaling+sum", targets=0, registry=reg)
-    _same(before, snapshot(net))
+    assert_unchanged(before, net)
 
     def boom(out):   # fails after the forward pass, inside the rule's block
         raise RuntimeError("objective failed")
@@ -288,7 +268,7 @@ def test_model_untouched_after_an_exception(reg, rule):
     before = snapshot(net)
     with pytest.raises(RuntimeError, match="objective failed"):
         extagg.saliency(net, x, f"{rule}:scaling+sum", objective=boom, registry=reg)
-    _same(before, snapshot(net))
+    assert_unchanged(before, net)
 
 
 # ----------------------------------------------------------------------------- refusals name the layer
@@ -419,4 +399,4 @@ def test_the_embedded_efficientnet_lite0_takes_every_rule(reg):
     for make in RULE_OBJECTS:   # the forward pass under every rule is the plain one, bit for bit
         with rules_installed(net, make()), torch.enable_grad():
             assert torch.equal(net(x.clone().requires_grad_(True)), logits)
-    _same(before, snapshot(net))
+    assert_unchanged(before, net)

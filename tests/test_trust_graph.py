@@ -10,7 +10,8 @@ from torch import nn
 import extagg
 from extagg.errors import ForwardError, InputError
 
-from test_model_untouched import assert_same, snapshot, user_model
+from model_state import assert_unchanged, snapshot
+from test_model_untouched import user_model
 
 
 def x_of(n=2):
@@ -25,7 +26,7 @@ def test_a_pending_graph_survives_a_saliency_call(eval_mode):
     loss = net(x).square().sum()          # the user's forward; backward not yet called
     before = snapshot(net)
     extagg.saliency(net, x, "linear-approx", ["1", "input"], eval_mode=eval_mode)
-    assert_same(before, snapshot(net))     # BN running stats included
+    assert_unchanged(before, net)     # BN running stats included
     loss.backward()                        # no "modified by an inplace operation"
     assert net[3].weight.grad is not None
 
@@ -123,7 +124,7 @@ def test_bad_call_options(kwargs, match):
     before = snapshot(net)
     with pytest.raises(InputError, match=match):
         extagg.saliency(net, x_of(2), "linear-approx", "3", **kwargs)
-    assert_same(before, snapshot(net))
+    assert_unchanged(before, net)
 
 
 def test_a_wrong_channel_count_names_the_input():

@@ -99,7 +99,7 @@ def test_recursive_named_methods_are_an_error(aliases, cycle):
 
 
 def test_a_modifier_that_is_not_a_context_manager(tiny_net, images):
-    from test_model_untouched import assert_same, snapshot
+    from model_state import assert_unchanged, snapshot
 
     def register_modifiers(register):
         register(Modifier(name="nocm", fn=lambda model, images, targets: "not a context manager"))
@@ -108,7 +108,7 @@ def test_a_modifier_that_is_not_a_context_manager(tiny_net, images):
     with pytest.raises(PluginError,
                        match=r"modifier 'nocm' from plugin 'nocm-plugin \(nocm-dist 1.0\)'.*not a context manager"):
         extagg.saliency(tiny_net, images, "nocm:normgrad", "3", registry=reg)
-    assert_same(before, snapshot(tiny_net))
+    assert_unchanged(before, tiny_net)
 
 
 @pytest.fixture

@@ -7,7 +7,8 @@ import torch
 import extagg
 from extagg import concurrency, native
 
-from test_model_untouched import assert_same, snapshot, user_model
+from model_state import assert_unchanged, snapshot
+from test_model_untouched import user_model
 
 METHODS = ["linear-approx", "meta(lr=0.1):normgrad"]
 
@@ -36,7 +37,7 @@ def test_four_threads_on_one_model():
     for got in results:
         for key in want:
             torch.testing.assert_close(got[key], want[key], rtol=1e-5, atol=1e-6)
-    assert_same(before, snapshot(net))
+    assert_unchanged(before, net)
 
 
 def test_the_lock_is_per_model_and_reentrant():
