@@ -1,7 +1,7 @@
 """Every builtin method equals its definition; the paper's identities hold (and fail where they should not)."""
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 import extagg

@@ -3,7 +3,6 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-import extagg
 from extagg.errors import InvalidMethodError, MethodSyntaxError, UnknownNameError
 from tests.strategies import method_texts
 

@@ -113,7 +113,7 @@ def test_noisy_modifiers_with_sigma_zero(net, x, registry, modifier):
     for (m, layer), value in plain.items():
         want = {"smooth": value, "smoothsq": value * value, "vargrad": torch.zeros_like(value)}[modifier]
         torch.testing.assert_close(got[f"{modifier}(n=3,sigma=0.0):{m}", layer], want, rtol=1e-12, atol=1e-14)
-    with_noise = extagg.saliency(net, x, f"smooth(n=3):gradcam", "3", TARGETS, registry=registry)
+    with_noise = extagg.saliency(net, x, "smooth(n=3):gradcam", "3", TARGETS, registry=registry)
     assert not torch.allclose(with_noise["smooth(n=3):gradcam", "3"], plain["gradcam", "3"])
 
 

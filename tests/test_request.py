@@ -1,7 +1,6 @@
 """One call, one resolution: layers, device/dtype and targets are resolved once per saliency call, whatever the
 number of passes."""
 import pytest
-import torch
 
 import extagg
 from extagg import capture, engine, guard, layer_request, targets

@@ -1,7 +1,6 @@
 """The design space: enumeration, redundancy rules, wildcards, order."""
 import itertools
 
-import extagg
 from extagg.space import natural_key
 
 from tests.conftest import LazyBuiltins
