@@ -217,6 +217,14 @@ def test_changed_configuration_is_refused(tmp_path):
     with pytest.raises(InputError, match="different plan: images"):
         run(tiny_config(tmp_path, metrics=("identity",)), samples=tiny_samples(4))
     run(tiny_config(tmp_path, metrics=("identity",), progress=True, figures=False))  # not a result field
+    # a run directory from before a field existed resumes when the field has its default, and only then
+    path = tmp_path / "config.json"
+    record = json.loads(path.read_text())
+    del record["config"]["identity_extractor"]
+    path.write_text(json.dumps(record))
+    run(tiny_config(tmp_path, metrics=("identity",)))
+    with pytest.raises(InputError, match='different config: identity_extractor was "conv", now "bn-scale"'):
+        run(tiny_config(tmp_path, metrics=("identity",), identity_extractor="bn-scale"))
 
 
 def test_the_seed_matters(tmp_path, reference):

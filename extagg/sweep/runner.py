@@ -122,7 +122,7 @@ def sweep(config: Optional[SweepConfig] = None, *, model: Optional[torch.nn.Modu
         state = None
         if group.rank == 0:
             try:
-                store.check_config(record)
+                store.check_config(record, defaults=SweepConfig().result_dict())
                 state = ("ok", store.load())
             except ExtaggError as exc:
                 state = ("error", str(exc))

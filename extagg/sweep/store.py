@@ -45,9 +45,11 @@ class RunStore:
         self.log = self.dir / LOG
 
     # ----------------------------------------------------------------- configuration
-    def check_config(self, record: dict) -> bool:
+    def check_config(self, record: dict, defaults: Optional[dict] = None) -> bool:
         """Create ``config.json`` or check it against ``record`` (``config`` and ``plan`` must match exactly;
-        other versions only warn). Returns True if the run directory already existed with this configuration."""
+        other versions only warn). A configuration field missing from an older ``config.json`` counts as its value
+        in ``defaults`` (fields added since keep resuming old runs). Returns True if the run directory already
+        existed with this configuration."""
         path = self.dir / CONFIG
         if self.dir.exists() and not self.dir.is_dir():
             raise InputError(f"run directory {str(self.dir)!r} exists and is not a directory")
@@ -64,6 +66,8 @@ class RunStore:
             raise InputError(f"cannot read {str(path)!r}: {exc}; use a new run directory") from exc
         for section in ("config", "plan"):
             a, b = old.get(section, {}), record[section]
+            if section == "config" and defaults:
+                a = {**{k: v for k, v in defaults.items() if k not in a}, **a}
             diff = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
             if diff:
                 k = diff[0]
