@@ -164,8 +164,9 @@ def groups(model, images, targets, reg) -> tuple[dict, dict, dict]:
 
 def _zennit(model, images, targets, relevance, notes) -> dict:
     from zennit.attribution import Gradient
-    from zennit.composites import DeconvNet, EpsilonPlus, ExcitationBackprop, GuidedBackprop, LayerMapComposite
-    from zennit.rules import Epsilon, Pass
+    from zennit.composites import (DeconvNet, EpsilonPlus, ExcitationBackprop, GuidedBackprop, LayerMapComposite,
+                                   layer_map_base)
+    from zennit.rules import Epsilon
     from zennit.torchvision import ResNetCanonizer
     from zennit.types import Convolution, Linear
 
@@ -175,7 +176,7 @@ def _zennit(model, images, targets, relevance, notes) -> dict:
         "GuidedBackprop": (GuidedBackprop, hot),
         "DeconvNet": (DeconvNet, hot),
         "Epsilon 1e-6 + ResNetCanonizer": (
-            lambda: LayerMapComposite([(torch.nn.ReLU, Pass()), (Convolution, Epsilon(1e-6)), (Linear, Epsilon(1e-6))],
+            lambda: LayerMapComposite(layer_map_base() + [(Convolution, Epsilon(1e-6)), (Linear, Epsilon(1e-6))],
                                       canonizers=[ResNetCanonizer()]),
             lambda out: hot(out) * out),
         "EpsilonPlus + ResNetCanonizer": (lambda: EpsilonPlus(canonizers=[ResNetCanonizer()]),
@@ -183,7 +184,7 @@ def _zennit(model, images, targets, relevance, notes) -> dict:
         "ExcitationBackprop + ResNetCanonizer": (lambda: ExcitationBackprop(canonizers=[ResNetCanonizer()]),
                                                  lambda out: hot(out) * out),
     }
-    notes["zennit Epsilon 1e-6 + ResNetCanonizer"] = "Epsilon at Conv/Linear, Pass at ReLU; BN merged, pooling plain"
+    notes["zennit Epsilon 1e-6 + ResNetCanonizer"] = "the same rule; BN merged into the conv, Norm at sums and avg pool"
     notes["zennit EpsilonPlus + ResNetCanonizer"] = "z+ at convs, epsilon at the head, BN merged: another map"
     notes["zennit ExcitationBackprop + ResNetCanonizer"] = "z+ keeps the bias, BN merged: another map"
     out = {}
@@ -241,7 +242,7 @@ def print_run(run: dict, device: str) -> None:
     for name, r in t.items():
         note = run["notes"].get(name, "")
         if name in run["relevance_over_logit"]:
-            note = f"sum R / logit = {run['relevance_over_logit'][name]:.4g}" + (f"; {note}" if note else "")
+            note = f"sum R / logit = {run['relevance_over_logit'][name]:.5g}" + (f"; {note}" if note else "")
         rows.append([name, r["median_s"], ratio(name), note])
     if run["group"] == "cams":
         pgc = [n for n in t if n.startswith("pytorch-grad-cam")]
