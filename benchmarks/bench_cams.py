@@ -15,9 +15,11 @@ activations, parameter gradients off); ``x limit`` is the median over rounds of 
   the 53 BatchNorm outputs.
 * ``rules``: extagg, ONE call per rule: the rule's named method and ``RULE:gradcam`` at the input and
   layer1..layer4 (2 methods x 5 layers); ``no rule`` is ``gradient`` and ``gradcam`` at the same layers. Peers:
-  pytorch-grad-cam ``GuidedBackpropReLUModel`` (batch 1 only: one call per image), Captum ``GuidedBackprop``,
-  ``Deconvolution``, ``LRP`` (epsilon, alpha1beta0), Zennit composites. Limit: backward to the input and
-  layer1..layer4. For each LRP implementation the total input relevance over the logit is checked once, untimed.
+  pytorch-grad-cam ``GuidedBackpropReLUModel`` (its loss reads image 0: one call per image), Captum
+  ``GuidedBackprop``, ``Deconvolution``, ``LRP`` (epsilon, alpha1beta0), Zennit ``GuidedBackprop``, ``DeconvNet``,
+  ``Epsilon`` (with ``layer_map_base``), ``EpsilonPlus``, ``ExcitationBackprop`` (with ``ResNetCanonizer``;
+  registered inside the timed call, ``with Gradient(...)``). Limit: backward to the input and layer1..layer4.
+  For each LRP implementation the total input relevance over the logit is checked once, untimed.
 
 pytorch-grad-cam objects register their hooks at construction; they are built outside the timed region, their
 hooks removed, and put back (a few microseconds) only for their own call. Peers get the model with parameters
@@ -116,7 +118,7 @@ def groups(model, images, targets, reg) -> tuple[dict, dict, dict]:
              "pytorch-grad-cam FullGrad": "min-max per channel, then per image: a different map (cam_family.md)",
              "pytorch-grad-cam GradCAMPlusPlus x4": "alpha with +1e-6 in the denominator (cam_family.md)",
              "extagg rectgrad": "no peer implements RectGrad"}
-    relevance = {name: (lambda name=name: _relevance(run(name)(), calls[name][0][0]))
+    relevance = {name: (lambda name=name: run(name)()[calls[name][0][0], "input"][:, 0])
                  for name in ("extagg lrp-epsilon", "extagg lrp-zplus")}
     try:
         import pytorch_grad_cam as pgc
@@ -198,16 +200,13 @@ def _zennit(model, images, targets, relevance, notes) -> dict:
     return out
 
 
-def _relevance(maps, method) -> torch.Tensor:
-    return maps[method, "input"][:, 0]
-
-
 def conservation(model, images, targets, relevance) -> dict[str, float]:
     """Total input relevance / logit (median over images) of each LRP implementation: near 1 for a
     conservative rule (biases absorb a little under epsilon); far from 1 for a broken propagation."""
     with torch.no_grad():
         logits = model(images).gather(1, targets.view(-1, 1)).view(-1)
-    return {name: statistics.median((f().detach().flatten(1).sum(1) / logits).tolist()) for name, f in relevance.items()}
+    return {name: statistics.median((f().detach().flatten(1).sum(1) / logits).tolist())
+            for name, f in relevance.items()}
 
 
 def main(argv=None) -> None:
