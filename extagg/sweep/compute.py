@@ -126,15 +126,13 @@ class BatchRunner:
             yield "randomisation", self.randomisation(x, base, explained, ids)
 
     def curves(self, x: torch.Tensor, maps: list[torch.Tensor], targets: torch.Tensor, mode: str) -> list[list[float]]:
-        """Deletion or insertion AUC of every map (P maps of (N, H, W)) -> P lists of N floats; one call."""
-        from ..evaluation.faithfulness import deletion_insertion
+        """Deletion or insertion AUC of every map (P maps of (N, H, W)) -> P lists of N floats; one call, one
+        forward per distinct curve image (the endpoints and equally ranked maps share theirs)."""
+        from ..evaluation.faithfulness import deletion_insertion_grid, trapezoid
 
-        p, n = len(maps), x.shape[0]
-        auc = deletion_insertion(self.model, x.repeat(p, 1, 1, 1), torch.cat(maps, 0), targets.repeat(p),
-                                 mode=mode, steps=self.config.steps, baseline=self.config.baseline,
-                                 batch_size=self.config.curve_batch)
-        values = _float(auc)
-        return [values[j * n:(j + 1) * n] for j in range(p)]
+        curves = deletion_insertion_grid(self.model, x, maps, targets, mode=mode, steps=self.config.steps,
+                                         baseline=self.config.baseline, batch_size=self.config.curve_batch)
+        return [_float(auc) for auc in trapezoid(curves)]
 
     # ----------------------------------------------------------------- randomisation
     def _steps(self) -> list[tuple[str, int, bool]]:
