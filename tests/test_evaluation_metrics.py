@@ -19,8 +19,8 @@ from strategies_evaluation import assert_same_state, map_pairs, model_state, tin
 import extagg
 from extagg.errors import InputError
 from extagg.evaluation import (Record, Sample, cascading_order, class_sensitivity, execution_positions, hog,
-                               hog_similarity, identity_check, minmax, parameter_randomisation, randomise_module,
-                               records_to_csv, records_to_json, spearman, ssim, summarise, write_records)
+                               hog_similarity, identity_check, map_similarities, minmax, parameter_randomisation,
+                               randomise_module, records_to_csv, records_to_json, spearman, ssim, summarise, write_records)
 
 PAIR = ("normgrad", "normgrad-conv")  # the identity check's (identity, real) methods
 
@@ -383,3 +383,55 @@ def test_class_sensitivity_meta_variant_matches_per_pair_computation():
             rs.append(spearmanr(mt.numpy().ravel(), mb.numpy().ravel())[0])
         assert got[canon, "spearman"] == pytest.approx(np.mean(rs), abs=1e-9)
     assert got["meta(lr=0.01):conv1x1+norm", "spearman"] != got["conv1x1+norm", "spearman"]
+
+
+def _similarity_maps(dtype):
+    g = torch.Generator().manual_seed(3)
+    a = torch.rand(6, 48, 48, generator=g, dtype=torch.float64)
+    a[1] = 0.25  # constant
+    a[2] = a[2].round(decimals=1)  # ties
+    a[3, 0, 0] = math.nan
+    b = torch.rand(6, 48, 48, generator=g, dtype=torch.float64)
+    b[4] = 1.0
+    return a.to(dtype), b.to(dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_similarity_reference_gives_map_similarities_bit_for_bit(dtype):
+    """One prepared reference compared with several maps = each quantity computed from scratch, exactly."""
+    from extagg.evaluation.similarity import similarities_to, similarity_reference
+
+    a, b = _similarity_maps(dtype)
+    reference = similarity_reference(a, hog_cell=8)
+    for other in (b, -b, a.flip(-1)):
+        got = similarities_to(reference, other)
+        want = {"spearman": spearman(a, other), "spearman_abs": spearman(a.abs(), other.abs()),
+                "ssim": ssim(minmax(a), minmax(other), data_range=1.0),
+                "hog": hog_similarity(minmax(a), minmax(other), cell=8)}
+        assert got.keys() == want.keys()
+        for k in want:
+            torch.testing.assert_close(got[k], want[k], rtol=0, atol=0, equal_nan=True)
+        whole = map_similarities(a, other, hog_cell=8)
+        for k in want:
+            torch.testing.assert_close(whole[k], want[k], rtol=0, atol=0, equal_nan=True)
+
+
+def test_similarity_reference_is_specific_to_its_maps():
+    """The comparison above can fail: a reference prepared from other maps gives other numbers."""
+    from extagg.evaluation.similarity import similarities_to, similarity_reference
+
+    a, b = _similarity_maps(torch.float64)
+    wrong = similarities_to(similarity_reference(a.flip(-2), hog_cell=8), b)
+    right = map_similarities(a, b, hog_cell=8)
+    for k in ("spearman", "ssim", "hog"):
+        assert not torch.allclose(wrong[k], right[k], equal_nan=True)
+
+
+def test_similarity_reference_bad_input_errors():
+    from extagg.evaluation.similarity import similarities_to, similarity_reference
+
+    a, b = _similarity_maps(torch.float64)
+    with pytest.raises(InputError, match=r"same shape.*\(6, 48, 48\).*\(5, 48, 48\)"):
+        similarities_to(similarity_reference(a), b[:5])
+    with pytest.raises(InputError, match="at least 11x11"):
+        similarity_reference(a[:, :8, :8], hog_cell=2)
