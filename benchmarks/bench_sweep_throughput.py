@@ -174,14 +174,16 @@ def main() -> None:
     runner = BatchRunner(model, preprocess, plan, config, registry)
     n = len(samples)
     stride = args.reference_stride or (40 if args.config == "resnet50-space" else 1)
-    sample = list(plan.methods[::stride])
-    scale = len(plan.methods) / len(sample)
+    fitting = list(dict.fromkeys(m for m, _ in plan.pairs))  # methods that fit no layer cost nothing either way
+    sample = fitting[::stride]
+    scale = len(fitting) / len(sample)
     timed(lambda: limit_passes(model, x[:1], plan, attrs.evolve(config, steps=1), registry, 2))  # warm-up
     kinds = {"sweep": lambda: list(runner.run(samples, lambda metric: True)),
              "limit (unavoidable model calls)": lambda: limit_passes(model, x, plan, config, registry, 2),
              "reference (pass per method per metric)": lambda: reference(model, preprocess, samples, plan, config,
                                                                          registry, sample)}
     times: dict[str, list[float]] = {k: [] for k in kinds}
+    load_before = os.getloadavg()[0]
     peaks: dict[str, float] = {}
     for _ in range(args.rounds):  # interleaved, so that a drift of the machine's load hits every kind alike
         for name, fn in kinds.items():
@@ -195,11 +197,11 @@ def main() -> None:
             f"({len(plan.pairs)} fitting pairs, {len(plan.twins)} identity twins), metrics {', '.join(plan.metrics)}, "
             f"{config.steps} curve intervals, randomised blocks {', '.join(plan.blocks)}; min of {args.rounds} "
             f"interleaved round(s); torch {torch.__version__}, {torch.get_num_threads()} threads, "
-            f"{platform.processor() or platform.machine()}; load average before: {os.getloadavg()[0]:.2f}")
+            f"{platform.processor() or platform.machine()}; load average before: {load_before:.2f}")
     lines = [what]
     if stride > 1:
-        lines.append(f"reference: timed on {len(sample)} of the {len(plan.methods)} methods (every {stride}th) and "
-                     f"extrapolated linearly (x {scale:.2f})")
+        lines.append(f"reference: timed on {len(sample)} of the {len(fitting)} methods that fit a layer (every {stride}th) "
+                     f"and extrapolated linearly (x {scale:.2f})")
     lines.append(f"{'':42}{'seconds':>10}{'images/s':>11}{'time / sweep':>14}{'peak RSS MiB':>14}")
     for name, t in rows.items():
         lines.append(f"{name:42}{t:>10.1f}{n / t:>11.5f}{t / t_sweep:>14.2f}{peaks[name]:>14.0f}")
@@ -212,7 +214,7 @@ def main() -> None:
             json.dump({"config": args.config, "images": n, "side": list(x.shape[-2:]), "methods": len(plan.methods),
                        "layers": list(plan.layers), "pairs": len(plan.pairs), "twins": len(plan.twins),
                        "metrics": list(plan.metrics), "steps": config.steps, "blocks": list(plan.blocks),
-                       "reference_sample": len(sample), "reference_scale": scale, "seconds": rows,
+                       "reference_sample": sample, "fitting_methods": len(fitting), "reference_scale": scale, "seconds": rows,
                        "all_seconds": times, "peak_rss_mib": peaks, "cost": attrs.asdict(cost),
                        "threads": torch.get_num_threads(), "torch": torch.__version__,
                        "when": time.strftime("%Y-%m-%d %H:%M:%S")}, f, indent=1)

@@ -84,6 +84,56 @@ def test_hog_and_hog_similarity_match_skimage():
         hog(torch.rand(40, 60))
 
 
+def _one_hot_histograms(x, cell, orientations):
+    """The cell histograms of hog() by an explicit one-hot sum (maps x pixels x bins), as an oracle."""
+    g_row, g_col = torch.zeros_like(x), torch.zeros_like(x)
+    g_row[:, 1:-1, :] = x[:, 2:, :] - x[:, :-2, :]
+    g_col[:, :, 1:-1] = x[:, :, 2:] - x[:, :, :-2]
+    mag = torch.hypot(g_col, g_row)
+    ori = torch.remainder(torch.rad2deg(torch.atan2(g_row, g_col)), 180.0)
+    width = 180.0 / orientations
+    edges = torch.tensor([width * (i + 1) for i in range(orientations)], dtype=x.dtype)
+    lower = torch.cat([torch.zeros(1, dtype=x.dtype), edges[:-1]])
+    onehot = (ori[..., None] >= lower) & (ori[..., None] < edges)
+    ncr, ncc = x.shape[1] // cell, x.shape[2] // cell
+    contrib = (mag[..., None] * onehot)[:, : ncr * cell, : ncc * cell]
+    return contrib.reshape(-1, ncr, cell, ncc, cell, orientations).sum((2, 4)) / (cell * cell)
+
+
+def test_hog_histograms_by_index_equal_the_one_hot_sum_with_ties_nan_and_inf():
+    """hog() bins each pixel by index; with non-finite magnitudes, angles on bin edges (a staircase) and a
+    constant map, its features equal those of the one-hot sum, NaN where the one-hot sum gives NaN."""
+    from extagg.evaluation import similarity
+
+    g = torch.Generator().manual_seed(2)
+    x = torch.rand(4, 40, 56, dtype=torch.float64, generator=g)
+    x[1] = (torch.arange(40.0)[:, None] + torch.arange(56.0)[None, :]).to(x)  # 45-degree gradients: a bin edge
+    x[2] = 0.5
+    x[3, 20, 30], x[3, 5, 5] = math.inf, math.nan
+    for cell, orientations in ((8, 9), (8, 4), (16, 6)):
+        want_hist = _one_hot_histograms(x, cell, orientations)
+        calls = []
+
+        def unfold_spy(t, *args, _real=torch.Tensor.unfold):
+            calls.append(t)
+            return _real(t, *args)
+
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(torch.Tensor, "unfold", unfold_spy)
+            similarity.hog(x, cell=cell, block=2, orientations=orientations)
+        got_hist = calls[0]
+        torch.testing.assert_close(got_hist, want_hist, rtol=1e-12, atol=1e-12, equal_nan=True)
+    assert torch.isnan(hog(x, cell=8, block=2)[3]).any() and not torch.isnan(hog(x, cell=8, block=2)[:3]).any()
+
+
+def test_hog_oracle_comparison_detects_a_shifted_bin():
+    """The comparison above can fail: histograms whose bins are shifted by one differ from the oracle."""
+    g = torch.Generator().manual_seed(2)
+    x = torch.rand(2, 40, 56, dtype=torch.float64, generator=g)
+    want = _one_hot_histograms(x, 8, 9)
+    assert not torch.allclose(want.roll(1, -1), want)
+
+
 def test_minmax_constant_map_is_zero():
     m = torch.tensor([[1.0, 3.0], [2.0, 5.0]])
     torch.testing.assert_close(minmax(m), torch.tensor([[0.0, 0.5], [0.25, 1.0]], dtype=torch.float64))

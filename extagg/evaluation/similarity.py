@@ -174,15 +174,24 @@ def hog(image: torch.Tensor, *, cell: int = 16, block: int = 3, orientations: in
     g_col = torch.zeros_like(x)
     g_row[:, 1:-1, :] = x[:, 2:, :] - x[:, :-2, :]
     g_col[:, :, 1:-1] = x[:, :, 2:] - x[:, :, :-2]
+    g_row, g_col = g_row[:, : ncr * cell, : ncc * cell], g_col[:, : ncr * cell, : ncc * cell]  # whole cells
     mag = torch.hypot(g_col, g_row)
     ori = torch.remainder(torch.rad2deg(torch.atan2(g_row, g_col)), 180.0)
     width = 180.0 / orientations
     edges = torch.tensor([width * (i + 1) for i in range(orientations)], device=x.device, dtype=x.dtype)
-    # bin i holds width*i <= ori < width*(i+1) (skimage's comparisons); ori == 180 falls in no bin, as there
-    lower = torch.cat([torch.zeros(1, device=x.device, dtype=x.dtype), edges[:-1]])
-    onehot = (ori[..., None] >= lower) & (ori[..., None] < edges)
-    contrib = (mag[..., None] * onehot)[:, : ncr * cell, : ncc * cell]
-    hist = contrib.reshape(-1, ncr, cell, ncc, cell, orientations).sum((2, 4)) / (cell * cell)
+    # bin i holds width*i <= ori < width*(i+1) (skimage's comparisons); ori == 180 falls in no bin, as there.
+    # Each pixel's magnitude goes to its (cell, bin) by index, so memory stays a few copies of the maps.
+    bins = torch.bucketize(ori, edges, right=True)  # edges[i-1] <= ori < edges[i] -> i; >= 180 or NaN -> O
+    rows = torch.arange(ncr * cell, device=x.device) // cell
+    cols = torch.arange(ncc * cell, device=x.device) // cell
+    where = ((rows[:, None] * ncc + cols[None, :]) * (orientations + 1))[None] + bins
+    hist = torch.zeros(x.shape[0], ncr * ncc * (orientations + 1), device=x.device, dtype=x.dtype)
+    hist.scatter_add_(1, where.flatten(1), mag.flatten(1))
+    hist = hist.view(-1, ncr, ncc, orientations + 1)[..., :orientations] / (cell * cell)
+    # a non-finite magnitude made every bin of its cell NaN in the one-hot sum (inf * 0): keep that
+    bad = torch.zeros(x.shape[0], ncr * ncc, device=x.device, dtype=x.dtype)
+    bad.scatter_add_(1, (where // (orientations + 1)).flatten(1), (~torch.isfinite(mag)).flatten(1).to(x.dtype))
+    hist = torch.where(bad.view(-1, ncr, ncc, 1) > 0, torch.full_like(hist, math.nan), hist)
     blocks = hist.unfold(1, block, 1).unfold(2, block, 1)          # (B, nbr, nbc, O, block, block)
     blocks = blocks.permute(0, 1, 2, 4, 5, 3).reshape(hist.shape[0], ncr - block + 1, ncc - block + 1, -1)
     eps = 1e-5
