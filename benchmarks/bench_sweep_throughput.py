@@ -12,17 +12,17 @@ first ``--images`` scikit-image photos, all in one batch:
 
 * ``default``: the sweep's default (EfficientNet-Lite0, 5 methods, ``stages`` + ``_conv_head``);
 * ``resnet50-space``: torchvision ResNet50 with seeded random weights (``random_weights``; nothing to download),
-  the whole built-in space (``extagg.methods()``, 2016 compositions, plus the 4 named methods outside it, which
-  carry a propagation rule: 2020) at ``layer1..layer4`` and ``layer4.2.conv2``, every metric without annotations,
+  the whole built-in space (``extagg.methods()`` with only extagg's own plugins loaded, 504 compositions, plus
+  the 4 named methods outside it, which carry a propagation rule: 508) at ``layer1..layer4`` and ``layer4.2.conv2``, every metric without annotations,
   photos resized to ``--side`` px, randomisation of the blocks ``--randomise`` (default: fc, layer4, layer3). Its
-  reference is timed on every ``--reference-stride``-th method (a fixed sample) and extrapolated linearly to
-  all methods; ``--reference-stride 1`` runs it in full.
+  reference is timed on every ``--reference-stride``-th method that fits a layer (a fixed sample) and
+  extrapolated linearly to all of them; ``--reference-stride 1`` runs it in full.
 
 Prints a table and writes JSON and the table under ``benchmarks/results/``.
 
     python benchmarks/bench_sweep_throughput.py --images 3 --out benchmarks/results/sweep_throughput_cpu.json
     python benchmarks/bench_sweep_throughput.py --config resnet50-space --images 1 --side 112 --steps 2 \\
-        --out benchmarks/results/sweep_throughput_resnet50_space.json
+        --reference-stride 46 --out benchmarks/results/sweep_throughput_resnet50_space.json
 """
 from __future__ import annotations
 
@@ -153,7 +153,7 @@ def main() -> None:
     ap.add_argument("--layers", nargs="+", default=None, help="resnet50-space: a subset (development runs)")
     ap.add_argument("--reference-stride", type=int, default=None,
                     help="time the reference on every k-th method and extrapolate (default: 1 for default, "
-                         "40 for resnet50-space)")
+                         "46 for resnet50-space)")
     ap.add_argument("--rounds", type=int, default=1,
                     help="interleaved rounds (sweep, limit, reference each round); the minimum per kind is kept")
     ap.add_argument("--out", default=None)
@@ -173,7 +173,7 @@ def main() -> None:
     print(preview(plan, config, registry, cost, config.model), flush=True)
     runner = BatchRunner(model, preprocess, plan, config, registry)
     n = len(samples)
-    stride = args.reference_stride or (40 if args.config == "resnet50-space" else 1)
+    stride = args.reference_stride or (46 if args.config == "resnet50-space" else 1)
     fitting = list(dict.fromkeys(m for m, _ in plan.pairs))  # methods that fit no layer cost nothing either way
     sample = fitting[::stride]
     scale = len(fitting) / len(sample)
@@ -200,8 +200,8 @@ def main() -> None:
             f"{platform.processor() or platform.machine()}; load average before: {load_before:.2f}")
     lines = [what]
     if stride > 1:
-        lines.append(f"reference: timed on {len(sample)} of the {len(fitting)} methods that fit a layer (every {stride}th) "
-                     f"and extrapolated linearly (x {scale:.2f})")
+        lines.append(f"reference: timed on {len(sample)} of the {len(fitting)} methods that fit a layer "
+                     f"(every {stride}th) and extrapolated linearly (x {scale:.2f})")
     lines.append(f"{'':42}{'seconds':>10}{'images/s':>11}{'time / sweep':>14}{'peak RSS MiB':>14}")
     for name, t in rows.items():
         lines.append(f"{name:42}{t:>10.1f}{n / t:>11.5f}{t / t_sweep:>14.2f}{peaks[name]:>14.0f}")
@@ -214,7 +214,8 @@ def main() -> None:
             json.dump({"config": args.config, "images": n, "side": list(x.shape[-2:]), "methods": len(plan.methods),
                        "layers": list(plan.layers), "pairs": len(plan.pairs), "twins": len(plan.twins),
                        "metrics": list(plan.metrics), "steps": config.steps, "blocks": list(plan.blocks),
-                       "reference_sample": sample, "fitting_methods": len(fitting), "reference_scale": scale, "seconds": rows,
+                       "reference_sample": sample, "fitting_methods": len(fitting), "reference_scale": scale,
+                       "seconds": rows,
                        "all_seconds": times, "peak_rss_mib": peaks, "cost": attrs.asdict(cost),
                        "threads": torch.get_num_threads(), "torch": torch.__version__,
                        "when": time.strftime("%Y-%m-%d %H:%M:%S")}, f, indent=1)

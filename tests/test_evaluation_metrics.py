@@ -20,7 +20,8 @@ import extagg
 from extagg.errors import InputError
 from extagg.evaluation import (Record, Sample, cascading_order, class_sensitivity, execution_positions, hog,
                                hog_similarity, identity_check, map_similarities, minmax, parameter_randomisation,
-                               randomise_module, records_to_csv, records_to_json, spearman, ssim, summarise, write_records)
+                               randomise_module, records_to_csv, records_to_json, spearman, ssim, summarise,
+                               write_records)
 
 PAIR = ("normgrad", "normgrad-conv")  # the identity check's (identity, real) methods
 
