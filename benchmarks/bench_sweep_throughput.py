@@ -1,5 +1,4 @@
-"""Throughput of ``extagg sweep`` (images/s) on its default configuration, against two baselines measured in
-the same run on the same images:
+"""Throughput of ``extagg sweep`` (images/s), against two baselines measured in the same run on the same images:
 
 * **limit**: only the model calls the sweep cannot avoid, on the raw model (no extagg, no metric): the classes'
   forward, one forward and T backwards per saliency pass (per batch and pass-modifier group; each randomisation
@@ -8,11 +7,22 @@ the same run on the same images:
   (``class_sensitivity``, ``parameter_randomisation``, ``faithfulness`` for deletion and insertion, and a
   saliency call per method with its ``conv`` twin for the identity check).
 
-The default configuration is used without layer combinations (the per-metric evaluations have none), on the
-first ``--images`` scikit-image photos, all in one batch. Prints a table and writes JSON under
-``benchmarks/results/``.
+Two configurations (``--config``), without layer combinations (the per-metric evaluations have none), on the
+first ``--images`` scikit-image photos, all in one batch:
+
+* ``default``: the sweep's default (EfficientNet-Lite0, 5 methods, ``stages`` + ``_conv_head``);
+* ``resnet50-space``: torchvision ResNet50 with seeded random weights (``random_weights``; nothing to download),
+  the whole built-in space (``extagg.methods()`` with only extagg's own plugins loaded, 504 compositions, plus
+  the 4 named methods outside it, which carry a propagation rule: 508) at ``layer1..layer4`` and ``layer4.2.conv2``, every metric without annotations,
+  photos resized to ``--side`` px, randomisation of the blocks ``--randomise`` (default: fc, layer4, layer3). Its
+  reference is timed on every ``--reference-stride``-th method that fits a layer (a fixed sample) and
+  extrapolated linearly to all of them; ``--reference-stride 1`` runs it in full.
+
+Prints a table and writes JSON and the table under ``benchmarks/results/``.
 
     python benchmarks/bench_sweep_throughput.py --images 3 --out benchmarks/results/sweep_throughput_cpu.json
+    python benchmarks/bench_sweep_throughput.py --config resnet50-space --images 1 --side 112 --steps 2 \\
+        --reference-stride 46 --out benchmarks/results/sweep_throughput_resnet50_space.json
 """
 from __future__ import annotations
 
@@ -27,6 +37,9 @@ import attrs
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import common as C  # noqa: E402  (benchmarks/common.py; leaves third-party plugins unloaded)
 
 from extagg import default_registry  # noqa: E402
 from extagg.engine import saliency  # noqa: E402
@@ -37,7 +50,7 @@ from extagg.layer_select import select_layers  # noqa: E402
 from extagg.models import load_model  # noqa: E402
 from extagg.sweep import SweepConfig  # noqa: E402
 from extagg.sweep.compute import BatchRunner  # noqa: E402
-from extagg.sweep.cost import estimate  # noqa: E402
+from extagg.sweep.cost import estimate, preview  # noqa: E402
 from extagg.sweep.data import load_samples  # noqa: E402
 from extagg.sweep.plan import make_plan  # noqa: E402
 
@@ -78,69 +91,136 @@ def limit_passes(model, x, plan, config, registry, columns: int) -> None:
             left -= b
 
 
-def reference(model, preprocess, samples, plan, config, registry) -> None:
-    """One pass per method per metric, through extagg's per-metric evaluations."""
-    layers = list(plan.layers)
-    common = dict(preprocess=preprocess, batch_size=len(samples))
-    for m in plan.methods:
-        class_sensitivity(model, samples, [m], layers, **common)
-        parameter_randomisation(model, samples, [m], layers, randomise=list(plan.blocks), mode="cascading",
+def reference(model, preprocess, samples, plan, config, registry, methods) -> None:
+    """One pass per method per metric, through extagg's per-metric evaluations, for each of ``methods``."""
+    common = dict(preprocess=preprocess, batch_size=len(samples), registry=registry)
+    for m in methods:
+        mine = [layer for mm, layer in plan.pairs if mm == m]  # the layers the method fits, as the sweep's pairs
+        class_sensitivity(model, samples, [m], mine, **common)
+        parameter_randomisation(model, samples, [m], mine, randomise=list(plan.blocks), mode="cascading",
                                 hog_cell=config.hog_cell, **common)
         for mode in ("deletion", "insertion"):
-            faithfulness(model, samples, [m], layers, mode=mode, steps=config.steps, baseline=config.baseline,
+            faithfulness(model, samples, [m], mine, mode=mode, steps=config.steps, baseline=config.baseline,
                          curve_batch_size=config.curve_batch, mismatched="skip", **common)
         twins = [(layer, t) for (mm, layer), t in plan.twins.items() if mm == m]
         if twins:
             x = model_inputs(model, [s.image for s in samples], preprocess)
-            maps = saliency(model, x, [m, twins[0][1]], [layer for layer, _ in twins], resize=True)
+            maps = saliency(model, x, [m, twins[0][1]], [layer for layer, _ in twins], resize=True,
+                            registry=registry)
             for layer, t in twins:
                 spearman(maps[m, layer], maps[t, layer])
 
 
+def resnet50_space(args):
+    """ResNet50 (seeded random weights), the whole built-in space at 5 layers, the photos at ``args.side`` px."""
+    config = SweepConfig(model="resnet50", random_weights=True, methods=SPACE, layers=RESNET50_LAYERS,
+                         randomise=tuple(args.randomise), limit=args.images, combine=(), batch_size=args.images,
+                         steps=args.steps or 2, progress=False, figures=False)
+    config.check_weights()
+    torch.manual_seed(config.seed)  # as the sweep seeds random weights
+    model, preprocess = load_model(config.model, random_weights=True)
+    return config, model, attrs.evolve(preprocess, size=args.side, resize=args.side)
+
+
+def default(args):
+    config = SweepConfig(limit=args.images, combine=(), batch_size=args.images, progress=False, figures=False,
+                         **({"steps": args.steps} if args.steps else {}))
+    model, preprocess = load_model()
+    return config, model, preprocess
+
+
+CONFIGS = {"default": default, "resnet50-space": resnet50_space}
+SPACE = ("*", "deconvolution", "excitation-backprop", "guided-backprop", "rectified-gradient")
+"""``extagg.methods()`` (the listed space) and the built-in named methods outside it (each carries a rule)."""
+RESNET50_LAYERS = ("layer1", "layer2", "layer3", "layer4", "layer4.2.conv2")
+
+
+def peak_rss_mib() -> float:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--config", choices=sorted(CONFIGS), default="default")
     ap.add_argument("--images", type=int, default=3)
     ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--steps", type=int, default=None, help="curve intervals (default: the sweep's default)")
+    ap.add_argument("--steps", type=int, default=None, help="curve intervals (default: the sweep's default; "
+                    "resnet50-space: 2)")
+    ap.add_argument("--side", type=int, default=112, help="resnet50-space: input side in px")
+    ap.add_argument("--randomise", nargs="+", default=["fc", "layer4", "layer3"], help="resnet50-space: blocks")
+    ap.add_argument("--methods", nargs="+", default=None, help="resnet50-space: a subset (development runs)")
+    ap.add_argument("--layers", nargs="+", default=None, help="resnet50-space: a subset (development runs)")
+    ap.add_argument("--reference-stride", type=int, default=None,
+                    help="time the reference on every k-th method and extrapolate (default: 1 for default, "
+                         "46 for resnet50-space)")
     ap.add_argument("--rounds", type=int, default=1,
                     help="interleaved rounds (sweep, limit, reference each round); the minimum per kind is kept")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    config = SweepConfig(limit=args.images, combine=(), batch_size=args.images, progress=False, figures=False,
-                         **({"steps": args.steps} if args.steps else {}))
+    config, model, preprocess = CONFIGS[args.config](args)
+    if args.methods or args.layers:
+        config = attrs.evolve(config, **({"methods": tuple(args.methods)} if args.methods else {}),
+                              **({"layers": tuple(args.layers)} if args.layers else {}))
     registry = default_registry()
-    model, preprocess = load_model()
     samples = load_samples(config)
     x = model_inputs(model, [s.image for s in samples], preprocess)
     layers = select_layers(model, list(config.layers), x[:1])
     plan = make_plan(config, model, registry, [s.image_id for s in samples], x[:1], layers)
+    cost = estimate(plan, config, registry, {}, list(plan.batches))
+    print(preview(plan, config, registry, cost, config.model), flush=True)
     runner = BatchRunner(model, preprocess, plan, config, registry)
     n = len(samples)
+    stride = args.reference_stride or (46 if args.config == "resnet50-space" else 1)
+    fitting = list(dict.fromkeys(m for m, _ in plan.pairs))  # methods that fit no layer cost nothing either way
+    sample = fitting[::stride]
+    scale = len(fitting) / len(sample)
     timed(lambda: limit_passes(model, x[:1], plan, attrs.evolve(config, steps=1), registry, 2))  # warm-up
     kinds = {"sweep": lambda: list(runner.run(samples, lambda metric: True)),
              "limit (unavoidable model calls)": lambda: limit_passes(model, x, plan, config, registry, 2),
              "reference (pass per method per metric)": lambda: reference(model, preprocess, samples, plan, config,
-                                                                         registry)}
+                                                                         registry, sample)}
     times: dict[str, list[float]] = {k: [] for k in kinds}
+    load_before = os.getloadavg()[0]
+    peaks: dict[str, float] = {}
     for _ in range(args.rounds):  # interleaved, so that a drift of the machine's load hits every kind alike
         for name, fn in kinds.items():
-            times[name].append(timed(fn))
+            fresh = C.reset_peak_rss()
+            times[name].append(timed(fn) * (scale if name.startswith("reference") else 1.0))
+            peaks[name] = peak_rss_mib() if fresh else float("nan")
     rows = {k: min(v) for k, v in times.items()}
     t_sweep = rows["sweep"]
-    print(f"extagg sweep throughput: EfficientNet-Lite0, {n} photos in one batch, {len(plan.methods)} methods x "
-          f"{len(plan.layers)} layers, metrics {', '.join(plan.metrics)}, {config.steps} curve intervals; "
-          f"min of {args.rounds} interleaved round(s); torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads, {platform.processor() or platform.machine()}")
-    print(f"{'':42}{'seconds':>10}{'images/s':>10}{'time / sweep':>14}")
+    what = (f"{args.config}: {config.model}{' (random weights)' if config.random_weights else ''}, {n} photo(s) "
+            f"at {tuple(x.shape[-2:])} px in one batch, {len(plan.methods)} methods x {len(plan.layers)} layers "
+            f"({len(plan.pairs)} fitting pairs, {len(plan.twins)} identity twins), metrics {', '.join(plan.metrics)}, "
+            f"{config.steps} curve intervals, randomised blocks {', '.join(plan.blocks)}; min of {args.rounds} "
+            f"interleaved round(s); torch {torch.__version__}, {torch.get_num_threads()} threads, "
+            f"{platform.processor() or platform.machine()}; load average before: {load_before:.2f}")
+    lines = [what]
+    if stride > 1:
+        lines.append(f"reference: timed on {len(sample)} of the {len(fitting)} methods that fit a layer "
+                     f"(every {stride}th) and extrapolated linearly (x {scale:.2f})")
+    lines.append(f"{'':42}{'seconds':>10}{'images/s':>11}{'time / sweep':>14}{'peak RSS MiB':>14}")
     for name, t in rows.items():
-        print(f"{name:42}{t:>10.1f}{n / t:>10.4f}{t / t_sweep:>14.2f}")
+        lines.append(f"{name:42}{t:>10.1f}{n / t:>11.5f}{t / t_sweep:>14.2f}{peaks[name]:>14.0f}")
+    lines.append(f"sweep / limit = {t_sweep / rows['limit (unavoidable model calls)']:.2f}; "
+                 f"reference / sweep = {rows['reference (pass per method per metric)'] / t_sweep:.2f}; "
+                 f"load average after: {os.getloadavg()[0]:.2f}")
+    print("\n".join(lines))
     if args.out:
         with open(args.out, "w") as f:
-            json.dump({"images": n, "methods": list(plan.methods), "layers": list(plan.layers),
-                       "metrics": list(plan.metrics), "steps": config.steps, "seconds": rows, "all_seconds": times, "threads": torch.get_num_threads(),
-                       "torch": torch.__version__, "when": time.strftime("%Y-%m-%d %H:%M:%S")}, f, indent=1)
+            json.dump({"config": args.config, "images": n, "side": list(x.shape[-2:]), "methods": len(plan.methods),
+                       "layers": list(plan.layers), "pairs": len(plan.pairs), "twins": len(plan.twins),
+                       "metrics": list(plan.metrics), "steps": config.steps, "blocks": list(plan.blocks),
+                       "reference_sample": sample, "fitting_methods": len(fitting), "reference_scale": scale,
+                       "seconds": rows,
+                       "all_seconds": times, "peak_rss_mib": peaks, "cost": attrs.asdict(cost),
+                       "threads": torch.get_num_threads(), "torch": torch.__version__,
+                       "when": time.strftime("%Y-%m-%d %H:%M:%S")}, f, indent=1)
+        with open(os.path.splitext(args.out)[0] + ".txt", "w") as f:
+            f.write("\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from extagg.errors import InputError, UnknownNameError
-from extagg.evaluation import deletion_insertion, deletion_insertion_curves
+from extagg.evaluation import deletion_insertion, deletion_insertion_curves, deletion_insertion_grid
 from extagg.evaluation.pointing import gaussian_smooth
 
 from model_state import assert_unchanged, snapshot
@@ -244,3 +244,80 @@ def test_curve_points_are_batched_across_images():
         assert sizes == [3, 10, 10, 4]
     finally:
         handle.remove()
+
+
+def _grid_maps(seed=0, n=2, side=8):
+    """Maps that share curve points: a constant map, two maps upsampled from one coarse grid (same ranking), a map
+    equal to another, and random maps."""
+    g = torch.Generator().manual_seed(seed)
+    coarse = torch.rand(n, 1, 2, 2, generator=g, dtype=torch.float64)
+    random = [torch.rand(n, side, side, generator=g, dtype=torch.float64) for _ in range(2)]
+    return [torch.zeros(n, side, side, dtype=torch.float64), coarse, coarse * 3 + 1, random[0], random[1],
+            random[0].clone(), torch.full((n, side, side), float("nan"), dtype=torch.float64)]
+
+
+def _counting(model):
+    seen = []
+    handle = model.register_forward_hook(lambda m, a, o: seen.append(a[0].shape[0]))
+    return seen, handle
+
+
+@pytest.mark.parametrize("mode", ["deletion", "insertion"])
+def test_grid_equals_one_call_per_map_and_forwards_each_distinct_image_once(mode):
+    model = tiny_cnn().double()
+    images, _ = _data(n=2)
+    maps = _grid_maps()
+    want = torch.stack([deletion_insertion_curves(model, images, m, [1, 3], mode=mode, steps=4, baseline="zero")
+                        for m in maps])
+    seen, handle = _counting(model)
+    try:
+        got = deletion_insertion_grid(model, images, maps, [1, 3], mode=mode, steps=4, baseline="zero", batch_size=7)
+    finally:
+        handle.remove()
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    # per image: endpoints 2; interior points 3 each for the constant (= NaN ranking), the coarse pair (one
+    # ranking), and the two random rankings (random[0] twice) -> 2 + 3 * 4 = 14 distinct images of 7 * 5 = 35
+    assert sum(seen) == 2 * 14
+    assert max(seen) <= 7
+
+
+def test_grid_comparison_detects_a_swapped_map():
+    """The equivalence above can fail: the grid's curves of two different maps are not interchangeable."""
+    model = tiny_cnn().double()
+    images, _ = _data(n=2)
+    maps = _grid_maps()
+    got = deletion_insertion_grid(model, images, maps, [1, 3], mode="deletion", steps=4, baseline="zero")
+    other = deletion_insertion_curves(model, images, maps[4], [1, 3], mode="deletion", steps=4, baseline="zero")
+    assert not torch.allclose(got[3], other)
+
+
+def test_grid_hash_collision_falls_back_to_every_point(monkeypatch):
+    """With hash weights that make every mask collide, the pixel check finds it and nothing is shared."""
+    import importlib
+
+    module = importlib.import_module("extagg.evaluation.faithfulness")
+
+    monkeypatch.setattr(module, "_hash_weights", lambda pixels: torch.zeros(2, pixels, dtype=torch.long))
+    model = tiny_cnn().double()
+    images, _ = _data(n=2)
+    maps = _grid_maps()
+    want = torch.stack([deletion_insertion_curves(model, images, m, [1, 3], mode="insertion", steps=4,
+                                                  baseline="zero")
+                        for m in maps])
+    seen, handle = _counting(model)
+    try:
+        got = deletion_insertion_grid(model, images, maps, [1, 3], mode="insertion", steps=4, baseline="zero",
+                                      batch_size=64)
+    finally:
+        handle.remove()
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    assert sum(seen) == 7 * 2 * 5
+
+
+def test_grid_bad_input_errors():
+    model = tiny_cnn()
+    images, maps = _data(n=2)
+    with pytest.raises(InputError, match="maps is empty"):
+        deletion_insertion_grid(model, images.float(), [], mode="deletion")
+    with pytest.raises(InputError, match="2 images"):
+        deletion_insertion_grid(model, images.float(), [maps[:1].float()], mode="deletion")

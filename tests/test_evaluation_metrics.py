@@ -20,8 +20,9 @@ from strategies_evaluation import map_pairs, tiny_cnn
 import extagg
 from extagg.errors import InputError
 from extagg.evaluation import (Record, Sample, cascading_order, class_sensitivity, execution_positions, hog,
-                               hog_similarity, identity_check, minmax, parameter_randomisation, randomise_module,
-                               records_to_csv, records_to_json, spearman, ssim, summarise, write_records)
+                               hog_similarity, identity_check, map_similarities, minmax, parameter_randomisation,
+                               randomise_module, records_to_csv, records_to_json, spearman, ssim, summarise,
+                               write_records)
 
 PAIR = ("normgrad", "normgrad-conv")  # the identity check's (identity, real) methods
 
@@ -83,6 +84,56 @@ def test_hog_and_hog_similarity_match_skimage():
     assert float(sim[1]) == pytest.approx(ref, abs=1e-6)
     with pytest.raises(InputError, match="48x48"):
         hog(torch.rand(40, 60))
+
+
+def _one_hot_histograms(x, cell, orientations):
+    """The cell histograms of hog() by an explicit one-hot sum (maps x pixels x bins), as an oracle."""
+    g_row, g_col = torch.zeros_like(x), torch.zeros_like(x)
+    g_row[:, 1:-1, :] = x[:, 2:, :] - x[:, :-2, :]
+    g_col[:, :, 1:-1] = x[:, :, 2:] - x[:, :, :-2]
+    mag = torch.hypot(g_col, g_row)
+    ori = torch.remainder(torch.rad2deg(torch.atan2(g_row, g_col)), 180.0)
+    width = 180.0 / orientations
+    edges = torch.tensor([width * (i + 1) for i in range(orientations)], dtype=x.dtype)
+    lower = torch.cat([torch.zeros(1, dtype=x.dtype), edges[:-1]])
+    onehot = (ori[..., None] >= lower) & (ori[..., None] < edges)
+    ncr, ncc = x.shape[1] // cell, x.shape[2] // cell
+    contrib = (mag[..., None] * onehot)[:, : ncr * cell, : ncc * cell]
+    return contrib.reshape(-1, ncr, cell, ncc, cell, orientations).sum((2, 4)) / (cell * cell)
+
+
+def test_hog_histograms_by_index_equal_the_one_hot_sum_with_ties_nan_and_inf():
+    """hog() bins each pixel by index; with non-finite magnitudes, angles on bin edges (a staircase) and a
+    constant map, its features equal those of the one-hot sum, NaN where the one-hot sum gives NaN."""
+    from extagg.evaluation import similarity
+
+    g = torch.Generator().manual_seed(2)
+    x = torch.rand(4, 40, 56, dtype=torch.float64, generator=g)
+    x[1] = (torch.arange(40.0)[:, None] + torch.arange(56.0)[None, :]).to(x)  # 45-degree gradients: a bin edge
+    x[2] = 0.5
+    x[3, 20, 30], x[3, 5, 5] = math.inf, math.nan
+    for cell, orientations in ((8, 9), (8, 4), (16, 6)):
+        want_hist = _one_hot_histograms(x, cell, orientations)
+        calls = []
+
+        def unfold_spy(t, *args, _real=torch.Tensor.unfold):
+            calls.append(t)
+            return _real(t, *args)
+
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(torch.Tensor, "unfold", unfold_spy)
+            similarity.hog(x, cell=cell, block=2, orientations=orientations)
+        got_hist = calls[0]
+        torch.testing.assert_close(got_hist, want_hist, rtol=1e-12, atol=1e-12, equal_nan=True)
+    assert torch.isnan(hog(x, cell=8, block=2)[3]).any() and not torch.isnan(hog(x, cell=8, block=2)[:3]).any()
+
+
+def test_hog_oracle_comparison_detects_a_shifted_bin():
+    """The comparison above can fail: histograms whose bins are shifted by one differ from the oracle."""
+    g = torch.Generator().manual_seed(2)
+    x = torch.rand(2, 40, 56, dtype=torch.float64, generator=g)
+    want = _one_hot_histograms(x, 8, 9)
+    assert not torch.allclose(want.roll(1, -1), want)
 
 
 def test_minmax_constant_map_is_zero():
@@ -384,3 +435,55 @@ def test_class_sensitivity_meta_variant_matches_per_pair_computation():
             rs.append(spearmanr(mt.numpy().ravel(), mb.numpy().ravel())[0])
         assert got[canon, "spearman"] == pytest.approx(np.mean(rs), abs=1e-9)
     assert got["meta(lr=0.01):conv1x1+norm", "spearman"] != got["conv1x1+norm", "spearman"]
+
+
+def _similarity_maps(dtype):
+    g = torch.Generator().manual_seed(3)
+    a = torch.rand(6, 48, 48, generator=g, dtype=torch.float64)
+    a[1] = 0.25  # constant
+    a[2] = a[2].round(decimals=1)  # ties
+    a[3, 0, 0] = math.nan
+    b = torch.rand(6, 48, 48, generator=g, dtype=torch.float64)
+    b[4] = 1.0
+    return a.to(dtype), b.to(dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_similarity_reference_gives_map_similarities_bit_for_bit(dtype):
+    """One prepared reference compared with several maps = each quantity computed from scratch, exactly."""
+    from extagg.evaluation.similarity import similarities_to, similarity_reference
+
+    a, b = _similarity_maps(dtype)
+    reference = similarity_reference(a, hog_cell=8)
+    for other in (b, -b, a.flip(-1)):
+        got = similarities_to(reference, other)
+        want = {"spearman": spearman(a, other), "spearman_abs": spearman(a.abs(), other.abs()),
+                "ssim": ssim(minmax(a), minmax(other), data_range=1.0),
+                "hog": hog_similarity(minmax(a), minmax(other), cell=8)}
+        assert got.keys() == want.keys()
+        for k in want:
+            torch.testing.assert_close(got[k], want[k], rtol=0, atol=0, equal_nan=True)
+        whole = map_similarities(a, other, hog_cell=8)
+        for k in want:
+            torch.testing.assert_close(whole[k], want[k], rtol=0, atol=0, equal_nan=True)
+
+
+def test_similarity_reference_is_specific_to_its_maps():
+    """The comparison above can fail: a reference prepared from other maps gives other numbers."""
+    from extagg.evaluation.similarity import similarities_to, similarity_reference
+
+    a, b = _similarity_maps(torch.float64)
+    wrong = similarities_to(similarity_reference(a.flip(-2), hog_cell=8), b)
+    right = map_similarities(a, b, hog_cell=8)
+    for k in ("spearman", "ssim", "hog"):
+        assert not torch.allclose(wrong[k], right[k], equal_nan=True)
+
+
+def test_similarity_reference_bad_input_errors():
+    from extagg.evaluation.similarity import similarities_to, similarity_reference
+
+    a, b = _similarity_maps(torch.float64)
+    with pytest.raises(InputError, match=r"same shape.*\(6, 48, 48\).*\(5, 48, 48\)"):
+        similarities_to(similarity_reference(a), b[:5])
+    with pytest.raises(InputError, match="at least 11x11"):
+        similarity_reference(a[:, :8, :8], hog_cell=2)

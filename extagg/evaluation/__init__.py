@@ -10,7 +10,8 @@ need a model with the data set's classes or a ``class_map`` (:mod:`.class_map`).
 * :func:`pointing_game`: pointing accuracy (all / difficult subsets) and the centre baseline.
 * :func:`class_sensitivity`: Spearman between the most- and least-probable-class maps.
 * :func:`parameter_randomisation`: cascading / independent randomisation; Spearman (+abs), SSIM, HOG.
-* :func:`deletion_insertion` (one batch of maps), :func:`faithfulness` (a data set): RISE deletion / insertion
+* :func:`deletion_insertion` (one batch of maps), :func:`deletion_insertion_grid` (many maps of the same images,
+  one forward per distinct curve image), :func:`faithfulness` (a data set): RISE deletion / insertion
   area under the curve of the target class's probability.
 * :func:`identity_check`: NormGrad identity trick vs the real conv (correlation, pointing difference).
 """
@@ -32,7 +33,7 @@ from .datasets import (
     voc_sample,
 )
 from .difficult import compute_difficult_flags, difficult_by_rule, read_difficult_flags, write_difficult_flags
-from .faithfulness import deletion_insertion, deletion_insertion_curves, faithfulness
+from .faithfulness import deletion_insertion, deletion_insertion_curves, deletion_insertion_grid, faithfulness
 from .identity_check import identity_check
 from .pointing import (
     CENTER,
@@ -52,7 +53,7 @@ from .similarity import average_ranks, hog, hog_similarity, map_similarities, mi
 __all__ = [
     "CENTER", "COCOPointing", "ClassMap", "group_objective", "read_class_map", "resolve_class_map", "ImageFolderSamples", "PointingScore", "Record", "Sample", "VOCPointing",
     "VOC_CLASSES", "annotation_mask", "average_ranks", "cascading_order", "center_point", "class_sensitivity",
-    "compute_difficult_flags", "deletion_insertion", "deletion_insertion_curves", "difficult_by_rule", "execution_positions", "faithfulness", "expand_layers", "expand_methods", "format_table",
+    "compute_difficult_flags", "deletion_insertion", "deletion_insertion_curves", "deletion_insertion_grid", "difficult_by_rule", "execution_positions", "faithfulness", "expand_layers", "expand_methods", "format_table",
     "gaussian_smooth", "hog", "hog_similarity", "identity_check", "load_image", "map_similarities", "minmax",
     "parameter_randomisation", "pointing_game", "pointing_hit", "polygon_rle_counts", "randomise_module",
     "read_difficult_flags", "records_to_csv", "records_to_json", "rle_counts_from_string", "rle_decode",

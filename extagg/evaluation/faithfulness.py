@@ -63,6 +63,28 @@ def deletion_insertion_curves(model: torch.nn.Module, images: torch.Tensor, maps
                               targets: Targets = None, *, mode: str, steps: int = 32, baseline: Baseline = "blur",
                               batch_size: int = 64) -> torch.Tensor:
     """The (N, steps + 1) probability curves behind :func:`deletion_insertion` (same arguments)."""
+    x, target, n = _prepare(model, images, targets, mode, steps, batch_size)
+    ranks = _ranks(_maps(maps, n, tuple(x.shape[-2:])).to(x.device))
+    return _curves(model, x, ranks[None], target, mode, steps, _baseline(baseline, x), batch_size)[0]
+
+
+def deletion_insertion_grid(model: torch.nn.Module, images: torch.Tensor, maps: Sequence[torch.Tensor],
+                            targets: Targets = None, *, mode: str, steps: int = 32, baseline: Baseline = "blur",
+                            batch_size: int = 64) -> torch.Tensor:
+    """The (P, N, steps + 1) curves of P maps of each of the same N images (``maps``: P maps of the shapes
+    :func:`deletion_insertion` takes), equal to P calls of :func:`deletion_insertion_curves` but sharing every
+    forward pass whose input is the same image: a curve point is evaluated once per distinct (image, set of
+    changed pixels). The endpoints (no pixel and every pixel changed) are the same for all P maps, and maps that
+    rank pixels alike (a constant map, maps upsampled from one coarse grid) share their points too."""
+    x, target, n = _prepare(model, images, targets, mode, steps, batch_size)
+    maps = list(maps)
+    if not maps:
+        raise InputError("maps is empty: give at least one (N, h, w) map per image")
+    ranks = torch.stack([_ranks(_maps(m, n, tuple(x.shape[-2:])).to(x.device)) for m in maps])
+    return _curves(model, x, ranks, target, mode, steps, _baseline(baseline, x), batch_size)
+
+
+def _prepare(model, images, targets, mode, steps, batch_size):
     if mode not in MODES:
         raise UnknownNameError("deletion/insertion mode", str(mode), MODES)
     _check_int("steps", steps)
@@ -70,25 +92,29 @@ def deletion_insertion_curves(model: torch.nn.Module, images: torch.Tensor, maps
     if not isinstance(images, torch.Tensor) or images.ndim != 4 or not images.is_floating_point():
         raise InputError(f"images must be a floating (N, C, H, W) tensor, got "
                          f"{getattr(images, 'dtype', type(images).__name__)} {tuple(getattr(images, 'shape', ()))}")
-    n, _, h, w = images.shape
+    n = images.shape[0]
     if n == 0:
         raise InputError("images is empty (N = 0)")
     device, model_dtype = model_device_dtype(model, images)
     dtype = torch.promote_types(compute_dtype(images.dtype), compute_dtype(model_dtype))
-    x = images.detach().to(device=device, dtype=dtype)
-    ranks = _ranks(_maps(maps, n, (h, w)).to(device))
-    base = _baseline(baseline, x)
+    return images.detach().to(device=device, dtype=dtype), _targets(targets, n, device), n
+
+
+def _curves(model, x, ranks, target, mode, steps, base, batch_size) -> torch.Tensor:
+    """(P, N, steps + 1) curves of ranks (P, N, H, W); one forward per distinct (image, changed pixels)."""
+    p, n, h, w = ranks.shape
+    device, model_dtype = model_device_dtype(model, x)
     counts = torch.arange(steps + 1, device=device) * (h * w) // steps  # pixels changed at each point
-    target = _targets(targets, n, device)
+    source, image, point, inverse = _distinct_points(ranks, counts)
     with preserved(model), torch.no_grad():
         model.eval()
         if target is None:
             target = _forward(model, x, model_dtype, batch_size).argmax(1)
-        probs = torch.empty(n * (steps + 1), device=device, dtype=dtype)
-        for start in range(0, n * (steps + 1), batch_size):
-            idx = torch.arange(start, min(start + batch_size, n * (steps + 1)), device=device)
-            img, point = idx // (steps + 1), idx % (steps + 1)
-            changed = (ranks[img] < counts[point][:, None, None])[:, None]  # (B, 1, H, W)
+        probs = torch.empty(len(source), device=device, dtype=x.dtype)
+        for start in range(0, len(source), batch_size):
+            idx = torch.arange(start, min(start + batch_size, len(source)), device=device)
+            img = image[idx]
+            changed = (ranks[source[idx], img] < counts[point[idx]][:, None, None])[:, None]  # (B, 1, H, W)
             if mode == "deletion":
                 batch = torch.where(changed, base[img], x[img])
             else:
@@ -96,8 +122,54 @@ def deletion_insertion_curves(model: torch.nn.Module, images: torch.Tensor, maps
             scores = _forward(model, batch, model_dtype, batch_size)
             if start == 0:
                 _check_targets_in_range(target, scores.shape[1])
-            probs[idx] = torch.softmax(scores.to(dtype), 1).gather(1, target[img][:, None])[:, 0]
-    return probs.view(n, steps + 1)
+            probs[idx] = torch.softmax(scores.to(x.dtype), 1).gather(1, target[img][:, None])[:, 0]
+    return probs[inverse].view(p, n, steps + 1)
+
+
+_HASH_CHUNK = 1 << 24
+"""Pixels of changed-pixel masks hashed at once (bounds the memory of finding the distinct curve points)."""
+
+
+def _hash_weights(pixels: int) -> torch.Tensor:
+    """(2, pixels) fixed random int64 weights: a set of pixels hashes to the sums of its weights."""
+    return torch.randint(-2 ** 62, 2 ** 62, (2, pixels), generator=torch.Generator().manual_seed(0))
+
+
+def _distinct_points(ranks: torch.Tensor, counts: torch.Tensor):
+    """The distinct curve points of ranks (P, N, H, W) at ``counts`` (K,): ``(map, image, point, inverse)``, where
+    distinct point j is map ``map[j]`` of image ``image[j]`` at point ``point[j]``, and ``inverse`` (P * N * K,)
+    gives for every (map, image, point), in that order, the distinct point with the same image and the same
+    changed pixels. Masks are grouped by two random 64-bit sums over their changed pixels, then compared pixel by
+    pixel with their group's first member; a hash collision (never observed) turns the sharing off."""
+    p, n, h, w = ranks.shape
+    k = counts.shape[0]
+    device = ranks.device
+    flat = ranks.reshape(p * n, h * w)
+    rows = max(1, _HASH_CHUNK // (h * w * k))
+
+    def masks(row, point):  # (B, H * W) changed pixels of flat row ``row`` at point ``point``
+        return flat[row] < counts[point][:, None]
+
+    weights = _hash_weights(h * w).to(device)
+    keys = torch.zeros(p * n, k, 3, dtype=torch.long, device=device)
+    keys[..., 0] = (torch.arange(p * n, device=device) % n)[:, None]  # the image
+    changed_before = (counts - 1).clamp(min=0)  # the hash of the first counts[j] pixels in rank order
+    for start in range(0, p * n, rows):
+        part = flat[start:start + rows]
+        order = torch.empty_like(part).scatter_(1, part, torch.arange(h * w, device=device).expand_as(part))
+        for c in range(2):  # int64 sums wrap around: a hash of the set of changed pixels
+            sums = weights[c][order].cumsum(1)[:, changed_before]
+            keys[start:start + rows, :, c + 1] = torch.where(counts > 0, sums, torch.zeros_like(sums))
+    uniq, inverse = torch.unique(keys.view(-1, 3), dim=0, return_inverse=True)
+    every = torch.arange(p * n * k, device=device)
+    first = torch.full((len(uniq),), p * n * k, dtype=torch.long, device=device)
+    first.scatter_reduce_(0, inverse, every, "amin")
+    for start in range(0, p * n * k, rows * k):
+        mine, rep = every[start:start + rows * k], first[inverse[start:start + rows * k]]
+        if not bool((masks(mine // k, mine % k) == masks(rep // k, rep % k)).all()):
+            first, inverse = every, every  # a collision: every point on its own
+            break
+    return first // k // n, first // k % n, first % k, inverse
 
 
 def faithfulness(model: torch.nn.Module, data, methods, layers="input", *, mode: str, steps: int = 32,

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 
+import attrs
 import torch
 import torch.nn.functional as F
 
@@ -76,13 +77,24 @@ def spearman(a: torch.Tensor, b: torch.Tensor, *, ndim: int = 2) -> torch.Tensor
     only by rounding noise (range <= 16 machine epsilons of the input dtype times max |value|, e.g. a gradient
     that is mathematically constant over space), whose ranks would be meaningless. Shape ``a.shape[:-ndim]``.
     """
-    eps = [torch.finfo(t.dtype).eps if t.is_floating_point() else 0.0 for t in (a, b)]
+    eps = [_eps(t) for t in (a, b)]
     a, b = _pair(a, b, ndim, "spearman")
-    lead = a.shape[: a.ndim - ndim]
-    a, b = a.reshape(*lead, -1), b.reshape(*lead, -1)
-    r = pearson(average_ranks(a), average_ranks(b))
-    bad = torch.isnan(a).any(-1) | torch.isnan(b).any(-1) | _flat(a, eps[0]) | _flat(b, eps[1])
-    return torch.where(bad, torch.full_like(r, math.nan), r)
+    return _rank_pair(_rank_side(a, eps[0], ndim), _rank_side(b, eps[1], ndim))
+
+
+def _eps(t: torch.Tensor) -> float:
+    return torch.finfo(t.dtype).eps if t.is_floating_point() else 0.0
+
+
+def _rank_side(x: torch.Tensor, eps: float, ndim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(average ranks, NaN-or-constant flags) of one side of :func:`spearman` (``x`` already in float)."""
+    x = x.reshape(*x.shape[: x.ndim - ndim], -1)
+    return average_ranks(x), torch.isnan(x).any(-1) | _flat(x, eps)
+
+
+def _rank_pair(a: tuple[torch.Tensor, torch.Tensor], b: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    r = pearson(a[0], b[0])
+    return torch.where(a[1] | b[1], torch.full_like(r, math.nan), r)
 
 
 def minmax(m: torch.Tensor) -> torch.Tensor:
@@ -114,16 +126,26 @@ def ssim(a: torch.Tensor, b: torch.Tensor, *, data_range: float = 1.0, sigma: fl
     if h < win or w < win:
         raise InputError(f"ssim needs maps of at least {win}x{win} pixels (Gaussian window, sigma {sigma}), got "
                          f"{h}x{w}; compare maps resized to the input resolution")
-    lead = a.shape[:-2]
-    x = a.reshape(-1, 1, h, w)
-    y = b.reshape(-1, 1, h, w)
+    return _ssim_pair(_ssim_side(a, r, sigma), _ssim_side(b, r, sigma), data_range, k1, k2, sample_covariance)
+
+
+def _ssim_side(a: torch.Tensor, r: int, sigma: float) -> tuple:
+    """(maps, local means, local means of squares, filter) of one side of :func:`ssim` (checked, in float)."""
+    h, w = a.shape[-2:]
+    win = 2 * r + 1
     g = gaussian_kernel1d(sigma, r, a.device, a.dtype)
 
     def filt(t):
         return F.conv2d(F.conv2d(t, g.view(1, 1, 1, win)), g.view(1, 1, win, 1))
 
-    ux, uy = filt(x), filt(y)
-    uxx, uyy, uxy = filt(x * x), filt(y * y), filt(x * y)
+    x = a.reshape(-1, 1, h, w)
+    return x, filt(x), filt(x * x), filt, a.shape[:-2]
+
+
+def _ssim_pair(a: tuple, b: tuple, data_range: float, k1: float, k2: float, sample_covariance: bool):
+    (x, ux, uxx, filt, lead), (y, uy, uyy, _, _) = a, b
+    win = x.shape[-1] - ux.shape[-1] + 1
+    uxy = filt(x * y)
     norm = win * win / (win * win - 1) if sample_covariance else 1.0
     vx, vy, vxy = norm * (uxx - ux * ux), norm * (uyy - uy * uy), norm * (uxy - ux * uy)
     c1, c2 = (k1 * data_range) ** 2, (k2 * data_range) ** 2
@@ -152,15 +174,24 @@ def hog(image: torch.Tensor, *, cell: int = 16, block: int = 3, orientations: in
     g_col = torch.zeros_like(x)
     g_row[:, 1:-1, :] = x[:, 2:, :] - x[:, :-2, :]
     g_col[:, :, 1:-1] = x[:, :, 2:] - x[:, :, :-2]
+    g_row, g_col = g_row[:, : ncr * cell, : ncc * cell], g_col[:, : ncr * cell, : ncc * cell]  # whole cells
     mag = torch.hypot(g_col, g_row)
     ori = torch.remainder(torch.rad2deg(torch.atan2(g_row, g_col)), 180.0)
     width = 180.0 / orientations
     edges = torch.tensor([width * (i + 1) for i in range(orientations)], device=x.device, dtype=x.dtype)
-    # bin i holds width*i <= ori < width*(i+1) (skimage's comparisons); ori == 180 falls in no bin, as there
-    lower = torch.cat([torch.zeros(1, device=x.device, dtype=x.dtype), edges[:-1]])
-    onehot = (ori[..., None] >= lower) & (ori[..., None] < edges)
-    contrib = (mag[..., None] * onehot)[:, : ncr * cell, : ncc * cell]
-    hist = contrib.reshape(-1, ncr, cell, ncc, cell, orientations).sum((2, 4)) / (cell * cell)
+    # bin i holds width*i <= ori < width*(i+1) (skimage's comparisons); ori == 180 falls in no bin, as there.
+    # Each pixel's magnitude goes to its (cell, bin) by index, so memory stays a few copies of the maps.
+    bins = torch.bucketize(ori, edges, right=True)  # edges[i-1] <= ori < edges[i] -> i; >= 180 or NaN -> O
+    rows = torch.arange(ncr * cell, device=x.device) // cell
+    cols = torch.arange(ncc * cell, device=x.device) // cell
+    where = ((rows[:, None] * ncc + cols[None, :]) * (orientations + 1))[None] + bins
+    hist = torch.zeros(x.shape[0], ncr * ncc * (orientations + 1), device=x.device, dtype=x.dtype)
+    hist.scatter_add_(1, where.flatten(1), mag.flatten(1))
+    hist = hist.view(-1, ncr, ncc, orientations + 1)[..., :orientations] / (cell * cell)
+    # a non-finite magnitude made every bin of its cell NaN in the one-hot sum (inf * 0): keep that
+    bad = torch.zeros(x.shape[0], ncr * ncc, device=x.device, dtype=x.dtype)
+    bad.scatter_add_(1, (where // (orientations + 1)).flatten(1), (~torch.isfinite(mag)).flatten(1).to(x.dtype))
+    hist = torch.where(bad.view(-1, ncr, ncc, 1) > 0, torch.full_like(hist, math.nan), hist)
     blocks = hist.unfold(1, block, 1).unfold(2, block, 1)          # (B, nbr, nbc, O, block, block)
     blocks = blocks.permute(0, 1, 2, 4, 5, 3).reshape(hist.shape[0], ncr - block + 1, ncc - block + 1, -1)
     eps = 1e-5
@@ -187,12 +218,63 @@ def map_similarities(a: torch.Tensor, b: torch.Tensor, *, hog_cell: int = 16) ->
 
     ``spearman``: signed maps; ``spearman_abs``: ``|a|`` vs ``|b|`` (their ``m / max|m|`` and ``|m| / max|m|``
     normalisations are positive rescalings, which Spearman ignores); ``ssim`` and ``hog``: on min-max
-    normalised maps, SSIM with ``data_range=1``.
+    normalised maps, SSIM with ``data_range=1``. To compare the same ``a`` with many ``b``, prepare ``a`` once
+    with :func:`similarity_reference` and call :func:`similarities_to` (the same numbers, bit for bit).
     """
-    a01, b01 = minmax(a), minmax(b)
+    _pair(a, b, 2, "map_similarities")
+    return similarities_to(similarity_reference(a, hog_cell=hog_cell), b)
+
+
+@attrs.frozen
+class SimilarityReference:
+    """The work of :func:`map_similarities` on its first maps alone (ranks, SSIM statistics, HOG ranks)."""
+
+    shape: tuple
+    device: torch.device
+    eps: float
+    hog_cell: int
+    signed: tuple
+    absolute: tuple
+    ssim: tuple
+    hog: tuple
+
+
+def similarity_reference(a: torch.Tensor, *, hog_cell: int = 16) -> SimilarityReference:
+    """Prepare maps (..., H, W) to be compared with many others by :func:`similarities_to`."""
+    eps = _eps(a)
+    x, _ = _pair(a, a, 2, "map_similarities")
+    a01 = minmax(a)
+    return SimilarityReference(tuple(a.shape), x.device, eps, hog_cell, _rank_side(x, eps, 2),
+                               _rank_side(_float(a.abs()), eps, 2), _ssim_side(*_ssim_args(a01)),
+                               _hog_side(a01, hog_cell))
+
+
+def similarities_to(reference: SimilarityReference, b: torch.Tensor) -> dict[str, torch.Tensor]:
+    """:func:`map_similarities` of the reference's maps and ``b`` (same shape)."""
+    if not isinstance(b, torch.Tensor) or tuple(b.shape) != reference.shape:
+        raise InputError(f"map_similarities needs tensors of the same shape, got {reference.shape} and "
+                         f"{tuple(getattr(b, 'shape', ())) or type(b).__name__}")
+    eps = _eps(b)
+    b = b.to(reference.device)
+    b01 = minmax(b)
     return {
-        "spearman": spearman(a, b),
-        "spearman_abs": spearman(a.abs(), b.abs()),
-        "ssim": ssim(a01, b01, data_range=1.0),
-        "hog": hog_similarity(a01, b01, cell=hog_cell),
+        "spearman": _rank_pair(reference.signed, _rank_side(_float(b), eps, 2)),
+        "spearman_abs": _rank_pair(reference.absolute, _rank_side(_float(b.abs()), eps, 2)),
+        "ssim": _ssim_pair(reference.ssim, _ssim_side(*_ssim_args(b01)), 1.0, 0.01, 0.03, True),
+        "hog": _rank_pair(reference.hog, _hog_side(b01, reference.hog_cell)),
     }
+
+
+def _hog_side(m01: torch.Tensor, cell: int) -> tuple[torch.Tensor, torch.Tensor]:
+    h = hog(m01, cell=cell)
+    return _rank_side(h, _eps(h), 1)
+
+
+def _ssim_args(m: torch.Tensor, sigma: float = 1.5, truncate: float = 3.5):
+    """(maps, radius, sigma) for :func:`_ssim_side` with :func:`ssim`'s defaults and checks."""
+    x, _ = _pair(m, m, 2, "ssim")
+    r = int(truncate * sigma + 0.5)
+    if min(x.shape[-2:]) < 2 * r + 1:
+        raise InputError(f"ssim needs maps of at least {2 * r + 1}x{2 * r + 1} pixels (Gaussian window, sigma "
+                         f"{sigma}), got {x.shape[-2]}x{x.shape[-1]}; compare maps resized to the input resolution")
+    return x, r, sigma

@@ -21,7 +21,7 @@ from ..combine import combine
 from ..errors import InputError
 from ..evaluation.common import logits as class_scores
 from ..evaluation.common import model_inputs, run_saliency
-from ..evaluation.similarity import map_similarities, spearman
+from ..evaluation.similarity import similarities_to, similarity_reference, spearman
 from .config import SweepConfig, parse_combination
 from .plan import CENTER, SweepPlan
 
@@ -126,15 +126,13 @@ class BatchRunner:
             yield "randomisation", self.randomisation(x, base, explained, ids)
 
     def curves(self, x: torch.Tensor, maps: list[torch.Tensor], targets: torch.Tensor, mode: str) -> list[list[float]]:
-        """Deletion or insertion AUC of every map (P maps of (N, H, W)) -> P lists of N floats; one call."""
-        from ..evaluation.faithfulness import deletion_insertion
+        """Deletion or insertion AUC of every map (P maps of (N, H, W)) -> P lists of N floats; one call, one
+        forward per distinct curve image (the endpoints and equally ranked maps share theirs)."""
+        from ..evaluation.faithfulness import deletion_insertion_grid, trapezoid
 
-        p, n = len(maps), x.shape[0]
-        auc = deletion_insertion(self.model, x.repeat(p, 1, 1, 1), torch.cat(maps, 0), targets.repeat(p),
-                                 mode=mode, steps=self.config.steps, baseline=self.config.baseline,
-                                 batch_size=self.config.curve_batch)
-        values = _float(auc)
-        return [values[j * n:(j + 1) * n] for j in range(p)]
+        curves = deletion_insertion_grid(self.model, x, maps, targets, mode=mode, steps=self.config.steps,
+                                         baseline=self.config.baseline, batch_size=self.config.curve_batch)
+        return [_float(auc) for auc in trapezoid(curves)]
 
     # ----------------------------------------------------------------- randomisation
     def _steps(self) -> list[tuple[str, int, bool]]:
@@ -158,22 +156,25 @@ class BatchRunner:
         keys = plan.keys("randomisation")
         out = {k: [dict() for _ in ids] for k in keys}
 
-        def record(subset, base_maps, other_maps):
+        refs = [base[k][:, 0] for k in keys]
+        # the trained maps' ranks, SSIM statistics and HOG ranks, prepared once for every step
+        reference = similarity_reference(torch.stack(refs).flatten(0, 1), hog_cell=cfg.hog_cell)
+
+        def record(subset, other_maps):
             """Similarities of all keys' maps in one batched call (P keys x N images)."""
-            a, b = torch.stack(base_maps), torch.stack(other_maps)
-            sims = map_similarities(a.flatten(0, 1), b.flatten(0, 1).to(a), hog_cell=cfg.hog_cell)
+            b = torch.stack(other_maps)
+            sims = similarities_to(reference, b.flatten(0, 1).to(refs[0]))
             for measure, v in sims.items():
                 vals = _float(v)
                 for j, k in enumerate(keys):
                     for i in range(len(ids)):
                         out[k][i][f"{subset}|randomisation_{measure}"] = vals[j * len(ids) + i]
 
-        refs = [base[k][:, 0] for k in keys]
         noise = []  # random-map baseline: uniform noise, seeded per (image, method, layer)
         for k, ref in zip(keys, refs):
             noise.append(torch.stack([torch.rand(ref.shape[-2:], dtype=ref.dtype, generator=torch.Generator().manual_seed(
                 zlib.crc32(f"{cfg.seed}|{i}|{k[0]}|{k[1]}".encode()))) for i in ids]).to(ref.device))
-        record("random-map", refs, noise)
+        record("random-map", noise)
         size = tuple(x.shape[-2:])
         try:
             for subset, i, reset in self._steps():
@@ -181,7 +182,7 @@ class BatchRunner:
                     work.load_state_dict(self._trained)
                 randomise_module(work.get_submodule(plan.blocks[i]), cfg.seed + 7919 * (i + 1))
                 other = self.maps(work, x, plan.methods, explained[:, None], size)
-                record(subset, refs, [other[k][:, 0] for k in keys])
+                record(subset, [other[k][:, 0] for k in keys])
         finally:
             work.load_state_dict(self._trained)
         return out

@@ -13,7 +13,9 @@ from .plan import SweepPlan
 class Cost:
     """Work still to do. ``saliency_passes``: forward+backward passes (a per-example method's SGD step counts as
     one more); ``class_passes``: gradient-free forwards for the classes; ``curve_images`` / ``curve_passes``:
-    images evaluated by the deletion/insertion curves and the forward passes they take."""
+    at most this many images evaluated by the deletion/insertion curves and the forward passes they take (every
+    map's interior points, the two endpoints once per image; maps that rank pixels alike share more, which only
+    the maps can tell)."""
 
     units: dict  # metric -> (all, done)
     saliency_passes: int
@@ -51,7 +53,7 @@ def estimate(plan: SweepPlan, config: SweepConfig, registry, done: dict, pending
             continue
         classes += 1
         saliency += g_base + 2 * n * columns * e_base + steps * (g_rand + 2 * n * e_rand)
-        images = maps * n * (config.steps + 1)
+        images = n * (maps * (config.steps - 1) + 2)  # endpoints (no / every pixel changed) shared by all maps
         curve_images += curves * images
         curve_passes += curves * math.ceil(images / config.curve_batch)
     return Cost(units, saliency, classes, curve_images, curve_passes)
@@ -75,9 +77,9 @@ def preview(plan: SweepPlan, config: SweepConfig, registry, cost: Cost, model_la
     lines.append(f"  passes to run: {cost.saliency_passes} forward+backward (saliency), {cost.class_passes} "
                  f"gradient-free forward (classes)")
     if cost.curve_images:
-        lines.append(f"                 {cost.curve_images} images through the deletion/insertion curves "
-                     f"({config.steps + 1} points per curve) in {cost.curve_passes} forward passes of up to "
-                     f"{config.curve_batch}")
+        lines.append(f"                 at most {cost.curve_images} images through the deletion/insertion curves "
+                     f"({config.steps + 1} points per curve, endpoints shared) in {cost.curve_passes} forward "
+                     f"passes of up to {config.curve_batch}")
     if plan.blocks:
         lines.append(f"  randomisation ({config.randomisation}), output first: {', '.join(plan.blocks)}")
     if plan.per_example:
