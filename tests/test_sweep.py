@@ -227,6 +227,16 @@ def test_changed_configuration_is_refused(tmp_path):
         run(tiny_config(tmp_path, metrics=("identity",), identity_extractor="bn-scale"))
 
 
+def test_randomisation_similarities_in_chunks_equal_one_call(tmp_path, reference, monkeypatch):
+    """The similarities are computed per chunk of (method, layer) keys to bound memory: with one key per chunk
+    every number equals the reference run's (one chunk for all keys), bit for bit."""
+    from extagg.sweep import compute
+
+    monkeypatch.setattr(compute, "SIMILARITY_PIXELS", 1)
+    run(tiny_config(tmp_path))
+    assert files(tmp_path) == reference[0]
+
+
 def test_the_seed_matters(tmp_path, reference):
     """Same command, same numbers is shown by the resume tests (separate runs equal the reference bit for bit);
     they could fail: another seed gives other randomisation numbers."""
