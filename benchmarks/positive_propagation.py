@@ -108,7 +108,7 @@ def figure(model, x, reg, path: Path) -> None:
             axes[i, 0].set_ylabel(label, fontsize=7)
     fig.suptitle(f"EfficientNet-Lite0, '{PHOTOS[0]}': top-1 vs bottom-1 class (r: Spearman, signed)", fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=80)
+    fig.savefig(path, dpi=60)
     print(f"figure: {path}")
 
 
