@@ -25,6 +25,9 @@ from ..evaluation.similarity import similarities_to, similarity_reference, spear
 from .config import SweepConfig, parse_combination
 from .plan import CENTER, SweepPlan
 
+SIMILARITY_PIXELS = 1 << 22
+"""Map pixels (keys x images x H x W) whose randomisation similarities are computed in one batched call."""
+
 Values = dict[tuple[str, str], list[dict[str, float]]]
 
 
@@ -157,18 +160,24 @@ class BatchRunner:
         out = {k: [dict() for _ in ids] for k in keys}
 
         refs = [base[k][:, 0] for k in keys]
-        # the trained maps' ranks, SSIM statistics and HOG ranks, prepared once for every step
-        reference = similarity_reference(torch.stack(refs).flatten(0, 1), hog_cell=cfg.hog_cell)
+        # the trained maps' ranks, SSIM statistics and HOG ranks, prepared once for every step, in chunks of keys
+        # (the similarities' temporaries grow with maps x pixels: a chunk bounds them)
+        per_key = max(1, refs[0].numel()) if refs else 1
+        chunk = max(1, SIMILARITY_PIXELS // per_key)
+        spans = [(s, min(s + chunk, len(keys))) for s in range(0, len(keys), chunk)]
+        references = [similarity_reference(torch.stack(refs[s:e]).flatten(0, 1), hog_cell=cfg.hog_cell)
+                      for s, e in spans]
 
         def record(subset, other_maps):
-            """Similarities of all keys' maps in one batched call (P keys x N images)."""
-            b = torch.stack(other_maps)
-            sims = similarities_to(reference, b.flatten(0, 1).to(refs[0]))
-            for measure, v in sims.items():
-                vals = _float(v)
-                for j, k in enumerate(keys):
-                    for i in range(len(ids)):
-                        out[k][i][f"{subset}|randomisation_{measure}"] = vals[j * len(ids) + i]
+            """Similarities of all keys' maps, one batched call per chunk of keys (P keys x N images)."""
+            for (s, e), reference in zip(spans, references):
+                b = torch.stack(other_maps[s:e])
+                sims = similarities_to(reference, b.flatten(0, 1).to(refs[0]))
+                for measure, v in sims.items():
+                    vals = _float(v)
+                    for j, k in enumerate(keys[s:e]):
+                        for i in range(len(ids)):
+                            out[k][i][f"{subset}|randomisation_{measure}"] = vals[j * len(ids) + i]
 
         noise = []  # random-map baseline: uniform noise, seeded per (image, method, layer)
         for k, ref in zip(keys, refs):
