@@ -200,8 +200,6 @@ def requested_layers(model: torch.nn.Module, layers, images: Optional[torch.Tens
     """Layer names for a ``layers`` argument as :func:`extagg.saliency` takes it: names, ``name@k``, fnmatch
     patterns, groups (``"stages"``, ...) and module objects, in the order given, without duplicates. Patterns and
     groups need ``images`` (one no-grad forward pass of its first image)."""
-    if layers is None or (not isinstance(layers, (str, torch.nn.Module)) and not list(layers)):
-        raise InputError("no layers given: pass layer names, patterns, groups or modules of the model")
     return resolve_requested_layers(model, layers, images, forward_kwargs)[0]
 
 

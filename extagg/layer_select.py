@@ -62,6 +62,11 @@ class _Layout:
             self._order = execution_order(self.model, x, self.forward_kwargs)
         return self._order
 
+    @property
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        """``{call name: output shape}`` (``()`` for an output that is not one tensor)."""
+        return dict(self.order)
+
     def calls(self, name: str) -> list[str]:
         """``[name]`` for a module called once (or never), ``[name@0, name@1, ...]`` for one called several times."""
         hits = [n for n, _ in self.order if split_layer(n)[0] == name and "@" in n]
@@ -82,12 +87,12 @@ class _Layout:
         if not found:
             found = [n for n, m in self.modules.items() if isinstance(m, ACTIVATIONS)]
         position = {n: i for i, (n, _) in enumerate(self.order)}
-        shapes = dict(self.order)
+        shapes = self.shapes
         out = [c for n in found for c in self.calls(n) if len(shapes.get(c, ())) == 4]
         return sorted(out, key=position.__getitem__)
 
     def stages(self) -> list[str]:
-        shapes = dict(self.order)
+        shapes = self.shapes
         blocks = self.blocks()
         ends = [b for i, b in enumerate(blocks) if i + 1 == len(blocks) or shapes[blocks[i + 1]][-2:] != shapes[b][-2:]]
         return [self._outermost(b, blocks, shapes) for b in ends]
@@ -145,7 +150,7 @@ def select_layers(model: torch.nn.Module, patterns: Union[str, Sequence[str]],
             matched = [c for n in layout.modules if fnmatch.fnmatchcase(n, p) for c in layout.calls(n)]
             if not matched and not fnmatch.fnmatchcase(INPUT, p):
                 raise UnknownNameError("layer pattern", p, [*known, *GROUPS])
-            shapes = dict(layout.order)
+            shapes = layout.shapes
             found = [c for c in matched if shapes.get(c)]  # called, with one tensor output (not a tuple)
             if fnmatch.fnmatchcase(INPUT, p):
                 found.insert(0, INPUT)

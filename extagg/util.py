@@ -9,7 +9,7 @@ from .errors import InputError
 def as_list(x: Any, what: str, atoms: tuple = (str,)) -> list:
     """``x`` as a non-empty list: one ``atoms`` instance becomes a list of one; an :class:`InputError` names
     ``what`` if nothing is given."""
-    items = [x] if isinstance(x, atoms) else list(x)
+    items = [] if x is None else [x] if isinstance(x, atoms) else list(x)
     if not items:
         raise InputError(f"no {what} given")
     return items

@@ -120,13 +120,8 @@ def ssim(a: torch.Tensor, b: torch.Tensor, *, data_range: float = 1.0, sigma: fl
     a, b = _pair(a, b, 2, "ssim")
     if data_range <= 0:
         raise InputError(f"ssim: data_range must be > 0, got {data_range!r}")
-    r = int(truncate * sigma + 0.5)
-    win = 2 * r + 1
-    h, w = a.shape[-2:]
-    if h < win or w < win:
-        raise InputError(f"ssim needs maps of at least {win}x{win} pixels (Gaussian window, sigma {sigma}), got "
-                         f"{h}x{w}; compare maps resized to the input resolution")
-    return _ssim_pair(_ssim_side(a, r, sigma), _ssim_side(b, r, sigma), data_range, k1, k2, sample_covariance)
+    return _ssim_pair(_ssim_side(*_ssim_args(a, sigma, truncate)), _ssim_side(*_ssim_args(b, sigma, truncate)),
+                      data_range, k1, k2, sample_covariance)
 
 
 def _ssim_side(a: torch.Tensor, r: int, sigma: float) -> tuple:

@@ -40,6 +40,13 @@ class Materialisable(Contribution):
             self._side = self.store.side(self.values, self.values.shape, 2)
         return self._side
 
+    def prefetch(self, stats) -> None:
+        backend.prefetch_sides(self.side(),
+                               [s for stat in as_stats(stats) if not self.has(stat) for s in SIDES_OF[stat]])
+
+    def _compute(self, stat: Stat):
+        return from_sides(self, self.side(), stat)
+
 
 class Dense(Materialisable):
     """A contribution given in full: ``values`` has shape ``(N, T, D, h, w)``. Its statistics are the side
@@ -60,10 +67,3 @@ class Dense(Materialisable):
 
     def _dtype_ref(self) -> torch.Tensor:
         return self._values
-
-    def prefetch(self, stats) -> None:
-        backend.prefetch_sides(self.side(),
-                               [s for stat in as_stats(stats) if not self.has(stat) for s in SIDES_OF[stat]])
-
-    def _compute(self, stat: Stat):
-        return from_sides(self, self.side(), stat)

@@ -6,10 +6,10 @@ from typing import Optional
 import torch
 
 from . import backend
-from .contribution import from_sides, pick
+from .contribution import pick
 from .dense import Materialisable
 from .sides import Store
-from .stats import SIDES_OF, Stat, as_stats
+from .stats import SIDES_OF, as_stats
 
 
 class Product(Materialisable):
@@ -45,7 +45,4 @@ class Product(Materialisable):
             for stat in stats:
                 self._keep(stat, pick(sides, stat))
             return
-        backend.prefetch_sides(self.side(), [s for st in stats for s in SIDES_OF[st]])
-
-    def _compute(self, stat: Stat):
-        return from_sides(self, self.side(), stat)
+        super().prefetch(stats)

@@ -6,7 +6,7 @@ from typing import Optional
 import torch
 
 from . import backend
-from .contribution import add, from_sides, pick
+from .contribution import add, pick
 from .dense import Materialisable
 from .sides import Store
 from .stats import SIDES_OF, Stat, as_stats
@@ -54,7 +54,7 @@ class Scaled(Materialisable):
         if not sweep:
             return
         if self._values is not None:
-            backend.prefetch_sides(self.side(), [s for st in sweep for s in SIDES_OF[st]])
+            super().prefetch(sweep)
             return
         sides = backend.product_sides(self.x, self._full_shape(), {s for st in sweep for s in SIDES_OF[st]},
                                       scale=self.w)
@@ -77,7 +77,7 @@ class Scaled(Materialisable):
 
     def _compute(self, stat: Stat):
         if stat in (Stat.EXTREMES, Stat.MIN_ABS):
-            return from_sides(self, self.side(), stat)
+            return super()._compute(stat)
         w = self.w
         if stat is Stat.SUM:
             return self._mv(self.x, w)
