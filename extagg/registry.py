@@ -162,6 +162,11 @@ class Registry:
     def modifiers(self) -> Mapping[str, Modifier]:
         return self.components["modifier"]
 
+    @property
+    def metrics(self) -> Mapping[str, Any]:
+        """Metrics (:class:`extagg.plugin.Metric`), registered through ``register_metrics``."""
+        return self.components["metric"]
+
     # ----------------------------------------------------------------- method strings
     def parse(self, method: MethodLike) -> Method:
         """Parse and resolve a method string (or pass a :class:`Method` through)."""

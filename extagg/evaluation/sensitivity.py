@@ -13,10 +13,7 @@ from typing import Optional
 import torch
 
 from ..errors import InputError
-from .common import any_pattern, batches, expand_layers, expand_methods, iterate, logits, model_inputs, run_saliency
-from .common import progress as bar
-from .records import Record, summarise
-from .similarity import spearman
+from .records import Record, records_of
 
 SUBSET = "top-vs-bottom"
 
@@ -33,32 +30,28 @@ def top_bottom_classes(scores: torch.Tensor) -> torch.Tensor:
 
 def class_sensitivity(model: torch.nn.Module, data, methods, layers="input", *, preprocess=None,
                       batch_size: int = 8, limit: Optional[int] = None, progress: bool = False,
-                      registry=None, mismatched: Optional[str] = None) -> list[Record]:
-    """Spearman(top-1 map, bottom-1 map) per image for every (method, layer).
+                      registry=None, mismatched: Optional[str] = None, pairing: str = "bottom", seed: int = 0,
+                      floors: bool = True) -> list[Record]:
+    """Spearman(top-1 map, paired class's map) per image for every (method, layer): the ``sensitivity`` metric
+    through the one driver (:func:`extagg.evaluation.evaluate`).
 
     :param data: iterable of :class:`~extagg.evaluation.datasets.Sample` (labels are not used).
     :param methods: method strings or patterns; :param layers: layer names or patterns.
     :param preprocess: (3, H, W) [0, 1] image -> model input; consecutive same-size inputs are batched.
-    :returns: records with subset ``"top-vs-bottom"``: ``spearman`` (signed maps) and ``spearman_abs``
-        (absolute maps), each as mean over images with a defined correlation (``count``), ``*_std``, and
-        ``*_nan`` = number of images whose correlation is undefined (a constant map), never dropped silently.
-        The top/bottom classes come from a gradient-free forward pass; the maps from the one-pass engine.
+    :param pairing: ``"bottom"`` (least probable class, the paper), ``"random"`` (seeded per image) or
+        ``"second"``.
+    :returns: records with subset ``"top-vs-<pairing>"``: ``spearman`` (signed maps) and ``spearman_abs``
+        (absolute maps), each as mean over images with a defined correlation (``count``), ``*_std`` (sample
+        std), and ``*_nan`` = number of images whose correlation is undefined (a constant map), never dropped
+        silently; with ``floors``, the same for ``floor:cross-image`` and ``floor:smooth-noise``.
     """
-    method_list = expand_methods(methods, registry)
-    layer_list = expand_layers(model, layers)
-    mismatched = mismatched or ("skip" if any_pattern(methods, layers) else "raise")
-    values: dict[tuple[str, str], dict[str, list[torch.Tensor]]] = {}
-    for group in bar(batches(iterate(data, limit), batch_size), progress, None, "class sensitivity"):
-        x = model_inputs(model, [s.image for s in group], preprocess)
-        targets = top_bottom_classes(logits(model, x))
-        maps, _ = run_saliency(model, x, method_list, layer_list, targets=targets, resize=True,
-                               mismatched=mismatched, registry=registry)
-        for key, m in maps.items():
-            slot = values.setdefault(key, {"spearman": [], "spearman_abs": []})
-            slot["spearman"].append(spearman(m[:, 0], m[:, 1]).cpu())
-            slot["spearman_abs"].append(spearman(m[:, 0].abs(), m[:, 1].abs()).cpu())
-    records: list[Record] = []
-    for (method, layer), slot in values.items():
-        for metric, parts in slot.items():
-            records += summarise(torch.cat(parts), method, layer, SUBSET, metric)
-    return records
+    from .run import evaluate
+
+    if pairing not in ("bottom", "random", "second"):
+        raise InputError(f"pairing must be bottom, random or second, got {pairing!r}")
+    out = evaluate(model, data, methods, layers, f"sensitivity(pairing={pairing})", preprocess=preprocess,
+                   batch_size=batch_size, limit=limit, progress=progress, registry=registry, mismatched=mismatched,
+                   seed=seed)
+    if not out.rows:
+        raise InputError("class sensitivity got no samples")
+    return records_of(out.rows, floors)
