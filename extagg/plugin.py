@@ -28,7 +28,7 @@ from .phase2 import (IDENTITY, Contribution, Dense, Factored, PatchGeometry, Pro
 from .targets import call_model
 from .specs import REQUIRED, Aggregator, Extractor, Filter, Modifier, NamedMethod, Param, Samples
 from .metric_spec import FLOOR_PREFIX, Cost, Direction, Measure, Metric, Value
-from .errors import InputError
+from .errors import InputError, UnknownNameError
 from .method import Call
 from .evaluation.context import seed_of
 from .evaluation.difficult import difficult_by_rule
@@ -41,7 +41,7 @@ __all__ = [
     "Modifier", "NamedMethod", "Param", "PatchGeometry", "Product", "Profile", "Scaled", "Stat", "apply_profile",
     "compose_profiles", "factored_max", "factored_min", "factored_norm", "factored_sum", "hookimpl", "reads_max",
     "reads_min", "reads_norm", "reads_sum", "Samples", "call_model", "FLOOR_PREFIX", "Cost", "Direction",
-    "Measure", "Metric", "Value", "InputError", "Call", "seed_of", "difficult_by_rule", "center_point",
+    "Measure", "Metric", "Value", "InputError", "UnknownNameError", "Call", "seed_of", "difficult_by_rule", "center_point",
     "pointing_hit", "saliency_point", "randomise_module", "map_similarities", "similarities_to",
     "similarity_reference", "spearman", "ssim",
 ]

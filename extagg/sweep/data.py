@@ -26,8 +26,21 @@ def skimage_photo_paths() -> list[Path]:
     return out
 
 
+class Samples(list):
+    """A list of samples with the data set's ``class_names`` (None when the data declares no classes)."""
+
+    class_names = None
+
+
+def _named(samples: list, class_names) -> "Samples":
+    out = Samples(samples)
+    out.class_names = tuple(class_names) if class_names is not None else None
+    return out
+
+
 def load_samples(config: SweepConfig) -> list[Sample]:
-    """The configured images in a fixed order (first ``config.limit``); ids are unique and stable."""
+    """The configured images in a fixed order (first ``config.limit``); ids are unique and stable; the list's
+    ``class_names`` are the data set's classes (None for the scikit-image photos)."""
     limit: Optional[int] = config.limit
     if config.data == "skimage":
         paths = skimage_photo_paths()[:limit]
@@ -46,4 +59,4 @@ def load_samples(config: SweepConfig) -> list[Sample]:
         ids = [f"{i}:{s}" for i, s in enumerate(ids)]
     import attrs
 
-    return [attrs.evolve(s, image_id=i) for s, i in zip(samples, ids)]
+    return _named([attrs.evolve(s, image_id=i) for s, i in zip(samples, ids)], getattr(data, "class_names", None))

@@ -1,7 +1,7 @@
 """The run directory: the configuration record and the append-only log of finished units.
 
 ``units.jsonl`` holds one JSON object per finished unit ``{"method", "layer", "metric", "image", "values"}``
-(``values``: ``{"SUBSET|MEASURE": number or null}``), appended with flush + fsync. A line cut short by a kill
+(``values``: ``[[subset, measure, class or null, number or null], ...]``), appended with flush + fsync. A line cut short by a kill
 (no final newline) is discarded and cut off the file before the next append; a unit logged twice counts once.
 ``config.json`` holds the configuration fields that change the numbers, the resolved plan and the versions; a
 run directory refuses a different configuration or plan.
@@ -22,8 +22,16 @@ LOG = "units.jsonl"
 CONFIG = "config.json"
 
 
-def _clean(values: dict) -> dict:
-    return {k: (None if v is None or not math.isfinite(v) else float(v)) for k, v in values.items()}
+def _clean(values: list) -> list:
+    """Unit values ``[(subset, measure, cls, value)]`` as JSON-ready lists (NaN as null)."""
+    return [[s, m, c, None if v is None or not math.isfinite(v) else float(v)] for s, m, c, v in values]
+
+
+def _read_values(values) -> list:
+    if not isinstance(values, list) or not all(isinstance(x, list) and len(x) == 4 for x in values):
+        raise TypeError("values must be a list of [subset, measure, class, value]")
+    return [(str(s), str(m), None if c is None else int(c), math.nan if v is None else float(v))
+            for s, m, c, v in values]
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -82,7 +90,7 @@ class RunStore:
         return True
 
     # ----------------------------------------------------------------- the log
-    def load(self) -> dict[Unit, dict]:
+    def load(self) -> dict[Unit, list]:
         """Finished units and their values; a torn last line is cut off the file (by the writer)."""
         if not self.log.is_file():
             return {}
@@ -93,21 +101,21 @@ class RunStore:
                 f.truncate(end)
                 f.flush()
                 os.fsync(f.fileno())
-        done: dict[Unit, dict] = {}
+        done: dict[Unit, list] = {}
         for number, line in enumerate(data[:end].splitlines(), 1):
             if not line.strip():
                 continue
             try:
                 d = json.loads(line)
                 unit = (d["method"], d["layer"], d["metric"], d["image"])
-                values = d["values"]
+                values = _read_values(d["values"])
             except (ValueError, KeyError, TypeError) as exc:
                 raise InputError(f"{str(self.log)!r} line {number} is not a unit record ({exc}); remove that line "
                                  "or use a new run directory") from exc
-            done.setdefault(unit, {k: (math.nan if v is None else float(v)) for k, v in values.items()})
+            done.setdefault(unit, values)
         return done
 
-    def append(self, units: Iterable[tuple[Unit, dict]]) -> None:
+    def append(self, units: Iterable[tuple[Unit, list]]) -> None:
         """Append finished units (one line each), then flush and fsync."""
         lines = [json.dumps({"method": u[0], "layer": u[1], "metric": u[2], "image": u[3], "values": _clean(v)},
                             allow_nan=False) + "\n" for u, v in units]

@@ -193,7 +193,16 @@ RANDOMISATION = Metric(
 def _twin(registry, method, module, extractor: str = "conv"):
     from extagg.plugin import Call
 
-    if module is None or extractor not in registry.extractors:
+    if extractor not in registry.extractors:
+        from extagg.plugin import UnknownNameError
+
+        raise UnknownNameError("identity extractor", extractor, sorted(registry.extractors))
+    if any(p.required for p in registry.extractors[extractor].params):
+        from extagg.plugin import InputError
+
+        raise InputError(f"identity extractor {extractor!r} needs parameters; choose a real-layer extractor without "
+                         "required parameters, such as 'conv'")
+    if module is None:
         return None
     parsed = registry.parse(method)
     if parsed.extractor.name == extractor:
