@@ -16,9 +16,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "plugins"))
 
 import extagg  # noqa: E402
 from extagg.evaluation.datasets import Sample  # noqa: E402
-from extagg.evaluation.randomisation import parameter_randomisation  # noqa: E402
+from extagg.evaluation import parameter_randomisation  # noqa: E402
 from extagg.evaluation.records import records_to_json  # noqa: E402
-from extagg.evaluation.sensitivity import class_sensitivity  # noqa: E402
+from extagg.evaluation import class_sensitivity  # noqa: E402
 from extagg.models import load_model  # noqa: E402
 
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket")

@@ -19,9 +19,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import extagg  # noqa: E402
-from extagg.evaluation.randomisation import parameter_randomisation  # noqa: E402
+from extagg.evaluation import parameter_randomisation  # noqa: E402
 from extagg.evaluation.records import records_to_json  # noqa: E402
-from extagg.evaluation.sensitivity import class_sensitivity, top_bottom_classes  # noqa: E402
+from extagg.evaluation import class_sensitivity, top_bottom_classes  # noqa: E402
 from extagg.evaluation.similarity import spearman  # noqa: E402
 from extagg.models import load_model  # noqa: E402
 from positive_aggregation import PHOTOS, photos  # noqa: E402

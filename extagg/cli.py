@@ -51,7 +51,7 @@ def cmd_describe(args) -> int:
     reg = _registry()
     head = args.method.strip().split("(")[0].strip().lower()
     if head in reg.metrics:
-        from .description import describe_metric
+        from .metric_description import describe_metric
 
         print(describe_metric(reg, args.method))
     else:
@@ -60,7 +60,7 @@ def cmd_describe(args) -> int:
 
 
 def cmd_metrics(args) -> int:
-    from .description import metric_lines
+    from .metric_description import metric_lines
 
     lines = metric_lines(_registry(), args.pattern or ["*"])
     for line in lines:

@@ -26,7 +26,8 @@ from typing import Callable
 
 import pluggy
 
-from .specs import Aggregator, Extractor, Filter, Metric, Modifier, NamedMethod
+from .metric_spec import Metric
+from .specs import Aggregator, Extractor, Filter, Modifier, NamedMethod
 
 PROJECT = "extagg"
 hookspec = pluggy.HookspecMarker(PROJECT)

@@ -17,10 +17,13 @@ from . import hookspecs
 from .errors import (DuplicateNameError, InvalidMethodError, PluginLoadError, UnknownNameError, close_matches,
                      did_you_mean)
 from .method import Call, Method, ParseCache, RawCall, scan
+from .metric_spec import Metric, metric_problems
 from .plugins import PluginFailure, PluginInfo, block_hint, make_plugin_manager
 from .specs import COMPONENT_TYPES, Aggregator, Extractor, Filter, Modifier, NamedMethod, Origin, Param, record_problems
 
 _NAME_OK = __import__("re").compile(r"^[a-z][a-z0-9_-]*$")
+RECORD_TYPES = {**COMPONENT_TYPES, Metric.kind: Metric}
+"""Record class of every kind a hook registers: the method components and metrics."""
 
 MethodLike = Union[str, Method]
 _expanding = threading.local()  # the named methods being expanded by this thread (to catch cycles)
@@ -290,7 +293,7 @@ class Registry:
 
 def _registrar(got: list, kind: str, hook_name: str, origin: Origin):
     """The ``register`` callable handed to one plugin's hook: checks each record and collects it in ``got``."""
-    record_type = COMPONENT_TYPES[kind]
+    record_type = RECORD_TYPES[kind]
 
     def register(record):
         if not isinstance(record, record_type):
@@ -303,7 +306,7 @@ def _registrar(got: list, kind: str, hook_name: str, origin: Origin):
                 f"plugin {str(origin)!r} registered the {kind} name {record.name!r}; names are lower "
                 f"case strings, start with a letter and use letters, digits, '-' and '_'; {block_hint(origin.plugin)}"
             )
-        problems = record_problems(record)
+        problems = record_problems(record) + (metric_problems(record) if isinstance(record, Metric) else [])
         if problems:
             raise PluginLoadError(
                 f"plugin {str(origin)!r} registered the {kind} {record.name!r} through {hook_name}, which is "

@@ -276,11 +276,4 @@ def record_problems(record) -> list[str]:
             out.append(f"sign_profile must be None or a pair (a, b) with a, b in (-1, 0, 1), got {profile!r}")
     if isinstance(record, Aggregator) and record.reads is not None and record.closed_form is None:
         out.append("declares reads but no closed_form (reads names what the closed form reads)")
-    if isinstance(record, Metric):
-        out += metric_problems(record)
     return out
-
-
-from .metric_spec import Metric, metric_problems  # noqa: E402 - the metric record builds on Param and Origin
-
-COMPONENT_TYPES["metric"] = Metric

@@ -274,7 +274,7 @@ def test_pointing_counts_hits_per_class_and_the_centre_baseline(tmp_path):
 def test_figures_are_written(tmp_path):
     from PIL import Image
 
-    result = run(tiny_config(tmp_path, figures=True, methods=("gradcam", "normgrad"), metrics=("sensitivity",)),
+    run(tiny_config(tmp_path, figures=True, methods=("gradcam", "normgrad"), metrics=("sensitivity",)),
                  samples=tiny_samples(2))
     names = {"metric_vs_layer.png", "ranking.png", "combination.png", "grid.png"}
     assert {p.name for p in (tmp_path / "figures").iterdir()} == names

@@ -36,7 +36,7 @@ from .datasets import (
     voc_sample,
 )
 from .difficult import compute_difficult_flags, difficult_by_rule, read_difficult_flags, write_difficult_flags
-from .faithfulness import deletion_insertion, deletion_insertion_curves, deletion_insertion_grid, faithfulness
+from .faithfulness import deletion_insertion, deletion_insertion_curves, deletion_insertion_grid
 from .identity_check import identity_check
 from .pointing import (
     CENTER,
@@ -48,11 +48,12 @@ from .pointing import (
     saliency_point,
     spatial_softmax_objective,
 )
-from .randomisation import cascading_order, execution_positions, parameter_randomisation, randomise_module
+from .randomisation import cascading_order, execution_positions, randomise_module
 from .records import Record, format_table, records_of, records_to_csv, records_to_json, summarise, write_records
 from .results import ImageValue, Result, reduce_values
 from .run import Evaluation, evaluate
-from .sensitivity import class_sensitivity, top_bottom_classes
+from .shorthands import class_sensitivity, faithfulness, parameter_randomisation
+from .sensitivity import top_bottom_classes
 from .similarity import average_ranks, hog, hog_similarity, map_similarities, minmax, spearman, ssim
 
 __all__ = [

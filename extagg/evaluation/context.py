@@ -10,7 +10,6 @@ and asks for more only where it needs more: ``ctx.run_maps`` (another pass, e.g.
 """
 from __future__ import annotations
 
-import math
 import zlib
 from typing import Callable, Optional, Sequence
 
@@ -101,17 +100,13 @@ class BatchContext:
         return [floats(auc) for auc in trapezoid(curves)]
 
     # ----------------------------------------------------------------- floors
-    def smooth_noise(self, key, salt: str = "") -> torch.Tensor:
-        """(N, H, W) uniform noise drawn at the map's own resolution (the layer's, before it was resized to the
-        input) and resized the same way (bilinear): a random map exactly as smooth as the map of ``key``.
-        Seeded per (seed, image id, method, layer), so the floor never depends on the batch."""
-        from ..maps import resize_maps
-
-        h, w = self.native.get(key, self.size)
-        noise = torch.stack([torch.rand((h, w), dtype=torch.float32, generator=torch.Generator().manual_seed(
-            seed_of(self.seed, image, key[0], key[1], salt))) for image in self.image_ids])
-        out = noise[:, None] if (h, w) == tuple(self.size) else resize_maps(noise[:, None], tuple(self.size))
-        return out[:, 0].to(self.x.device)
+    def smooth_noise(self, key, maps: torch.Tensor, salt: str = "") -> torch.Tensor:
+        """(N, H, W) random maps exactly as smooth as ``maps`` (the maps of ``key``): amplitude-adjusted Fourier
+        surrogates (Theiler et al. 1992). Each keeps its map's amplitude spectrum (so its spatial autocorrelation,
+        its smoothness) with random phases, then takes its map's own values in the surrogate's rank order (so its
+        histogram). What any map of this smoothness and value distribution scores by chance. Seeded per (seed,
+        image id, method, layer), so the floor never depends on the batch."""
+        return surrogates(maps, [seed_of(self.seed, image, key[0], key[1], salt) for image in self.image_ids])
 
     @staticmethod
     def cross_image(maps: torch.Tensor) -> Optional[torch.Tensor]:
@@ -120,6 +115,23 @@ class BatchContext:
         if maps.shape[0] < 2:
             return None
         return maps.roll(-1, 0)
+
+
+def surrogates(maps: torch.Tensor, seeds: Sequence[int]) -> torch.Tensor:
+    """Amplitude-adjusted Fourier surrogates of (N, H, W) ``maps`` (one seed per map), in float64; NaN maps stay
+    NaN."""
+    m = maps.detach().to(torch.float64)
+    h, w = m.shape[-2:]
+    noise = torch.stack([torch.rand((h, w), dtype=torch.float64, generator=torch.Generator().manual_seed(s))
+                         for s in seeds]).to(m.device)
+    phase = torch.fft.rfft2(noise - noise.mean((-2, -1), keepdim=True))
+    amplitude = torch.fft.rfft2(m - m.mean((-2, -1), keepdim=True)).abs()
+    shaped = torch.fft.irfft2(amplitude * torch.exp(1j * phase.angle()), s=(h, w))
+    flat = shaped.reshape(len(seeds), -1)
+    order = flat.argsort(dim=-1, stable=True)
+    values = m.reshape(len(seeds), -1).sort(dim=-1, stable=True).values
+    out = torch.empty_like(values).scatter_(-1, order, values)
+    return out.reshape(m.shape).to(maps.dtype)
 
 
 def floats(t: torch.Tensor) -> list[float]:

@@ -20,7 +20,6 @@ from ..errors import InputError, UnknownNameError
 from ..guard import compute_dtype, model_device_dtype, preserved
 from ..targets import class_logits
 from .common import resize
-from .records import Record
 from .pointing import gaussian_smooth
 
 MODES = ("deletion", "insertion")
@@ -169,33 +168,6 @@ def _distinct_points(ranks: torch.Tensor, counts: torch.Tensor):
             first, inverse = every, every  # a collision: every point on its own
             break
     return first // k // n, first // k % n, first % k, inverse
-
-
-def faithfulness(model: torch.nn.Module, data, methods, layers="input", *, mode: str, steps: int = 32,
-                 baseline: Baseline = "blur", preprocess=None, batch_size: int = 8, curve_batch_size: int = 64,
-                 limit: Optional[int] = None, progress: bool = False, registry=None,
-                 mismatched: Optional[str] = None) -> list[Record]:
-    """Deletion or insertion AUC of every (method, layer) over a data set, for the class the model predicts: the
-    ``deletion`` / ``insertion`` metric through the one driver (:func:`extagg.evaluation.evaluate`).
-
-    Maps come from :func:`extagg.saliency` (``batch_size`` images per pass, resized to the model input); the
-    curves of all maps of a batch from :func:`deletion_insertion_grid` (``curve_batch_size`` images per forward).
-    :returns: records with subset ``"all"`` and metric ``"deletion_auc"`` or ``"insertion_auc"`` (mean over
-        images, ``_std``, ``_nan``; see :func:`~extagg.evaluation.records.records_of`).
-    """
-    from .records import records_of
-    from .run import evaluate
-
-    if mode not in MODES:
-        raise UnknownNameError("deletion/insertion mode", str(mode), MODES)
-    _check_int("steps", steps)
-    if not isinstance(baseline, str):
-        raise InputError("faithfulness takes a baseline name (blur, zero, mean); for a tensor baseline call "
-                         "deletion_insertion on a batch")
-    out = evaluate(model, data, methods, layers, f"{mode}(steps={steps},baseline={baseline})", preprocess=preprocess,
-                   batch_size=batch_size, limit=limit, progress=progress, registry=registry, mismatched=mismatched,
-                   settings={"curve_batch": curve_batch_size})
-    return records_of(out.rows)
 
 
 def _forward(model, x, model_dtype, batch_size) -> torch.Tensor:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import fnmatch
 import math
-from typing import Callable, Optional, Sequence, Union
+from typing import Callable, Union
 
 import torch
 
@@ -27,7 +27,6 @@ from ..errors import InputError, UnknownNameError
 from ..guard import model_device_dtype
 from ..layers import execution_order
 from .common import any_pattern
-from .records import Record, records_of
 
 Init = Union[str, Callable[[torch.nn.Module, torch.Generator], None]]
 MODES = ("cascading", "independent", "both")
@@ -170,37 +169,3 @@ def cascading_order(work: torch.nn.Module, randomise, x: torch.Tensor) -> list[s
     if not names:
         raise InputError("no layer with parameters to randomise; pass randomise=[names]")
     return sorted(names, key=lambda n: -positions[n] if n in positions else math.inf)
-
-
-def parameter_randomisation(model: torch.nn.Module, data, methods, layers="input", *,
-                            randomise: Optional[Union[str, Sequence[str]]] = None, mode: str = "both",
-                            init: Init = "reset", seed: int = 0, preprocess=None, batch_size: int = 8,
-                            limit: Optional[int] = None, hog_cell: int = 16, baseline: bool = True,
-                            progress: bool = False, registry=None, mismatched: Optional[str] = None) -> list[Record]:
-    """Similarity of every (method, layer) map to the trained model's map under parameter randomisation: the
-    ``randomisation`` metric through the one driver (:func:`extagg.evaluation.evaluate`), on a deep copy.
-
-    :param randomise: block names or patterns (cascading order as given for explicit names; output first in
-        execution order for the default and for patterns, see :func:`cascading_order`).
-    :param mode: ``"cascading"``, ``"independent"`` or ``"both"``. :param init: see :func:`randomise_module`.
-    :param hog_cell: HOG cell size in pixels (maps need at least 3 cells per side).
-    :param baseline: also report the floors ``floor:cross-image`` (the same similarity between trained maps of
-        different images of a batch) and ``floor:smooth-noise`` (against uniform noise at the map's resolution).
-    :returns: records with subsets ``"cascading:<block>"`` (cumulative through that block),
-        ``"independent:<block>"`` and the floors; metrics ``spearman``, ``spearman_abs``, ``ssim``, ``hog``
-        (each with ``_std`` and ``_nan``, see :func:`~extagg.evaluation.records.records_of`).
-    """
-    from .run import evaluate
-
-    if mode not in MODES:
-        raise InputError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
-    if not (callable(init) or init in ("reset", "normal")):
-        raise InputError(f"init must be 'reset', 'normal' or a callable(module, generator), got {init!r}")
-    settings = {"randomise": randomise}
-    if callable(init):
-        settings["init"] = init
-    out = evaluate(model, data, methods, layers,
-                   f"randomisation(mode={mode},hog_cell={hog_cell},init={init if isinstance(init, str) else 'reset'})",
-                   preprocess=preprocess, batch_size=batch_size, limit=limit, progress=progress, registry=registry,
-                   mismatched=mismatched, seed=seed, settings=settings)
-    return records_of(out.rows, floors=baseline)

@@ -66,6 +66,11 @@ class Result:
         return {f: getattr(self, f) for f in RESULT_FIELDS}
 
 
+def jsonable(d: dict) -> dict:
+    """``d`` with non-finite floats as None (JSON ``null``)."""
+    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in d.items()}
+
+
 def mean_std(values: list[float]) -> tuple[float, int, int, float]:
     """(mean of the finite values, their count, the count of the others, sample std)."""
     finite = [v for v in values if math.isfinite(v)]

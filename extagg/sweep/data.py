@@ -32,7 +32,7 @@ class Samples(list):
     class_names = None
 
 
-def _named(samples: list, class_names) -> "Samples":
+def named_samples(samples: list, class_names) -> "Samples":
     out = Samples(samples)
     out.class_names = tuple(class_names) if class_names is not None else None
     return out
@@ -59,4 +59,4 @@ def load_samples(config: SweepConfig) -> list[Sample]:
         ids = [f"{i}:{s}" for i, s in enumerate(ids)]
     import attrs
 
-    return _named([attrs.evolve(s, image_id=i) for s, i in zip(samples, ids)], getattr(data, "class_names", None))
+    return named_samples([attrs.evolve(s, image_id=i) for s, i in zip(samples, ids)], getattr(data, "class_names", None))

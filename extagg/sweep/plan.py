@@ -8,7 +8,6 @@ batches on resume and on every rank, so every number is computed the same way).
 from __future__ import annotations
 
 import math
-from typing import Optional
 
 import attrs
 import torch

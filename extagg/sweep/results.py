@@ -15,7 +15,7 @@ from typing import Iterable, Optional
 
 import attrs
 
-from ..evaluation.results import IMAGE_FIELDS, RESULT_FIELDS, ImageValue, Result, reduce_values
+from ..evaluation.results import IMAGE_FIELDS, RESULT_FIELDS, ImageValue, Result, jsonable, reduce_values
 from ..metric_spec import FLOOR_PREFIX, Direction
 from .plan import SweepPlan
 from .store import Unit
@@ -48,10 +48,6 @@ def reduce_rows(plan: SweepPlan, done: dict[Unit, list]) -> list[Result]:
     return reduce_values(per_image_values(plan, done), directions(plan))
 
 
-def _jsonable(d: dict) -> dict:
-    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in d.items()}
-
-
 def to_csv(rows: Iterable[dict], fields: tuple[str, ...]) -> str:
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
@@ -62,7 +58,7 @@ def to_csv(rows: Iterable[dict], fields: tuple[str, ...]) -> str:
 
 
 def to_jsonl(rows: Iterable[dict]) -> str:
-    return "".join(json.dumps(_jsonable(r), allow_nan=False) + "\n" for r in rows)
+    return "".join(json.dumps(jsonable(r), allow_nan=False) + "\n" for r in rows)
 
 
 @attrs.frozen

@@ -91,10 +91,10 @@ def _load(config: SweepConfig, model, preprocess, samples, device: str):
             raise InputError("data='custom' means samples given to sweep(config, samples=[...]); none were given")
         samples = load_samples(config)
     else:
-        from .data import _named
+        from .data import named_samples
 
         names = getattr(samples, "class_names", None)
-        samples = _named(list(samples)[:config.limit] if config.limit else list(samples), names)
+        samples = named_samples(list(samples)[:config.limit] if config.limit else list(samples), names)
     if not samples:
         raise InputError("the sweep has no images")
     ids = [s.image_id for s in samples]

@@ -3,15 +3,16 @@ the pointing game, registered through ``register_metrics`` exactly as a third-pa
 
 Floors: class sensitivity and parameter randomisation report, next to the measured similarity, the same
 similarity between trained maps of *different* images (``floor:cross-image``: what shared position alone gives)
-and against a random map exactly as smooth as the map (``floor:smooth-noise``: uniform noise drawn at the
-layer's resolution and resized like the map; what SSIM and HOG give any two smooth maps). The pointing game
+and against a random map exactly as smooth as the map (``floor:smooth-noise``: an amplitude-adjusted Fourier
+surrogate of the map, its amplitude spectrum and values with random phases; what SSIM and HOG give any two maps of
+that smoothness). The pointing game
 reports the centre baseline as ``floor:centre``.
 """
 from __future__ import annotations
 
 import torch
 
-from extagg.plugin import (Cost, Direction, Measure, Metric, Param, Value, hookimpl, seed_of, similarities_to,
+from extagg.plugin import (Cost, Measure, Metric, Param, Value, hookimpl, seed_of, similarities_to,
                            similarity_reference, spearman)
 
 CROSS, SMOOTH = "floor:cross-image", "floor:smooth-noise"
@@ -79,7 +80,7 @@ def _sensitivity(ctx, pairing: str = "bottom"):
         _emit(out, keys, CROSS, {"spearman": spearman(a, c), "spearman_abs": spearman(a.abs(), c.abs())})
     else:
         _nan(out, keys, ctx.n, CROSS, ("spearman", "spearman_abs"))
-    s = torch.stack([ctx.smooth_noise(k) for k in keys]).to(a)
+    s = torch.stack([ctx.smooth_noise(k, top[k]) for k in keys]).to(a)
     _emit(out, keys, SMOOTH, {"spearman": spearman(a, s), "spearman_abs": spearman(a.abs(), s)})
     return out
 
@@ -139,7 +140,7 @@ def _randomisation(ctx, mode: str = "cascading", init: str = "reset", hog_cell: 
         record(CROSS, [ctx.cross_image(r) for r in refs])
     else:
         _nan(out, keys, ctx.n, CROSS, ("spearman", "spearman_abs", "ssim", "hog"))
-    record(SMOOTH, [ctx.smooth_noise(k) for k in keys])
+    record(SMOOTH, [ctx.smooth_noise(k, r) for k, r in zip(keys, refs)])
     blocks = ctx.blocks()
     work = ctx.work_model()
     methods = sorted({k[0] for k in keys}, key=[k[0] for k in keys].index)
