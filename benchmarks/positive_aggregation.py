@@ -120,9 +120,9 @@ def main() -> None:
                 print(f"| `{m}` | `{layer}` | {shown} |")
     same_class(model, prep, data, layers, reg)
     completeness(model, prep, data, reg)
-    base = [r for r in rand if r.subset == "random-map" and r.metric == "spearman"]
+    base = [r for r in rand if r.subset == "floor:smooth-noise" and r.metric == "spearman"]
     if base:
-        print(f"random-map baseline spearman (mean over methods/layers): {sum(r.value for r in base) / len(base):.2f}")
+        print(f"smooth-noise floor spearman (mean over methods/layers): {sum(r.value for r in base) / len(base):.2f}")
 
 
 if __name__ == "__main__":

@@ -138,7 +138,7 @@ def main() -> None:
     cols = [("top-vs-bottom", "spearman"), ("top-vs-bottom", "spearman_abs"), ("cascading:_fc", "spearman"),
             ("cascading:_fc", "spearman_abs"), ("cascading:_fc", "ssim"), ("cascading:_blocks.10", "spearman"),
             (last, "spearman"), (last, "spearman_abs"), ("independent:_blocks.10", "spearman"),
-            ("random-map", "spearman")]
+            ("floor:smooth-noise", "spearman"), ("floor:cross-image", "spearman")]
     print(f"{len(data)} photos: {', '.join(PHOTOS)}; cascading: {' > '.join(CASCADE)}")
     print("| method | layer | " + " | ".join(f"{s} {m}" for s, m in cols) + " |")
     print("|---" * (len(cols) + 2) + "|")
