@@ -287,3 +287,18 @@ def test_folder_labels_are_matched_to_the_model_categories_by_name():
     assert by_name(["tench", "Great_White-shark"], categories) == {"tench": 0, "Great_White-shark": 2}
     with pytest.raises(InputError, match="'cats', 'dogs'.*--class-map"):
         by_name(["tench", "cats", "dogs"], categories)
+
+
+def test_a_folder_run_maps_labels_by_name_or_refuses():
+    """Folder indices 0..K-1 are never read as the model's classes: names that match the model's categories are
+    mapped, others refused; a model without known categories needs --class-map."""
+    from extagg.sweep.labels import sweep_class_map
+
+    cfg = SweepConfig(data="folder", root="photos", targets="label", metrics=("deletion",))
+    cmap = sweep_class_map(cfg, ["goldfish", "tench"], 1000)
+    assert cmap.groups == ((1,), (0,))
+    with pytest.raises(InputError, match="'cat'"):
+        sweep_class_map(cfg, ["cat", "tench"], 1000)
+    with pytest.raises(InputError, match="class-map"):
+        sweep_class_map(cfg, ["a", "b", "c", "d", "e"], 5)
+    assert sweep_class_map(SweepConfig(data="folder", root="photos", metrics=("deletion",)), ["cat"], 1000) is None
