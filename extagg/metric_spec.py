@@ -90,12 +90,11 @@ class Value:
 
 @attrs.frozen(kw_only=True)
 class Cost:
-    """What one batch of ``n`` images costs a metric beyond the shared pass (for the sweep's preview):
-    ``saliency_passes`` of all methods, ``block_passes`` per randomised block, ``forward_images`` through the
-    model without gradients."""
+    """What one batch costs a metric beyond the shared pass (for the sweep's preview): ``saliency_passes`` of all
+    methods (a per-example method's pass per image counts as one), ``forward_images`` through the model without
+    gradients."""
 
     saliency_passes: int = 0
-    block_passes: int = 0
     forward_images: int = 0
 
 
@@ -110,8 +109,9 @@ class Metric:
     ``compute(ctx, **params)`` returns an iterable of :class:`Value` for the keys ``ctx.keys`` and the images of
     the batch; every (key, image) should get every measure of its main subset (NaN where undefined).
     ``columns(ctx, **params)`` (optional) returns extra (N,) target-class tensors whose maps the metric reads
-    from the shared pass (``ctx.maps_for(column)``); ``cost(n, keys, **params)`` a :class:`Cost`;
-    ``headline(subsets, **params)`` the subset a summary shows (default: the first non-floor one).
+    from the shared pass (``ctx.maps_for(column)``);
+    ``cost(n, keys, blocks, **params)`` (``n`` images, the keys, the number of blocks a model-copy
+    metric may randomise) a :class:`Cost`; ``headline(subsets, **params)`` the subset a summary shows (default: the first non-floor one).
     ``per_image``: batches of one image (pointing, whose targets are each image's annotated classes).
     ``companion(registry, method, module, **params)`` (optional) names, per (method, layer module), another
     method whose map the metric compares with (the identity check's real-layer twin), or None; the metric then

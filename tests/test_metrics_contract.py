@@ -302,3 +302,23 @@ def test_a_folder_run_maps_labels_by_name_or_refuses():
     with pytest.raises(InputError, match="class-map"):
         sweep_class_map(cfg, ["a", "b", "c", "d", "e"], 5)
     assert sweep_class_map(SweepConfig(data="folder", root="photos", metrics=("deletion",)), ["cat"], 1000) is None
+
+
+def test_checkpoints_measure_some_steps_of_the_same_cascade():
+    """``checkpoints=2`` randomises the same blocks in the same order and measures after steps 3 and 5 of 5: those
+    numbers equal the full cascade's at the same steps (and differ from the steps in between)."""
+    from extagg_builtins.metrics import measured
+    from test_evaluation_metrics import _AttributeOrderNotExecutionOrder
+
+    assert measured(21, 6) == [3, 6, 10, 13, 17, 20] and measured(5, 0) == measured(5, 9) == [0, 1, 2, 3, 4]
+    torch.manual_seed(0)
+    model = _AttributeOrderNotExecutionOrder().eval()
+    samples = tiny_samples(2, 24)
+    full = evaluate(model, samples, "linear-approx", "input", "randomisation(hog_cell=8)", batch_size=2)
+    some = evaluate(model, samples, "linear-approx", "input", "randomisation(checkpoints=2,hog_cell=8)", batch_size=2)
+    steps = [s for s in dict.fromkeys(r.subset for r in some.rows) if not s.startswith("floor:")]
+    assert steps == ["cascading:blocks.0", "cascading:stem"]
+    value = {(r.subset, r.measure): r.value for r in full.rows}
+    for r in some.rows:
+        assert r.value == value[r.subset, r.measure]
+    assert value["cascading:blocks.1", "spearman"] != value["cascading:blocks.0", "spearman"]

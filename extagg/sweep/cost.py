@@ -50,11 +50,11 @@ def estimate(plan: SweepPlan, config: SweepConfig, registry, done: dict, pending
             classes += 1
             saliency += g_base + 2 * n * columns * e_base
         for call in plan.calls:
-            c = call.metric.cost(n, plan.keys(str(call)), **call.kwargs) if call.metric.cost is not None else None
+            c = (call.metric.cost(n, plan.keys(str(call)), len(plan.blocks), **call.kwargs)
+                 if call.metric.cost is not None else None)
             if c is None:
                 continue
-            saliency += c.saliency_passes * (g_base + 2 * n * e_base)
-            saliency += c.block_passes * len(plan.blocks) * (g_rand + 2 * n * e_rand)
+            saliency += c.saliency_passes * (g_rand + 2 * n * e_rand)
             if c.forward_images:
                 curve_images += c.forward_images
                 curve_passes += math.ceil(c.forward_images / config.curve_batch)

@@ -10,6 +10,8 @@ reports the centre baseline as ``floor:centre``.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 from extagg.plugin import (Cost, Measure, Metric, Param, Value, hookimpl, seed_of, similarities_to,
@@ -96,7 +98,7 @@ SENSITIVITY = Metric(
                   "paper), random (uniform over the others, seeded per image) or second (runner-up)",
                   choices=PAIRINGS)],
     headline=lambda subsets, pairing="bottom": f"top-vs-{pairing}",
-    cost=lambda n, keys, pairing="bottom": Cost(),
+    cost=lambda n, keys, blocks, pairing="bottom": Cost(),
     doc="Class sensitivity: do the maps change with the explained class? Lower is better (the paper's reading; a "
         "map anti-correlated with the other class's map changed with the class). Floors: the same correlation "
         "between top-class maps of different images, and against smooth noise.",
@@ -108,16 +110,26 @@ SENSITIVITY = Metric(
 RANDOMISATION_MODES = ("cascading", "independent", "both")
 
 
-def _steps(blocks, mode):
+def measured(n: int, checkpoints: int) -> list[int]:
+    """The block indices (of ``n``, output first) whose step is measured: all, or ``checkpoints`` of them evenly
+    spaced, the last (fully randomised) included."""
+    if checkpoints <= 0 or checkpoints >= n:
+        return list(range(n))
+    return sorted({math.ceil((j + 1) * n / checkpoints) - 1 for j in range(checkpoints)})
+
+
+def _steps(blocks, mode, checkpoints=0):
+    """(subset or None when the step is not measured, block index, reset to trained first)."""
+    chosen = set(measured(len(blocks), checkpoints))
     steps = []
-    if mode in ("cascading", "both"):
-        steps += [(f"cascading:{b}", i, i == 0) for i, b in enumerate(blocks)]
+    if mode in ("cascading", "both"):  # every block in turn, cumulatively; similarities at the chosen steps
+        steps += [(f"cascading:{b}" if i in chosen else None, i, i == 0) for i, b in enumerate(blocks)]
     if mode in ("independent", "both"):
-        steps += [(f"independent:{b}", i, True) for i, b in enumerate(blocks)]
+        steps += [(f"independent:{b}", i, True) for i, b in enumerate(blocks) if i in chosen]
     return steps
 
 
-def _randomisation(ctx, mode: str = "cascading", init: str = "reset", hog_cell: int = 16):
+def _randomisation(ctx, mode: str = "cascading", init: str = "reset", hog_cell: int = 16, checkpoints: int = 0):
     from extagg.plugin import randomise_module
 
     keys = ctx.keys
@@ -145,10 +157,12 @@ def _randomisation(ctx, mode: str = "cascading", init: str = "reset", hog_cell: 
     work = ctx.work_model()
     methods = sorted({k[0] for k in keys}, key=[k[0] for k in keys].index)
     try:
-        for subset, i, reset in _steps(blocks, mode):
+        for subset, i, reset in _steps(blocks, mode, checkpoints):
             if reset:
                 ctx.restore()
             randomise_module(work.get_submodule(blocks[i]), ctx.seed + 7919 * (i + 1), ctx.settings.get("init", init))
+            if subset is None:
+                continue
             other = ctx.run_maps(work, ctx.explained, methods)
             record(subset, [other[k][:, 0] for k in keys])
     finally:
@@ -162,8 +176,8 @@ def _randomisation_headline(subsets, mode="cascading", **_):
     return cascading[-1] if cascading else independent[0] if independent else None
 
 
-def _randomisation_cost(n, keys, mode="cascading", **_):
-    return Cost(block_passes=2 if mode == "both" else 1)
+def _randomisation_cost(n, keys, blocks, mode="cascading", checkpoints=0, **_):
+    return Cost(saliency_passes=len(measured(blocks, checkpoints)) * (2 if mode == "both" else 1))
 
 
 RANDOMISATION = Metric(
@@ -178,7 +192,10 @@ RANDOMISATION = Metric(
                   "block at a time) or both", choices=RANDOMISATION_MODES),
             Param("init", str, "reset", "re-initialisation: reset (each layer's reset_parameters) or normal",
                   choices=("reset", "normal")),
-            Param("hog_cell", int, 16, "HOG cell size in pixels", check=lambda v: None if v >= 1 else "must be >= 1")],
+            Param("hog_cell", int, 16, "HOG cell size in pixels", check=lambda v: None if v >= 1 else "must be >= 1"),
+            Param("checkpoints", int, 0, "cascading: every block is randomised in turn; measure after this many "
+                  "steps, evenly spaced, the last included (0: after every block); independent: these blocks",
+                  check=lambda v: None if v >= 0 else "must be >= 0")],
     needs={"model_copy", "extra_passes"},
     headline=_randomisation_headline,
     cost=_randomisation_cost,
@@ -250,7 +267,7 @@ def _curve_metric(mode: str) -> Metric:
                          ctx.settings.get("curve_batch", 64))
         return [Value(k, i, "all", f"{mode}_auc", v) for j, k in enumerate(keys) for i, v in enumerate(auc[j])]
 
-    def cost(n, keys, steps: int = 8, baseline: str = "blur"):
+    def cost(n, keys, blocks, steps: int = 8, baseline: str = "blur"):
         return Cost(forward_images=n * (len(keys) * (steps - 1) + 2))
 
     return Metric(
@@ -313,7 +330,7 @@ POINTING = Metric(
     params=[Param("tolerance", float, 15.0, "hit radius in pixels (strict <)",
                   check=lambda v: None if v > 0 else "must be > 0")],
     needs={"labels", "masks"},
-    cost=lambda n, keys, tolerance=15.0: Cost(saliency_passes=1),
+    cost=lambda n, keys, blocks, tolerance=15.0: Cost(saliency_passes=1),
     doc="Pointing game on every annotated class of each image (subsets all and difficult: area < 25% with "
         "another class present); floor: the centre of the image.",
     reference="Zhang et al., Top-down Neural Attention by Excitation Backprop, ECCV 2016; Rebuffi et al. 2020",
