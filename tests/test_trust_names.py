@@ -6,7 +6,7 @@ import torch
 
 import extagg
 from extagg import Registry, make_plugin_manager
-from extagg.errors import DuplicateNameError
+from extagg.errors import DuplicateNameError, InvalidMethodError
 from extagg.specs import Alias, Filter
 
 from test_plugins import FakeEntryPoint, builtin_eps, plugin_module
@@ -82,3 +82,34 @@ def test_the_default_registry_warns_and_keeps_the_builtin(monkeypatch, builtins)
         assert reg.named_methods["gradcam"].origin.distribution == "extagg"
     finally:
         registry_module.default_registry.cache_clear()
+
+
+def hooks_of(model):
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks) for m in model.modules())
+
+
+@pytest.mark.parametrize("method, first, second", [
+    ("guided:deconvnet:bias+sum", "guided", "deconvnet"),
+    ("deconvnet:guided:bias+abs+max", "deconvnet", "guided"),
+    ("guided:lrp-epsilon:scaling+sum", "guided", "lrp-epsilon"),
+    ("rectgrad:rectgrad(q=50):scaling+sum", "rectgrad", "rectgrad"),
+])
+def test_stacked_propagation_rules_are_refused(method, first, second, registry, tiny_net, images):
+    """Guards that two propagation rules in one method are an error naming both, not silently the last one
+    (``guided:deconvnet`` used to equal ``deconvnet`` bit for bit); the model keeps no hook and each rule alone
+    still runs afterwards."""
+    before = hooks_of(tiny_net)
+    with pytest.raises(InvalidMethodError, match=rf"rules '{first}' and '{second}' both define the backward pass "
+                                                 r"of layer '2' \(ReLU\).*use one rule per method"):
+        extagg.saliency(tiny_net, images, method, "input", targets=1, registry=registry)
+    assert hooks_of(tiny_net) == before
+    alone = extagg.saliency(tiny_net, images, ["guided:bias+sum", "deconvnet:bias+sum"], "input", targets=1,
+                            registry=registry)
+    assert not torch.equal(alone["guided:bias+sum", "input"], alone["deconvnet:bias+sum", "input"])
+
+
+def test_a_rule_with_a_multipass_modifier_still_composes(registry, tiny_net, images):
+    """Only rules are exclusive: ``smooth(sigma=0)`` around ``guided`` is ``guided``."""
+    got = extagg.saliency(tiny_net, images, ["smooth(n=2,sigma=0.0):guided:bias+sum", "guided:bias+sum"], "input",
+                          targets=1, registry=registry)
+    torch.testing.assert_close(got["smooth(n=2,sigma=0.0):guided:bias+sum", "input"], got["guided:bias+sum", "input"])
