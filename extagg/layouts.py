@@ -29,7 +29,7 @@ from torch import nn
 from .errors import InputError, LayerMismatchError
 
 LAYOUTS = ("nchw", "nhwc", "nld")
-INPUT = "input"
+INPUT = "input"  # extagg.capture.INPUT (which imports this module)
 
 CHANNELS_FIRST = (nn.Conv2d, nn.ConvTranspose2d, nn.BatchNorm2d, nn.SyncBatchNorm, nn.InstanceNorm2d, nn.GroupNorm,
                   nn.LocalResponseNorm, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d,
@@ -168,19 +168,21 @@ class Witness:
         for name, module in model.named_modules():
             kind = input_kind(module)
             if kind is not None:
-                handles.append(module.register_forward_pre_hook(self._reader(name or type(model).__name__, kind)))
+                moves = kind == "nhwc" or output_kind(module) == "nhwc"
+                handles.append(module.register_forward_pre_hook(self._reader(name or type(model).__name__, kind,
+                                                                             moves)))
 
     def probe(self, layer: str, tensor: torch.Tensor) -> None:
         """``tensor`` is what the network receives as ``layer``'s output."""
         self.probed[id(tensor)] = layer
         self.alive.append(tensor)
 
-    def _reader(self, name: str, kind: str):
+    def _reader(self, name: str, kind: str, channels_last: bool):
         def hook(module, args):
             x = args[0] if args else None
             if not isinstance(x, torch.Tensor) or x.ndim != 4:
                 return None
-            if self.channels_last is None and (kind == "nhwc" or output_kind(module) == "nhwc"):
+            if channels_last and self.channels_last is None:
                 self.channels_last = f"{name!r} ({type(module).__name__})"
             layer = self.probed.get(id(x))
             if layer is not None:
@@ -224,7 +226,7 @@ def layout_4d(layer: str, module: nn.Module, shape: tuple, told: Optional[str],
                  f"this output is (N, C, h, w) or (N, h, w, C); {fix}")
 
 
-def to_nchw(capture, shape_check=True):
+def to_nchw(capture):
     """A capture of an (N, h, w, C) layer as (N, C, h, w) maps: output, gradient (N, T, h, w, C) and, when its
     leading dimensions are the output's, the input."""
     out = capture.output
