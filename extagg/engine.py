@@ -17,13 +17,13 @@ from .capture import INPUT, LayerCapture, Probes
 from .errors import InputError, LayerMismatchError, PluginContractError
 from .guard import compute_dtype, model_device_dtype, preserved
 from .layer_request import resolve_requested_layers
+from .layouts import told_per_layer
 from .method import Method
 from .multipass import evaluate_samples, multipass_of
 from .phase2 import evaluate_layer
 from .plugins import enter_modifier
 from .registry import Registry, default_registry
 from .result import SaliencyMaps
-from .layouts import told_per_layer
 from .tokens import spatial_capture, usable
 from .targets import (Objective, Targets, as_target_matrix, check_call_options, check_in_range, num_classes_of,
                       forwarding, objective_scores, run_forward)
