@@ -24,7 +24,7 @@ from .phase2 import evaluate_layer
 from .plugins import enter_modifier
 from .registry import Registry, default_registry
 from .result import SaliencyMaps
-from .tokens import spatial_capture, usable
+from .tokens import layer_form, spatial_capture, usable
 from .targets import (Objective, Targets, as_target_matrix, check_call_options, check_in_range, num_classes_of,
                       forwarding, objective_scores, run_forward)
 from .util import as_list
@@ -163,6 +163,9 @@ def run_pass(model, images, needs: dict[str, set[str]], targets: Optional[torch.
             x = probes.input_probe(images)
             output = run_forward(model, x, forward_kwargs, replacements)
         probes.check()
+        n, shape = images.shape[0], tuple(images.shape)
+        forms = {layer: layer_form(LayerCapture(layer, probes.modules[layer], probes.raw[layer]["output"]), n, shape,
+                                   told.get(layer), model, probes.witness) for layer in needs}  # before the backward
         if objective is None:
             check_in_range(targets, num_classes_of(output))
         scores, matrix = objective_scores(output, None if objective is not None else targets, objective,
@@ -182,7 +185,7 @@ def run_pass(model, images, needs: dict[str, set[str]], targets: Optional[torch.
             input=raw["input"].to(cdtype) if "input" in raw else None,
             grad=None if grad is None else grad.to(cdtype),
             training=raw.get("training"),
-        ), images.shape[0], tuple(images.shape), told.get(layer), model, probes.witness)
+        ), forms[layer])
     return captures, scores.detach(), (None if objective is not None else matrix)
 
 

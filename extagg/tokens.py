@@ -3,11 +3,11 @@
 A vision transformer's blocks (torchvision's ``VisionTransformer.encoder.layers.*``, timm-style ``blocks.*``)
 return (N, L, D): ``prefix`` leading tokens that are not patches (the class token, register or distillation
 tokens), ``h * w`` patch tokens in row-major order, then ``suffix`` trailing tokens that are not patches (registers
-some models append). :func:`spatial_capture` turns such a capture into the (N, D, h, w) activation and
-(N, T, D, h, w) gradient of the patch tokens, so every extractor that needs no spatial neighbourhood (``bias``,
-``scaling``, ``pooled-scaling``, ``conv1x1``, ``linear``: an ``nn.Linear``'s own weight gradient per token) gives
-(N, T, h, w) maps there. Grad-CAM's channel weights are the gradient pooled over the patch tokens; the other
-tokens' gradient is not part of any map. A 4-D output is laid out by :mod:`extagg.layouts`.
+some models append). Such a capture becomes the (N, D, h, w) activation and (N, T, D, h, w) gradient of the
+patch tokens, so every extractor that needs no spatial neighbourhood (``bias``, ``scaling``, ``pooled-scaling``,
+``conv1x1``, ``linear``: an ``nn.Linear``'s own weight gradient per token) gives (N, T, h, w) maps there. Grad-CAM's channel weights are the gradient pooled over the patch tokens; the other
+tokens' gradient is not part of any map (:func:`layer_form`, then :func:`spatial_capture`). A 4-D output is
+laid out by :mod:`extagg.layouts`.
 
 The grid is never guessed from the token count. It is ``token_grid=(h, w[, prefix[, suffix]])`` from the call
 (one for every token layer, or ``{layer: grid}``), or what the model declares: the nearest module, from the layer
@@ -164,13 +164,14 @@ def to_grid(tokens: torch.Tensor, grid: tuple) -> torch.Tensor:
     return patches.transpose(-1, -2).reshape(*patches.shape[:-2], patches.shape[-1], h, w)
 
 
-def spatial_capture(capture, n: int, image_shape: tuple, told: Optional[Told] = None,
-                    model: Optional[nn.Module] = None, witness=None):
-    """The capture as extractors see it: (N, C, h, w) maps. An (N, C, h, w) layer's unchanged, an (N, h, w, C)
-    layer's permuted (:mod:`extagg.layouts`; ``witness`` is the pass's :class:`~extagg.layouts.Witness`), a token
-    layer's on its patch grid (``grid`` set); an error naming the layer and shape for any other."""
+def layer_form(capture, n: int, image_shape: tuple, told: Optional[Told] = None,
+               model: Optional[nn.Module] = None, witness=None):
+    """How the capture becomes (N, C, h, w) maps: ``"nchw"`` (as it is), ``"nhwc"`` (permuted,
+    :mod:`extagg.layouts`; ``witness`` is the pass's :class:`~extagg.layouts.Witness`) or a token layer's
+    ``(h, w, prefix, suffix)``; an error naming the layer, its shape and what settles it otherwise. Reads only the
+    output's shape, so it runs before the backward pass."""
     if capture.output is None or capture.module is None:
-        return capture
+        return "nchw"
     told = told or Told()
     out = capture.output
     shape = tuple(out.shape)
@@ -178,21 +179,29 @@ def spatial_capture(capture, n: int, image_shape: tuple, told: Optional[Told] = 
         if told.grid_named:
             raise _shape_error(capture.name, capture.module, shape, f"token_grid={told.grid} is for (N, L, D) token "
                                "layers; this one is 4-D (its layout: layout='nchw' or 'nhwc')")
-        layout = layout_4d(capture.name, capture.module, shape, told.layout, witness)
-        return capture if layout == "nchw" else to_nchw(capture)
+        return layout_4d(capture.name, capture.module, shape, told.layout, witness)
     if out.ndim != 3:
         hint = ("a vector per image, with no spatial grid; choose a layer before the pooling or flattening"
                 if out.ndim == 2 else "extagg maps need (N, C, h, w) maps or (N, L, D) token sequences")
         raise _shape_error(capture.name, capture.module, shape, hint)
-    grid = layer_grid(capture.name, capture.module, out, n, image_shape, told, model)
-    x_in = capture.input
+    return layer_grid(capture.name, capture.module, out, n, image_shape, told, model)
+
+
+def spatial_capture(capture, form):
+    """The capture as extractors see it, in the ``form`` :func:`layer_form` gave: (N, C, h, w) maps, a token
+    layer's on its patch grid (``grid`` set)."""
+    if form == "nchw":
+        return capture
+    if form == "nhwc":
+        return to_nchw(capture)
+    out, x_in = capture.output, capture.input
     if x_in is not None:
         if x_in.ndim != 3 or x_in.shape[:2] != out.shape[:2]:
-            raise _shape_error(capture.name, capture.module, shape,
+            raise _shape_error(capture.name, capture.module, tuple(out.shape),
                                f"a token layer whose input {tuple(x_in.shape)} is not a sequence of the same tokens")
-        x_in = to_grid(x_in, grid)
-    return attrs.evolve(capture, output=to_grid(out, grid), input=x_in,
-                        grad=None if capture.grad is None else to_grid(capture.grad, grid), grid=grid)
+        x_in = to_grid(x_in, form)
+    return attrs.evolve(capture, output=to_grid(out, form), input=x_in,
+                        grad=None if capture.grad is None else to_grid(capture.grad, form), grid=form)
 
 
 def usable(registry, capture, methods: list, mismatched: str) -> list:

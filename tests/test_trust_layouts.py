@@ -251,3 +251,36 @@ def test_torchvision_vit_b_16_grid_from_its_declarations(registry):
     want = gradcam_tokens(direct(vit, x, vit.encoder.layers.encoder_layer_0), 2, 2, 1, 0)
     close(got, want)
     assert got.shape == (5, 2, 2, 2) and want.max() > 0
+
+
+class CountBackward(torch.autograd.Function):
+    calls = 0
+
+    @staticmethod
+    def forward(x):
+        return x.clone()
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        pass
+
+    @staticmethod
+    def backward(ctx, g):
+        CountBackward.calls += 1
+        return g
+
+
+def test_a_layout_refusal_comes_before_the_backward_pass(registry):
+    """The layout and grid are decided from the forward pass's shapes: a refused layer costs no backward."""
+    model, x = tokens_model(registers=4), pictures(h=16, w=16)
+    later = model.blocks[1]  # between the layer and the score: the backward to the layer passes through it
+    handle = later.register_forward_hook(lambda _m, _a, out: CountBackward.apply(out))
+    try:
+        CountBackward.calls = 0
+        extagg.saliency(model, x, "gradient", "blocks.0", 1, token_grid=(4, 4, 1, 4), registry=registry)
+        assert CountBackward.calls == 1
+        with pytest.raises(LayerMismatchError, match="token_grid="):
+            extagg.saliency(model, x, "gradient", "blocks.0", 1, registry=registry)
+        assert CountBackward.calls == 1
+    finally:
+        handle.remove()
