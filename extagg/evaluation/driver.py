@@ -154,8 +154,10 @@ def _checked(call: MetricCall, fn: Callable):
 
 
 def check_values(call: MetricCall, values, keys, n: int) -> list[Value]:
-    """What a metric returned, checked: Value records, known keys and measures, images in range, no NaN
-    outside the declared measures' meaning (NaN is allowed: undefined), numbers in the declared range."""
+    """What a metric returned, checked at the boundary (a :class:`PluginError` naming the metric and its plugin):
+    :class:`Value` records for the keys it was given, declared measures, images of the batch, finite numbers in
+    the measure's declared range, and at least one value off the floors. NaN is allowed: it means "undefined
+    here" (a constant map's rank correlation) and is counted in ``nan``, never averaged."""
     out = []
     known = set(keys)
     measures = {m.name: m for m in call.metric.measures}
