@@ -6,6 +6,7 @@ def describe_metric(registry, text: str) -> str:
     """A metric call's doc, reference, origin, parameters (with the values of this call), needs and measures
     (direction and range)."""
     from .evaluation.driver import parse_metric
+    from .method import format_value
 
     call = parse_metric(registry, text)
     m = call.metric
@@ -16,13 +17,14 @@ def describe_metric(registry, text: str) -> str:
     values = call.kwargs
     for p in m.params:
         choices = f" (one of {', '.join(map(str, p.choices))})" if p.choices else ""
-        lines.append(f"  parameter {p.name}={values.get(p.name, 'required')!s}: {p.type.__name__}{choices}; {p.doc}")
+        value = format_value(values[p.name]) if p.name in values else "required"
+        lines.append(f"  parameter {p.name}={value}: {p.type.__name__}{choices}; {p.doc}")
     if m.needs:
         lines.append(f"  needs: {', '.join(sorted(m.needs))}")
     if m.per_image:
         lines.append("  one image per batch")
     for measure in m.measures:
-        lines.append(f"  measure {measure.name}: {measure.direction.value} is better, range [{measure.low:g}, "
+        lines.append(f"  measure {measure.name}: {measure.direction.phrase}, range [{measure.low:g}, "
                      f"{measure.high:g}]; {measure.doc}")
     return "\n".join(lines)
 
@@ -32,12 +34,15 @@ def metric_lines(registry, patterns=("*",)) -> list[str]:
     parameters with defaults, origin."""
     import fnmatch
 
+    from .method import format_value
+
     out = []
     for name, m in registry.metrics.items():
         if not any(fnmatch.fnmatchcase(name, p) for p in patterns):
             continue
-        measures = ", ".join(f"{x.name} ({x.direction.value})" for x in m.measures)
-        params = ", ".join(f"{p.name}={p.default}" if not p.required else p.name for p in m.params)
+        measures = ", ".join(f"{x.name} ({x.direction.phrase})" for x in m.measures)
+        params = ", ".join(f"{p.name}={format_value(p.default)}" if not p.required else p.name for p in m.params)
         needs = f"; needs {', '.join(sorted(m.needs))}" if m.needs else ""
         out.append(f"{name}({params})  measures: {measures}{needs}  [from {m.origin.plugin if m.origin else '?'}]")
     return out
+

@@ -48,6 +48,11 @@ class Direction(str, enum.Enum):
         return min(finite, key=self.key) if finite else None
 
     @property
+    def phrase(self) -> str:
+        """``higher is better``, ``lower is better`` or ``closest to zero is better``."""
+        return "closest to zero is better" if self is Direction.ZERO else f"{self.value} is better"
+
+    @property
     def arrow(self) -> str:
         return {"higher": "↑", "lower": "↓", "zero": "→0"}[self.value]
 

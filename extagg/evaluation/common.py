@@ -79,13 +79,14 @@ def iterate(data: Iterable[Sample], limit: Optional[int]) -> Iterator[Sample]:
         yield s
 
 
-def batches(samples: Iterable[Sample], size: int) -> Iterator[list[Sample]]:
-    """Consecutive samples grouped into lists of up to ``size`` with the same image shape."""
+def batches(samples: Iterable[Sample], size: int, by_shape: bool = True) -> Iterator[list[Sample]]:
+    """Consecutive samples grouped into lists of up to ``size``, also split where the image shape changes when
+    ``by_shape`` (images without a resizing preprocess cannot be stacked otherwise)."""
     if size < 1:
         raise InputError(f"batch_size must be >= 1, got {size!r}")
     group: list[Sample] = []
     for s in samples:
-        if group and (len(group) == size or s.image.shape != group[0].image.shape):
+        if group and (len(group) == size or (by_shape and s.image.shape != group[0].image.shape)):
             yield group
             group = []
         group.append(s)

@@ -9,8 +9,9 @@ input by the last time a parameterised module inside each block runs in one forw
 
 After each step the maps for the class the *trained* model predicts are compared with the trained model's maps:
 ``spearman`` (signed), ``spearman_abs``, ``ssim`` and ``hog`` (see :func:`~extagg.evaluation.similarity.map_similarities`),
-at the input resolution. A **random-map baseline** per (method, layer) compares the trained maps with uniform
-noise (subset ``"random-map"``). Re-initialisation uses each module's own ``reset_parameters()`` (the layer's
+at the input resolution, next to two floors: the same similarity between trained maps of different images and
+against a surrogate map of the same smoothness (``floor:cross-image``, ``floor:smooth-noise``; the built-in
+``randomisation`` metric, :mod:`extagg_builtins.metrics`). Re-initialisation uses each module's own ``reset_parameters()`` (the layer's
 default initialiser; Adebayo et al. re-draw with the layer's initialiser) with a fixed seed per block, so every
 batch and both modes see the same random weights; normalisation layers get random gamma and beta (truncated
 standard normal); BatchNorm running statistics (buffers) are kept.

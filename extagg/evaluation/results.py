@@ -107,12 +107,18 @@ def reduce_values(values: Iterable[ImageValue], directions: Optional[dict] = Non
     return out
 
 
-def find(rows: Iterable[Result], method: str, layer: str, metric: str, measure: str, subset: str,
-         canonical: Optional[str] = None) -> Result:
-    """The row of ``method`` (as asked, or canonical) at ``layer``; KeyError naming what was looked for."""
+def find(rows: Iterable[Result], method: str, layer: str, metric: str, measure: Optional[str], subset: str,
+         calls=()) -> Result:
+    """The row of ``method`` (as asked, or canonical) at ``layer`` for ``metric`` (a metric call's canonical text,
+    or its name when one call has it); ``measure`` None: the call's first measure. KeyError otherwise."""
+    mine = [c for c in calls if metric == str(c)] or [c for c in calls if metric == c.name]
+    texts = {str(c) for c in mine} if mine else {metric}
+    if measure is None:
+        if not mine:
+            raise KeyError((method, layer, metric, measure, subset))
+        measure = mine[0].metric.measures[0].name
     for r in rows:
-        if (method in (r.method, r.canonical) or canonical == r.canonical) and \
-                (r.layer, r.measure, r.subset) == (layer, measure, subset) and \
-                metric in (r.metric, r.metric.split("(")[0]):
+        if method in (r.method, r.canonical) and (r.layer, r.measure, r.subset) == (layer, measure, subset) \
+                and r.metric in texts:
             return r
     raise KeyError((method, layer, metric, measure, subset))

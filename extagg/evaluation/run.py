@@ -31,9 +31,35 @@ class Evaluation:
     rows: tuple[Result, ...]
     values: tuple[ImageValue, ...] = attrs.field(repr=False)
 
-    def value(self, method: str, layer: str, metric: str, measure: str, subset: str = "all") -> float:
-        """The reduced value; ``method`` as written or canonical, ``metric`` by name or canonical call."""
-        return find(self.rows, method, layer, metric, measure, subset).value
+    calls: tuple = attrs.field(default=(), repr=False)
+
+    def value(self, method: str, layer: str, metric: str, measure: Optional[str] = None, subset: str = "all") -> float:
+        """The reduced value; ``method`` as written or canonical, ``metric`` by name or canonical call,
+        ``measure`` by default the metric's first."""
+        return find(self.rows, method, layer, metric, measure, subset, calls=self.calls).value
+
+
+def _class_map(model, data, preprocess, class_map):
+    """The class map of a labelled evaluation (None when the data declares no classes: labels are then the
+    model's class indices); refuses data-set classes read as the model's when their numbers differ."""
+    from .class_map import resolve_class_map
+    from .common import logits, model_inputs
+
+    names = getattr(data, "class_names", None)
+    if names is None:
+        if class_map is not None:
+            raise InputError("a class_map needs data that declares its classes (data.class_names)")
+        return None
+    first = next(iter(iterate(data, 1)), None)
+    if first is None:
+        return None
+    outputs = logits(model, model_inputs(model, [first.image], preprocess)).shape[1]
+    cmap = resolve_class_map(class_map, num_data_classes=len(names), data_names=list(names),
+                             num_model_classes=outputs)
+    if not cmap.single:
+        raise InputError("this evaluation explains one model class per data-set class; map each class to one "
+                         "model class index (a group of several is for pointing_game and identity_check)")
+    return cmap
 
 
 def image_values(layout, call: MetricCall, values, image_ids: Sequence[str]) -> list[ImageValue]:
@@ -50,15 +76,19 @@ def directions(calls: Sequence[MetricCall]) -> dict:
 def evaluate(model: torch.nn.Module, data, methods, layers="input", metrics: Union[str, Sequence[str]] = "sensitivity",
              *, preprocess=None, batch_size: int = 8, limit: Optional[int] = None, progress: bool = False,
              registry=None, mismatched: Optional[str] = None, targets="predicted", seed: int = 0,
-             defaults: Optional[dict] = None, settings: Optional[dict] = None) -> Evaluation:
+             defaults: Optional[dict] = None, settings: Optional[dict] = None, class_map=None) -> Evaluation:
     """Score every (method, layer) with every metric call, batch by batch, through :class:`Driver`.
 
     :param metrics: metric calls (``"deletion(steps=16)"``), see ``extagg metrics``.
     :param defaults: parameter values for the metric calls that leave them out (``{"steps": 32}``).
     :param settings: shared settings (``randomise``: blocks or patterns; ``class_map``; ``curve_batch``).
     :param targets: the explained class: ``"predicted"``, ``"label"`` or a class index.
-    Batches: up to ``batch_size`` consecutive same-size images (one image for per-image metrics such as the
-    pointing game), the same batches ``extagg sweep`` uses for the same images and batch size.
+    :param class_map: when labels are read (``targets="label"``, a metric that needs labels) and the data
+        declares its classes (``data.class_names``): {data-set class: model class} or a JSON file, as
+        ``extagg evaluate --class-map``; without one, the data set's classes must be the model's (else refused).
+    Batches: ``batch_size`` consecutive images (one for per-image metrics such as the pointing game), the batches
+    ``extagg sweep`` uses for the same images and batch size; without ``preprocess``, also split where the image
+    size changes.
     """
     registry = registry or default_registry()
     texts = [metrics] if isinstance(metrics, str) else list(metrics)
@@ -81,16 +111,20 @@ def evaluate(model: torch.nn.Module, data, methods, layers="input", metrics: Uni
             for layer in layer_list:
                 check_layer_fit(registry, registry.parse(m), layer, modules[layer])
     layout = make_layout(registry, model, method_list, layer_list, calls, asked=asked)
+    settings = dict(settings or {})
+    if targets == "label" or any("labels" in c.metric.needs for c in calls) or class_map is not None:
+        settings.setdefault("class_map", _class_map(model, data, preprocess, class_map))
     driver = Driver(model, preprocess, registry, layout, calls, targets=targets, seed=seed, settings=settings,
                     mismatched="skip")
     per_image = any(c.metric.per_image for c in calls)
     out: list[ImageValue] = []
     count = 0
-    for group in bar(batches(iterate(data, limit), 1 if per_image else batch_size), progress, None, "evaluate"):
+    size = 1 if per_image else batch_size
+    for group in bar(batches(iterate(data, limit), size, by_shape=preprocess is None), progress, None, "evaluate"):
         ids = [s.image_id or str(count + i) for i, s in enumerate(group)]
         count += len(group)
         for call, values in driver.run(group):
             out += image_values(layout, call, values, ids)
     order = {str(c): i for i, c in enumerate(calls)}
     out.sort(key=lambda v: order[v.metric])  # stable: within a metric, batch order
-    return Evaluation(tuple(reduce_values(out, directions(calls))), tuple(out))
+    return Evaluation(tuple(reduce_values(out, directions(calls))), tuple(out), tuple(calls))

@@ -16,7 +16,11 @@ from ..evaluation.class_map import ClassMap, resolve_class_map
 from .config import SweepConfig, metric_name
 
 
-def reads_labels(config: SweepConfig) -> bool:
+def reads_labels(config: SweepConfig, calls=()) -> bool:
+    """Whether the run reads labels: ``--targets label``, or a metric that declares ``needs={"labels"}``
+    (``calls``: the resolved metric calls; without them, the built-in ``pointing`` by name)."""
+    if calls:
+        return config.targets == "label" or any("labels" in c.metric.needs for c in calls)
     return config.targets == "label" or any(metric_name(m) == "pointing" for m in config.metrics)
 
 
@@ -59,11 +63,19 @@ def by_name(data_names: Sequence[str], categories: Sequence[str]) -> dict:
     return {n: index[_key(n)] for n in data_names}
 
 
-def sweep_class_map(config: SweepConfig, class_names: Optional[Sequence[str]], num_model_classes: int
-                    ) -> Optional[ClassMap]:
+def sweep_class_map(config: SweepConfig, class_names: Optional[Sequence[str]], num_model_classes: int,
+                    calls=()) -> Optional[ClassMap]:
     """The class map of a sweep that reads labels (None when it reads none, or when the samples declare no
-    classes: their labels are then the model's class indices)."""
-    if not reads_labels(config):
+    classes: their labels are then the model's class indices); one model class per data-set class."""
+    cmap = _class_map(config, class_names, num_model_classes, calls)
+    if cmap is not None and not cmap.single:
+        raise InputError("--class-map: the sweep explains one model class per data-set class; map each class to one "
+                         "model class index (groups of several are for extagg evaluate's pointing and identity)")
+    return cmap
+
+
+def _class_map(config, class_names, num_model_classes, calls):
+    if not reads_labels(config, calls):
         if config.class_map:
             raise InputError("--class-map is for labelled runs (--targets label or the pointing metric)")
         return None

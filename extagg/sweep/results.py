@@ -117,7 +117,7 @@ def summary_table(plan: SweepPlan, rows: list[Result]) -> str:
     for h in headline_tables(plan, rows):
         cols = [layer for layer in layers if any((m, layer) in h.table for m in plan.methods)]
         n_images = max((r.n + r.nan for r in h.table.values()), default=0)
-        lines.append(f"{h.metric}: {h.measure} [{h.subset}] ({h.direction.value} is better; "
+        lines.append(f"{h.metric}: {h.measure} [{h.subset}] ({h.direction.phrase}; "
                      f"{n_images} image(s) per cell)")
         names = {m: asked.get(m, m) + ("" if asked.get(m, m) == m else f" = {m}") for m in plan.methods}
         width = max(len(x) for x in [*names.values(), *(f"  {s}" for s in h.floors), "method"])

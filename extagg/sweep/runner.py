@@ -31,17 +31,12 @@ class SweepResult:
     run_dir: Path
     seconds: float
 
-    def value(self, method: str, layer: str, metric: str, subset: str = "all", measure: Optional[str] = None) -> float:
+    def value(self, method: str, layer: str, metric: str, measure: Optional[str] = None, subset: str = "all") -> float:
         """The reduced value of ``method`` (as written or canonical) at ``layer``; ``metric`` by name or canonical
-        call; ``measure`` defaults to the metric's first."""
+        call; ``measure`` defaults to the metric's first (as :meth:`extagg.evaluation.Evaluation.value`)."""
         from ..evaluation.results import find
 
-        if measure is None:
-            calls = [c for c in self.plan.calls if metric in (str(c), c.name)]
-            if not calls:
-                raise KeyError((method, layer, metric, subset))
-            measure = calls[0].metric.measures[0].name
-        return find(self.rows, method, layer, metric, measure, subset).value
+        return find(self.rows, method, layer, metric, measure, subset, calls=self.plan.calls).value
 
 
 def versions(registry, config: SweepConfig, model_label: str) -> dict:
@@ -127,7 +122,7 @@ def sweep(config: Optional[SweepConfig] = None, *, model: Optional[torch.nn.Modu
         example = model_inputs(model, [samples[0].image], preprocess)
         layers = select_layers(model, list(config.layers), example)
         plan = make_plan(config, model, registry, [s.image_id for s in samples], example, layers)
-        class_map = _class_map(config, model, example, samples)
+        class_map = _class_map(config, plan, model, example, samples)
         record = {"config": config.result_dict(), "plan": plan.as_dict(), "versions": versions(registry, config, label)}
         store = RunStore(config.run_dir, writer=group.rank == 0)
         state = None
@@ -176,14 +171,14 @@ def _batch_units(plan: SweepPlan, batch: tuple[int, ...]):
     return [u for metric in plan.metrics for u in plan.units(metric, ids)]
 
 
-def _class_map(config, model, example, samples):
+def _class_map(config, plan, model, example, samples):
     """The sweep's class map (labelled runs), checked before any work (see :mod:`.labels`)."""
     from ..evaluation.common import logits
     from .labels import reads_labels, sweep_class_map
 
-    if not reads_labels(config) and not config.class_map:
+    if not reads_labels(config, plan.calls) and not config.class_map:
         return None
-    return sweep_class_map(config, getattr(samples, "class_names", None), logits(model, example).shape[1])
+    return sweep_class_map(config, getattr(samples, "class_names", None), logits(model, example).shape[1], plan.calls)
 
 
 def _compute(plan, config, registry, model, preprocess, samples, pending, done, store, group, class_map=None) -> None:

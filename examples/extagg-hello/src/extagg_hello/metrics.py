@@ -15,8 +15,6 @@ import torch
 
 from extagg.plugin import Cost, Measure, Metric, Param, Value, hookimpl
 
-SMOOTH = "floor:smooth-noise"
-
 
 def gini(maps: torch.Tensor, absolute: bool = True) -> torch.Tensor:
     """(N, H, W) maps -> (N,) float64 Gini indices of ``|map|`` (``absolute``) or of ``max(map, 0)``; NaN where
@@ -32,12 +30,11 @@ def gini(maps: torch.Tensor, absolute: bool = True) -> torch.Tensor:
 
 
 def _sparseness(ctx, absolute: bool = True):
-    """Every (method, layer) map of the batch, and smooth noise at the same layer's resolution (the floor)."""
+    """The Gini index of every (method, layer) map of the batch."""
     maps = ctx.maps_for()  # {(method, layer): (N, H, W)}, the explained class, resized to the model input
     out = []
     for key in ctx.keys:
-        for subset, m in (("all", maps[key]), (SMOOTH, ctx.smooth_noise(key))):
-            out += [Value(key, i, subset, "gini", float(g)) for i, g in enumerate(gini(m, absolute))]
+        out += [Value(key, i, "all", "gini", float(g)) for i, g in enumerate(gini(maps[key], absolute))]
     return out
 
 
@@ -47,7 +44,7 @@ SPARSENESS = Metric(
     measures=[Measure(name="gini", direction="higher", low=0, high=1,
                       doc="Gini index of the map's values: 0 for a constant map, 1 - 1/n for one nonzero pixel")],
     params=[Param("absolute", bool, True, "score |map| (true) or the positive part max(map, 0) (false)")],
-    cost=lambda n, keys, absolute=True: Cost(),  # nothing beyond the shared saliency pass
+    cost=lambda n, keys, blocks, absolute=True: Cost(),  # nothing beyond the shared saliency pass
     doc="Sparseness: the Gini index of each map (resized to the model input); higher is more concise. Floor: the "
         "same index of uniform noise drawn at the layer's resolution and resized like the map.",
     reference="Chalasani et al., Concise Explanations of Neural Networks using Adversarial Training, ICML 2020",
