@@ -133,3 +133,127 @@ def test_the_generic_path_accumulates_in_float64(lite0, registry):
         want = g[0].norm(dim=0) * _patch_norm(a)[0]
         gap = ((got[0, k].double() - want).abs().max() / (want.max() - want.min())).item()
         assert gap <= 1e-6, (target, gap)
+
+
+# ----------------------------------------------------------------------------- multi-pass counts
+from extagg import multipass  # noqa: E402
+from extagg.errors import InputError  # noqa: E402
+from extagg.plugin import Modifier, Samples, hookimpl  # noqa: E402
+
+
+@pytest.mark.parametrize("method, cap", [
+    (f"smooth(n={multipass.MAX_SAMPLES + 1}):gradcam", "MAX_SAMPLES"),
+    (f"vargrad(n={10 ** 9}):gradcam", "MAX_SAMPLES"),
+    (f"ig(steps={multipass.MAX_SAMPLES + 1}):scaling+sum", "MAX_SAMPLES"),
+    (f"smooth(chunk={multipass.MAX_CHUNK + 1}):gradcam", "MAX_CHUNK"),
+    (f"ig(chunk={multipass.MAX_CHUNK + 1}):scaling+sum", "MAX_CHUNK"),
+])
+def test_a_count_above_its_cap_is_refused_naming_the_cap(registry, method, cap):
+    """Counts are capped as the parser's own sizes are: refused when the method string is parsed, naming the
+    parameter, the accepted range and the cap; the largest accepted values parse."""
+    with pytest.raises(InvalidMethodError, match=rf"(n|steps|chunk).*in \d\.\.\d+ .*extagg\.multipass\.{cap}"):
+        registry.parse(method)
+    registry.parse(f"smooth(chunk={multipass.MAX_CHUNK},n={multipass.MAX_SAMPLES}):gradcam")
+    registry.parse(f"ig(steps={multipass.MAX_SAMPLES}):scaling+sum")
+
+
+class _Recorder:
+    """Sample weights that record every read: a plugin's ``Samples.weights``."""
+
+    def __init__(self, count):
+        self.count, self.reads = count, []
+
+    def __len__(self):
+        return self.count
+
+    def __getitem__(self, index):
+        if not isinstance(index, slice) and not 0 <= index < self.count:
+            raise IndexError(index)
+        span = range(*index.indices(self.count)) if isinstance(index, slice) else range(index, index + 1)
+        self.reads.append(len(span))
+        return tuple(1.0 / self.count for _ in span) if isinstance(index, slice) else 1.0 / self.count
+
+
+def _registry_with(samples_fn):
+    class Plugin:
+        @staticmethod
+        @hookimpl
+        def register_modifiers(register):
+            register(Modifier(name="probe", samples=samples_fn, stateless=True))
+    return extagg.Registry.from_plugin_manager(extagg.make_plugin_manager(autoload=False, extra=[Plugin]))
+
+
+def _small():
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+                              torch.nn.Flatten(), torch.nn.Linear(4, 3)).double().eval()
+    return net, torch.randn(2, 3, 6, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+
+
+@pytest.mark.parametrize("reduce", ["mean", "grad"])
+def test_memory_follows_the_chunk_not_the_count(reduce):
+    """Guards the per-chunk reads: with 40 samples in chunks of 3, extagg never asks for more than 3 samples or 3
+    weights at once (before, the whole weight sequence was read into one tensor of ``count`` numbers)."""
+    made, weights = [], _Recorder(40)
+
+    def samples(images):
+        def make(start, stop):
+            made.append(stop - start)
+            return images.detach().expand(stop - start, *images.shape) * 1.0
+        return Samples(count=40, make=make, reduce=reduce, weights=weights, chunk=3)
+
+    net, x = _small()
+    extagg.saliency(net, x, "probe:scaling+sum", "1", 0, registry=_registry_with(samples))
+    assert max(made) == 3 and sum(made) == 40
+    assert weights.reads and max(weights.reads) <= 3 and sum(weights.reads) == 40
+
+
+def test_a_plugin_count_above_the_cap_is_an_input_error():
+    reg = _registry_with(lambda images: Samples(count=multipass.MAX_SAMPLES + 1, make=lambda a, b: None))
+    net, x = _small()
+    with pytest.raises(InputError, match=rf"probe.*{multipass.MAX_SAMPLES + 1} samples.*MAX_SAMPLES"):
+        extagg.saliency(net, x, "probe:scaling+sum", "1", 0, registry=reg)
+
+
+def _accumulate(reduce, values, weights, chunk):
+    acc = multipass._Moments(reduce)
+    for start in range(0, len(values), chunk):
+        acc.add(values[start:start + chunk], weights[start:start + chunk])
+    return acc.result()
+
+
+@pytest.mark.parametrize("reduce", ["mean", "mean_sq", "var", "grad"])
+def test_the_running_sums_are_the_same_bit_for_bit_whatever_the_chunking(reduce):
+    """The reductions take the samples one at a time in index order, so any chunking gives the very same
+    floating-point operations. Float32 values with widely different magnitudes make the order visible."""
+    gen = torch.Generator().manual_seed(0)
+    values = (torch.randn(11, 2, 5, generator=gen) * torch.logspace(-4, 4, 11)[:, None, None]).float()
+    weights = torch.rand(11, generator=gen, dtype=torch.float64)
+    whole = _accumulate(reduce, values, weights, 11)
+    for chunk in (1, 2, 3, 4, 10):
+        assert torch.equal(_accumulate(reduce, values, weights, chunk), whole), chunk
+
+
+def test_a_chunk_merged_sum_would_fail_that_test():
+    """The counter-case: summing each chunk first and then the chunk sums (what a per-chunk tensordot does)
+    depends on the chunking in float32: ((1 + 1) + 1e8) - 1e8 = 0 one at a time, (1 + 1) + (1e8 - 1e8) = 2 in
+    chunks of two. The running sum gives 0 either way."""
+    values = torch.tensor([1.0, 1.0, 1e8, -1e8], dtype=torch.float32)[:, None]
+
+    def merged(chunk):
+        return sum(values[s:s + chunk].sum(0) for s in range(0, 4, chunk))
+
+    assert merged(1).item() == 0 and merged(2).item() == 2
+    ones = torch.ones(4, dtype=torch.float64)
+    assert torch.equal(_accumulate("grad", values, ones, 1), _accumulate("grad", values, ones, 2))
+
+
+@pytest.mark.parametrize("modifier", ["smooth(n=5,seed=2)", "vargrad(n=5,seed=2)", "ig(steps=5)"])
+def test_chunked_and_unchunked_calls_agree(registry, modifier):
+    """End to end, chunk=1 and chunk=5 give the same maps to 1e-12 (relative): the accumulation is identical
+    (test above); what may differ is the model itself, run on batches of 2 and 10 images (a batched conv may
+    round differently at another batch size)."""
+    net, x = _small()
+    one, five = (f"{modifier[:-1]},chunk={c}):normgrad" for c in (1, 5))
+    maps = extagg.saliency(net, x, [one, five], "1", [0, 2], registry=registry)
+    torch.testing.assert_close(maps[one], maps[five], rtol=1e-12, atol=1e-15)
