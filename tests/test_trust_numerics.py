@@ -376,4 +376,4 @@ def test_lrp_zplus_on_a_lite_block_leaks_exactly_at_the_depthwise_conv_and_its_b
     share_bn, share_dw = (bn_leak / logit), (dw_leak / logit)
     print(f"BN leak {share_bn.tolist()}, depthwise z+ leak {share_dw.tolist()}, expand z+ leak "
           f"{(expand_leak / logit).tolist()}, input {(_total(r_in) / logit).tolist()}")
-    assert (share_bn.abs() > 0.01).all() and (dead.double().mean() > 0.1)
+    assert (share_bn.abs() > 0.01).all() and (share_dw.abs() > 0.01).all() and (dead.double().mean() > 0.1)
