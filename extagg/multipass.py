@@ -11,7 +11,13 @@ on the real images: ``smooth:meta:normgrad`` smooths the method on the meta-step
    is bounded by ``chunk * N`` images whatever ``count`` is;
 3. the reduction: ``"mean"``, ``"mean_sq"``, ``"var"`` (population variance) of each method's (N, T, h, w)
    maps, resized first if ``resize`` is asked; or ``"grad"``: the weighted sum of the gradients at each layer
-   replaces the gradient in the real pass's capture, and every method's extractor runs on it once.
+   replaces the gradient in the real pass's capture, and every method's extractor runs on it once. At the
+   ``"input"`` layer the activation is ``Samples.input_activation`` (IG: ``x - baseline``), at any other layer
+   the real input's activation. So ``ig:scaling+sum`` at the input is Integrated Gradients, and at a hidden
+   layer it is ``a(x) * mean path gradient`` (not Captum's layer IG, which interpolates the layer's own
+   activation).
+
+A method carries at most one multi-pass modifier. ``forward_kwargs`` are passed unchanged to every chunk.
 
 **Memory and caps.** Nothing is held per sample: the weights are read chunk by chunk (``Samples.weights`` may be
 any sequence that slices, such as :class:`LazyWeights`), and the reductions are running sums that take the
@@ -19,13 +25,8 @@ samples one at a time in index order (a weighted sum; Welford's update for ``"va
 with it the result, is the same bit for bit whatever the chunking, given the same per-sample maps (a batched
 forward of another size may round a convolution differently, at float rounding). A call runs at most
 :data:`MAX_SAMPLES` samples and at most :data:`MAX_CHUNK` per pass; more is an :class:`InputError` naming the
-cap, like the method parser's caps (:data:`extagg.method.MAX_LENGTH`). The caps bound the time a method string can
-ask for; the memory is bounded by the chunk. At the ``"input"`` layer the activation is ``Samples.input_activation`` (IG: ``x - baseline``),
-   at any other layer the real input's activation. So ``ig:scaling+sum`` at the input is Integrated
-   Gradients, and at a hidden layer it is ``a(x) * mean path gradient`` (not Captum's layer IG, which
-   interpolates the layer's own activation).
-
-A method carries at most one multi-pass modifier. ``forward_kwargs`` are passed unchanged to every chunk.
+cap, like the method parser's caps (:data:`extagg.method.MAX_LENGTH`). The caps bound the time a method string
+can ask for; the memory is bounded by the chunk.
 """
 from __future__ import annotations
 
