@@ -95,9 +95,9 @@ def test_alpha_eps_outside_its_range_is_refused(registry, bad):
 
 def test_alpha_eps_in_a_method_string_reaches_the_weights(registry):
     """``pooled-scaling(...,alpha_eps=...)`` changes the map where the pole is near and not elsewhere."""
+    torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3, padding=1), torch.nn.ReLU(), torch.nn.Flatten(),
                               torch.nn.Linear(2 * 5 * 5, 3)).double()
-    torch.manual_seed(0)
     x = torch.randn(2, 1, 5, 5, dtype=torch.float64)
     plain, floored = "pooled-scaling(g=relu,pool=alpha)+sum", "pooled-scaling(g=relu,pool=alpha,alpha_eps=0.5)+sum"
     maps = extagg.saliency(net, x, [plain, floored], "0", 0, registry=registry)
