@@ -9,15 +9,24 @@ on the real images: ``smooth:meta:normgrad`` smooths the method on the meta-step
    also the real activations;
 2. the samples in chunks of ``chunk`` (x N images): one forward and one batched backward per chunk, so memory
    is bounded by ``chunk * N`` images whatever ``count`` is;
-3. the reduction: ``"mean"``, ``"mean_sq"``, ``"var"`` (population variance, merged chunk by chunk) of each
-   method's (N, T, h, w) maps, resized first if ``resize`` is asked; or ``"grad"``: the weighted sum of the
-   gradients at each layer replaces the gradient in the real pass's capture, and every method's extractor runs
-   on it once. At the ``"input"`` layer the activation is ``Samples.input_activation`` (IG: ``x - baseline``),
-   at any other layer the real input's activation. So ``ig:scaling+sum`` at the input is Integrated
-   Gradients, and at a hidden layer it is ``a(x) * mean path gradient`` (not Captum's layer IG, which
-   interpolates the layer's own activation).
+3. the reduction: ``"mean"``, ``"mean_sq"``, ``"var"`` (population variance) of each method's (N, T, h, w)
+   maps, resized first if ``resize`` is asked; or ``"grad"``: the weighted sum of the gradients at each layer
+   replaces the gradient in the real pass's capture, and every method's extractor runs on it once. At the
+   ``"input"`` layer the activation is ``Samples.input_activation`` (IG: ``x - baseline``), at any other layer
+   the real input's activation. So ``ig:scaling+sum`` at the input is Integrated Gradients, and at a hidden
+   layer it is ``a(x) * mean path gradient`` (not Captum's layer IG, which interpolates the layer's own
+   activation).
 
 A method carries at most one multi-pass modifier. ``forward_kwargs`` are passed unchanged to every chunk.
+
+**Memory and caps.** Nothing is held per sample: the weights are read chunk by chunk (``Samples.weights`` may be
+any sequence that slices, such as :class:`LazyWeights`), and the reductions are running sums that take the
+samples one at a time in index order (a weighted sum; Welford's update for ``"var"``), so the arithmetic, and
+with it the result, is the same bit for bit whatever the chunking, given the same per-sample maps (a batched
+forward of another size may round a convolution differently, at float rounding). A call runs at most
+:data:`MAX_SAMPLES` samples and at most :data:`MAX_CHUNK` per pass; more is an :class:`InputError` naming the
+cap, like the method parser's caps (:data:`extagg.method.MAX_LENGTH`). The caps bound the time a method string
+can ask for; the memory is bounded by the chunk.
 """
 from __future__ import annotations
 
@@ -34,6 +43,39 @@ from .tokens import usable
 
 AUTO_BATCH = 32
 """Images per chunk when a modifier leaves ``chunk`` at 0: ``max(1, AUTO_BATCH // N)`` samples."""
+MAX_SAMPLES = 10_000
+"""Most samples one multi-pass modifier may ask for in one call (``smooth(n=...)``, ``ig(steps=...)``)."""
+MAX_CHUNK = 1024
+"""Most samples per forward/backward (``chunk=...``); one pass holds ``chunk * N`` images."""
+
+
+def count_problem(value: int):
+    """The check of a sample count parameter: an integer in ``1..MAX_SAMPLES``."""
+    return None if 1 <= value <= MAX_SAMPLES else f"must be in 1..{MAX_SAMPLES} (extagg.multipass.MAX_SAMPLES)"
+
+
+def chunk_problem(value: int):
+    """The check of a ``chunk`` parameter: 0 (automatic) or an integer up to ``MAX_CHUNK``."""
+    return None if 0 <= value <= MAX_CHUNK else \
+        f"must be in 0..{MAX_CHUNK} (0: automatic; extagg.multipass.MAX_CHUNK)"
+
+
+class LazyWeights:
+    """A sequence of ``count`` sample weights computed on demand, ``weight(j)`` for sample ``j``: a
+    ``Samples.weights`` that holds nothing per sample. Supports ``len`` and integer or slice indexing."""
+
+    def __init__(self, count: int, weight):
+        self.count, self.weight = count, weight
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return tuple(self.weight(j) for j in range(*index.indices(self.count)))
+        if not -self.count <= index < self.count:
+            raise IndexError(f"sample {index} of {self.count}")
+        return self.weight(index % self.count)
 
 
 def multipass_of(registry, modifiers: tuple):
@@ -62,6 +104,12 @@ def _checked(spec, samples, images: torch.Tensor) -> Samples:
         problems.append(f"chunk {samples.chunk!r} is not an int >= 0")
     if problems:
         raise PluginContractError(f"{where} returned bad Samples: " + "; ".join(problems))
+    if samples.count > MAX_SAMPLES:
+        raise InputError(f"{where} asks for {samples.count} samples; at most {MAX_SAMPLES} run in one call "
+                         "(extagg.multipass.MAX_SAMPLES)")
+    if samples.chunk > MAX_CHUNK:
+        raise InputError(f"{where} asks for {samples.chunk} samples per pass; at most {MAX_CHUNK} "
+                         "(extagg.multipass.MAX_CHUNK)")
     return samples
 
 
@@ -76,31 +124,36 @@ def _make(spec, samples: Samples, start: int, stop: int, images: torch.Tensor) -
 
 
 class _Moments:
-    """Weighted sums (``mean``, ``mean_sq``) or a chunk-merged population variance of (k, ...) batches."""
+    """Running weighted sums (``mean``, ``mean_sq``, ``grad``) or a population variance (Welford) of samples
+    taken one at a time in index order, so that the chunking never changes the arithmetic."""
 
     def __init__(self, reduce: str):
         self.reduce, self.total, self.count, self.mean, self.m2 = reduce, None, 0, None, None
 
     def add(self, batch: torch.Tensor, weights: torch.Tensor) -> None:
-        if self.reduce in ("mean", "mean_sq"):
-            values = batch if self.reduce == "mean" else batch * batch
-            part = torch.tensordot(weights.to(values.dtype), values, 1)
-            self.total = part if self.total is None else self.total + part
-            return
-        k = batch.shape[0]
-        mean_b = batch.mean(0)
-        m2_b = ((batch - mean_b) ** 2).sum(0)
-        if self.mean is None:
-            self.count, self.mean, self.m2 = k, mean_b, m2_b
-            return
-        n = self.count + k
-        delta = mean_b - self.mean
-        self.mean = self.mean + delta * (k / n)
-        self.m2 = self.m2 + m2_b + delta * delta * (self.count * k / n)
-        self.count = n
+        """Add the (k, ...) ``batch`` of consecutive samples with their (k,) ``weights``."""
+        for value, weight in zip(batch, weights.tolist()):
+            if self.reduce != "var":
+                part = (value * value if self.reduce == "mean_sq" else value) * weight
+                self.total = part if self.total is None else self.total + part
+                continue
+            self.count += 1
+            if self.mean is None:
+                self.mean, self.m2 = value.clone(), torch.zeros_like(value)
+                continue
+            delta = value - self.mean
+            self.mean = self.mean + delta / self.count
+            self.m2 = self.m2 + delta * (value - self.mean)
 
     def result(self) -> torch.Tensor:
-        return self.total if self.reduce in ("mean", "mean_sq") else self.m2 / self.count
+        return self.m2 / self.count if self.reduce == "var" else self.total
+
+
+def chunk_weights(samples: Samples, start: int, stop: int) -> torch.Tensor:
+    """The float64 weights of samples ``start .. stop - 1`` (``1 / count`` each where ``weights`` is None)."""
+    if samples.weights is None:
+        return torch.full((stop - start,), 1.0 / samples.count, dtype=torch.float64)
+    return torch.as_tensor(tuple(samples.weights[start:stop]), dtype=torch.float64)
 
 
 def evaluate_samples(registry, run, request, sampler, group: list, *, plans: dict, closed_forms: bool):
@@ -123,8 +176,6 @@ def evaluate_samples(registry, run, request, sampler, group: list, *, plans: dic
     real, scores, matrix = run(images, request.targets, needs if path_grad else {}, backward=False)
     targets = request.targets if request.targets is not None else matrix
     count = samples.count
-    weights = (torch.full((count,), 1.0 / count, dtype=torch.float64) if samples.weights is None
-               else torch.as_tensor(samples.weights, dtype=torch.float64))
     chunk = samples.chunk or max(1, AUTO_BATCH // n)
     sums: dict = {}
     for start in range(0, count, chunk):
@@ -132,13 +183,11 @@ def evaluate_samples(registry, run, request, sampler, group: list, *, plans: dic
         k = stop - start
         x = _make(spec, samples, start, stop, images)
         captures, _, _ = run(x, None if targets is None else targets.repeat(k, 1), needs)
-        w = weights[start:stop].to(images.device)
+        w = chunk_weights(samples, start, stop)
         for layer in list(captures):
             capture = captures.pop(layer)
             if path_grad:
-                g = capture.grad.reshape(k, n, *capture.grad.shape[1:])
-                part = torch.tensordot(w.to(g.dtype), g, 1)
-                sums[layer] = part if layer not in sums else sums[layer] + part
+                sums.setdefault(layer, _Moments("grad")).add(capture.grad.reshape(k, n, *capture.grad.shape[1:]), w)
                 continue
             here = usable(registry, capture, by_layer[layer], request.mismatched)
             for name, m in evaluate_layer(registry, capture, here, plans=plans,
@@ -151,7 +200,7 @@ def evaluate_samples(registry, run, request, sampler, group: list, *, plans: dic
         output = capture.output
         if layer == INPUT and samples.input_activation is not None:
             output = torch.as_tensor(samples.input_activation).to(device=output.device, dtype=output.dtype)
-        capture = attrs.evolve(capture, output=output, grad=sums[layer].to(capture.output.dtype))
+        capture = attrs.evolve(capture, output=output, grad=sums[layer].result().to(capture.output.dtype))
         here = usable(registry, capture, by_layer[layer], request.mismatched)
         for name, m in evaluate_layer(registry, capture, here, plans=plans, closed_forms=closed_forms,
                                       size=request.size).items():

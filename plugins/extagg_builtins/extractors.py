@@ -7,7 +7,7 @@ from torch import nn
 
 from extagg.errors import InputError
 from extagg.plugin import Dense, Extractor, Factored, Param, PatchGeometry, Product, Scaled, hookimpl
-from extagg_builtins.cam_weights import GRADIENT_FILTERS, POOLS, channel_weights, filtered
+from extagg_builtins.cam_weights import GRADIENT_FILTERS, POOLS, alpha_eps_problem, channel_weights, filtered
 
 
 MAX_K = 1023
@@ -41,8 +41,8 @@ def scaling(c, g: str = "signed"):
     return Product(c.output, filtered(c.grad, g), store=c.store)
 
 
-def pooled_scaling(c, g: str = "signed", pool: str = "mean", alpha_norm: bool = False):
-    return Scaled(c.output, channel_weights(c.grad, c.output, g, pool, alpha_norm), store=c.store)
+def pooled_scaling(c, g: str = "signed", pool: str = "mean", alpha_norm: bool = False, alpha_eps: float = 0.0):
+    return Scaled(c.output, channel_weights(c.grad, c.output, g, pool, alpha_norm, alpha_eps), store=c.store)
 
 
 def identity_conv(c, k: int = 3):
@@ -84,6 +84,8 @@ _POOL = Param("pool", str, "mean", "channel weight from the filtered gradient f(
               "(XGrad-CAM: sum x f(g) / sum x), alpha (Grad-CAM++ eq. 19: sum alpha f(g))", choices=POOLS)
 _ALPHA_NORM = Param("alpha_norm", bool, False, "pool=alpha only: divide alpha per channel by its sum where f(g) != 0 "
                     "(Grad-CAM++'s original code)")
+_ALPHA_EPS = Param("alpha_eps", float, 0.0, "pool=alpha only: floor |2 + S g| at alpha_eps * (2 + |S g|), a relative "
+                   "stabiliser of eq. 19's pole (0: eq. 19 as published)", check=alpha_eps_problem)
 _KREQ = Param("k", int, doc="odd kernel size", check=_odd)
 
 
@@ -94,7 +96,7 @@ def register_extractors(register):
     register(Extractor(name="scaling", fn=scaling, params=[_G], formula="x_u * f(g_u)",
                        doc="Virtual per-channel scaling after the layer: activation times gradient "
                            "('scaling(g=relu)': times the gradient's positive part, LayerCAM)."))
-    register(Extractor(name="pooled-scaling", fn=pooled_scaling, params=[_G, _POOL, _ALPHA_NORM],
+    register(Extractor(name="pooled-scaling", fn=pooled_scaling, params=[_G, _POOL, _ALPHA_NORM, _ALPHA_EPS],
                        formula="x_u * w, w = pool_v f(g_v) (mean | mass-weighted | Grad-CAM++ alpha-weighted)",
                        doc="Scaling whose gradient is pooled over space into channel weights: Grad-CAM (default), "
                            "XGrad-CAM (pool=mass), Grad-CAM++ (pool=alpha); g=relu|abs filters g before pooling."))

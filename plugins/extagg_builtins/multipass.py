@@ -10,8 +10,11 @@
   both ends); at the input the activation is ``x - b``, elsewhere the real input's. ``ig:scaling+sum`` at the
   input is Integrated Gradients (Sundararajan et al. 2017) with a constant baseline ``b``.
 
-``chunk``: samples per forward/backward (0: as many as keep ``chunk * N <= 32`` images). See
-:mod:`extagg.multipass` for how they run and compose.
+``chunk``: samples per forward/backward (0: as many as keep ``chunk * N <= 32`` images). Caps: ``n`` and
+``steps`` at most :data:`extagg.multipass.MAX_SAMPLES` (10000), ``chunk`` at most
+:data:`extagg.multipass.MAX_CHUNK` (1024); a larger value is refused when the method string is parsed. Memory
+grows with ``chunk``, never with ``n`` or ``steps``: samples, path points and weights are made chunk by chunk.
+See :mod:`extagg.multipass` for how they run and compose.
 """
 from __future__ import annotations
 
@@ -19,16 +22,12 @@ import math
 
 import torch
 
-from extagg.multipass import noise
+from extagg.multipass import LazyWeights, chunk_problem, count_problem, noise
 from extagg.plugin import Modifier, Param, Samples, hookimpl
 
 
-def _positive(x):
-    return None if x >= 1 else "must be >= 1"
-
-
 def _at_least_two(x):
-    return None if x >= 2 else "must be >= 2 (the trapezoid rule needs both ends of the path)"
+    return "must be >= 2 (the trapezoid rule needs both ends of the path)" if x < 2 else count_problem(x)
 
 
 def _nonnegative_finite(x):
@@ -37,10 +36,6 @@ def _nonnegative_finite(x):
 
 def _finite(x):
     return None if math.isfinite(x) else "must be a finite number"
-
-
-def _chunk_ok(x):
-    return None if x >= 0 else "must be >= 0 (0: automatic)"
 
 
 def noisy_samples(images: torch.Tensor, n: int, sigma: float, seed: int, chunk: int, reduce: str) -> Samples:
@@ -57,21 +52,27 @@ def noisy_samples(images: torch.Tensor, n: int, sigma: float, seed: int, chunk: 
     return Samples(count=n, make=make, reduce=reduce, chunk=chunk)
 
 
+def trapezoid_weight(steps: int):
+    """Sample ``j``'s trapezoid weight on ``steps`` equally spaced points of [0, 1]: ``1 / (steps - 1)``, halved
+    at both ends."""
+    def weight(j: int) -> float:
+        return (0.5 if j in (0, steps - 1) else 1.0) / (steps - 1)
+    return weight
+
+
 def path_samples(images: torch.Tensor, steps: int, baseline: float, chunk: int) -> Samples:
-    """The straight path from the constant ``baseline`` image to ``images``, trapezoid weights."""
-    alphas = torch.linspace(0, 1, steps, dtype=torch.float64)
-    weights = [1.0 / (steps - 1)] * steps
-    weights[0] /= 2
-    weights[-1] /= 2
+    """The straight path from the constant ``baseline`` image to ``images``, ``alpha_j = j / (steps - 1)`` (in
+    float64, then the images' dtype), trapezoid weights; both made per chunk."""
     x = images.detach()
     base = torch.full_like(x, baseline)
 
     def make(start: int, stop: int) -> torch.Tensor:
-        a = alphas[start:stop].to(device=x.device, dtype=x.dtype).reshape(-1, *([1] * x.ndim))
+        alphas = torch.arange(start, stop, dtype=torch.float64) / (steps - 1)
+        a = alphas.to(device=x.device, dtype=x.dtype).reshape(-1, *([1] * x.ndim))
         return base + a * (x - base)
 
-    return Samples(count=steps, make=make, reduce="grad", weights=tuple(weights), chunk=chunk,
-                   input_activation=x - base)
+    return Samples(count=steps, make=make, reduce="grad", weights=LazyWeights(steps, trapezoid_weight(steps)),
+                   chunk=chunk, input_activation=x - base)
 
 
 def _noisy(reduce: str):
@@ -86,11 +87,12 @@ def _ig(images, steps: int = 32, baseline: float = 0.0, chunk: int = 0):
 
 def _noise_params():
     return [
-        Param("n", int, 50, "number of noisy copies", check=_positive),
+        Param("n", int, 50, "number of noisy copies (1..extagg.multipass.MAX_SAMPLES)", check=count_problem),
         Param("sigma", float, 0.15, "noise standard deviation as a fraction of each image's range (max - min)",
               check=_nonnegative_finite),
         Param("seed", int, 0, "seed of the noise (copy j uses a generator seeded from (seed, j))"),
-        Param("chunk", int, 0, "copies per forward/backward (0: keep chunk * N <= 32 images)", check=_chunk_ok),
+        Param("chunk", int, 0, "copies per forward/backward (0: keep chunk * N <= 32 images; at most "
+              "extagg.multipass.MAX_CHUNK)", check=chunk_problem),
     ]
 
 
@@ -111,11 +113,11 @@ def register_modifiers(register):
         samples=_ig,
         stateless=True,
         params=[
-            Param("steps", int, 32, "points on the path from the baseline to the input (trapezoid rule)",
-                  check=_at_least_two),
+            Param("steps", int, 32, "points on the path from the baseline to the input (trapezoid rule; "
+                  "2..extagg.multipass.MAX_SAMPLES)", check=_at_least_two),
             Param("baseline", float, 0.0, "the constant baseline image's value", check=_finite),
-            Param("chunk", int, 0, "path points per forward/backward (0: keep chunk * N <= 32 images)",
-                  check=_chunk_ok),
+            Param("chunk", int, 0, "path points per forward/backward (0: keep chunk * N <= 32 images; at most "
+                  "extagg.multipass.MAX_CHUNK)", check=chunk_problem),
         ],
         doc="Integrated Gradients: every layer's gradient replaced by its trapezoid average along the straight "
             "path from a constant baseline to the input; at the input the activation is x - baseline, so "
