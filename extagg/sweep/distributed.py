@@ -147,9 +147,16 @@ class Group:
             yield first, (batches[k] if k < len(batches) else None)
 
     def close(self) -> None:
+        """Leave together (a bounded barrier, so that rank 0, which serves the rendezvous store, does not exit
+        while another rank still tears down), then destroy the group this object created."""
         if self._owned:
             import torch.distributed as dist
 
+            try:
+                dist.monitored_barrier(group=self._control, timeout=datetime.timedelta(seconds=self.timeout),
+                                       wait_all_ranks=True)
+            except RuntimeError:  # a rank already gone: nothing to wait for
+                pass
             dist.destroy_process_group()
 
 
