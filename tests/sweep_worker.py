@@ -1,6 +1,7 @@
 """A sweep in a process of its own, for the multi-process tests: ``python sweep_worker.py RUN_DIR STEPS IMAGES
 [--go FILE] [--stall]``. The rank comes from the environment (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT) as
-torchrun sets it. ``--go FILE``: wait until FILE exists, so that processes start their sweeps together.
+torchrun sets it. ``--go FILE``: stop where the run directory is checked, create ``FILE.ready.<pid>`` and spin until FILE
+exists, so that several processes reach the run directory at the same instant.
 ``--stall``: join the process group, then do nothing (a rank that hangs). An extagg error is printed on stderr as
 ``ERROR <type>: <message>`` and the exit status is 3."""
 from __future__ import annotations
@@ -26,9 +27,17 @@ def main(argv: list[str]) -> int:
         time.sleep(600)
         return 0
     if "--go" in argv:
-        go = argv[argv.index("--go") + 1]
-        while not os.path.exists(go):
-            time.sleep(0.01)
+        from extagg.sweep.store import RunStore
+
+        go, check = argv[argv.index("--go") + 1], RunStore.check_config
+
+        def together(self, *args, **kw):
+            open(f"{go}.ready.{os.getpid()}", "w").close()
+            while not os.path.exists(go):  # spin: released within microseconds of each other
+                pass
+            return check(self, *args, **kw)
+
+        RunStore.check_config = together
     config = tiny_config(run_dir, methods=("gradcam",), layers=("3",), metrics=("deletion",), steps=steps,
                          device="cpu")
     try:

@@ -35,12 +35,20 @@ def _worker(rank: int, world: int, port: int, run_dir: str) -> None:
           out=io.StringIO())
 
 
-def _spawn(run_dir) -> None:
+def _worker_three(rank: int, world: int, port: int, run_dir: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    sweep(tiny_config(run_dir, **THREE), model=coupled_model(), samples=tiny_samples(3),
+          out=io.StringIO())
+
+
+def _spawn(run_dir, worker=_worker) -> None:
     """Rendezvous through env:// as torchrun sets it up; the free port can be taken by another process before
     rank 0 binds it, so a rendezvous that finds it in use is retried on a new port (nothing is written before)."""
     for attempt in range(3):
         try:
-            mp.spawn(_worker, args=(2, _free_port(), str(run_dir)), nprocs=2, join=True)
+            mp.spawn(worker, args=(2, _free_port(), str(run_dir)), nprocs=2, join=True)
             return
         except mp.ProcessRaisedException as exc:
             if attempt == 2 or "address already in use" not in str(exc).lower():
@@ -154,3 +162,42 @@ def test_a_stalled_rank_ends_the_others_within_the_timeout(tmp_path):
     rc, err, seconds = results[0]
     assert rc == 3, f"rc {rc}\n{err[-2000:]}"
     assert "DistributedError" in err and "stopped answering" in err and "1" in err, err[-2000:]
+
+
+# ------------------------------------------------------------------ whole batches of the one-process plan
+THREE_METRICS = ("sensitivity", "deletion")
+
+
+class BatchCoupling(torch.nn.Module):
+    """Scales the logits by ``1 + 1e-4 * tanh(batch mean)``: every number then depends on which images share the
+    batch, so any change of batch composition shows (as rounding differences of a real model's kernels do, less
+    reliably)."""
+
+    def forward(self, x):
+        return x * (1 + 1e-4 * torch.tanh(x.mean(0, keepdim=True)))
+
+
+def coupled_model() -> torch.nn.Module:
+    return torch.nn.Sequential(*tiny_model(), BatchCoupling()).eval()
+
+THREE = dict(methods=("gradcam", "normgrad"), layers=("3",), metrics=THREE_METRICS, device="cpu")
+
+
+def test_ranks_compute_the_batches_of_one_process_bit_for_bit(tmp_path):
+    """3 images in batches of 2 over 2 ranks: rank 0 computes the plan's batch (im0, im1) and rank 1 the batch
+    (im2), as one process does, so every per-image value is the same float, byte for byte (a rank that split
+    the images its own way, e.g. (im0, im2) and (im1), would change the numbers: the model here couples the
+    images of a batch)."""
+    one = tmp_path / "one"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        sweep(tiny_config(one, **THREE), model=coupled_model(), samples=tiny_samples(3),
+              out=io.StringIO())
+    finally:
+        torch.set_num_threads(threads)
+    _spawn(tmp_path / "two", _worker_three)
+    for name in ("per_image.jsonl", "per_image.csv", "results.csv"):
+        assert (tmp_path / "two" / name).read_bytes() == (one / name).read_bytes(), name
+    units = [sorted((d / "units.jsonl").read_text().splitlines()) for d in (one, tmp_path / "two")]
+    assert units[0] == units[1]

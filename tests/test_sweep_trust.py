@@ -66,7 +66,8 @@ def reference(tmp_path_factory):
 
 
 def test_two_sweeps_started_together_on_a_new_directory(tmp_path, reference):
-    """Two processes released at the same instant on one new run directory with different ``steps``: one
+    """Two processes released at the same instant, just before the run directory's check, on one new run
+    directory with different ``steps``: one
     finishes, the other is refused (the lock, or the configuration it finds), and config.json and units.jsonl
     agree with each other (the winner's steps, the winner's units, each once). Before the lock both checked
     an absent config.json, both wrote it and both appended to units.jsonl."""
@@ -77,7 +78,9 @@ def test_two_sweeps_started_together_on_a_new_directory(tmp_path, reference):
     procs = {steps: subprocess.Popen([sys.executable, WORKER, str(run_dir), str(steps), "3", "--go", str(go)],
                                      env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
              for steps in (3, 4)}
-    time.sleep(6)  # both import torch and extagg and wait for the go file (the wait is not the race bound)
+    deadline = time.monotonic() + 60
+    while len(list(tmp_path.glob("go.ready.*"))) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)  # both have loaded and stopped before the run directory's check
     go.touch()
     results = {}
     for steps, p in procs.items():
