@@ -88,39 +88,34 @@ class Group:
         return "cpu"
 
     # ----------------------------------------------------------------- bounded exchanges
-    def _exchange(self, what: str, op):
-        """Run the collective ``op`` after a monitored barrier; a missing or failed rank -> DistributedError."""
+    def _all(self, what: str, payload: Any) -> list:
+        """Every rank's ``payload`` in rank order, exchanged with what each rank is doing: a rank at another step
+        (e.g. one that left after an error) or one that does not answer within the timeout -> DistributedError."""
         import torch.distributed as dist
 
+        out: list = [None] * self.world
         try:
             dist.monitored_barrier(group=self._control, timeout=datetime.timedelta(seconds=self.timeout),
                                    wait_all_ranks=True)
-            return op()
+            dist.all_gather_object(out, (what, payload), group=self._control)
         except RuntimeError as exc:  # DistBackendError and gloo's timeouts and closed connections
             raise DistributedError(
                 f"rank {self.rank}: the sweep's ranks stopped answering at {what} (a rank died, stalled or took "
                 f"longer than {self.timeout:g} s, the {TIMEOUT_ENV} bound): {str(exc).strip().splitlines()[0]}"
             ) from exc
+        for rank, (theirs, _) in enumerate(out):
+            if theirs != what:
+                raise DistributedError(f"rank {rank} is at {theirs} while rank {self.rank} is at {what} (a rank that "
+                                       "ended with an error says why in its own output)")
+        return [p for _, p in out]
 
     def gather(self, obj: Any, what: str = "the exchange of finished units") -> list:
         """Every rank's ``obj`` in rank order (on every rank)."""
-        if not self.distributed:
-            return [obj]
-        import torch.distributed as dist
-
-        out: list = [None] * self.world
-        self._exchange(what, lambda: dist.all_gather_object(out, obj, group=self._control))
-        return out
+        return self._all(what, obj) if self.distributed else [obj]
 
     def broadcast(self, obj: Any, what: str = "a message from rank 0") -> Any:
         """Rank 0's ``obj`` on every rank."""
-        if not self.distributed:
-            return obj
-        import torch.distributed as dist
-
-        box = [obj]
-        self._exchange(what, lambda: dist.broadcast_object_list(box, src=0, group=self._control))
-        return box[0]
+        return self._all(what, obj if self.rank == 0 else None)[0] if self.distributed else obj
 
     def check_same(self, record: dict) -> None:
         """Refuse, on every rank, a sweep whose ranks hold different records (configuration, plan, model,
@@ -147,16 +142,20 @@ class Group:
             yield first, (batches[k] if k < len(batches) else None)
 
     def close(self) -> None:
-        """Leave together (a bounded barrier, so that rank 0, which serves the rendezvous store, does not exit
-        while another rank still tears down), then destroy the group this object created."""
-        if self._owned:
-            import torch.distributed as dist
+        """Leave together (a bounded exchange, so that rank 0, which serves the rendezvous store, does not exit
+        while another rank still tears down; a rank still waiting for units learns that this one left), then
+        destroy the group this object created."""
+        if not self.distributed:
+            return
+        import torch.distributed as dist
 
-            try:
-                dist.monitored_barrier(group=self._control, timeout=datetime.timedelta(seconds=self.timeout),
-                                       wait_all_ranks=True)
-            except RuntimeError:  # a rank already gone: nothing to wait for
-                pass
+        try:
+            self._all("the end of the sweep", None)
+        except DistributedError:  # another rank is gone or elsewhere: nothing to wait for
+            pass
+        if self._control is not None:
+            dist.destroy_process_group(self._control)
+        if self._owned:
             dist.destroy_process_group()
 
 
