@@ -1,7 +1,7 @@
 """A sweep in a process of its own, for the multi-process tests: ``python sweep_worker.py RUN_DIR STEPS IMAGES
 [--go FILE] [--stall]``. The rank comes from the environment (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT) as
-torchrun sets it. ``--go FILE``: stop where the run directory is checked, create ``FILE.ready.<pid>`` and spin until FILE
-exists, so that several processes reach the run directory at the same instant.
+torchrun sets it. ``--go FILE``: stop where the run directory is checked, create ``FILE.ready.<pid>`` and spin
+until FILE exists, so that several processes reach the run directory at the same instant.
 ``--stall``: join the process group, then do nothing (a rank that hangs). An extagg error is printed on stderr as
 ``ERROR <type>: <message>`` and the exit status is 3."""
 from __future__ import annotations

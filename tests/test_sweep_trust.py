@@ -330,3 +330,22 @@ def test_the_callers_random_state_is_left_as_it_was(tmp_path):
     assert torch.equal(torch.random.get_rng_state(), state)
     assert random.getstate() == py
     assert all(np.array_equal(x, y) for x, y in zip(np.random.get_state(), npy))
+
+
+def test_a_run_recorded_without_a_fingerprint_resumes_with_a_warning(finished):
+    """Run directories written before the fingerprint existed still resume; the unchecked model is announced."""
+    path = finished / "config.json"
+    record = json.loads(path.read_text())
+    del record["model"]
+    path.write_text(json.dumps(record))
+    with pytest.warns(UserWarning, match="records no model fingerprint"):
+        run(finished)
+
+
+def test_ranks_are_dealt_whole_batches_of_the_plan():
+    """Rank k of w computes batches k, k + w, ...; every rank goes through the same number of rounds."""
+    from extagg.sweep.distributed import Group
+
+    batches = [(0, 1), (2, 3), (4,)]
+    assert list(Group(0, 2).rounds(batches)) == [(0, (0, 1)), (2, (4,))]
+    assert list(Group(1, 2).rounds(batches)) == [(0, (2, 3)), (2, None)]
