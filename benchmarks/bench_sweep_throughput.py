@@ -45,7 +45,7 @@ from extagg import default_registry  # noqa: E402
 from extagg.engine import saliency  # noqa: E402
 from extagg.evaluation import class_sensitivity, parameter_randomisation, spearman  # noqa: E402
 from extagg.evaluation.common import model_inputs  # noqa: E402
-from extagg.evaluation.faithfulness import faithfulness  # noqa: E402
+from extagg.evaluation import faithfulness  # noqa: E402
 from extagg.layer_select import select_layers  # noqa: E402
 from extagg.models import load_model  # noqa: E402
 from extagg.sweep import SweepConfig  # noqa: E402

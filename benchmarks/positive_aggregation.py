@@ -16,9 +16,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "plugins"))
 
 import extagg  # noqa: E402
 from extagg.evaluation.datasets import Sample  # noqa: E402
-from extagg.evaluation.randomisation import parameter_randomisation  # noqa: E402
+from extagg.evaluation import parameter_randomisation  # noqa: E402
 from extagg.evaluation.records import records_to_json  # noqa: E402
-from extagg.evaluation.sensitivity import class_sensitivity  # noqa: E402
+from extagg.evaluation import class_sensitivity  # noqa: E402
 from extagg.models import load_model  # noqa: E402
 
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket")
@@ -120,9 +120,9 @@ def main() -> None:
                 print(f"| `{m}` | `{layer}` | {shown} |")
     same_class(model, prep, data, layers, reg)
     completeness(model, prep, data, reg)
-    base = [r for r in rand if r.subset == "random-map" and r.metric == "spearman"]
+    base = [r for r in rand if r.subset == "floor:smooth-noise" and r.metric == "spearman"]
     if base:
-        print(f"random-map baseline spearman (mean over methods/layers): {sum(r.value for r in base) / len(base):.2f}")
+        print(f"smooth-noise floor spearman (mean over methods/layers): {sum(r.value for r in base) / len(base):.2f}")
 
 
 if __name__ == "__main__":

@@ -19,9 +19,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import extagg  # noqa: E402
-from extagg.evaluation.randomisation import parameter_randomisation  # noqa: E402
+from extagg.evaluation import parameter_randomisation  # noqa: E402
 from extagg.evaluation.records import records_to_json  # noqa: E402
-from extagg.evaluation.sensitivity import class_sensitivity, top_bottom_classes  # noqa: E402
+from extagg.evaluation import class_sensitivity, top_bottom_classes  # noqa: E402
 from extagg.evaluation.similarity import spearman  # noqa: E402
 from extagg.models import load_model  # noqa: E402
 from positive_aggregation import PHOTOS, photos  # noqa: E402
@@ -138,7 +138,7 @@ def main() -> None:
     cols = [("top-vs-bottom", "spearman"), ("top-vs-bottom", "spearman_abs"), ("cascading:_fc", "spearman"),
             ("cascading:_fc", "spearman_abs"), ("cascading:_fc", "ssim"), ("cascading:_blocks.10", "spearman"),
             (last, "spearman"), (last, "spearman_abs"), ("independent:_blocks.10", "spearman"),
-            ("random-map", "spearman")]
+            ("floor:smooth-noise", "spearman"), ("floor:cross-image", "spearman")]
     print(f"{len(data)} photos: {', '.join(PHOTOS)}; cascading: {' > '.join(CASCADE)}")
     print("| method | layer | " + " | ".join(f"{s} {m}" for s, m in cols) + " |")
     print("|---" * (len(cols) + 2) + "|")

@@ -16,6 +16,7 @@ import attrs
 import torch
 
 from .errors import InputError, UnknownNameError
+from .layouts import Witness, output_kind
 
 INPUT = "input"
 _AT = re.compile(r"^(.*)@(\d+)$")
@@ -30,8 +31,9 @@ class LayerCapture:
     Floating tensors are in the compute dtype (float32 for half/bfloat16 models). ``store``: the layer's
     :class:`extagg.phase2.Store` (set by phase 2 when it builds the capture it hands to extractors); pass it to
     the forms you build (``Dense(c.grad, store=c.store)``) so they share statistics of the captured tensors.
-    ``grid``: at a token layer (N, L, D), ``(h, w, prefix)``; ``output``/``input``/``grad`` are then already the
-    patch tokens on the grid, (N, D, h, w) and (N, T, D, h, w) (:mod:`extagg.tokens`). ``training``: the module's
+    ``grid``: at a token layer (N, L, D), ``(h, w, prefix, suffix)``; ``output``/``input``/``grad`` are then already
+    the patch tokens on the grid, (N, D, h, w) and (N, T, D, h, w) (:mod:`extagg.tokens`); a channels-last
+    (N, h, w, C) layer's are already permuted to channels first (:mod:`extagg.layouts`). ``training``: the module's
     ``training`` flag during the pass (phase 2 runs after the model's mode is restored; read this, not the module's).
     """
 
@@ -41,7 +43,7 @@ class LayerCapture:
     input: Optional[torch.Tensor] = None
     grad: Optional[torch.Tensor] = None
     store: Optional[object] = None
-    grid: Optional[tuple] = None  # (h, w, prefix) at a token layer (see extagg.tokens), None for a (N, C, h, w) one
+    grid: Optional[tuple] = None  # (h, w, prefix, suffix) at a token layer (extagg.tokens), None for a 4-D one
     training: Optional[bool] = None  # the module's training flag during the pass (None at "input")
 
 
@@ -69,11 +71,14 @@ def resolve_layers(model: torch.nn.Module, layers: Iterable[str]) -> dict[str, O
 
 
 class Probes:
-    """Context manager that hooks the requested layers; after the forward pass, ``probes`` and ``captures`` are set."""
+    """Context manager that hooks the requested layers; after the forward pass, ``probes`` and ``captures`` are set.
+    With ``witness``, a :class:`extagg.layouts.Witness` (``self.witness``) also watches the pass for what settles
+    the layers' layouts; its hooks only look and are removed with the probes'."""
 
     def __init__(self, model: torch.nn.Module, needs: dict[str, set[str]],
-                 modules: Optional[dict[str, Optional[torch.nn.Module]]] = None):
+                 modules: Optional[dict[str, Optional[torch.nn.Module]]] = None, witness: bool = False):
         self.model = model
+        self.witness = Witness() if witness else None
         self.needs = needs
         self.modules = ({layer: modules[layer] for layer in needs} if modules is not None
                         else resolve_layers(model, needs))
@@ -94,6 +99,8 @@ class Probes:
         try:
             for key, module in seen.items():
                 self.handles.append(module.register_forward_hook(self._hook(key, by_module[key])))
+            if self.witness is not None and any(output_kind(m) is None for m in seen.values()):
+                self.witness.install(self.model, self.handles)  # only where a layer's kind does not settle it
         except BaseException:
             self.remove()
             raise
@@ -106,6 +113,8 @@ class Probes:
         for h in self.handles:
             h.remove()
         self.handles.clear()
+        if self.witness is not None:
+            self.witness.release()
 
     def input_probe(self, images: torch.Tensor) -> torch.Tensor:
         """The image tensor the model should see; a leaf that requires grad if ``"input"`` is requested."""
@@ -139,6 +148,8 @@ class Probes:
                 self.probes[layer] = probe
                 self.raw[layer] = record
                 output = output + probe
+                if self.witness is not None:
+                    self.witness.probe(layer, output)
             return output
 
         return hook

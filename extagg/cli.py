@@ -1,4 +1,4 @@
-"""Command line: ``extagg methods | plugins | describe | explain | evaluate | sweep``."""
+"""Command line: ``extagg methods | metrics | plugins | describe | explain | evaluate | sweep``."""
 from __future__ import annotations
 
 import argparse
@@ -48,7 +48,26 @@ def cmd_plugins(args) -> int:
 
 
 def cmd_describe(args) -> int:
-    print(_registry().describe(args.method))
+    reg = _registry()
+    head = args.method.strip().split("(")[0].strip().lower()
+    if head in reg.metrics:
+        from .metric_description import describe_metric
+
+        print(describe_metric(reg, args.method))
+    else:
+        print(reg.describe(args.method))
+    return 0
+
+
+def cmd_metrics(args) -> int:
+    from .metric_description import metric_lines
+
+    lines = metric_lines(_registry(), args.pattern or ["*"])
+    for line in lines:
+        print(line)
+    if not lines:
+        print(f"no metric matches {' '.join(args.pattern)}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -92,7 +111,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--components", "-c", action="store_true", help="list every component of each plugin")
     s.set_defaults(func=cmd_plugins)
 
-    s = sub.add_parser("describe", help="composition, formula and origin of a method")
+    s = sub.add_parser("metrics", help="list the metrics: measures with their direction, needs, parameters")
+    s.add_argument("pattern", nargs="*", help="fnmatch patterns over metric names (default: all)")
+    s.set_defaults(func=cmd_metrics)
+
+    s = sub.add_parser("describe", help="composition, formula and origin of a method, or a metric's contract")
     s.add_argument("method")
     s.set_defaults(func=cmd_describe)
 

@@ -29,3 +29,4 @@ def describe(registry, method) -> str:
     lines.append(f"map_u = {post}{m.aggregator.name}({agg}{'(' if agg else ''}c_u{')' if agg else ''})"
                  + ")" * len(m.post) + f", c_u from {m.extractor}")
     return "\n".join(lines)
+

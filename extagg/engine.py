@@ -17,13 +17,14 @@ from .capture import INPUT, LayerCapture, Probes
 from .errors import InputError, LayerMismatchError, PluginContractError
 from .guard import compute_dtype, model_device_dtype, preserved
 from .layer_request import resolve_requested_layers
+from .layouts import told_per_layer
 from .method import Method
 from .multipass import evaluate_samples, multipass_of
 from .phase2 import evaluate_layer
 from .plugins import enter_modifier
 from .registry import Registry, default_registry
 from .result import SaliencyMaps
-from .tokens import check_token_grid, spatial_capture, usable
+from .tokens import layer_form, spatial_capture, usable
 from .targets import (Objective, Targets, as_target_matrix, check_call_options, check_in_range, num_classes_of,
                       forwarding, objective_scores, run_forward)
 from .util import as_list
@@ -82,13 +83,13 @@ class Request:
     targets: Optional[torch.Tensor]  # (N, T) long, range not yet checked; None: the predicted class
     size: Optional[tuple]
     forward_kwargs: Optional[dict] = None
-    token_grid: Optional[tuple] = None  # (h, w, prefix) for every token layer; None: found per layer
+    told: dict = attrs.field(factory=dict)  # layer -> extagg.layouts.Told: the layout / token grid the call states
     mismatched: str = "raise"
 
 
 def parse_request(registry: Registry, model: torch.nn.Module, images, methods: StrOrSeq, layers, targets: Targets,
                   *, objective: Optional[Objective], resize, mismatched: str,
-                  forward_kwargs: Optional[dict] = None, token_grid=None) -> Request:
+                  forward_kwargs: Optional[dict] = None, token_grid=None, layout=None) -> Request:
     """Parse and check everything about a call before the model runs."""
     spelled, names = {}, {}
     for m in as_list(methods, "methods", atoms=(str, Method)):
@@ -116,7 +117,7 @@ def parse_request(registry: Registry, model: torch.nn.Module, images, methods: S
     matrix = as_target_matrix(targets, images.shape[0], None) if objective is None else None
     size = tuple(images.shape[-2:]) if resize is True else (tuple(resize) if resize else None)
     return Request(names, spelled, modules, pairs, passes, images, matrix, size, forward_kwargs,
-                   check_token_grid(token_grid), mismatched)
+                   told_per_layer(layer_list, token_grid, layout), mismatched)
 
 
 def _backward(scores: torch.Tensor, probes: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -145,21 +146,26 @@ def _backward(scores: torch.Tensor, probes: list[torch.Tensor]) -> list[torch.Te
 
 def run_pass(model, images, needs: dict[str, set[str]], targets: Optional[torch.Tensor],
              objective: Optional[Objective], modules: Optional[dict] = None, replacements: Optional[dict] = None,
-             forward_kwargs: Optional[dict] = None, token_grid: Optional[tuple] = None, backward: bool = True):
+             forward_kwargs: Optional[dict] = None, told: Optional[dict] = None, backward: bool = True):
     """One forward and one backward; returns ({layer: LayerCapture}, scores (N, T), targets (N, T) or None).
 
     The model must already be in the desired mode with parameter gradients off (see :func:`saliency`);
     ``targets`` is an (N, T) matrix from :func:`extagg.targets.as_target_matrix`, or None. ``replacements``
     (``{name: tensor}``) run the forward through :func:`torch.func.functional_call` with those tensors;
-    ``forward_kwargs`` are the model's other keyword arguments. A token layer's capture is put on its patch grid
-    (``token_grid``, or found: :mod:`extagg.tokens`).
+    ``forward_kwargs`` are the model's other keyword arguments. A channels-last layer's capture is permuted to
+    (N, C, h, w) and a token layer's put on its patch grid, as ``told`` (``{layer: extagg.layouts.Told}``) states
+    or the model declares (:mod:`extagg.layouts`, :mod:`extagg.tokens`).
     """
     cdtype = compute_dtype(images.dtype)
+    told = told or {}
     with torch.enable_grad() if backward else torch.no_grad():
-        with Probes(model, needs, modules) as probes:
+        with Probes(model, needs, modules, witness=True) as probes:
             x = probes.input_probe(images)
             output = run_forward(model, x, forward_kwargs, replacements)
         probes.check()
+        n, shape = images.shape[0], tuple(images.shape)
+        forms = {layer: layer_form(LayerCapture(layer, probes.modules[layer], probes.raw[layer]["output"]), n, shape,
+                                   told.get(layer), model, probes.witness) for layer in needs}  # before the backward
         if objective is None:
             check_in_range(targets, num_classes_of(output))
         scores, matrix = objective_scores(output, None if objective is not None else targets, objective,
@@ -179,7 +185,7 @@ def run_pass(model, images, needs: dict[str, set[str]], targets: Optional[torch.
             input=raw["input"].to(cdtype) if "input" in raw else None,
             grad=None if grad is None else grad.to(cdtype),
             training=raw.get("training"),
-        ), images.shape[0], tuple(images.shape[-2:]), token_grid)
+        ), forms[layer])
     return captures, scores.detach(), (None if objective is not None else matrix)
 
 
@@ -222,7 +228,7 @@ def capture_pass(registry: Registry, model, request: Request, modifiers: tuple, 
 
         def run(images, targets, layer_needs, backward=True):
             return run_pass(model, images, layer_needs, targets, objective, request.modules, replacements,
-                            request.forward_kwargs, request.token_grid, backward)
+                            request.forward_kwargs, request.told, backward)
 
         if runs is not None:
             return runs(run)
@@ -278,7 +284,8 @@ def saliency(
     closed_forms: bool = True,
     mismatched: str = "raise",
     forward_kwargs: Optional[dict] = None,
-    token_grid: Optional[tuple] = None,
+    token_grid: Union[None, tuple, dict] = None,
+    layout: Union[None, str, dict] = None,
 ) -> SaliencyMaps:
     """Saliency maps of every method at every layer, from one forward and one backward pass per pass modifier.
 
@@ -299,13 +306,18 @@ def saliency(
         ``"skip"`` to leave such (method, layer) pairs out of the result (for sweeps over many layers).
     :param closed_forms: False forces the generic path that materialises contributions in chunks (for tests).
     :param forward_kwargs: keyword arguments passed to every ``model(images, **forward_kwargs)`` call.
-    :param token_grid: ``(h, w)`` or ``(h, w, prefix)``: the patch grid of token layers (N, L, D) and how many
-        leading tokens are not patches (a class token: 1); None finds it per layer (:mod:`extagg.tokens`).
+    :param token_grid: ``(h, w)``, ``(h, w, prefix)`` or ``(h, w, prefix, suffix)``: the patch grid of token
+        layers (N, L, D) and how many leading / trailing tokens are not patches (a class token: prefix 1), or
+        ``{layer: grid}``; None takes what the model declares, exactly, or refuses (:mod:`extagg.tokens`).
+    :param layout: ``"nchw"``, ``"nhwc"`` (channels last, e.g. Swin) or ``"nld"`` (batch-first tokens) for every
+        layer but ``"input"``, or ``{layer: layout}``; None decides it only where the module's kind or the
+        modules reading its output settle it, and refuses otherwise (:mod:`extagg.layouts`).
     :returns: :class:`SaliencyMaps` of (N, T, h, w) tensors in float32 (half/bfloat16 models) or the model's dtype.
     """
     registry = registry or default_registry()
     request = parse_request(registry, model, images, methods, layers, targets, objective=objective, resize=resize,
-                            mismatched=mismatched, forward_kwargs=forward_kwargs, token_grid=token_grid)
+                            mismatched=mismatched, forward_kwargs=forward_kwargs, token_grid=token_grid,
+                            layout=layout)
     return _evaluate(registry, model, request, objective=objective, eval_mode=eval_mode, closed_forms=closed_forms)
 
 
@@ -355,7 +367,7 @@ def saliency_per_example(model: torch.nn.Module, images: torch.Tensor, methods: 
     request = parse_request(registry, model, images, methods, layers, targets, objective=objective,
                             resize=kwargs.pop("resize", False), mismatched=kwargs.pop("mismatched", "raise"),
                             forward_kwargs=kwargs.pop("forward_kwargs", None),
-                            token_grid=kwargs.pop("token_grid", None))
+                            token_grid=kwargs.pop("token_grid", None), layout=kwargs.pop("layout", None))
     if kwargs:
         raise InputError(f"unknown keyword argument(s) {sorted(kwargs)}; see extagg.saliency")
     n = request.images.shape[0]

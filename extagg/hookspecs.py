@@ -26,6 +26,7 @@ from typing import Callable
 
 import pluggy
 
+from .metric_spec import Metric
 from .specs import Aggregator, Extractor, Filter, Modifier, NamedMethod
 
 PROJECT = "extagg"
@@ -63,11 +64,21 @@ def register_modifiers(register: Callable[[Modifier], None]) -> None:
     """Register pass modifiers: ``register(extagg.specs.Modifier(...))``, written ``name(...):method``."""
 
 
+@hookspec
+def register_metrics(register: Callable[[Metric], None]) -> None:
+    """Register metrics: ``register(extagg.plugin.Metric(...))``, scored by ``extagg evaluate`` and ``extagg sweep``.
+
+    A metric declares its measures (each with a direction and range), parameters, needs and cost, and computes
+    per-image values from a batch context (see :mod:`extagg.metric_spec`).
+    """
+
+
 HOOK_KINDS = {
     "register_extractors": "extractor",
     "register_filters": "filter",
     "register_aggregators": "aggregator",
     "register_methods": "method",
     "register_modifiers": "modifier",
+    "register_metrics": "metric",
 }
 """The component kind each hook registers. A new kind is one hookspec, one record class and one entry here."""

@@ -18,13 +18,15 @@ model runs, a :class:`torch.overrides.TorchFunctionMode` watches for the functio
 from __future__ import annotations
 
 import contextlib
+import threading
+import weakref
 from typing import Callable, Iterator, Optional, Sequence
 
 import attrs
 import torch
 from torch.overrides import TorchFunctionMode
 
-from .errors import InputError
+from .errors import InputError, InvalidMethodError
 
 
 class UnsupportedLayerError(InputError):
@@ -133,6 +135,34 @@ def _function_name(func) -> str:
     return f"torch.{qual}" if not module or module == "torch" or module.startswith("torch._C") else f"{module}.{qual}"
 
 
+_ACTIVE: "weakref.WeakKeyDictionary[torch.nn.Module, str]" = weakref.WeakKeyDictionary()
+_ACTIVE_LOCK = threading.Lock()
+
+
+def _claim(rule: Rule, handled: dict) -> list:
+    """Mark the modules ``rule`` decides as taken for the block; a module another rule already decides is an
+    :class:`InvalidMethodError`: two rules (``guided:deconvnet:...``, or one rule twice) cannot both define its
+    backward, and installing the second would silently override or compound the first."""
+    with _ACTIVE_LOCK:
+        for name, (module, _) in handled.items():
+            other = _ACTIVE.get(module)
+            if other is not None:
+                raise InvalidMethodError(
+                    f"propagation rules {other!r} and {rule.name!r} both define the backward pass of layer "
+                    f"{name or type(module).__name__!r} ({type(module).__name__}); rules cannot be stacked in one "
+                    f"method (as in '{other}:{rule.name}:...'): use one rule per method")
+        modules = [module for module, _ in handled.values()]
+        for module in modules:
+            _ACTIVE[module] = rule.name
+    return modules
+
+
+def _release(modules: list) -> None:
+    with _ACTIVE_LOCK:
+        for module in modules:
+            _ACTIVE.pop(module, None)
+
+
 def plan(rule: Rule, model: torch.nn.Module) -> dict[str, tuple[torch.nn.Module, object]]:
     """``{name: (module, handler)}`` for the modules the rule knows (``KEEP`` included); raises before anything
     is installed. Leaf modules are asked, and so are modules of ``rule.units`` whatever their children (a conv
@@ -158,8 +188,11 @@ def rules_installed(model: torch.nn.Module, rule: Rule) -> Iterator[None]:
 
     Hooks are registered on entry and removed on exit, also when the block raises; nothing else about the model
     changes (parameters, buffers, flags, modes are not touched). The forward output is unchanged bit for bit.
+    A rule entered while another one decides some of the same modules (``KEEP`` included) is an
+    :class:`InvalidMethodError` naming both: stacked rules have no defined composition.
     """
     handled = plan(rule, model)
+    claimed = _claim(rule, handled)
     calls = _Calls()
     handles: list = []
     running: list[str] = []   # the stack of modules whose forward is executing (names)
@@ -235,6 +268,7 @@ def rules_installed(model: torch.nn.Module, rule: Rule) -> Iterator[None]:
             h.remove()
         handles.clear()
         calls.inputs.clear()
+        _release(claimed)
 
 
 def _describe(rule: Rule) -> dict:

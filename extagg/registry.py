@@ -17,10 +17,13 @@ from . import hookspecs
 from .errors import (DuplicateNameError, InvalidMethodError, PluginLoadError, UnknownNameError, close_matches,
                      did_you_mean)
 from .method import Call, Method, ParseCache, RawCall, scan
-from .plugins import PluginFailure, PluginInfo, block_hint, make_plugin_manager
+from .metric_spec import Metric, metric_problems
+from .plugins import DISTRIBUTION, PluginFailure, PluginInfo, block_hint, make_plugin_manager
 from .specs import COMPONENT_TYPES, Aggregator, Extractor, Filter, Modifier, NamedMethod, Origin, Param, record_problems
 
 _NAME_OK = __import__("re").compile(r"^[a-z][a-z0-9_-]*$")
+RECORD_TYPES = {**COMPONENT_TYPES, Metric.kind: Metric}
+"""Record class of every kind a hook registers: the method components and metrics."""
 
 MethodLike = Union[str, Method]
 _expanding = threading.local()  # the named methods being expanded by this thread (to catch cycles)
@@ -72,7 +75,9 @@ class Registry:
 
         A hook that raises (anything, ``sys.exit`` included), a bad record or a name taken by another plugin is a
         :class:`PluginLoadError` / :class:`DuplicateNameError` naming the plugin; with ``skip_broken`` that plugin's
-        records are all left out instead and the failure is kept in :attr:`failures`.
+        records are all left out instead and the failure is kept in :attr:`failures`. The built-ins (entry points
+        of the ``extagg`` distribution) claim their names first, in any load order: a clash with a built-in name,
+        of any kind, is always the other plugin's failure, so a built-in name always means the built-in.
         """
         infos: dict[str, PluginInfo] = dict(getattr(pm, "infos", {}))  # a plain pluggy manager has none
         failures: list[PluginFailure] = list(getattr(pm, "failures", ()))
@@ -105,14 +110,18 @@ class Registry:
                     pending.setdefault(name, []).extend(got)
         store: dict[str, dict[str, Any]] = {kind: {} for kind in hookspecs.HOOK_KINDS.values()}
         owner: dict[str, tuple[str, Origin]] = {}
-        for name, records in list(pending.items()):
+        # the built-ins claim their names first, whatever order the entry points were found in: a third-party
+        # plugin that reuses a built-in name is the one that fails (or is left out), never the built-in
+        builtin = {name for name, info in infos.items() if info.distribution == DISTRIBUTION}
+        for name, records in sorted(pending.items(), key=lambda item: item[0] not in builtin):
             mine: dict[str, tuple[str, Origin]] = {}
             clash = None
             for kind, record in records:
                 if record.name in owner or record.name in mine:
                     other_kind, other = owner.get(record.name) or mine[record.name]
+                    taken = " (a built-in name, which no plugin can replace)" if other.plugin in builtin else ""
                     clash = DuplicateNameError(
-                        f"the name {record.name!r} is registered twice: as a {other_kind} by {other} and "
+                        f"the name {record.name!r} is registered twice: as a {other_kind} by {other}{taken} and "
                         f"as a {kind} by {record.origin}; {block_hint(name)}")
                     break
                 mine[record.name] = (kind, record.origin)
@@ -161,6 +170,11 @@ class Registry:
     @property
     def modifiers(self) -> Mapping[str, Modifier]:
         return self.components["modifier"]
+
+    @property
+    def metrics(self) -> Mapping[str, Any]:
+        """Metrics (:class:`extagg.plugin.Metric`), registered through ``register_metrics``."""
+        return self.components["metric"]
 
     # ----------------------------------------------------------------- method strings
     def parse(self, method: MethodLike) -> Method:
@@ -285,7 +299,7 @@ class Registry:
 
 def _registrar(got: list, kind: str, hook_name: str, origin: Origin):
     """The ``register`` callable handed to one plugin's hook: checks each record and collects it in ``got``."""
-    record_type = COMPONENT_TYPES[kind]
+    record_type = RECORD_TYPES[kind]
 
     def register(record):
         if not isinstance(record, record_type):
@@ -298,7 +312,7 @@ def _registrar(got: list, kind: str, hook_name: str, origin: Origin):
                 f"plugin {str(origin)!r} registered the {kind} name {record.name!r}; names are lower "
                 f"case strings, start with a letter and use letters, digits, '-' and '_'; {block_hint(origin.plugin)}"
             )
-        problems = record_problems(record)
+        problems = record_problems(record) + (metric_problems(record) if isinstance(record, Metric) else [])
         if problems:
             raise PluginLoadError(
                 f"plugin {str(origin)!r} registered the {kind} {record.name!r} through {hook_name}, which is "

@@ -28,7 +28,7 @@ HELLO_INIT = HELLO / "src" / "extagg_hello" / "__init__.py"
 
 KIND_OF_HEADING = {
     "Extractors": "extractor", "Filters": "filter", "Aggregators": "aggregator",
-    "Named methods": "method", "Modifiers": "modifier",
+    "Named methods": "method", "Modifiers": "modifier", "Metrics": "metric",
 }
 
 

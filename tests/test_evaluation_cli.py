@@ -58,9 +58,10 @@ def test_sensitivity_on_image_folder_writes_csv(tmp_path, fake_models):
     main(["evaluate", "--metric", "sensitivity", "--data", "folder", "--root", str(tmp_path / "data"),
           "--methods", "linear-approx", "--per-class-images", "1", "-o", str(out), "--no-progress"])
     rows = list(csv.DictReader(out.open()))
-    got = {r["metric"]: r for r in rows}
-    assert got["spearman"]["subset"] == "top-vs-bottom"
-    assert int(got["spearman"]["count"]) + int(float(got["spearman_nan"]["value"])) == 2
+    got = {(r["measure"], r["subset"]): r for r in rows if r["metric"] == "sensitivity"}
+    assert got["spearman", "top-vs-bottom"]["direction"] == "lower"
+    assert int(got["spearman", "top-vs-bottom"]["n"]) + int(got["spearman", "top-vs-bottom"]["nan"]) == 2
+    assert {"floor:cross-image", "floor:smooth-noise"} <= {subset for _, subset in got}
 
 
 def test_command_wiring_and_bad_options(tmp_path, fake_models):
@@ -88,6 +89,7 @@ def test_deletion_insertion_on_image_folder(tmp_path, fake_models, metric):
     out = tmp_path / "out.json"
     main(["evaluate", "--metric", metric, "--data", "folder", "--root", str(tmp_path / "data"),
           "--methods", "gradient", "--steps", "4", "--baseline", "zero", "-o", str(out), "--no-progress"])
-    got = {(r["method"], r["metric"]): r for r in json.loads(out.read_text())}
-    row = got[("bias+abs+max", f"{metric}_auc")]
-    assert row["subset"] == "all" and row["count"] == 2 and 0 <= row["value"] <= 1
+    got = {(r["method"], r["canonical"], r["metric"], r["measure"]): r for r in json.loads(out.read_text())}
+    row = got[("gradient", "bias+abs+max", f"{metric}(baseline=zero,steps=4)", f"{metric}_auc")]
+    assert row["subset"] == "all" and row["n"] == 2 and 0 <= row["value"] <= 1
+    assert row["direction"] == ("lower" if metric == "deletion" else "higher")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import re
 import shutil
 
 import pytest
@@ -95,7 +96,7 @@ def test_identity_extractor_chooses_the_twins_and_is_checked(tmp_path):
     bn = run(tiny_config(tmp_path / "b", metrics=("identity",), methods=("scaling+sum",), layers=layers,
                          identity_extractor="bn-scale"))
     assert bn.plan.twins == {("scaling+sum", "1"): "bn-scale+sum"}
-    assert {r.layer for r in bn.rows if r.metric == "identity"} == {"1"}
+    assert {r.layer for r in bn.rows if r.metric == "identity(extractor=bn-scale)"} == {"1"}
     with pytest.raises(Exception, match="did you mean 'conv'"):
         run(tiny_config(tmp_path / "c", metrics=("identity",), identity_extractor="cnv"))
     args = build_parser().parse_args(["sweep", "--identity-extractor", "bn-scale"])
@@ -126,8 +127,9 @@ def test_outputs_preview_and_summary(reference):
     assert "unit = method x layer x metric x image" in text and "forward+backward" in text
     assert "meta:conv1x1+norm" in text  # per-example methods are named as costly
     total = sum(len(plan.units(m, plan.image_ids)) for m in plan.metrics)
-    assert f"total{total:>17}" in text
-    assert "sensitivity [top-vs-bottom] (lower is better)" in text
+    assert re.search(rf"\n  total +{total} +0 +{total} ", text)
+    assert "sensitivity: spearman [top-vs-bottom] (lower is better; 5 image(s) per cell)" in text
+    assert "  floor:cross-image" in text and "  floor:smooth-noise" in text
     cfg = json.loads((run_dir / "config.json").read_text())
     assert cfg["config"]["methods"] == list(tiny_config(run_dir).methods) and cfg["config"]["seed"] == 0
     assert cfg["versions"]["extagg"] and "builtin-extractors" in cfg["versions"]["plugins"]
@@ -141,15 +143,18 @@ def test_outputs_preview_and_summary(reference):
 
 def test_summary_rows_are_exact_reductions_of_per_image_values(reference):
     result = reference[1]
-    values = [r["value"] for r in result.per_image if (r["method"], r["layer"], r["metric"], r["subset"])
-              == ("conv1x1+norm", "3", "deletion", "all")]
+    values = [r.value for r in result.per_image if (r.canonical, r.layer, r.metric, r.measure, r.subset)
+              == ("conv1x1+norm", "3", "deletion(steps=3)", "deletion_auc", "all")]
     assert len(values) == 5
     assert result.value("conv1x1+norm", "3", "deletion", "all") == math.fsum(values) / 5
-    row = next(r for r in result.rows if (r.method, r.layer, r.metric) == ("pooled-scaling+sum+relu", "input",
-                                                                             "sensitivity"))
-    nans = [r["value"] for r in result.per_image if (r["method"], r["layer"], r["metric"]) ==
-            ("pooled-scaling+sum+relu", "input", "sensitivity") and not math.isfinite(r["value"])]
-    assert row.nan == len(nans) and row.count == 5 - len(nans)
+    assert result.value("normgrad", "3", "deletion(steps=3)", "all", "deletion_auc") == math.fsum(values) / 5
+    row = next(r for r in result.rows if (r.method, r.layer, r.metric, r.measure, r.subset) ==
+               ("gradcam", "input", "sensitivity", "spearman", "top-vs-bottom"))
+    assert row.canonical == "pooled-scaling+sum+relu"  # the name the user asked for, the canonical beside it
+    nans = [r.value for r in result.per_image if (r.canonical, r.layer, r.metric, r.measure, r.subset) ==
+            ("pooled-scaling+sum+relu", "input", "sensitivity", "spearman", "top-vs-bottom")
+            and not math.isfinite(r.value)]
+    assert row.nan == len(nans) and row.n == 5 - len(nans)
 
 
 def test_every_metric_for_every_kind_of_method(tmp_path, registry):
@@ -162,11 +167,11 @@ def test_every_metric_for_every_kind_of_method(tmp_path, registry):
     result = run(cfg, samples=tiny_samples(2), registry=registry)
     plan = result.plan
     assert set(plan.methods) >= {registry.canonical(m) for m in methods}
-    seen = {(r["method"], r["layer"], r["metric"].split("_")[0], r["image"]) for r in result.per_image}
+    seen = {(r.canonical, r.layer, r.metric, r.image) for r in result.per_image}
     for metric in plan.metrics:
         for m, layer, _, image in plan.units(metric, plan.image_ids):
             assert (m, layer, metric, image) in seen, (m, layer, metric)
-    assert any(layer == "combine:sum:linear" for _, layer in plan.keys("deletion"))
+    assert any(layer == "combine:sum:linear" for _, layer in plan.keys("deletion(steps=3)"))
     assert plan.twins  # the identity check found its conv twins at Conv2d layers
 
 
@@ -184,19 +189,20 @@ def test_resume_after_torn_line_and_partial_batch_equals_uninterrupted(tmp_path,
 
 def test_resume_after_a_crash_equals_uninterrupted(tmp_path, reference, monkeypatch):
     calls = {"n": 0}
-    real = BatchRunner.randomisation
+    real = BatchRunner.run
 
-    def crash_on_second_batch(self, *a, **k):
+    def crash_in_second_batch(self, *a, **k):  # after the first metric of the second batch is stored
         calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt("killed")
-        return real(self, *a, **k)
+        for i, item in enumerate(real(self, *a, **k)):
+            if calls["n"] == 2 and i == 1:
+                raise KeyboardInterrupt("killed")
+            yield item
 
-    monkeypatch.setattr(BatchRunner, "randomisation", crash_on_second_batch)
+    monkeypatch.setattr(BatchRunner, "run", crash_in_second_batch)
     with pytest.raises(KeyboardInterrupt):
         run(tiny_config(tmp_path))
     partial = len((tmp_path / "units.jsonl").read_text().splitlines())
-    monkeypatch.setattr(BatchRunner, "randomisation", real)
+    monkeypatch.setattr(BatchRunner, "run", real)
     out = io.StringIO()
     sweep(tiny_config(tmp_path), model=tiny_model(), samples=tiny_samples(), out=out)
     assert 0 < partial and f"{partial:>8}" in out.getvalue()  # the preview counts what was done
@@ -230,9 +236,9 @@ def test_changed_configuration_is_refused(tmp_path):
 def test_randomisation_similarities_in_chunks_equal_one_call(tmp_path, reference, monkeypatch):
     """The similarities are computed per chunk of (method, layer) keys to bound memory: with one key per chunk
     every number equals the reference run's (one chunk for all keys), bit for bit."""
-    from extagg.sweep import compute
+    import extagg_builtins.metrics as builtin_metrics
 
-    monkeypatch.setattr(compute, "SIMILARITY_PIXELS", 1)
+    monkeypatch.setattr(builtin_metrics, "SIMILARITY_PIXELS", 1)
     run(tiny_config(tmp_path))
     assert files(tmp_path) == reference[0]
 
@@ -241,7 +247,7 @@ def test_the_seed_matters(tmp_path, reference):
     """Same command, same numbers is shown by the resume tests (separate runs equal the reference bit for bit);
     they could fail: another seed gives other randomisation numbers."""
     other = run(tiny_config(tmp_path, seed=1, metrics=("randomisation",), methods=("normgrad",)))
-    key = ("conv1x1+norm", "3", "randomisation_spearman", "random-map")
+    key = ("conv1x1+norm", "3", "randomisation", "cascading:7", "spearman")
     assert other.value(*key) != reference[1].value(*key)
 
 
@@ -257,22 +263,22 @@ def test_pointing_counts_hits_per_class_and_the_centre_baseline(tmp_path):
                Sample(torch.rand(3, h, w, generator=g), "c", (2,), near)]
     result = run(tiny_config(tmp_path, metrics=("pointing", "identity"), methods=("gradcam",), layers=("3",),
                              combine=()), samples=samples)
-    assert next(r for r in result.rows if r.metric == "identity").count == 3  # other metrics still run
-    centre = {r.subset: r for r in result.rows if r.method == "center-baseline"}
+    assert next(r for r in result.rows if r.metric == "identity").n == 3  # other metrics still run
+    centre = {r.subset: r for r in result.rows if r.metric == "pointing" and r.subset.startswith("floor:")}
     # class 1: 1 hit of 2, class 2: 1 of 1 -> mean of per-class accuracies 0.75 over 3 evaluations
-    assert centre["all"].value == 0.75 and centre["all"].count == 3
-    row = next(r for r in result.rows if r.method == "pooled-scaling+sum+relu" and r.metric == "pointing")
-    assert row.metric == "pointing" and row.count == 3 and 0 <= row.value <= 1
+    assert centre["floor:centre"].value == 0.75 and centre["floor:centre"].n == 3
+    row = next(r for r in result.rows if r.method == "gradcam" and r.metric == "pointing" and r.subset == "all")
+    assert row.measure == "hit" and row.n == 3 and 0 <= row.value <= 1
 
 
 def test_figures_are_written(tmp_path):
     from PIL import Image
 
-    result = run(tiny_config(tmp_path, figures=True, methods=("gradcam", "normgrad"), metrics=("sensitivity",)),
+    run(tiny_config(tmp_path, figures=True, methods=("gradcam", "normgrad"), metrics=("sensitivity",)),
                  samples=tiny_samples(2))
     names = {"metric_vs_layer.png", "ranking.png", "combination.png", "grid.png"}
     assert {p.name for p in (tmp_path / "figures").iterdir()} == names
     for name in names:
         with Image.open(tmp_path / "figures" / name) as im:
             assert im.size[0] > 100 and im.size[1] > 100
-    assert result.seconds > 0
+

@@ -84,14 +84,20 @@ def test_two_gloo_processes_resuming_a_torn_run_equal_one(tmp_path, single):
 
 def test_the_reduction_is_not_a_mean_of_means(single):
     """The equality above can fail: per-rank means averaged differ from the exact mean when shards differ in size."""
-    rows = [r for r in single["per_image.csv"].splitlines()[1:] if r.startswith("conv1x1+norm,3,deletion,all,")]
-    values = [float(r.rsplit(",", 1)[1]) for r in rows]
+    import csv
+    import io
+
+    def rows_of(name):
+        return [r for r in csv.DictReader(io.StringIO(single[name]))
+                if (r["canonical"], r["layer"], r["metric"], r["subset"]) == ("conv1x1+norm", "3", "deletion(steps=3)", "all")]
+
+    values = [float(r["value"]) for r in rows_of("per_image.csv")]
     assert len(values) == 5  # batches of 2: rank 0 gets images 0, 1, 4 and rank 1 gets 2, 3
     exact = sum(values) / 5
     means_of_means = (sum(values[:2] + values[4:]) / 3 + sum(values[2:4]) / 2) / 2
     assert abs(exact - means_of_means) > 1e-9
-    summary = [r for r in single["results.csv"].splitlines() if r.startswith("conv1x1+norm,3,deletion,all,")]
-    assert float(summary[0].split(",")[4]) == pytest.approx(exact, abs=1e-15)
+    assert float(rows_of("results.csv")[0]["value"]) == pytest.approx(exact, abs=1e-15)
+
 
 
 # ------------------------------------------------------------------ ranks that disagree or stop answering

@@ -181,10 +181,12 @@ def test_a_tampered_config_json_is_an_input_error(finished, text, match):
 
 
 @pytest.mark.parametrize("record, match", [
-    ('{"method": "gradcam", "layer": "3", "metric": "deletion", "image": "im0", "values": {"all|x": "high"}}',
-     "line 2 .*value 'all|x' is \"high\", not a number"),
+    ('{"method": "gradcam", "layer": "3", "metric": "deletion", "image": "im0", "values": [["all", "x", null, "hi"]]}',
+     "line 2 .*has value \"hi\", not a number"),
     ('{"method": "gradcam", "layer": "3", "metric": "deletion", "image": "im0", "values": [1]}',
-     "line 2 .*'values' is \\[1\\], not an object"),
+     "line 2 .*value 1 is not \\[subset, measure, class, value\\]"),
+    ('{"method": "gradcam", "layer": "3", "metric": "deletion", "image": "im0", "values": {"a": 1}}',
+     "line 2 .*'values' is \\{\"a\": 1\\}, not a list"),
     ('{"method": 7, "layer": "3", "metric": "deletion", "image": "im0", "values": {}}',
      "line 2 .*'method' is 7, not a string"),
     ('"just a string"', "line 2 .*a JSON str, not an object"),
@@ -260,7 +262,7 @@ def test_a_non_utf8_file_name_gives_a_run_that_finishes(tmp_path):
     _png(root / "cat" / name, seed=2)
     config = small(tmp_path / "run", data="folder", root=str(root))
     first = sweep(config, model=tiny_model(), out=io.StringIO())
-    assert sorted({r["image"] for r in first.per_image}) == ["a", "caf\\xe9"]
+    assert sorted({r.image for r in first.per_image}) == ["a", "caf\\xe9"]
     assert "caf\\xe9" in (tmp_path / "run" / "per_image.csv").read_text(encoding="utf-8")
     again = sweep(config, model=tiny_model(), out=io.StringIO())
     assert again.rows == first.rows

@@ -2,12 +2,9 @@
 import pytest
 import torch
 import torchvision
-from hypothesis import given
-from hypothesis import strategies as st
 
 import extagg
 from extagg.errors import InputError, LayerMismatchError
-from extagg.tokens import find_grid
 
 TARGETS = [1, 3]
 
@@ -86,22 +83,6 @@ def on_grid(tokens, h, w, prefix=1):
     return tokens[:, prefix:].transpose(1, 2).reshape(tokens.shape[0], -1, h, w)
 
 
-def test_find_grid():
-    assert find_grid(17, (32, 32)) == (4, 4, 1)
-    assert find_grid(16, (32, 32)) == (4, 4, 0)
-    assert find_grid(9, (16, 32)) == (2, 4, 1)
-    assert find_grid(19, (32, 32)) == (4, 4, 3)
-    assert find_grid(35, (32, 32)) is None  # 27..35 patches: no square number
-
-
-@given(st.integers(1, 12), st.integers(1, 12), st.integers(0, 8), st.integers(1, 4))
-def test_found_grid_fits_the_tokens_and_the_aspect_ratio(h, w, prefix, patch):
-    grid = find_grid(h * w + prefix, (h * patch, w * patch))
-    assert grid is not None
-    gh, gw, gp = grid
-    assert gh * gw + gp == h * w + prefix and gh * w == gw * h and gp <= prefix
-
-
 def test_scaling_bias_normgrad_gradcam_equal_the_direct_per_token_computation(tiny, registry):
     x = images()
     layer = "blocks.0.act"  # a block's output feeds only LayerNorms: there g . a = sum g = 0 per token
@@ -174,7 +155,7 @@ def test_shapes_without_a_map_are_errors_naming_layer_and_shape(tv_vit, tiny, re
         extagg.saliency(tv_vit, x, "gradient", "heads.head", registry=registry)
     with pytest.raises(LayerMismatchError, match=r"'conv3x3'.*token layer \(4x4 patch tokens, 1 other\)"):
         extagg.saliency(tv_vit, x, "conv3x3+norm", "encoder.layers.encoder_layer_0", registry=registry)
-    with pytest.raises(LayerMismatchError, match=r"token_grid=\(2, 8, 0\) needs 16 tokens, the layer has 17"):
+    with pytest.raises(LayerMismatchError, match=r"token_grid=\(2, 8, 0, 0\) needs 16 tokens, the layer has 17"):
         extagg.saliency(tv_vit, x, "gradcam", "encoder.layers.encoder_layer_0", token_grid=(2, 8),
                         registry=registry)
     with pytest.raises(InputError, match="token_grid must be"):

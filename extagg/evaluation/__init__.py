@@ -7,6 +7,9 @@ lists; all maps come from :func:`extagg.saliency` (one forward and one backward 
 left exactly as it was (parameter randomisation works on a deep copy). Evaluations that explain data-set labels
 need a model with the data set's classes or a ``class_map`` (:mod:`.class_map`). See docs/evaluation.md.
 
+* :func:`evaluate`: any registered metrics (``extagg metrics``) through the one driver that ``extagg sweep`` uses;
+  typed :class:`Result` rows (value, n, nan, sample std, direction) and floors. The functions below are
+  shorthands for one metric each, returning :class:`Record` lists.
 * :func:`pointing_game`: pointing accuracy (all / difficult subsets) and the centre baseline.
 * :func:`class_sensitivity`: Spearman between the most- and least-probable-class maps.
 * :func:`parameter_randomisation`: cascading / independent randomisation; Spearman (+abs), SSIM, HOG.
@@ -33,7 +36,7 @@ from .datasets import (
     voc_sample,
 )
 from .difficult import compute_difficult_flags, difficult_by_rule, read_difficult_flags, write_difficult_flags
-from .faithfulness import deletion_insertion, deletion_insertion_curves, deletion_insertion_grid, faithfulness
+from .faithfulness import deletion_insertion, deletion_insertion_curves, deletion_insertion_grid
 from .identity_check import identity_check
 from .pointing import (
     CENTER,
@@ -45,13 +48,16 @@ from .pointing import (
     saliency_point,
     spatial_softmax_objective,
 )
-from .randomisation import cascading_order, execution_positions, parameter_randomisation, randomise_module
-from .records import Record, format_table, records_to_csv, records_to_json, summarise, write_records
-from .sensitivity import class_sensitivity, top_bottom_classes
+from .randomisation import cascading_order, execution_positions, randomise_module
+from .records import Record, format_table, records_of, records_to_csv, records_to_json, summarise, write_records
+from .results import ImageValue, Result, reduce_values
+from .run import Evaluation, evaluate
+from .shorthands import class_sensitivity, faithfulness, parameter_randomisation
+from .sensitivity import top_bottom_classes
 from .similarity import average_ranks, hog, hog_similarity, map_similarities, minmax, spearman, ssim
 
 __all__ = [
-    "CENTER", "COCOPointing", "ClassMap", "group_objective", "read_class_map", "resolve_class_map", "ImageFolderSamples", "PointingScore", "Record", "Sample", "VOCPointing",
+    "CENTER", "COCOPointing", "Evaluation", "ImageValue", "Result", "evaluate", "records_of", "reduce_values", "ClassMap", "group_objective", "read_class_map", "resolve_class_map", "ImageFolderSamples", "PointingScore", "Record", "Sample", "VOCPointing",
     "VOC_CLASSES", "annotation_mask", "average_ranks", "cascading_order", "center_point", "class_sensitivity",
     "compute_difficult_flags", "deletion_insertion", "deletion_insertion_curves", "deletion_insertion_grid", "difficult_by_rule", "execution_positions", "faithfulness", "expand_layers", "expand_methods", "format_table",
     "gaussian_smooth", "hog", "hog_similarity", "identity_check", "load_image", "map_similarities", "minmax",

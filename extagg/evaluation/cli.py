@@ -19,6 +19,19 @@ IDENTITY_DEFAULT = ("normgrad", "normgrad-conv")
 DATA = ("voc", "coco", "folder")
 
 
+def _metric_call(text: str) -> str:
+    """argparse type: a metric call whose name is registered (``extagg metrics``), checked before any work."""
+    from ..errors import ExtaggError
+    from ..registry import default_registry
+    from .driver import parse_metric
+
+    try:
+        parse_metric(default_registry(), text)
+    except ExtaggError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text.strip()
+
+
 def add_evaluate_command(subparsers) -> argparse.ArgumentParser:
     """Add the ``evaluate`` sub-command to an argparse ``subparsers``; it sets ``func`` (call ``args.func(args)``)."""
     from ..cli_args import device, number_in
@@ -34,7 +47,10 @@ def add_evaluate_command(subparsers) -> argparse.ArgumentParser:
                    help="torchvision weights name (e.g. DEFAULT, IMAGENET1K_V2) or a state_dict file")
     p.add_argument("--random-weights", action="store_true",
                    help="torchvision model without weights: random initialisation, on purpose")
-    p.add_argument("--metric", required=True, choices=METRICS)
+    p.add_argument("--metric", required=True, metavar="METRIC", type=_metric_call,
+                   help=f"a metric call: {', '.join(METRICS)} or any from `extagg metrics` (plugins' included), with "
+                        "parameters as in 'sensitivity(pairing=random)'; pointing and identity take the options "
+                        "below, the others run through the same driver as extagg sweep")
     p.add_argument("--data", required=True, choices=DATA,
                    help="voc: ROOT/VOCdevkit/VOC<year>; coco: ROOT/annotations/instances_<split>.json + ROOT/<split>/; "
                         "folder: an ImageFolder (ROOT/<class>/<image>)")
@@ -72,7 +88,8 @@ def add_evaluate_command(subparsers) -> argparse.ArgumentParser:
                    help="deletion/insertion: what removed pixels become (default blur)")
     p.add_argument("--curve-batch-size", type=int, default=64,
                    help="deletion/insertion: curve points per forward pass (default 64)")
-    p.add_argument("--targets", choices=("label", "predicted"), default="label", help="identity check targets")
+    p.add_argument("--targets", choices=("label", "predicted"), default=None,
+                   help="the explained class: identity check default label, other metrics default predicted")
     p.add_argument("--device", type=device, default=None, help="torch device for the model (default: where it loads)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run_evaluate)
@@ -92,7 +109,7 @@ def _data(args):
 def run_evaluate(args, out=None) -> int:
     """Run ``extagg evaluate`` with parsed ``args``; prints a table, writes ``--output``; returns 0."""
     from ..models import load_model  # lazily: only this command needs model loading
-    from . import class_sensitivity, faithfulness, identity_check, parameter_randomisation, pointing_game
+    from . import identity_check, pointing_game
     from .records import format_table, write_records
 
     out = out or sys.stdout
@@ -117,24 +134,18 @@ def run_evaluate(args, out=None) -> int:
     methods = args.methods
     if args.metric != "identity" and not methods:
         raise InputError("--methods is required for this metric (method strings or patterns, e.g. 'gradcam' '*+norm')")
-    if args.metric == "pointing":
+    name = args.metric.split("(")[0].strip()
+    if name == "pointing" and args.metric.strip() == "pointing":
         records = pointing_game(model, data, methods, args.layers, difficult=args.difficult_file or "rule",
                                 tolerance=args.tolerance, smooth=args.smooth, spatial_softmax=args.spatial_softmax,
                                 per_class=args.per_class, class_map=args.class_map, **common)
-    elif args.metric == "sensitivity":
-        records = class_sensitivity(model, data, methods, args.layers, batch_size=args.batch_size, **common)
-    elif args.metric == "randomisation":
-        records = parameter_randomisation(model, data, methods, args.layers, randomise=args.randomise, mode=args.mode,
-                                          seed=args.seed, hog_cell=args.hog_cell, batch_size=args.batch_size, **common)
-    elif args.metric in ("deletion", "insertion"):
-        records = faithfulness(model, data, methods, args.layers, mode=args.metric, steps=args.steps,
-                               baseline=args.baseline, batch_size=args.batch_size,
-                               curve_batch_size=args.curve_batch_size, **common)
-    else:
+    elif name == "identity" and args.metric.strip() == "identity":
         pair = tuple(args.methods) if args.methods else IDENTITY_DEFAULT
-        records = identity_check(model, data, args.layers, methods=pair, targets=args.targets,
+        records = identity_check(model, data, args.layers, methods=pair, targets=args.targets or "label",
                                  batch_size=args.batch_size, tolerance=args.tolerance,
                                  difficult=args.difficult_file or "rule", class_map=args.class_map, **common)
+    else:
+        return _run_driver(args, model, data, preprocess, progress, out)
     if args.output:
         write_records(records, args.output)
     shown = [r for r in records if not r.metric.startswith("class_accuracy:")]
@@ -142,6 +153,54 @@ def run_evaluate(args, out=None) -> int:
     if args.output:
         print(f"wrote {len(records)} records to {args.output}", file=out)
     return 0
+
+
+def _run_driver(args, model, data, preprocess, progress, out) -> int:
+    """Any metric call through the one driver (:func:`extagg.evaluation.evaluate`): typed rows."""
+    from .class_map import resolve_class_map
+    from .results import RESULT_FIELDS
+    from .run import evaluate
+
+    defaults = {"steps": args.steps, "baseline": args.baseline, "tolerance": args.tolerance, "mode": args.mode,
+                "hog_cell": args.hog_cell}
+    settings = {"randomise": args.randomise, "curve_batch": args.curve_batch_size}
+    targets = args.targets or "predicted"
+    if targets == "label" or args.class_map:
+        names = getattr(data, "class_names", None)
+        if names is None:
+            raise InputError("--targets label needs data that declares its classes (voc, coco, folder)")
+        from ..evaluation.common import logits, model_inputs
+
+        first = next(iter(data))
+        settings["class_map"] = resolve_class_map(args.class_map, num_data_classes=len(names), data_names=names,
+                                                  num_model_classes=logits(model, model_inputs(
+                                                      model, [first.image], preprocess)).shape[1])
+    result = evaluate(model, data, args.methods, args.layers, [args.metric], preprocess=preprocess,
+                      batch_size=args.batch_size, limit=args.limit, progress=progress, targets=targets,
+                      seed=args.seed, defaults=defaults, settings=settings)
+    rows = [r.as_dict() for r in result.rows]
+    if args.output:
+        import json
+        from pathlib import Path
+
+        from ..sweep.results import to_csv
+        from .results import jsonable
+        from ..sweep.store import write_atomic
+
+        text = (to_csv(rows, RESULT_FIELDS) if args.output.lower().endswith(".csv")
+                else json.dumps([jsonable(r) for r in rows], indent=1, allow_nan=False))
+        write_atomic(Path(args.output), text)
+    widths = {f: max([len(f)] + [len(_fmt(r[f])) for r in rows]) for f in RESULT_FIELDS}
+    print("  ".join(f.ljust(widths[f]) for f in RESULT_FIELDS), file=out)
+    for r in rows:
+        print("  ".join(_fmt(r[f]).ljust(widths[f]) for f in RESULT_FIELDS), file=out)
+    if args.output:
+        print(f"wrote {len(rows)} rows to {args.output}", file=out)
+    return 0
+
+
+def _fmt(v) -> str:
+    return f"{v:.4f}" if isinstance(v, float) else str(v)
 
 
 def main(argv: Optional[list[str]] = None) -> int:

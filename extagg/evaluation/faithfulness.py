@@ -19,9 +19,7 @@ import torch
 from ..errors import InputError, UnknownNameError
 from ..guard import compute_dtype, model_device_dtype, preserved
 from ..targets import class_logits
-from .common import any_pattern, batches, expand_layers, expand_methods, iterate, model_inputs, resize, run_saliency
-from .common import progress as bar
-from .records import Record, summarise
+from .common import resize
 from .pointing import gaussian_smooth
 
 MODES = ("deletion", "insertion")
@@ -170,37 +168,6 @@ def _distinct_points(ranks: torch.Tensor, counts: torch.Tensor):
             first, inverse = every, every  # a collision: every point on its own
             break
     return first // k // n, first // k % n, first % k, inverse
-
-
-def faithfulness(model: torch.nn.Module, data, methods, layers="input", *, mode: str, steps: int = 32,
-                 baseline: Baseline = "blur", preprocess=None, batch_size: int = 8, curve_batch_size: int = 64,
-                 limit: Optional[int] = None, progress: bool = False, registry=None,
-                 mismatched: Optional[str] = None) -> list[Record]:
-    """Deletion or insertion AUC of every (method, layer) over a data set, for the class the model predicts.
-
-    Maps come from :func:`extagg.saliency` (``batch_size`` images per pass, resized to the model input); each
-    image's curve from :func:`deletion_insertion` (``curve_batch_size`` points per forward pass).
-    :returns: records with subset ``"all"`` and metric ``"deletion_auc"`` or ``"insertion_auc"`` (mean over
-        images, ``_std``, ``_nan``; see :func:`~extagg.evaluation.records.summarise`).
-    """
-    if mode not in MODES:
-        raise UnknownNameError("deletion/insertion mode", str(mode), MODES)
-    method_list = expand_methods(methods, registry)
-    layer_list = expand_layers(model, layers)
-    mismatched = mismatched or ("skip" if any_pattern(methods, layers) else "raise")
-    values: dict[tuple[str, str], list[torch.Tensor]] = {}
-    for group in bar(batches(iterate(data, limit), batch_size), progress, None, mode):
-        x = model_inputs(model, [s.image for s in group], preprocess)
-        maps, targets = run_saliency(model, x, method_list, layer_list, resize=True, mismatched=mismatched,
-                                     registry=registry)
-        for key, m in maps.items():
-            auc = deletion_insertion(model, x, m[:, :1], targets[:, 0], mode=mode, steps=steps, baseline=baseline,
-                                     batch_size=curve_batch_size)
-            values.setdefault(key, []).append(auc.cpu())
-    records: list[Record] = []
-    for (method, layer), parts in values.items():
-        records += summarise(torch.cat(parts), method, layer, "all", f"{mode}_auc")
-    return records
 
 
 def _forward(model, x, model_dtype, batch_size) -> torch.Tensor:

@@ -17,20 +17,16 @@ standard normal); BatchNorm running statistics (buffers) are kept.
 """
 from __future__ import annotations
 
-import copy
 import fnmatch
 import math
-from typing import Callable, Optional, Sequence, Union
+from typing import Callable, Union
 
 import torch
 
 from ..errors import InputError, UnknownNameError
 from ..guard import model_device_dtype
 from ..layers import execution_order
-from .common import any_pattern, batches, expand_layers, expand_methods, iterate, model_inputs, run_saliency
-from .common import progress as bar
-from .records import Record, summarise
-from .similarity import map_similarities
+from .common import any_pattern
 
 Init = Union[str, Callable[[torch.nn.Module, torch.Generator], None]]
 MODES = ("cascading", "independent", "both")
@@ -173,67 +169,3 @@ def cascading_order(work: torch.nn.Module, randomise, x: torch.Tensor) -> list[s
     if not names:
         raise InputError("no layer with parameters to randomise; pass randomise=[names]")
     return sorted(names, key=lambda n: -positions[n] if n in positions else math.inf)
-
-
-def parameter_randomisation(model: torch.nn.Module, data, methods, layers="input", *,
-                            randomise: Optional[Union[str, Sequence[str]]] = None, mode: str = "both",
-                            init: Init = "reset", seed: int = 0, preprocess=None, batch_size: int = 8,
-                            limit: Optional[int] = None, hog_cell: int = 16, baseline: bool = True,
-                            progress: bool = False, registry=None, mismatched: Optional[str] = None) -> list[Record]:
-    """Similarity of every (method, layer) map to the trained model's map under parameter randomisation.
-
-    :param randomise: block names or patterns (cascading order as given for explicit names; output first in
-        execution order for the default and for patterns, see :func:`cascading_order`).
-    :param mode: ``"cascading"``, ``"independent"`` or ``"both"``. :param init: see :func:`randomise_module`.
-    :param hog_cell: HOG cell size in pixels (maps need at least 3 cells per side).
-    :returns: records with subsets ``"cascading:<block>"`` (cumulative through that block),
-        ``"independent:<block>"`` and ``"random-map"``; metrics ``spearman``, ``spearman_abs``, ``ssim``,
-        ``hog`` (each with ``_std`` and ``_nan``, see :func:`~extagg.evaluation.records.summarise`).
-    """
-    if mode not in MODES:
-        raise InputError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
-    method_list = expand_methods(methods, registry)
-    layer_list = expand_layers(model, layers)
-    mismatched = mismatched or ("skip" if any_pattern(methods, layers) else "raise")
-    work = copy.deepcopy(model)
-    trained = copy.deepcopy(work.state_dict())
-    order: Optional[list[str]] = None
-    noise: Optional[torch.Generator] = None
-    values: dict[tuple[str, str, str], dict[str, list[torch.Tensor]]] = {}
-
-    def run(x, targets):
-        return run_saliency(work, x, method_list, layer_list, targets=targets, resize=True,
-                            mismatched=mismatched, registry=registry)
-
-    def compare(subset, base, other):
-        for key, m in base.items():
-            sims = map_similarities(m, other[key], hog_cell=hog_cell)
-            slot = values.setdefault((*key, subset), {})
-            for metric, v in sims.items():
-                slot.setdefault(metric, []).append(v.flatten().cpu())
-
-    for group in bar(batches(iterate(data, limit), batch_size), progress, None, "randomisation"):
-        work.load_state_dict(trained)
-        x = model_inputs(work, [s.image for s in group], preprocess)
-        if order is None:
-            order = cascading_order(work, randomise, x)
-        base, targets = run(x, None)
-        if baseline:
-            if noise is None:
-                noise = torch.Generator(device=x.device).manual_seed(seed)
-            compare("random-map", base, {k: torch.rand(m.shape, generator=noise, device=m.device, dtype=m.dtype)
-                                         for k, m in base.items()})
-        if mode in ("cascading", "both"):
-            for i, block in enumerate(order):
-                randomise_module(work.get_submodule(block), seed + 7919 * (i + 1), init)
-                compare(f"cascading:{block}", base, run(x, targets)[0])
-        if mode in ("independent", "both"):
-            for i, block in enumerate(order):
-                work.load_state_dict(trained)
-                randomise_module(work.get_submodule(block), seed + 7919 * (i + 1), init)
-                compare(f"independent:{block}", base, run(x, targets)[0])
-    records: list[Record] = []
-    for (method, layer, subset), slot in values.items():
-        for metric, parts in slot.items():
-            records += summarise(torch.cat(parts), method, layer, subset, metric)
-    return records

@@ -40,7 +40,7 @@ def summarise(values: torch.Tensor, method: str, layer: str, subset: str, metric
     """Mean and standard deviation over the finite entries of ``values``, and how many were NaN.
 
     Returns three records: ``metric`` (mean of finite values; ``count`` = number of finite values),
-    ``metric + "_std"`` (population std of the finite values) and ``metric + "_nan"`` (``value`` = number of
+    ``metric + "_std"`` (sample std of the finite values, NaN for fewer than two) and ``metric + "_nan"`` (``value`` = number of
     non-finite entries, ``count`` = all entries). Non-finite entries come from constant maps (undefined rank
     correlation); they are reported, never silently dropped.
     """
@@ -48,12 +48,26 @@ def summarise(values: torch.Tensor, method: str, layer: str, subset: str, metric
     finite = v[torch.isfinite(v)]
     n = int(finite.numel())
     mean = float(finite.mean()) if n else math.nan
-    std = float(finite.std(unbiased=False)) if n else math.nan
+    std = float(finite.std(unbiased=True)) if n > 1 else math.nan
     return [
         Record(method, layer, subset, metric, mean, n),
         Record(method, layer, subset, metric + "_std", std, n),
         Record(method, layer, subset, metric + "_nan", float(v.numel() - n), int(v.numel())),
     ]
+
+
+def records_of(rows, floors: bool = True) -> list[Record]:
+    """The :class:`Record` triples (``measure``, ``measure_std``, ``measure_nan``) of driver result rows
+    (:class:`extagg.evaluation.results.Result`), with the canonical method; floors (``floor:...`` subsets) kept
+    unless ``floors`` is False."""
+    out = []
+    for r in rows:
+        if r.floor and not floors:
+            continue
+        out += [Record(r.canonical, r.layer, r.subset, r.measure, r.value, r.n),
+                Record(r.canonical, r.layer, r.subset, r.measure + "_std", r.std, r.n),
+                Record(r.canonical, r.layer, r.subset, r.measure + "_nan", float(r.nan), r.n + r.nan)]
+    return out
 
 
 def _jsonable(r: Record) -> dict:

@@ -4,7 +4,9 @@ Python::
 
     from extagg.sweep import SweepConfig, sweep
     result = sweep(SweepConfig(methods=("gradcam", "normgrad"), layers=("stages",), run_dir="runs/a"))
-    result.rows            # reduced tidy rows (method, layer, metric, subset, value, count, nan, std)
+    result.rows            # reduced typed rows: method (as asked), canonical, layer, metric, measure, subset,
+                           # value, n, nan, std (sample), direction; floors as floor:... subsets
+    result.value("gradcam", "_conv_head", "deletion")
 
 ``SweepConfig()`` is the embedded default (EfficientNet-Lite0 from its wheel, scikit-image photos, the metrics
 that need no annotations). See docs/sweep.md for the outputs, resuming and ``torchrun``.

@@ -11,7 +11,7 @@ _FIELDS = {  # argparse dest -> SweepConfig field (only options the user gave ar
     "limit": "limit", "methods": "methods", "exclude": "exclude", "layers": "layers", "metrics": "metrics",
     "combine": "combine", "targets": "targets", "steps": "steps", "baseline": "baseline", "randomise": "randomise",
     "randomisation": "randomisation", "hog_cell": "hog_cell", "tolerance": "tolerance",
-    "identity_extractor": "identity_extractor", "batch_size": "batch_size",
+    "identity_extractor": "identity_extractor", "batch_size": "batch_size", "class_map": "class_map",
     "curve_batch": "curve_batch", "seed": "seed", "run_dir": "run_dir", "device": "device",
 }
 
@@ -41,11 +41,15 @@ def add_sweep_command(subparsers) -> argparse.ArgumentParser:
       help="layer names, fnmatch patterns or groups: blocks, stages, spatial, last (default: "
            f"{' '.join(default['layers'])})")
     a("--metrics", nargs="+", default=None, metavar="METRIC",
-      help=f"any of {', '.join(METRICS)} (default: all but pointing, which needs --data voc|coco)")
+      help=f"metric calls, e.g. {', '.join(METRICS)}, 'sensitivity(pairing=random)', 'deletion(steps=16)' or a "
+           "plugin's (see `extagg metrics`; default: the built-ins but pointing, which needs --data voc|coco)")
     a("--combine", nargs="*", default=None, metavar="MODE:WEIGHTING",
       help=f"layer combinations scored like layers, MODE in {'/'.join(COMBINE_MODES)}, WEIGHTING in "
            f"{'/'.join(COMBINE_WEIGHTINGS)} (default: {' '.join(default['combine'])}; none: --combine)")
     a("--targets", default=None, help="predicted (default), label, or a class index")
+    a("--class-map", default=None, metavar="FILE.json",
+      help="labelled data (--targets label, pointing): JSON object {data-set class name or id: model class index}; "
+           "needed unless the data set's classes are the model's (as extagg evaluate --class-map)")
     a("--steps", type=int, default=None, help=f"deletion/insertion curve intervals (default {default['steps']})")
     a("--baseline", default=None, help="deletion/insertion baseline: blur (default), zero, mean")
     a("--randomise", nargs="+", default=None, metavar="BLOCK",

@@ -15,8 +15,11 @@ from ..errors import InputError
 from ..models import DEFAULT_MODEL
 
 METRICS = ("pointing", "sensitivity", "randomisation", "identity", "deletion", "insertion")
-"""Every metric the sweep computes; ``pointing`` needs localisation data (VOC, COCO)."""
-NO_ANNOTATION_METRICS = ("sensitivity", "randomisation", "identity", "deletion", "insertion")
+"""The built-in metrics (``extagg metrics`` lists every registered one, plugins' included); ``pointing`` needs
+localisation data (VOC, COCO)."""
+NO_ANNOTATION_METRICS = ("sensitivity", "randomisation(checkpoints=6)", "identity", "deletion", "insertion")
+"""The default metrics: those that need no annotations. Randomisation re-initialises every block in turn (21 on
+EfficientNet-Lite0) and measures after 6 of them, the last included, to keep the default sweep's cost."""
 DATA = ("skimage", "voc", "coco", "folder", "custom")
 """``custom``: samples handed to :func:`extagg.sweep.sweep` (Python only)."""
 SKIMAGE_PHOTOS = ("chelsea", "coffee", "camera")
@@ -64,14 +67,23 @@ def parse_combination(text: str) -> tuple[str, str]:
     return mode, weighting
 
 
+def metric_name(text: str) -> str:
+    """The name of a metric call ``name(k=v,...)`` (syntax checked; the registry checks the name)."""
+    from ..method import scan
+
+    raw = scan(text)
+    if raw.modifiers or len(raw.calls) != 1:
+        raise InputError(f"a metric is one name with optional parameters, e.g. 'deletion(steps=8)', got {text!r}")
+    return raw.calls[0].name
+
+
 def _check_metrics(_inst, _attr, value):
     if not value:
-        raise InputError(f"give at least one metric: {', '.join(METRICS)}")
+        raise InputError(f"give at least one metric, e.g. {', '.join(METRICS)} (see `extagg metrics`)")
     for m in value:
-        if m not in METRICS:
-            from ..errors import UnknownNameError
-
-            raise UnknownNameError("metric", m, METRICS)
+        metric_name(m)
+    if len(set(value)) != len(value):
+        raise InputError(f"a metric is given twice in {list(value)}")
 
 
 def _check_combine(_inst, _attr, value):
@@ -100,7 +112,10 @@ class SweepConfig:
     ``root``), ``limit`` (first N images). What to compute: ``methods`` and ``exclude`` (method strings or fnmatch
     patterns over the design space), ``layers`` (names, patterns or groups, see :mod:`extagg.layer_select`),
     ``metrics`` (from :data:`METRICS`), ``combine`` (layer combinations ``MODE:WEIGHTING``, scored like layers),
-    ``targets`` (``predicted``, ``label`` or a class index). Metric settings: ``steps`` and ``baseline`` of the
+    ``targets`` (``predicted``, ``label`` or a class index), ``class_map`` (a JSON file mapping the data set's classes to
+the model's, as ``extagg evaluate --class-map``; needed for labelled data whose classes are not the model's).
+``metrics`` are metric calls in the method grammar (``sensitivity(pairing=random)``). Metric settings, which fill the
+built-in metrics' parameters a metric string leaves out: ``steps`` and ``baseline`` of the
     deletion/insertion curves, ``randomise`` (blocks; default: the top-level children with parameters) and
     ``randomisation`` mode, ``hog_cell``, ``tolerance`` (pointing, pixels), ``identity_extractor`` (the real-layer
     extractor the identity check compares each method with, at the layers it applies to: ``conv``, a Conv2d's own
@@ -130,6 +145,7 @@ class SweepConfig:
     hog_cell: int = attrs.field(default=16, validator=_positive("hog_cell"))
     tolerance: float = 15.0
     identity_extractor: str = attrs.field(default="conv", converter=str)
+    class_map: Optional[str] = None
     batch_size: int = attrs.field(default=4, validator=_positive("batch_size"))
     curve_batch: int = attrs.field(default=64, validator=_positive("curve_batch"))
     seed: int = 0
@@ -150,13 +166,21 @@ class SweepConfig:
             raise InputError(f"--data {self.data} reads from disk: give its folder with --root DIR")
         if self.data == "skimage" and self.root:
             raise InputError("--root is for --data voc|coco|folder; the skimage photos ship with scikit-image")
-        if "pointing" in self.metrics and self.data not in ("voc", "coco", "custom"):
+        if any(metric_name(m) == "pointing" for m in self.metrics) and self.data not in ("voc", "coco", "custom"):
             raise InputError(f"the pointing metric needs localisation data (--data voc or coco), not {self.data!r}; "
                              f"drop it from --metrics")
         if self.weights is not None and self.random_weights:
             raise InputError("give either --weights or --random-weights, not both")
         if self.model == DEFAULT_MODEL and (self.weights is not None or self.random_weights):
             raise InputError(f"{DEFAULT_MODEL} ships its own pretrained weights; drop --weights/--random-weights")
+
+    def metric_defaults(self) -> dict:
+        """{metric name: {parameter: value}}: the options (``steps``, ``baseline``, ...) that fill the built-in
+        metrics' parameters where a metric string leaves them out (``deletion(steps=4)`` wins over ``--steps``)."""
+        curves = {"steps": self.steps, "baseline": self.baseline}
+        return {"deletion": curves, "insertion": curves, "pointing": {"tolerance": self.tolerance},
+                "identity": {"extractor": self.identity_extractor},
+                "randomisation": {"mode": self.randomisation, "hog_cell": self.hog_cell}}
 
     def check_weights(self) -> None:
         """Refuse to load a torchvision model by name without weights unless ``random_weights`` says so."""

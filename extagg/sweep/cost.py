@@ -32,61 +32,66 @@ def _groups(plan: SweepPlan, registry, methods) -> tuple[int, int]:
 
 
 def estimate(plan: SweepPlan, config: SweepConfig, registry, done: dict, pending: list[tuple[int, ...]]) -> Cost:
+    """The work still to do, from each metric's declared cost (:class:`extagg.plugin.Cost`) per batch."""
     units = {}
     for metric in plan.metrics:
         all_units = plan.units(metric, plan.image_ids)
         units[metric] = (len(all_units), sum(1 for u in all_units if u in done))
-    base_methods = list(dict.fromkeys([*plan.methods, *plan.twins.values()]))
+    companions = [t for c in plan.layout.companions.values() for t in c.values()]
+    base_methods = list(dict.fromkeys([*plan.methods, *companions]))
     g_base, e_base = _groups(plan, registry, base_methods)
     g_rand, e_rand = _groups(plan, registry, plan.methods)
-    columns = 1
-    if "sensitivity" in plan.metrics:
-        columns = 2 if config.targets == "predicted" else 3
-    steps = len(plan.blocks) * (2 if config.randomisation == "both" else 1) if "randomisation" in plan.metrics else 0
-    curves = sum(1 for m in ("deletion", "insertion") if m in plan.metrics)
-    maps = len(plan.keys("deletion"))
+    shared = [c for c in plan.calls if not c.metric.per_image]
+    columns = 1 + sum(2 for c in shared if c.metric.columns is not None)  # an upper bound: columns may coincide
     saliency = classes = curve_images = curve_passes = 0
     for batch in pending:
         n = len(batch)
-        if "pointing" in plan.metrics:  # one image, its classes: at least one
-            saliency += g_base + 2 * e_base
-            continue
-        classes += 1
-        saliency += g_base + 2 * n * columns * e_base + steps * (g_rand + 2 * n * e_rand)
-        images = n * (maps * (config.steps - 1) + 2)  # endpoints (no / every pixel changed) shared by all maps
-        curve_images += curves * images
-        curve_passes += curves * math.ceil(images / config.curve_batch)
+        if shared:
+            classes += 1
+            saliency += g_base + 2 * n * columns * e_base
+        for call in plan.calls:
+            c = (call.metric.cost(n, plan.keys(str(call)), len(plan.blocks), **call.kwargs)
+                 if call.metric.cost is not None else None)
+            if c is None:
+                continue
+            saliency += c.saliency_passes * (g_rand + 2 * n * e_rand)
+            if c.forward_images:
+                curve_images += c.forward_images
+                curve_passes += math.ceil(c.forward_images / config.curve_batch)
     return Cost(units, saliency, classes, curve_images, curve_passes)
 
 
 def preview(plan: SweepPlan, config: SweepConfig, registry, cost: Cost, model_label: str) -> str:
     """The text printed before the sweep starts."""
     n_img = len(plan.image_ids)
+    w = max([14, *(len(m) + 2 for m in plan.metrics)])
     lines = [f"extagg sweep -> {config.run_dir}",
              f"  model {model_label}; data {config.data}: {n_img} image(s) in batches of "
              f"{len(plan.batches[0]) if plan.batches else 0}; seed {config.seed}",
              f"  {len(plan.methods)} method(s) x {len(plan.layers)} layer(s): {len(plan.pairs)} fitting (method, layer) "
              f"pairs" + (f", + {len(plan.combinations)} layer combination(s) for {len(plan.combined)} method(s)"
                          if plan.combined else ""),
-             f"  {'metric':<14}{'units':>8}{'done':>8}{'to do':>8}"]
+             f"  {'metric':<{w}}{'units':>8}{'done':>8}{'to do':>8}"]
     total = done = 0
     for metric, (a, d) in cost.units.items():
-        lines.append(f"  {metric:<14}{a:>8}{d:>8}{a - d:>8}")
+        lines.append(f"  {metric:<{w}}{a:>8}{d:>8}{a - d:>8}")
         total, done = total + a, done + d
-    lines.append(f"  {'total':<14}{total:>8}{done:>8}{total - done:>8}   (unit = method x layer x metric x image)")
+    lines.append(f"  {'total':<{w}}{total:>8}{done:>8}{total - done:>8}   (unit = method x layer x metric x image)")
     lines.append(f"  passes to run: {cost.saliency_passes} forward+backward (saliency), {cost.class_passes} "
                  f"gradient-free forward (classes)")
     if cost.curve_images:
-        lines.append(f"                 at most {cost.curve_images} images through the deletion/insertion curves "
-                     f"({config.steps + 1} points per curve, endpoints shared) in {cost.curve_passes} forward "
-                     f"passes of up to {config.curve_batch}")
+        lines.append(f"                 at most {cost.curve_images} images through the metrics' own forward passes "
+                     f"(deletion/insertion curves, endpoints shared) in {cost.curve_passes} passes of up to "
+                     f"{config.curve_batch}")
     if plan.blocks:
-        lines.append(f"  randomisation ({config.randomisation}), output first: {', '.join(plan.blocks)}")
+        lines.append(f"  randomised blocks, output first, one step each: {', '.join(plan.blocks)}")
     if plan.per_example:
         lines.append("  one pass per (image, class) (per-example modifier): " + ", ".join(sorted(plan.per_example)))
     if plan.slow:
         lines.append("  WARNING: no closed form; these materialise their outer-product contributions in chunks "
                      "(generic path, slow and memory-hungry at wide layers): " + ", ".join(plan.slow))
-    if "identity" in plan.metrics and not plan.twins:
-        lines.append("  note: identity needs Conv2d layers (add e.g. a conv by name); no identity units")
+    for metric, twins in plan.layout.companions.items():
+        if not twins:
+            lines.append(f"  note: {metric} has no layer its companion method fits (identity needs Conv2d layers: "
+                         "add e.g. a conv by name); no units")
     return "\n".join(lines)

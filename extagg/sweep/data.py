@@ -44,10 +44,23 @@ def safe_id(name: Optional[str]) -> Optional[str]:
     return raw.decode("utf-8", "backslashreplace")
 
 
+class Samples(list):
+    """A list of samples with the data set's ``class_names`` (None when the data declares no classes)."""
+
+    class_names = None
+
+
+def named_samples(samples: list, class_names) -> "Samples":
+    out = Samples(samples)
+    out.class_names = tuple(class_names) if class_names is not None else None
+    return out
+
+
 def load_samples(config: SweepConfig) -> list[Sample]:
     """The configured images in a fixed order (first ``config.limit``); ids are unique, stable and valid UTF-8
-    (:func:`safe_id`). A folder's images must be regular files inside ``config.root`` (symbolic links out of it,
-    FIFOs and devices are refused)."""
+    (:func:`safe_id`); the list's ``class_names`` are the data set's classes (None for the scikit-image photos).
+    A folder's images must be regular files inside ``config.root`` (symbolic links out of it, FIFOs and devices
+    are refused)."""
     limit: Optional[int] = config.limit
     if config.data == "skimage":
         paths = skimage_photo_paths()[:limit]
@@ -66,4 +79,4 @@ def load_samples(config: SweepConfig) -> list[Sample]:
         ids = [f"{i}:{s}" for i, s in enumerate(ids)]
     import attrs
 
-    return [attrs.evolve(s, image_id=i) for s, i in zip(samples, ids)]
+    return named_samples([attrs.evolve(s, image_id=i) for s, i in zip(samples, ids)], getattr(data, "class_names", None))

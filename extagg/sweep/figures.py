@@ -1,11 +1,12 @@
 """Figures of a finished sweep (matplotlib, ``pip install extagg[figures]``), written under ``RUN_DIR/figures``.
 
-* ``metric_vs_layer.png``: each metric's headline number against the layer, one line per method (the paper's
-  Fig. 3 layout).
+* ``metric_vs_layer.png``: each metric's headline number against the layer and the layer combinations, one line
+  per method (the paper's Fig. 3 layout), with the metric's floors as dashed lines.
 * ``grid.png``: every extractor x aggregator (with a closed form) on the first image at up to three layers
   (the paper's splash figure).
 * ``combination.png``: each method's best single layer against each layer combination, per metric.
-* ``ranking.png``: methods ranked by their best layer, per metric.
+* ``ranking.png``: methods ranked by their best layer, per metric, in each measure's declared direction, with the
+  floors marked.
 """
 from __future__ import annotations
 
@@ -31,21 +32,42 @@ def _short(layer: str, width: int = 12) -> str:
     return layer if len(layer) <= width else "…" + layer[-(width - 1):]
 
 
+def _title(h) -> str:
+    return f"{h.metric}: {h.measure} [{h.subset}] ({h.direction.arrow} better)"
+
+
+def _name(plan, method: str) -> str:
+    return plan.layout.asked.get(method, method)
+
+
 def metric_vs_layer(plt, plan, rows, path: Path) -> Path:
+    """Each metric's headline number against the layer (combinations last), one line per method; its floors as
+    dashed lines of the same colour."""
     heads = headline_tables(plan, rows)
     cols = min(3, len(heads))
     nrows = math.ceil(len(heads) / cols)
-    fig, axes = plt.subplots(nrows, cols, figsize=(4.2 * cols, 3.2 * nrows), squeeze=False)
-    layers = list(plan.layers)
-    for ax, (metric, name, subset, up, table) in zip(axes.flat, heads):
+    fig, axes = plt.subplots(nrows, cols, figsize=(4.6 * cols, 3.6 * nrows), squeeze=False)
+    layers = [*plan.layers, *plan.combinations]
+    styles = {"floor:cross-image": "--", "floor:smooth-noise": ":", "floor:centre": "-."}
+    for ax, h in zip(axes.flat, heads):
         for method in plan.methods:
-            xs = [i for i, layer in enumerate(layers) if (method, layer) in table]
-            if xs:
-                ax.plot(xs, [table[method, layers[i]] for i in xs], marker="o", ms=3, lw=1.2, label=method)
+            xs = [i for i, layer in enumerate(layers) if (method, layer) in h.table]
+            if not xs:
+                continue
+            line, = ax.plot(xs, [h.table[method, layers[i]].value for i in xs], marker="o", ms=3, lw=1.2,
+                            label=_name(plan, method))
+            for floor, table in h.floors.items():
+                fx = [i for i in xs if (method, layers[i]) in table]
+                ax.plot(fx, [table[method, layers[i]].value for i in fx], ls=styles.get(floor, "--"), lw=0.9,
+                        color=line.get_color(), alpha=0.7)
         ax.set_xticks(range(len(layers)), [_short(layer) for layer in layers], rotation=45, ha="right", fontsize=7)
-        ax.set_title(f"{name} [{subset}] ({'↑' if up else '↓'} better)", fontsize=9)
+        ax.set_title(_title(h), fontsize=8)
+        ax.set_ylabel(h.measure, fontsize=8)
         ax.tick_params(axis="y", labelsize=7)
         ax.grid(alpha=0.3)
+        if h.floors:
+            ax.text(0.01, 0.01, "floors: " + ", ".join(f"{styles.get(f, '--')} {f[6:]}" for f in h.floors),
+                    transform=ax.transAxes, fontsize=6, va="bottom")
     for ax in list(axes.flat)[len(heads):]:
         ax.axis("off")
     handles, labels = axes.flat[0].get_legend_handles_labels()
@@ -56,21 +78,32 @@ def metric_vs_layer(plt, plan, rows, path: Path) -> Path:
     return path
 
 
+def _best(h, method: str, layers=None):
+    """(value, layer) of the method's best layer by the measure's direction, or None."""
+    cells = [(r.value, layer) for (m, layer), r in h.table.items() if m == method and (layers is None or layer in layers)
+             and math.isfinite(r.value)]
+    return min(cells, key=lambda c: h.direction.key(c[0])) if cells else None
+
+
 def ranking(plt, plan, rows, path: Path) -> Path:
+    """Methods ranked by their best layer, per metric, in the measure's direction (best on top)."""
     heads = headline_tables(plan, rows)
-    fig, axes = plt.subplots(1, len(heads), figsize=(3.6 * len(heads), 0.35 * len(plan.methods) + 1.4),
+    fig, axes = plt.subplots(1, len(heads), figsize=(4.0 * len(heads), 0.4 * len(plan.methods) + 1.6),
                              squeeze=False)
-    for ax, (metric, name, subset, up, table) in zip(axes.flat, heads):
-        best = {}
-        for (method, layer), v in table.items():
-            if math.isfinite(v) and (method not in best or (v > best[method][0]) == up and v != best[method][0]):
-                best[method] = (v, layer)
-        order = sorted(best, key=lambda m: best[m][0], reverse=up)
+    for ax, h in zip(axes.flat, heads):
+        best = {m: b for m in plan.methods for b in [_best(h, m)] if b is not None}
+        order = sorted(best, key=lambda m: h.direction.key(best[m][0]))
         ax.barh(range(len(order)), [best[m][0] for m in order], color="tab:blue")
-        ax.set_yticks(range(len(order)), [f"{m} @{_short(best[m][1], 10)}" for m in order], fontsize=7)
+        for floor, table in h.floors.items():
+            ax.scatter([table[m, best[m][1]].value if (m, best[m][1]) in table else math.nan for m in order],
+                       range(len(order)), marker="|", s=120, label=floor[6:], zorder=3)
+        ax.set_yticks(range(len(order)), [f"{_name(plan, m)} @{_short(best[m][1], 10)}" for m in order], fontsize=7)
         ax.invert_yaxis()
-        ax.set_title(f"{name} ({'↑' if up else '↓'} better)", fontsize=9)
+        ax.set_title(_title(h), fontsize=8)
+        ax.set_xlabel(h.measure, fontsize=8)
         ax.tick_params(axis="x", labelsize=7)
+        if h.floors:
+            ax.legend(fontsize=6, title="floors", title_fontsize=6)
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)
@@ -78,25 +111,26 @@ def ranking(plt, plan, rows, path: Path) -> Path:
 
 
 def combination(plt, plan, rows, path: Path):
-    heads = [h for h in headline_tables(plan, rows) if h[0] not in ("identity",)]
+    """Each method's best single layer against each layer combination, per metric."""
+    heads = [h for h in headline_tables(plan, rows) if not plan.layout.companions.get(h.metric)]
     if not plan.combined or not heads:
         return None
     methods = [m for m in plan.methods if m in plan.combined]
-    fig, axes = plt.subplots(1, len(heads), figsize=(0.9 * len(methods) + 2.4, 3.4), squeeze=False)
-    fig.set_size_inches(max(4.0, (0.9 * len(methods) + 1.5)) * len(heads) * 0.6, 3.6)
+    fig, axes = plt.subplots(1, len(heads), figsize=(max(4.0, 0.9 * len(methods) + 1.5) * len(heads) * 0.6, 3.8),
+                             squeeze=False)
     width = 0.8 / (1 + len(plan.combinations))
-    for ax, (metric, name, subset, up, table) in zip(axes.flat, heads):
-        singles = []
-        for m in methods:
-            vals = [table[m, layer] for layer in plan.combined[m] if (m, layer) in table and math.isfinite(table[m, layer])]
-            singles.append((max if up else min)(vals) if vals else math.nan)
+    for ax, h in zip(axes.flat, heads):
+        singles = [b[0] if (b := _best(h, m, plan.combined[m])) else math.nan for m in methods]
         ax.bar([i - 0.4 + width / 2 for i in range(len(methods))], singles, width, label="best single layer",
                color="grey")
         for j, label in enumerate(plan.combinations, 1):
             ax.bar([i - 0.4 + width * (j + 0.5) for i in range(len(methods))],
-                   [table.get((m, label), math.nan) for m in methods], width, label=label.replace("combine:", ""))
-        ax.set_xticks(range(len(methods)), [_short(m, 16) for m in methods], rotation=45, ha="right", fontsize=7)
-        ax.set_title(f"{name} ({'↑' if up else '↓'} better)", fontsize=9)
+                   [h.table[m, label].value if (m, label) in h.table else math.nan for m in methods], width,
+                   label=label.replace("combine:", ""))
+        ax.set_xticks(range(len(methods)), [_short(_name(plan, m), 16) for m in methods], rotation=45, ha="right",
+                      fontsize=7)
+        ax.set_title(_title(h), fontsize=8)
+        ax.set_ylabel(h.measure, fontsize=8)
         ax.tick_params(axis="y", labelsize=7)
     axes.flat[0].legend(fontsize=6)
     fig.tight_layout()

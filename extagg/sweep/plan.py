@@ -1,14 +1,13 @@
 """What a sweep will compute: methods x layers (+ combinations) x metrics x images, and what it will cost.
 
 A **unit** is one (method, layer, metric, image): the smallest piece of work whose result is stored, skipped on
-resume and counted in the preview. ``layer`` is a layer name, a combination label ``combine:MODE:WEIGHTING`` or
-``""`` (the pointing game's centre baseline). Images are processed in fixed batches of ``batch_size`` (the same
+resume and counted in the preview. ``layer`` is a layer name or a combination label ``combine:MODE:WEIGHTING``;
+``metric`` the canonical text of a metric call (``sensitivity(pairing=random)``). Images are processed in fixed batches of ``batch_size`` (the same
 batches on resume and on every rank, so every number is computed the same way).
 """
 from __future__ import annotations
 
 import math
-from typing import Optional
 
 import attrs
 import torch
@@ -16,13 +15,10 @@ import torch
 from ..phase2 import Plan as MethodPlan
 from ..capture import LayerCapture
 from ..contributions import Factored
-from ..engine import fits
 from ..layers import execution_order
 from ..registry import Registry
-from .config import SweepConfig, parse_combination
-
-CENTER = "center-baseline"
-PER_IMAGE_METRICS = ("pointing",)
+from ..evaluation.driver import Layout
+from .config import SweepConfig, metric_name, parse_combination
 
 
 def combination_label(text: str) -> str:
@@ -32,36 +28,38 @@ def combination_label(text: str) -> str:
 
 @attrs.frozen
 class SweepPlan:
-    """The resolved sweep. ``pairs``: fitting (method, layer); ``combined``: {method: layers it combines};
-    ``twins``: {(method, conv layer): the method with the real ``conv`` extractor} for the identity check."""
+    """The resolved sweep. ``layout``: what is scored (:class:`~extagg.evaluation.driver.Layout`: fitting pairs,
+    combinations, companions, the names the user asked for); ``calls``: the metric calls; ``metrics``: their
+    canonical texts (the ``metric`` of every unit)."""
 
-    methods: tuple[str, ...]
-    layers: tuple[str, ...]
-    pairs: tuple[tuple[str, str], ...]
-    combinations: tuple[str, ...]  # labels combine:MODE:WEIGHTING
-    combined: dict  # method -> tuple of layers
-    twins: dict  # (method, layer) -> twin method
+    layout: Layout
+    calls: tuple = attrs.field(eq=False, repr=False)
     metrics: tuple[str, ...]
     image_ids: tuple[str, ...]
     batches: tuple[tuple[int, ...], ...]
-    layer_order: tuple[str, ...]
     blocks: tuple[str, ...]  # randomisation order, output first
     per_example: frozenset  # methods with a per-example modifier (meta)
     slow: tuple[str, ...]  # methods without a closed form on a factored contribution
 
+    methods = property(lambda self: self.layout.methods)
+    layers = property(lambda self: self.layout.layers)
+    pairs = property(lambda self: self.layout.pairs)
+    combinations = property(lambda self: self.layout.combinations)
+    combined = property(lambda self: self.layout.combined)
+    layer_order = property(lambda self: self.layout.layer_order)
+
+    @property
+    def twins(self) -> dict:
+        """{(method, layer): companion method} of every metric with companions (the identity check's twins)."""
+        return {k: t for c in self.layout.companions.values() for k, t in c.items()}
+
+    def call(self, metric: str):
+        """The metric call whose canonical text is ``metric``."""
+        return next(c for c in self.calls if str(c) == metric)
+
     def keys(self, metric: str) -> list[tuple[str, str]]:
-        """The (method, layer) keys of ``metric``, in plan order."""
-        if metric == "identity":
-            return [k for k in self.pairs if k in self.twins]
-        keys = list(self.pairs)
-        for method in self.methods:
-            if method in self.combined:
-                keys += [(method, c) for c in self.combinations]
-        order = {m: i for i, m in enumerate(self.methods)}
-        keys.sort(key=lambda k: order[k[0]])
-        if metric == "pointing":
-            keys.append((CENTER, ""))
-        return keys
+        """The (method, layer) keys of ``metric`` (a canonical metric text), in plan order."""
+        return self.layout.keys(metric)
 
     def units(self, metric: str, image_ids) -> list[tuple[str, str, str, str]]:
         return [(m, layer, metric, i) for i in image_ids for m, layer in self.keys(metric)]
@@ -73,78 +71,27 @@ class SweepPlan:
         return {"methods": list(self.methods), "layers": list(self.layers), "pairs": [list(p) for p in self.pairs],
                 "combinations": list(self.combinations), "metrics": list(self.metrics),
                 "images": list(self.image_ids), "randomise": list(self.blocks),
-                "identity": [[m, layer, t] for (m, layer), t in self.twins.items()]}
+                "companions": {m: [[k[0], k[1], t] for k, t in c.items()] for m, c in self.layout.companions.items()}}
 
 
-def expand_methods(config: SweepConfig, registry: Registry) -> list[str]:
+def expand_methods(config: SweepConfig, registry: Registry) -> dict[str, str]:
+    """{canonical method: the name the user wrote (a pattern's matches: their canonical string)}, in order."""
+    import fnmatch
+
     from ..evaluation.common import expand_methods as expand
+    from ..evaluation.common import is_pattern
 
-    methods = expand(list(config.methods), registry)
+    asked: dict[str, str] = {}
+    for written in config.methods:
+        for canonical in expand([written], registry):
+            asked.setdefault(canonical, canonical if is_pattern(written) else written)
     if config.exclude:
-        import fnmatch
-
-        methods = [m for m in methods if not any(fnmatch.fnmatchcase(m, x) for x in config.exclude)]
-    if not methods:
+        asked = {m: a for m, a in asked.items() if not any(fnmatch.fnmatchcase(m, x) for x in config.exclude)}
+    if not asked:
         from ..errors import InputError
 
         raise InputError(f"--exclude {' '.join(config.exclude)} leaves no method of {' '.join(config.methods)}")
-    return methods
-
-
-def twin_of(registry: Registry, method: str, extractor: str = "conv") -> Optional[str]:
-    """``method`` with its extractor replaced by ``extractor`` (modifiers, filters, aggregator kept); None if the
-    method already uses it."""
-    parsed = registry.parse(method)
-    if parsed.extractor.name == extractor:
-        return None
-    from ..method import Call
-
-    twin = attrs.evolve(parsed, extractor=Call(extractor, ()), named=None)
-    return str(twin)
-
-
-def check_identity_extractor(config: SweepConfig, registry: Registry) -> None:
-    """The identity check's real-layer extractor must be registered and take no required parameter."""
-    name = config.identity_extractor
-    if name not in registry.extractors:
-        from ..errors import UnknownNameError
-
-        raise UnknownNameError("identity extractor (--identity-extractor)", name, sorted(registry.extractors))
-    required = [p.name for p in registry.extractors[name].params if p.required]
-    if required:
-        from ..errors import InputError
-
-        raise InputError(f"identity extractor {name!r} needs parameter(s) {required}; choose a real-layer extractor "
-                         "without required parameters, such as 'conv'")
-
-
-def randomisation_blocks(model: torch.nn.Module, config: SweepConfig, example: torch.Tensor) -> list[str]:
-    """Blocks to re-initialise, output first: ``config.randomise`` (names or patterns, in forward order) or the
-    top-level children that hold parameters."""
-    import fnmatch
-
-    from ..errors import InputError, UnknownNameError
-
-    with_params = [n for n, m in model.named_modules() if n and any(True for _ in m.parameters())]
-    if config.randomise:
-        names = []
-        for p in config.randomise:
-            found = [n for n in with_params if fnmatch.fnmatchcase(n, p)]
-            if not found:
-                raise UnknownNameError("block to randomise", p, with_params)
-            names += [n for n in found if n not in names]
-    else:
-        names = [n for n, m in model.named_children() if any(True for _ in m.parameters())]
-    if not names:
-        raise InputError("the model has no block with parameters to randomise")
-    order = [n.split("@")[0] for n, _ in execution_order(model, example)]
-
-    def last_call(name):  # a container that is never called itself (ModuleList) ends with its last child's call
-        hits = [i for i, n in enumerate(order) if n == name or n.startswith(name + ".")]
-        return max(hits) if hits else -1
-
-    position = {n: last_call(n) for n in names}
-    return sorted(names, key=lambda n: -position[n])
+    return asked
 
 
 def is_slow(registry: Registry, method: str) -> bool:
@@ -166,38 +113,34 @@ def is_slow(registry: Registry, method: str) -> bool:
 
 def make_plan(config: SweepConfig, model: torch.nn.Module, registry: Registry, image_ids: list[str],
               example: torch.Tensor, layers: list[str]) -> SweepPlan:
-    from ..capture import resolve_layers
-    from ..errors import InputError
+    from ..evaluation.driver import make_layout, parse_metric
+    from ..evaluation.randomisation import cascading_order
 
-    methods = expand_methods(config, registry)
-    modules = resolve_layers(model, layers)
-    pairs = [(m, layer) for m in methods for layer in layers if fits(registry, registry.parse(m), modules[layer])]
-    if not pairs:
-        raise InputError(f"no method of {methods} fits any layer of {layers}")
+    asked = expand_methods(config, registry)
+    methods = list(asked)
+    calls = []
+    for text in config.metrics:
+        call = parse_metric(registry, text, config.metric_defaults().get(metric_name(text)))
+        if str(call) in map(str, calls):
+            from ..errors import InputError
+
+            raise InputError(f"metrics {text!r} and {str(call)!r} are the same metric call")
+        calls.append(call)
     order = [n for n, _ in execution_order(model, example)]
     position = {n: i for i, n in enumerate(order)}
     layer_order = tuple(sorted((layer for layer in layers if layer != "input"),
                                key=lambda n: position.get(n, math.inf)))
     combinations = tuple(dict.fromkeys(combination_label(c) for c in config.combine))
-    combined = {}
-    if combinations:
-        for m in methods:
-            mine = tuple(layer for layer in layer_order if (m, layer) in pairs)
-            if len(mine) >= 2:
-                combined[m] = mine
-    twins = {}
-    if "identity" in config.metrics:
-        check_identity_extractor(config, registry)
-        for m, layer in pairs:
-            module = modules[layer]
-            twin = twin_of(registry, m, config.identity_extractor) if module is not None else None
-            if twin is not None and fits(registry, registry.parse(twin), module):
-                twins[m, layer] = twin
-    per_example = frozenset(m for m in [*methods, *twins.values()] if registry.per_example(m))
+    layout = make_layout(registry, model, methods, layers, calls, combinations=combinations,
+                         layer_order=layer_order, asked=asked)
+    per_image = any(c.metric.per_image for c in calls)
+    twins = [t for c in layout.companions.values() for t in c.values()]
+    per_example = frozenset(m for m in [*methods, *twins] if registry.per_example(m))
     n = len(image_ids)
-    size = 1 if "pointing" in config.metrics else config.batch_size
+    size = 1 if per_image else config.batch_size
     batches = tuple(tuple(range(i, min(i + size, n))) for i in range(0, n, size))
-    blocks = tuple(randomisation_blocks(model, config, example)) if "randomisation" in config.metrics else ()
-    slow = tuple(m for m in dict.fromkeys([*methods, *twins.values()]) if is_slow(registry, m))
-    return SweepPlan(tuple(methods), tuple(layers), tuple(pairs), combinations, combined, twins,
-                     tuple(config.metrics), tuple(image_ids), batches, layer_order, blocks, per_example, slow)
+    needs_blocks = any("model_copy" in c.metric.needs for c in calls)
+    blocks = tuple(cascading_order(model, list(config.randomise) or None, example)) if needs_blocks else ()
+    slow = tuple(m for m in dict.fromkeys([*methods, *twins]) if is_slow(registry, m))
+    return SweepPlan(layout, tuple(calls), tuple(str(c) for c in calls), tuple(image_ids), batches, blocks,
+                     per_example, slow)

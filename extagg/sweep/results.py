@@ -1,9 +1,9 @@
-"""Tidy tables from the finished units: per image and reduced, as CSV and JSON lines, and the summary table.
+"""The sweep's tables from the finished units: per image and reduced (typed rows of
+:mod:`extagg.evaluation.results`), as CSV and JSON lines, and the summary table.
 
-Reduction is exact and independent of the order in which units finished (or on which rank): sums are
-``math.fsum`` (correctly rounded), over the per-image values in plan order. Rank correlations, similarities and
-AUCs are averaged over the images where they are defined (``count``; ``nan`` = images where undefined, e.g. a
-constant map); the pointing game sums hits and evaluations per class and averages the per-class accuracies.
+Reduction is exact and independent of the order in which units finished (or on which rank): per-image values
+are taken in plan order and summed with ``math.fsum``. Each measure's direction (declared by its metric) decides
+every "best" star, ranking and figure; floors (``floor:...`` subsets) are shown next to the value they qualify.
 """
 from __future__ import annotations
 
@@ -15,79 +15,37 @@ from typing import Iterable, Optional
 
 import attrs
 
+from ..evaluation.results import IMAGE_FIELDS, RESULT_FIELDS, ImageValue, Result, jsonable, reduce_values
+from ..metric_spec import FLOOR_PREFIX, Direction
 from .plan import SweepPlan
 from .store import Unit
 
-PER_IMAGE_FIELDS = ("method", "layer", "metric", "subset", "image", "value")
-SUMMARY_FIELDS = ("method", "layer", "metric", "subset", "value", "count", "nan", "std")
-HEADLINE = {  # metric -> (subset to show, True if higher is better)
-    "sensitivity": ("top-vs-bottom", False),
-    "identity": ("all", True),
-    "deletion": ("all", False),
-    "insertion": ("all", True),
-    "pointing": ("all", True),
-}
+PER_IMAGE_FIELDS = IMAGE_FIELDS
+SUMMARY_FIELDS = RESULT_FIELDS
+Row = Result
 
 
-@attrs.frozen
-class Row:
-    """One reduced number: ``metric`` of ``method`` at ``layer`` on ``subset`` over ``count`` images (items)."""
-
-    method: str
-    layer: str
-    metric: str
-    subset: str
-    value: float
-    count: int
-    nan: int = 0
-    std: float = math.nan
-
-
-def per_image_rows(plan: SweepPlan, done: dict[Unit, dict]) -> list[dict]:
-    """One row per (unit, subset, measure) in plan order."""
-    rows = []
+def per_image_values(plan: SweepPlan, done: dict[Unit, list]) -> list[ImageValue]:
+    """One :class:`ImageValue` per (unit, subset, measure, class) in plan order."""
+    asked = plan.layout.asked
+    out = []
     for unit in plan.all_units():
         values = done.get(unit)
         if values is None:
             continue
-        for key, v in values.items():
-            subset, _, measure = key.partition("|")
-            rows.append({"method": unit[0], "layer": unit[1], "metric": measure, "subset": subset,
-                         "image": unit[3], "value": v})
-    return rows
-
-
-def _mean_row(method, layer, metric, subset, values: list[float]) -> Row:
-    finite = [v for v in values if math.isfinite(v)]
-    n = len(finite)
-    if not n:
-        return Row(method, layer, metric, subset, math.nan, 0, len(values))
-    mean = math.fsum(finite) / n
-    std = math.sqrt(math.fsum((v - mean) ** 2 for v in finite) / n)
-    return Row(method, layer, metric, subset, mean, n, len(values) - n, std)
-
-
-def reduce_rows(plan: SweepPlan, done: dict[Unit, dict]) -> list[Row]:
-    """The summary: one row per (method, layer, metric, subset)."""
-    groups: dict[tuple[str, str, str, str], list[float]] = {}
-    for r in per_image_rows(plan, done):
-        groups.setdefault((r["method"], r["layer"], r["metric"], r["subset"]), []).append(r["value"])
-    out: list[Row] = []
-    pointing: dict[tuple[str, str, str], dict[str, list[float]]] = {}
-    for (method, layer, metric, subset), values in groups.items():
-        if metric.startswith("pointing@"):
-            pointing.setdefault((method, layer, subset), {}).setdefault(metric[len("pointing@"):], []).extend(values)
-        else:
-            out.append(_mean_row(method, layer, metric, subset, values))
-    for (method, layer, subset), per_class in pointing.items():
-        accuracies = [math.fsum(v) / len(v) for v in per_class.values()]
-        evaluations = sum(len(v) for v in per_class.values())
-        out.append(Row(method, layer, "pointing", subset, math.fsum(accuracies) / len(accuracies), evaluations))
+        method, layer, metric, image = unit
+        for subset, measure, cls, v in values:
+            out.append(ImageValue(asked.get(method, method), method, layer, metric, measure, subset, image, v, cls))
     return out
 
 
-def _jsonable(d: dict) -> dict:
-    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in d.items()}
+def directions(plan: SweepPlan) -> dict:
+    return {(str(c), m.name): m.direction for c in plan.calls for m in c.metric.measures}
+
+
+def reduce_rows(plan: SweepPlan, done: dict[Unit, list]) -> list[Result]:
+    """The summary rows: one per (method, layer, metric, measure, subset)."""
+    return reduce_values(per_image_values(plan, done), directions(plan))
 
 
 def to_csv(rows: Iterable[dict], fields: tuple[str, ...]) -> str:
@@ -95,58 +53,84 @@ def to_csv(rows: Iterable[dict], fields: tuple[str, ...]) -> str:
     writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
     writer.writeheader()
     for r in rows:
-        writer.writerow({k: (repr(v) if isinstance(v, float) else v) for k, v in r.items()})
+        writer.writerow({k: (repr(v) if isinstance(v, float) else "" if v is None else v) for k, v in r.items()})
     return buf.getvalue()
 
 
 def to_jsonl(rows: Iterable[dict]) -> str:
-    return "".join(json.dumps(_jsonable(r), allow_nan=False) + "\n" for r in rows)
+    return "".join(json.dumps(jsonable(r), allow_nan=False) + "\n" for r in rows)
 
 
-def headline(rows: list[Row], metric: str) -> Optional[tuple[str, str, bool]]:
-    """(metric name in the rows, subset, higher is better) of a sweep metric's headline number."""
-    if metric in HEADLINE:
-        subset, up = HEADLINE[metric]
-        return metric, subset, up
-    if metric == "randomisation":
-        subsets = [r.subset for r in rows if r.metric == "randomisation_spearman" and r.subset.startswith("cascading:")]
-        if subsets:  # fully randomised: the last cascading step
-            return "randomisation_spearman", subsets[-1], False
-    return None
+@attrs.frozen
+class Headline:
+    """The number a summary shows for one metric call: its first measure on the metric's headline subset, per
+    (method, layer), with the floors of the same measure beside it."""
+
+    metric: str
+    measure: str
+    subset: str
+    direction: Direction
+    table: dict  # (canonical method, layer) -> Result
+    floors: dict  # floor subset -> {(canonical method, layer): Result}
 
 
-def headline_tables(plan: SweepPlan, rows: list[Row]) -> list[tuple[str, str, str, bool, dict]]:
-    """Per sweep metric with rows: (sweep metric, row metric, subset, higher is better, {(method, layer): value})."""
-    out = []
-    for metric in plan.metrics:
-        head = headline(rows, metric)
-        if head is None:
-            continue
-        name, subset, up = head
-        table = {(r.method, r.layer): r.value for r in rows if r.metric == name and r.subset == subset}
-        if table:
-            out.append((metric, name, subset, up, table))
-    return out
+def headline(plan: SweepPlan, rows: list[Result], metric: str) -> Optional[Headline]:
+    call = plan.call(metric)
+    measure = call.metric.measures[0]
+    mine = [r for r in rows if r.metric == metric and r.measure == measure.name]
+    subsets = list(dict.fromkeys(r.subset for r in mine if not r.subset.startswith(FLOOR_PREFIX)))
+    if not subsets:
+        return None
+    subset = None
+    if call.metric.headline is not None:
+        subset = call.metric.headline(subsets, **call.kwargs)
+    subset = subset if subset in subsets else subsets[0]
+    table = {(r.canonical, r.layer): r for r in mine if r.subset == subset}
+    floors: dict = {}
+    for r in mine:
+        if r.subset.startswith(FLOOR_PREFIX) and not r.subset.endswith("-difficult"):
+            floors.setdefault(r.subset, {})[r.canonical, r.layer] = r
+    return Headline(metric, measure.name, subset, measure.direction, table, floors)
 
 
-def summary_table(plan: SweepPlan, rows: list[Row]) -> str:
-    """Per metric, a methods x layers table of the headline number (``*`` marks each method's best layer)."""
+def headline_tables(plan: SweepPlan, rows: list[Result]) -> list[Headline]:
+    """The headline of every metric call with rows, in plan order."""
+    return [h for h in (headline(plan, rows, m) for m in plan.metrics) if h is not None and h.table]
+
+
+def _cell(r: Result, star: bool) -> str:
+    text = f"{r.value:.3f}" if math.isfinite(r.value) else "nan"
+    text += "*" if star else " "
+    if r.nan:
+        text += f" ({r.n}/{r.n + r.nan})"
+    return text
+
+
+def summary_table(plan: SweepPlan, rows: list[Result]) -> str:
+    """Per metric call, a methods x layers table of the headline number: ``*`` marks each method's best layer by
+    the measure's direction, ``(n/total)`` the images where it is defined when some are not, and the floors
+    follow as rows of their own."""
     lines = []
     layers = [*plan.layers, *plan.combinations]
     short = {layer: (layer.replace("combine:", "c:") if len(layer) < 14 else "..." + layer[-11:]) for layer in layers}
-    for _, name, subset, up, table in headline_tables(plan, rows):
-        cols = [layer for layer in layers if any((m, layer) in table for m in plan.methods)]
-        extra = [k for k in table if k[0] not in plan.methods]
-        lines.append(f"{name} [{subset}] ({'higher' if up else 'lower'} is better)")
-        width = max(len(m) for m in [*plan.methods, *(k[0] for k in extra)])
-        lines.append(" " * width + "  " + "  ".join(f"{short[c]:>14}" for c in cols))
-        for m in [*plan.methods, *dict.fromkeys(k[0] for k in extra)]:
-            vals = {c: table[m, c] for c in cols if (m, c) in table}
-            finite = [v for v in vals.values() if math.isfinite(v)]
-            best = (max if up else min)(finite) if finite else None
-            cells = [(f"{vals[c]:.3f}" + ("*" if vals[c] == best else " ")) if c in vals else "-" for c in cols]
-            if m not in plan.methods:
-                cells = [f"{v:.3f} " for v in vals.values()]
-            lines.append(f"{m:<{width}}  " + "  ".join(f"{c:>14}" for c in cells))
+    asked = plan.layout.asked
+    for h in headline_tables(plan, rows):
+        cols = [layer for layer in layers if any((m, layer) in h.table for m in plan.methods)]
+        n_images = max((r.n + r.nan for r in h.table.values()), default=0)
+        lines.append(f"{h.metric}: {h.measure} [{h.subset}] ({h.direction.value} is better; "
+                     f"{n_images} image(s) per cell)")
+        names = {m: asked.get(m, m) + ("" if asked.get(m, m) == m else f" = {m}") for m in plan.methods}
+        width = max(len(x) for x in [*names.values(), *(f"  {s}" for s in h.floors), "method"])
+        lines.append(" " * width + "  " + "  ".join(f"{short[c]:>18}" for c in cols))
+        for m in plan.methods:
+            cells = {c: h.table[m, c] for c in cols if (m, c) in h.table}
+            if not cells:
+                continue
+            best = h.direction.best([r.value for r in cells.values()])
+            text = [(_cell(cells[c], cells[c].value == best) if c in cells else "-") for c in cols]
+            lines.append(f"{names[m]:<{width}}  " + "  ".join(f"{t:>18}" for t in text))
+            for floor, table in h.floors.items():
+                text = [(_cell(table[m, c], False) if (m, c) in table else "-") for c in cols]
+                lines.append(f"{'  ' + floor:<{width}}  " + "  ".join(f"{t:>18}" for t in text))
         lines.append("")
     return "\n".join(lines)

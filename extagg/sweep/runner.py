@@ -16,26 +16,33 @@ from .cost import estimate, preview
 from .distributed import Group
 from .fingerprint import KeptRandomState, model_record
 from .plan import SweepPlan, make_plan
-from .results import (PER_IMAGE_FIELDS, SUMMARY_FIELDS, Row, per_image_rows, reduce_rows, summary_table, to_csv,
+from .results import (PER_IMAGE_FIELDS, SUMMARY_FIELDS, Row, per_image_values, reduce_rows, summary_table, to_csv,
                       to_jsonl)
 from .store import RunStore, write_atomic
 
 
 @attrs.frozen
 class SweepResult:
-    """What a finished sweep wrote: ``rows`` (reduced), ``per_image`` (dicts), the plan and the run directory."""
+    """What a finished sweep wrote: ``rows`` (reduced :class:`~extagg.evaluation.results.Result`), ``per_image``
+    (:class:`~extagg.evaluation.results.ImageValue`), the plan and the run directory."""
 
     rows: tuple[Row, ...]
-    per_image: tuple[dict, ...] = attrs.field(repr=False)
+    per_image: tuple = attrs.field(repr=False)
     plan: SweepPlan = attrs.field(repr=False)
     run_dir: Path
     seconds: float
 
-    def value(self, method: str, layer: str, metric: str, subset: str) -> float:
-        for r in self.rows:
-            if (r.method, r.layer, r.metric, r.subset) == (method, layer, metric, subset):
-                return r.value
-        raise KeyError((method, layer, metric, subset))
+    def value(self, method: str, layer: str, metric: str, subset: str = "all", measure: Optional[str] = None) -> float:
+        """The reduced value of ``method`` (as written or canonical) at ``layer``; ``metric`` by name or canonical
+        call; ``measure`` defaults to the metric's first."""
+        from ..evaluation.results import find
+
+        if measure is None:
+            calls = [c for c in self.plan.calls if metric in (str(c), c.name)]
+            if not calls:
+                raise KeyError((method, layer, metric, subset))
+            measure = calls[0].metric.measures[0].name
+        return find(self.rows, method, layer, metric, measure, subset).value
 
 
 def versions(registry, config: SweepConfig, model_label: str) -> dict:
@@ -85,7 +92,10 @@ def _load(config: SweepConfig, model, preprocess, samples, device: str):
             raise InputError("data='custom' means samples given to sweep(config, samples=[...]); none were given")
         samples = load_samples(config)
     else:
-        samples = list(samples)[:config.limit] if config.limit else list(samples)
+        from .data import named_samples
+
+        names = getattr(samples, "class_names", None)
+        samples = named_samples(list(samples)[:config.limit] if config.limit else list(samples), names)
     if not samples:
         raise InputError("the sweep has no images")
     ids = [s.image_id for s in samples]
@@ -119,6 +129,7 @@ def sweep(config: Optional[SweepConfig] = None, *, model: Optional[torch.nn.Modu
         example = model_inputs(model, [samples[0].image], preprocess)
         layers = select_layers(model, list(config.layers), example)
         plan = make_plan(config, model, registry, [s.image_id for s in samples], example, layers)
+        class_map = _class_map(config, model, example, samples)
         record = {"config": config.result_dict(), "plan": plan.as_dict(), "versions": versions(registry, config, label)}
         record["model"] = model_record(model, preprocess)  # weights fingerprint + preprocessing, checked on resume
         group.check_same(record)  # every rank's record equals rank 0's, before any unit
@@ -142,12 +153,12 @@ def sweep(config: Optional[SweepConfig] = None, *, model: Optional[torch.nn.Modu
             if group.distributed:
                 text += f"\n  distributed: {group.world} processes, batches dealt round-robin, rank 0 writes"
             print(text, file=printing, flush=True)
-        _compute(plan, config, registry, model, preprocess, samples, pending, done, store, group)
+        _compute(plan, config, registry, model, preprocess, samples, pending, done, store, group, class_map)
         if group.rank == 0:
             done = store.load()
         done = group.broadcast(done)
         rows = reduce_rows(plan, done)
-        per_image = per_image_rows(plan, done)
+        per_image = per_image_values(plan, done)
         run_dir = Path(config.run_dir)
         if group.rank == 0:
             _write_tables(run_dir, rows, per_image, plan)
@@ -172,8 +183,18 @@ def _batch_units(plan: SweepPlan, batch: tuple[int, ...]):
     return [u for metric in plan.metrics for u in plan.units(metric, ids)]
 
 
-def _compute(plan, config, registry, model, preprocess, samples, pending, done, store, group) -> None:
-    runner = BatchRunner(model, preprocess, plan, config, registry)
+def _class_map(config, model, example, samples):
+    """The sweep's class map (labelled runs), checked before any work (see :mod:`.labels`)."""
+    from ..evaluation.common import logits
+    from .labels import reads_labels, sweep_class_map
+
+    if not reads_labels(config) and not config.class_map:
+        return None
+    return sweep_class_map(config, getattr(samples, "class_names", None), logits(model, example).shape[1])
+
+
+def _compute(plan, config, registry, model, preprocess, samples, pending, done, store, group, class_map=None) -> None:
+    runner = BatchRunner(model, preprocess, plan, config, registry, class_map)
     bar = None
     if group.rank == 0 and config.progress and pending:
         try:
@@ -215,7 +236,8 @@ def _compute(plan, config, registry, model, preprocess, samples, pending, done, 
 
 
 def _write_tables(run_dir: Path, rows, per_image, plan) -> None:
-    reduced = [attrs.asdict(r) for r in rows]
+    reduced = [r.as_dict() for r in rows]
+    per_image = [v.as_dict() for v in per_image]
     write_atomic(run_dir / "results.csv", to_csv(reduced, SUMMARY_FIELDS))
     write_atomic(run_dir / "results.jsonl", to_jsonl(reduced))
     write_atomic(run_dir / "per_image.csv", to_csv(per_image, PER_IMAGE_FIELDS))

@@ -1,7 +1,8 @@
 """The run directory: the configuration record and the append-only log of finished units.
 
 ``units.jsonl`` holds one JSON object per finished unit ``{"method", "layer", "metric", "image", "values"}``
-(``values``: ``{"SUBSET|MEASURE": number or null}``), appended with flush + fsync. A line cut short by a kill
+(``values``: ``[[subset, measure, class or null, number or null], ...]``), appended with flush + fsync. A line cut
+short by a kill
 (no final newline) is discarded and cut off the file before the next append; a unit logged twice counts once.
 ``config.json`` holds the configuration fields that change the numbers, the resolved plan, the model's
 fingerprint and preprocessing, and the versions; a run directory refuses a different configuration, plan or model.
@@ -36,8 +37,9 @@ LOCK = ".lock"
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 
 
-def _clean(values: dict) -> dict:
-    return {k: (None if v is None or not math.isfinite(v) else float(v)) for k, v in values.items()}
+def _clean(values: list) -> list:
+    """Unit values ``[(subset, measure, cls, value)]`` as JSON-ready lists (NaN as null)."""
+    return [[s, m, c, None if v is None or not math.isfinite(v) else float(v)] for s, m, c, v in values]
 
 
 def check_directory(path: Path) -> None:
@@ -216,7 +218,7 @@ class RunStore:
                                  "or choose a new run directory (-o)")
 
     # ----------------------------------------------------------------- the log
-    def load(self) -> dict[Unit, dict]:
+    def load(self) -> dict[Unit, list]:
         """Finished units and their values; a torn last line is cut off the file (by the writer)."""
         if not check_file(self.log):
             return {}
@@ -229,7 +231,7 @@ class RunStore:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-        done: dict[Unit, dict] = {}
+        done: dict[Unit, list] = {}
         for number, line in enumerate(data[:end].split(b"\n"), 1):
             if not line.strip():
                 continue
@@ -237,7 +239,7 @@ class RunStore:
             done.setdefault(unit, values)
         return done
 
-    def append(self, units: Iterable[tuple[Unit, dict]]) -> None:
+    def append(self, units: Iterable[tuple[Unit, list]]) -> None:
         """Append finished units (one line each), then flush and fsync."""
         lines = [json.dumps({"method": u[0], "layer": u[1], "metric": u[2], "image": u[3], "values": _clean(v)},
                             allow_nan=False) + "\n" for u, v in units]
@@ -272,7 +274,7 @@ def _read_config(path: Path) -> dict:
     return old
 
 
-def _unit_record(line: bytes, path: Path, number: int) -> tuple[Unit, dict]:
+def _unit_record(line: bytes, path: Path, number: int) -> tuple[Unit, list]:
     def bad(why: str):
         return InputError(f"{str(path)!r} line {number} is not a unit record ({why}); remove that line or use a new "
                           "run directory")
@@ -287,13 +289,20 @@ def _unit_record(line: bytes, path: Path, number: int) -> tuple[Unit, dict]:
         if not isinstance(d.get(key), str):
             raise bad(f"{key!r} is {_short(d.get(key))}, not a string")
     values = d.get("values")
-    if not isinstance(values, dict):
-        raise bad(f"'values' is {_short(values)}, not an object")
-    out = {}
-    for k, v in values.items():
+    if not isinstance(values, list):
+        raise bad(f"'values' is {_short(values)}, not a list of [subset, measure, class, value]")
+    out = []
+    for item in values:
+        if not isinstance(item, list) or len(item) != 4:
+            raise bad(f"value {_short(item)} is not [subset, measure, class, value]")
+        s, m, c, v = item
+        if not isinstance(s, str) or not isinstance(m, str):
+            raise bad(f"value {_short(item)} needs a string subset and measure")
+        if c is not None and (isinstance(c, bool) or not isinstance(c, int)):
+            raise bad(f"value {_short(item)} has class {_short(c)}, not an integer or null")
         if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
-            raise bad(f"value {k!r} is {_short(v)}, not a number or null")
-        out[k] = math.nan if v is None else float(v)
+            raise bad(f"value {_short(item)} has value {_short(v)}, not a number or null")
+        out.append((s, m, c, math.nan if v is None else float(v)))
     return (d["method"], d["layer"], d["metric"], d["image"]), out
 
 
