@@ -239,6 +239,26 @@ def _whole(value, where: Where, field: str) -> int:
     return value
 
 
+def _regular_files_inside(root, paths) -> None:
+    """Refuse an image that resolves outside ``root`` (a symbolic link out of it) or is not a regular file (a FIFO
+    or a device would block or never end), before any is opened."""
+    import stat
+
+    base = os.path.realpath(root)
+    for path in paths:
+        real = os.path.realpath(path)
+        if os.path.commonpath([base, real]) != base:
+            raise InputError(f"image {path!r} resolves to {real!r}, outside the data root {base!r}; give the real "
+                             "root of the data")
+        try:
+            mode = os.stat(real).st_mode
+        except OSError as exc:
+            raise InputError(f"cannot read image {path!r}: {exc}") from exc
+        if not stat.S_ISREG(mode):
+            raise InputError(f"image {path!r} is not a regular file (a FIFO, socket or device); remove it from "
+                             f"{os.fspath(root)!r}")
+
+
 class ImageFolderSamples(_Limited):
     """Classification images from ``torchvision.datasets.ImageFolder(root)``; ``per_class`` first images per class."""
 
@@ -248,6 +268,7 @@ class ImageFolderSamples(_Limited):
         if not os.path.isdir(root):
             raise InputError(f"no image folder at {os.fspath(root)!r} (expected root/<class>/<image> files)")
         self.dataset = ImageFolder(os.fspath(root))
+        _regular_files_inside(root, [p for p, _ in self.dataset.samples])
         self.class_names = tuple(self.dataset.classes)
         picked = list(range(len(self.dataset.samples)))
         if per_class is not None:

@@ -26,6 +26,24 @@ def skimage_photo_paths() -> list[Path]:
     return out
 
 
+def safe_id(name: Optional[str]) -> Optional[str]:
+    """``name`` as text that UTF-8 can write: a file name that is not UTF-8 (decoded by Python with escaped bytes)
+    gets its bytes as ``\\xNN`` (``caf\\xe9``); valid names are unchanged. Ids that then collide are made distinct
+    by :func:`load_samples`."""
+    if not name:
+        return name
+    try:
+        name.encode("utf-8")
+        return name
+    except UnicodeEncodeError:
+        pass
+    try:
+        raw = name.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        raw = name.encode("utf-8", "surrogatepass")
+    return raw.decode("utf-8", "backslashreplace")
+
+
 class Samples(list):
     """A list of samples with the data set's ``class_names`` (None when the data declares no classes)."""
 
@@ -39,8 +57,10 @@ def named_samples(samples: list, class_names) -> "Samples":
 
 
 def load_samples(config: SweepConfig) -> list[Sample]:
-    """The configured images in a fixed order (first ``config.limit``); ids are unique and stable; the list's
-    ``class_names`` are the data set's classes (None for the scikit-image photos)."""
+    """The configured images in a fixed order (first ``config.limit``); ids are unique, stable and valid UTF-8
+    (:func:`safe_id`); the list's ``class_names`` are the data set's classes (None for the scikit-image photos).
+    A folder's images must be regular files inside ``config.root`` (symbolic links out of it, FIFOs and devices
+    are refused)."""
     limit: Optional[int] = config.limit
     if config.data == "skimage":
         paths = skimage_photo_paths()[:limit]
@@ -54,7 +74,7 @@ def load_samples(config: SweepConfig) -> list[Sample]:
     else:
         data = ImageFolderSamples(config.root, limit=limit)
     samples = list(data)
-    ids = [s.image_id or str(i) for i, s in enumerate(samples)]
+    ids = [safe_id(s.image_id) or str(i) for i, s in enumerate(samples)]
     if len(set(ids)) != len(ids):
         ids = [f"{i}:{s}" for i, s in enumerate(ids)]
     import attrs

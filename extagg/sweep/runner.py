@@ -14,6 +14,7 @@ from .compute import BatchRunner
 from .config import SweepConfig
 from .cost import estimate, preview
 from .distributed import Group
+from .fingerprint import KeptRandomState, model_record
 from .plan import SweepPlan, make_plan
 from .results import (PER_IMAGE_FIELDS, SUMMARY_FIELDS, Row, per_image_values, reduce_rows, summary_table, to_csv,
                       to_jsonl)
@@ -113,6 +114,7 @@ def sweep(config: Optional[SweepConfig] = None, *, model: Optional[torch.nn.Modu
 
     config = config or SweepConfig()
     start = time.perf_counter()
+    kept, store = KeptRandomState(), None  # the caller's random state is put back at the end
     group = Group.from_env(config.device)
     try:
         registry = registry or default_registry()
@@ -124,6 +126,8 @@ def sweep(config: Optional[SweepConfig] = None, *, model: Optional[torch.nn.Modu
         plan = make_plan(config, model, registry, [s.image_id for s in samples], example, layers)
         class_map = _class_map(config, plan, model, example, samples)
         record = {"config": config.result_dict(), "plan": plan.as_dict(), "versions": versions(registry, config, label)}
+        record["model"] = model_record(model, preprocess)  # weights fingerprint + preprocessing, checked on resume
+        group.check_same(record)  # every rank's record equals rank 0's, before any unit
         store = RunStore(config.run_dir, writer=group.rank == 0)
         state = None
         if group.rank == 0:
@@ -163,7 +167,10 @@ def sweep(config: Optional[SweepConfig] = None, *, model: Optional[torch.nn.Modu
             print(f"wrote {run_dir / 'results.csv'}, results.jsonl, per_image.csv, per_image.jsonl", file=printing)
         return SweepResult(tuple(rows), tuple(per_image), plan, run_dir, time.perf_counter() - start)
     finally:
+        if store is not None:
+            store.close()  # the run directory's lock
         group.close()
+        kept.restore()
 
 
 def _batch_units(plan: SweepPlan, batch: tuple[int, ...]):
@@ -193,8 +200,7 @@ def _compute(plan, config, registry, model, preprocess, samples, pending, done, 
             todo = sum(1 for b in pending for u in _batch_units(plan, b) if u not in done)
             bar = tqdm(total=todo, desc="sweep", unit="unit", file=sys.stderr, smoothing=0.1)
     try:
-        for first in range(0, len(pending), group.world):
-            mine = pending[first + group.rank] if first + group.rank < len(pending) else None
+        for first, mine in group.rounds(pending):  # whole batches of the one-process plan
             finished = []
             if mine is not None:
                 ids = [plan.image_ids[i] for i in mine]

@@ -1,16 +1,29 @@
 """The run directory: the configuration record and the append-only log of finished units.
 
 ``units.jsonl`` holds one JSON object per finished unit ``{"method", "layer", "metric", "image", "values"}``
-(``values``: ``[[subset, measure, class or null, number or null], ...]``), appended with flush + fsync. A line cut short by a kill
+(``values``: ``[[subset, measure, class or null, number or null], ...]``), appended with flush + fsync. A line cut
+short by a kill
 (no final newline) is discarded and cut off the file before the next append; a unit logged twice counts once.
-``config.json`` holds the configuration fields that change the numbers, the resolved plan and the versions; a
-run directory refuses a different configuration or plan.
+``config.json`` holds the configuration fields that change the numbers, the resolved plan, the model's
+fingerprint and preprocessing, and the versions; a run directory refuses a different configuration, plan or model.
+
+Trust: the writer holds an exclusive lock on ``.lock`` (``fcntl.flock``, released when the run ends or the process
+dies) for the whole run, so a second sweep on the same directory is refused with the holder's pid and host;
+``config.json`` is created exclusively (a link that fails if the file exists); every file is replaced through a
+unique temporary file in the same directory. The run directory must be a real directory (not a symbolic link)
+owned by the user and not writable by group or others; the files in it must be regular files owned by the user,
+opened without following symbolic links. A malformed ``config.json`` or ``units.jsonl`` is an ``InputError`` naming
+the file and the line.
 """
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
+import socket
+import stat
+import tempfile
 import warnings
 from pathlib import Path
 from typing import Iterable, Optional
@@ -20,6 +33,8 @@ from ..errors import InputError
 Unit = tuple[str, str, str, str]  # method, layer, metric, image
 LOG = "units.jsonl"
 CONFIG = "config.json"
+LOCK = ".lock"
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 
 
 def _clean(values: list) -> list:
@@ -27,53 +42,152 @@ def _clean(values: list) -> list:
     return [[s, m, c, None if v is None or not math.isfinite(v) else float(v)] for s, m, c, v in values]
 
 
-def _read_values(values) -> list:
-    if not isinstance(values, list) or not all(isinstance(x, list) and len(x) == 4 for x in values):
-        raise TypeError("values must be a list of [subset, measure, class, value]")
-    return [(str(s), str(m), None if c is None else int(c), math.nan if v is None else float(v))
-            for s, m, c, v in values]
+def check_directory(path: Path) -> None:
+    """Refuse a run directory that is a symbolic link, not a directory, not the user's, or writable by others."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if stat.S_ISLNK(st.st_mode):
+        raise InputError(f"run directory {str(path)!r} is a symbolic link; give the real directory")
+    if not stat.S_ISDIR(st.st_mode):
+        raise InputError(f"run directory {str(path)!r} exists and is not a directory")
+    if hasattr(os, "geteuid") and st.st_uid != os.geteuid():
+        raise InputError(f"run directory {str(path)!r} belongs to user id {st.st_uid}, not to you "
+                         f"({os.geteuid()}); use a directory of your own")
+    if st.st_mode & 0o022:
+        raise InputError(f"run directory {str(path)!r} is writable by others (mode {stat.S_IMODE(st.st_mode):o}); "
+                         f"`chmod go-w` it or use another directory")
+
+
+def check_file(path: Path) -> bool:
+    """True if ``path`` is a regular file of the user's; False if absent; InputError for anything else."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return False
+    if stat.S_ISLNK(st.st_mode):
+        raise InputError(f"{str(path)!r} is a symbolic link; the sweep neither reads nor writes through one")
+    if not stat.S_ISREG(st.st_mode):
+        raise InputError(f"{str(path)!r} is not a regular file")
+    if hasattr(os, "geteuid") and st.st_uid != os.geteuid():
+        raise InputError(f"{str(path)!r} belongs to user id {st.st_uid}, not to you ({os.geteuid()})")
+    return True
+
+
+def _read(path: Path) -> bytes:
+    fd = os.open(path, os.O_RDONLY | _NOFOLLOW)
+    with os.fdopen(fd, "rb") as f:
+        return f.read()
+
+
+def _temporary(path: Path, text: str) -> str:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+            f.write(text)
+            f.flush()
+            os.fchmod(f.fileno(), 0o644)
+            os.fsync(f.fileno())
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    return tmp
 
 
 def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and a rename (never a half-written file)."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8", newline="") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """Write ``text`` to ``path`` through a uniquely named temporary file in the same directory and a rename (never
+    a half-written file, never through a symbolic link: one at ``path`` is refused)."""
+    path = Path(path)
+    check_file(path)
+    tmp = _temporary(path, text)
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def create_exclusive(path: Path, text: str) -> bool:
+    """Create ``path`` with ``text`` unless it exists (atomically: a link of a complete temporary file); False if
+    it already existed."""
+    tmp = _temporary(path, text)
+    try:
+        os.link(tmp, path)
+        return True
+    except FileExistsError:
+        return False
+    finally:
+        os.unlink(tmp)
 
 
 class RunStore:
-    """The run directory of one sweep (only rank 0 writes)."""
+    """The run directory of one sweep (only the writer, rank 0, writes; it alone takes the lock)."""
 
     def __init__(self, run_dir, writer: bool = True):
         self.dir = Path(run_dir)
         self.writer = writer
         self.log = self.dir / LOG
+        self._lock: Optional[int] = None
+
+    # ----------------------------------------------------------------- the lock
+    def lock(self) -> None:
+        """Create the run directory if needed and take its exclusive lock for this process (until :meth:`close`
+        or the process ends); InputError naming the holder's pid and host if another sweep holds it."""
+        if not self.writer or self._lock is not None:
+            return
+        check_directory(self.dir)
+        self.dir.mkdir(mode=0o755, parents=True, exist_ok=True)
+        check_directory(self.dir)
+        path = self.dir / LOCK
+        check_file(path)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | _NOFOLLOW, 0o644)
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - no flock on this platform: no lock
+            fcntl = None
+        if fcntl is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as exc:
+                holder = os.pread(fd, 300, 0).decode("utf-8", "replace").strip()
+                os.close(fd)
+                if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                    raise InputError(f"cannot lock {str(path)!r}: {exc}") from exc
+                raise InputError(f"run directory {str(self.dir)!r} is in use by another sweep "
+                                 f"({holder or 'holder not yet recorded'}); wait for it to end or choose another "
+                                 "run directory (-o)") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on host {socket.gethostname()}\n".encode(), 0)
+        self._lock = fd
+
+    def close(self) -> None:
+        """Release the lock (the lock file stays, empty)."""
+        if self._lock is not None:
+            fd, self._lock = self._lock, None
+            try:
+                os.ftruncate(fd, 0)
+            finally:
+                os.close(fd)  # closing releases the flock
 
     # ----------------------------------------------------------------- configuration
     def check_config(self, record: dict, defaults: Optional[dict] = None) -> bool:
-        """Create ``config.json`` or check it against ``record`` (``config`` and ``plan`` must match exactly;
-        other versions only warn). A configuration field missing from an older ``config.json`` counts as its value
-        in ``defaults`` (fields added since keep resuming old runs). Returns True if the run directory already
-        existed with this configuration."""
+        """Create ``config.json`` or check it against ``record`` (``config``, ``plan`` and the ``model``
+        fingerprint and preprocessing must match exactly; other versions only warn). The writer takes the lock
+        first. A configuration field missing from an older ``config.json`` counts as its value in ``defaults``
+        (fields added since keep resuming old runs). Returns True if the run directory already existed with this
+        configuration."""
         path = self.dir / CONFIG
-        if self.dir.exists() and not self.dir.is_dir():
-            raise InputError(f"run directory {str(self.dir)!r} exists and is not a directory")
-        if not path.is_file():
-            if self.log.exists():
+        check_directory(self.dir)
+        self.lock()
+        if not check_file(path):
+            if check_file(self.log):
                 raise InputError(f"{str(self.dir)!r} holds {LOG} but no {CONFIG}; use a new run directory")
-            if self.writer:
-                self.dir.mkdir(parents=True, exist_ok=True)
-                write_atomic(path, json.dumps(record, indent=1, sort_keys=False) + "\n")
-            return False
-        try:
-            old = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise InputError(f"cannot read {str(path)!r}: {exc}; use a new run directory") from exc
+            if not self.writer or create_exclusive(path, json.dumps(record, indent=1, sort_keys=False) + "\n"):
+                return False
+        old = _read_config(path)
         for section in ("config", "plan"):
-            a, b = old.get(section, {}), record[section]
+            a, b = old[section], record[section]
             if section == "config" and defaults:
                 a = {**{k: v for k, v in defaults.items() if k not in a}, **a}
             diff = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
@@ -84,34 +198,44 @@ class RunStore:
                     f"{_short(a.get(k))}, now {_short(b.get(k))}" + (f" (and {len(diff) - 1} more)" if len(diff) > 1
                                                                      else "")
                     + "; resume it with the same options, or choose a new run directory (-o)")
+        self._check_model(old.get("model"), record.get("model"))
         if old.get("versions") != record.get("versions"):
             warnings.warn(f"resuming {str(self.dir)!r} with different versions: {old.get('versions')} -> "
                           f"{record.get('versions')}", stacklevel=2)
         return True
 
+    def _check_model(self, old: Optional[dict], new: Optional[dict]) -> None:
+        if new is None:
+            return
+        if old is None:
+            warnings.warn(f"{str(self.dir / CONFIG)!r} records no model fingerprint (an older run); resuming without "
+                          "checking that the model is the same", stacklevel=3)
+            return
+        for key, what in (("fingerprint", "model weights (fingerprint)"), ("preprocess", "preprocessing")):
+            if old.get(key) != new.get(key):
+                raise InputError(f"run directory {str(self.dir)!r} was computed with other {what}: "
+                                 f"{_short(old.get(key))}, now {_short(new.get(key))}; resume it with the same model, "
+                                 "or choose a new run directory (-o)")
+
     # ----------------------------------------------------------------- the log
     def load(self) -> dict[Unit, list]:
         """Finished units and their values; a torn last line is cut off the file (by the writer)."""
-        if not self.log.is_file():
+        if not check_file(self.log):
             return {}
-        data = self.log.read_bytes()
+        data = _read(self.log)
         end = data.rfind(b"\n") + 1
         if end < len(data) and self.writer:
-            with open(self.log, "r+b") as f:
-                f.truncate(end)
-                f.flush()
-                os.fsync(f.fileno())
+            fd = os.open(self.log, os.O_RDWR | _NOFOLLOW)
+            try:
+                os.ftruncate(fd, end)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
         done: dict[Unit, list] = {}
-        for number, line in enumerate(data[:end].splitlines(), 1):
+        for number, line in enumerate(data[:end].split(b"\n"), 1):
             if not line.strip():
                 continue
-            try:
-                d = json.loads(line)
-                unit = (d["method"], d["layer"], d["metric"], d["image"])
-                values = _read_values(d["values"])
-            except (ValueError, KeyError, TypeError) as exc:
-                raise InputError(f"{str(self.log)!r} line {number} is not a unit record ({exc}); remove that line "
-                                 "or use a new run directory") from exc
+            unit, values = _unit_record(line, self.log, number)
             done.setdefault(unit, values)
         return done
 
@@ -121,13 +245,67 @@ class RunStore:
                             allow_nan=False) + "\n" for u, v in units]
         if not lines or not self.writer:
             return
-        self.dir.mkdir(parents=True, exist_ok=True)
-        with open(self.log, "a", encoding="utf-8") as f:
+        self.dir.mkdir(mode=0o755, parents=True, exist_ok=True)
+        check_file(self.log)
+        fd = os.open(self.log, os.O_WRONLY | os.O_APPEND | os.O_CREAT | _NOFOLLOW, 0o644)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write("".join(lines))
             f.flush()
             os.fsync(f.fileno())
 
 
+def _read_config(path: Path) -> dict:
+    """``config.json`` checked: a JSON object with ``config`` and ``plan`` objects (``model``, if present, too)."""
+    try:
+        text = _read(path).decode("utf-8")
+        old = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{str(path)!r} line {exc.lineno} is not valid JSON ({exc.msg}); restore it or use a new "
+                         "run directory") from exc
+    except (OSError, ValueError) as exc:
+        raise InputError(f"cannot read {str(path)!r}: {exc}; use a new run directory") from exc
+    if not isinstance(old, dict):
+        raise InputError(f"{str(path)!r} holds a JSON {type(old).__name__}, not a sweep record (an object with "
+                         "'config' and 'plan'); restore it or use a new run directory")
+    for section in ("config", "plan", "model"):
+        if (section != "model" or section in old) and not isinstance(old.get(section), dict):
+            raise InputError(f"{str(path)!r} field {section!r} is {_short(old.get(section))}, not an object; restore "
+                             "it or use a new run directory")
+    return old
+
+
+def _unit_record(line: bytes, path: Path, number: int) -> tuple[Unit, list]:
+    def bad(why: str):
+        return InputError(f"{str(path)!r} line {number} is not a unit record ({why}); remove that line or use a new "
+                          "run directory")
+
+    try:
+        d = json.loads(line.decode("utf-8"))
+    except ValueError as exc:
+        raise bad(str(exc)) from exc
+    if not isinstance(d, dict):
+        raise bad(f"a JSON {type(d).__name__}, not an object")
+    for key in ("method", "layer", "metric", "image"):
+        if not isinstance(d.get(key), str):
+            raise bad(f"{key!r} is {_short(d.get(key))}, not a string")
+    values = d.get("values")
+    if not isinstance(values, list):
+        raise bad(f"'values' is {_short(values)}, not a list of [subset, measure, class, value]")
+    out = []
+    for item in values:
+        if not isinstance(item, list) or len(item) != 4:
+            raise bad(f"value {_short(item)} is not [subset, measure, class, value]")
+        s, m, c, v = item
+        if not isinstance(s, str) or not isinstance(m, str):
+            raise bad(f"value {_short(item)} needs a string subset and measure")
+        if c is not None and (isinstance(c, bool) or not isinstance(c, int)):
+            raise bad(f"value {_short(item)} has class {_short(c)}, not an integer or null")
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
+            raise bad(f"value {_short(item)} has value {_short(v)}, not a number or null")
+        out.append((s, m, c, math.nan if v is None else float(v)))
+    return (d["method"], d["layer"], d["metric"], d["image"]), out
+
+
 def _short(v: Optional[object]) -> str:
-    text = json.dumps(v)
+    text = json.dumps(v, default=repr)
     return text if len(text) < 120 else text[:117] + "..."
