@@ -31,6 +31,7 @@ import json
 import os
 import random
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -222,6 +223,10 @@ def main(argv=None) -> int:
             print(f"{m.id}\t{m.old!r} -> {m.new!r}")
         return 0
 
+    def interrupted(*_):
+        raise KeyboardInterrupt  # so the running tests are stopped and the temporary copy is removed
+
+    signal.signal(signal.SIGTERM, interrupted)
     results = []
     with tempfile.TemporaryDirectory(prefix="extagg-mutants-") as tmp:
         root = Path(tmp) / "tree"
