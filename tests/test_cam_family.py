@@ -5,7 +5,7 @@ import torch
 from hypothesis import given
 
 import extagg
-from extagg.errors import LayerMismatchError
+from extagg.errors import InvalidMethodError, LayerMismatchError, PluginLoadError
 from tests.cam_nets import small_net
 from tests.strategies import net_specs
 
@@ -141,9 +141,8 @@ def test_the_gap_identities_fail_where_g_varies_in_space(net, x, registry):
 @pytest.mark.parametrize("bad, accepted", [("pooled-scaling(pool=max)+sum", "mean, mass, alpha"),
                                            ("scaling(g=pos)+sum", "signed, relu, abs")])
 def test_bad_choices_name_the_accepted_ones(registry, bad, accepted):
-    with pytest.raises(Exception) as err:
+    with pytest.raises(InvalidMethodError, match=f"must be one of {accepted}, got"):
         registry.parse(bad)
-    assert accepted in str(err.value)
 
 
 def test_bias_value_refuses_other_modules(net, x, registry):
@@ -160,7 +159,7 @@ def test_a_param_with_bad_choices_is_refused_when_it_registers(param, problem):
     mod = type(extagg)("bad_choices")
     mod.register_extractors = hookimpl(lambda register: register(
         Extractor(name="odd", fn=lambda c, g="relu": Dense(c.grad), params=[param])))
-    with pytest.raises(Exception, match=__import__("re").escape(problem)):
+    with pytest.raises(PluginLoadError, match="extractor 'odd'.*" + __import__("re").escape(problem)):
         extagg.Registry.from_plugin_manager(extagg.make_plugin_manager(autoload=False, extra=[mod]))
 
 

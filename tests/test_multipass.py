@@ -5,7 +5,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import extagg
-from extagg.errors import InputError, InvalidMethodError, PluginContractError
+from extagg.errors import InputError, InvalidMethodError, PluginContractError, PluginLoadError
 from extagg.multipass import noise
 from extagg.plugin import Modifier, Samples, hookimpl
 
@@ -231,7 +231,7 @@ def test_a_third_party_multipass_modifier_is_checked(net, x, registry):
         extagg.saliency(net, x, "badpass:gradcam", "3", TARGETS, registry=reg)
     with pytest.raises(PluginContractError, match="notsamples.*Samples"):
         extagg.saliency(net, x, "notsamples:gradcam", "3", TARGETS, registry=reg)
-    with pytest.raises(Exception, match="fn.*samples"):
+    with pytest.raises(PluginLoadError, match="modifier 'empty'.*needs fn.*or samples"):
         extagg.Registry.from_plugin_manager(extagg.make_plugin_manager(autoload=False, extra=[type(
             "Empty", (), {"register_modifiers": staticmethod(hookimpl(lambda register: register(
                 Modifier(name="empty"))))})]))
