@@ -179,7 +179,7 @@ def apply(m: Mutant, root: Path) -> tuple[Path, str]:
 
 def run_tests(root: Path, tests: list[str], timeout: float) -> tuple[str, float, str]:
     env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1", HYPOTHESIS_PROFILE=os.environ.get("HYPOTHESIS_PROFILE", "ci"),
-               PYTHONPATH=os.pathsep.join([str(root), str(root / "plugins"), str(root / "examples/extagg-hello")]))
+               PYTHONPATH=os.pathsep.join([str(root), str(root / "plugins"), str(root / "examples/extagg-hello/src")]))
     cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "-p", "no:randomly", *tests]
     start = time.monotonic()
     try:
