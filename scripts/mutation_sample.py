@@ -12,7 +12,8 @@ swapped. Mutants are found on the syntax tree, so only the mutated expression's 
 The candidates of all modules are sorted and a fixed sample is drawn with ``--seed`` (the same seed and sources
 give the same mutants). The tree is copied once to a temporary folder; each mutant is written into the copy, the
 chosen tests run there (``pytest -x``, a timeout per mutant) with the copy first on ``PYTHONPATH``, and the
-copy's file is restored afterwards. The real files are never written. A mutant is *killed* when the tests fail or
+copy's file is restored afterwards. Hypothesis runs the ``mutation`` profile of ``tests/conftest.py`` (10
+examples, no shrinking) unless ``HYPOTHESIS_PROFILE`` names another. The real files are never written. A mutant is *killed* when the tests fail or
 run past the timeout, and *survives* when they pass. The unmutated tests run first; the run stops if they fail.
 
     python scripts/mutation_sample.py --module extagg/layer_request.py --tests tests/test_layer_request.py \
@@ -178,7 +179,7 @@ def apply(m: Mutant, root: Path) -> tuple[Path, str]:
 
 
 def run_tests(root: Path, tests: list[str], timeout: float) -> tuple[str, float, str]:
-    env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1", HYPOTHESIS_PROFILE=os.environ.get("HYPOTHESIS_PROFILE", "ci"),
+    env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1", HYPOTHESIS_PROFILE=os.environ.get("HYPOTHESIS_PROFILE", "mutation"),
                PYTHONPATH=os.pathsep.join([str(root), str(root / "plugins"), str(root / "examples/extagg-hello/src")]))
     cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "-p", "no:randomly", *tests]
     start = time.monotonic()
