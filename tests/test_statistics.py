@@ -15,6 +15,7 @@ import extagg
 from extagg import native
 from extagg.phase2 import Dense, Factored, PatchGeometry, Scaled, Store, depthwise, pooling, sweeps
 from extagg.phase2.pooling import pad_zeros, pool_extreme, pool_sum
+from extagg.phase2.stats import as_stat
 
 STATS = ("sum", "sq", "signed", "signed_sq", "extremes", "min_abs")
 PROFILES = list(itertools.product([-1, 0, 1], repeat=2))
@@ -59,6 +60,28 @@ def test_sum_pool_with_implicit_zero_padding_equals_padding_first():
     x = torch.randn(1, 3, 6, 7, dtype=torch.float64)
     want = pool_sum(F.pad(x, (2, 2, 1, 1)), (3, 5), (1, 1), (1, 1))
     torch.testing.assert_close(pool_sum(x, (3, 5), (1, 1), (1, 1), padding=(1, 2)), want)
+
+
+def test_pool_and_padding_counter_cases():
+    """Counter-cases of the three equivalences above, through the same functions: the pools of a mirrored map,
+    the other extreme, zero padding with its sides swapped, and the implicit padding against a map padded
+    one column differently (same output shape) are all refused by the same comparisons."""
+    x = torch.randn(2, 3, 7, 8, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    k, stride, dilation = (2, 3), (1, 2), (1, 1)
+    cols = windows(x, k, stride, dilation)
+    shape = (2, 3, 6, -1)
+    assert pool_sum(x, k, stride, dilation).shape == cols.sum(2).reshape(shape).shape
+    with pytest.raises(AssertionError):
+        torch.testing.assert_close(pool_sum(x.flip(-1), k, stride, dilation), cols.sum(2).reshape(shape))
+    assert not torch.equal(pool_extreme(x, k, stride, dilation, largest=False), cols.amax(2).reshape(shape))
+    assert not torch.equal(pool_extreme(x.flip(-2), k, stride, dilation, largest=True), cols.amax(2).reshape(shape))
+    assert not torch.equal(pad_zeros(x, (1, 2, 0, 3)), F.pad(x, (2, 1, 3, 0)))
+    x = torch.randn(1, 3, 6, 7, dtype=torch.float64)
+    want = pool_sum(F.pad(x, (1, 3, 1, 1)), (3, 5), (1, 1), (1, 1))
+    got = pool_sum(x, (3, 5), (1, 1), (1, 1), padding=(1, 2))
+    assert got.shape == want.shape
+    with pytest.raises(AssertionError):
+        torch.testing.assert_close(got, want)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -132,16 +155,30 @@ def test_the_fused_sweep_detects_a_wrong_statistic(monkeypatch):
     assert not torch.allclose(broken.stat("sum"), want)
 
 
+def test_scaled_statistics_counter_case():
+    """Counter-case of Scaled's statistics against its materialised values: a Scaled whose weights are permuted
+    over the channels gives other statistics than the materialised original."""
+    gen = torch.Generator().manual_seed(4)
+    x, w = torch.randn(2, 5, 3, 4, generator=gen, dtype=torch.float64), torch.randn(2, 2, 5, generator=gen,
+                                                                                     dtype=torch.float64)
+    want = Dense(Scaled(x, w).values)
+    for name in ("sum", "sq", "extremes"):
+        torch.testing.assert_close(Scaled(x, w).stat(name), want.stat(name), rtol=1e-10, atol=1e-12)
+        with pytest.raises(AssertionError):
+            torch.testing.assert_close(Scaled(x, w.roll(1, -1)).stat(name), want.stat(name), rtol=1e-10,
+                                       atol=1e-12)
+
+
 class _Spy(Dense):
-    """Records which statistics a closed form reads."""
+    """Records which statistics a closed form reads (through ``stat``, the one way a closed form reads them)."""
 
     def __init__(self, values):
         super().__init__(values)
         self.read = set()
 
-    def _stat(self, name):
-        self.read.add(name)
-        return super().stat(name)
+    def stat(self, stat):
+        self.read.add(as_stat(stat))
+        return super().stat(stat)
 
 
 @pytest.mark.parametrize("profile", PROFILES)
@@ -154,4 +191,14 @@ def test_every_aggregator_reads_what_it_declares(registry, builtin_aggregator, p
         pytest.skip(f"{name} declares no reads")
     c = _Spy(torch.randn(1, 1, 4, 2, 2, dtype=torch.float64))
     spec.closed_form(c, profile)
-    assert c.read <= set(spec.reads(profile)), (c.read, spec.reads(profile))
+    assert c.read <= {as_stat(r) for r in spec.reads(profile)}, (c.read, spec.reads(profile))
+
+
+def test_a_reads_declaration_that_leaves_out_a_statistic_is_caught(registry):
+    """Counter-case of the check above: the built-in closed forms read statistics, so a declaration that leaves
+    one out (here: an empty one) fails the same subset check. (The spy once overrode a method the forms no longer
+    call, so it recorded nothing and the check above could not fail.)"""
+    for name in ("sum", "norm", "max"):
+        c = _Spy(torch.randn(1, 1, 4, 2, 2, dtype=torch.float64))
+        registry.aggregators[name].closed_form(c, (1, 0))
+        assert c.read and not c.read <= set(), name
