@@ -207,6 +207,7 @@ def main(argv=None) -> int:
     ap.add_argument("--sample", type=int, default=20, help="how many mutants to draw (all when larger)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--timeout", type=float, default=120.0, help="seconds per mutant; past it the mutant is killed")
+    ap.add_argument("--baseline-timeout", type=float, default=900.0, help="seconds for the unmutated runs")
     ap.add_argument("--json", help="write the results here")
     ap.add_argument("--list", action="store_true", help="print the sample and exit")
     ap.add_argument("--only", nargs="*", help="run only these mutant ids")
@@ -232,7 +233,7 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="extagg-mutants-") as tmp:
         root = Path(tmp) / "tree"
         shutil.copytree(ROOT, root, ignore=IGNORED)
-        status, secs, tail = run_tests(root, args.tests, args.timeout * 3)
+        status, secs, tail = run_tests(root, args.tests, args.baseline_timeout)
         print(f"baseline: {status} in {secs:.0f} s ({tail})", flush=True)
         if status != "survived":
             print("the unmutated tests do not pass; no mutants run", file=sys.stderr)
@@ -243,8 +244,15 @@ def main(argv=None) -> int:
                 status, secs, tail = run_tests(root, args.tests, args.timeout)
             finally:
                 target.write_text(original)
-            results.append(dict(id=m.id, old=m.old, new=m.new, status=status, seconds=round(secs, 1)))
-            print(f"[{i}/{len(sample)}] {status:8s} {secs:5.0f} s  {m.id}  {m.old!r} -> {m.new!r}", flush=True)
+            results.append(dict(id=m.id, old=m.old, new=m.new, status=status, seconds=round(secs, 1), tail=tail))
+            print(f"[{i}/{len(sample)}] {status:8s} {secs:5.0f} s  {m.id}  {m.old!r} -> {m.new!r}  ({tail})",
+                  flush=True)
+        # kills are only meaningful if the unmutated tests still pass (an installed plugin may have changed)
+        status, secs, tail = run_tests(root, args.tests, args.baseline_timeout)
+        print(f"baseline again: {status} in {secs:.0f} s ({tail})", flush=True)
+        if status != "survived":
+            print("the unmutated tests no longer pass: the kills above are not reliable", file=sys.stderr)
+            return 2
     caught = sum(r["status"] in ("killed", "timeout") for r in results)
     survivors = [r for r in results if r["status"] == "survived"]
     print(f"\n{caught} of {len(results)} mutants caught; {len(survivors)} survived:")
