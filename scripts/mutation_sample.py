@@ -12,9 +12,11 @@ swapped. Mutants are found on the syntax tree, so only the mutated expression's 
 The candidates of all modules are sorted and a fixed sample is drawn with ``--seed`` (the same seed and sources
 give the same mutants). The tree is copied once to a temporary folder; each mutant is written into the copy, the
 chosen tests run there (``pytest -x``, a timeout per mutant) with the copy first on ``PYTHONPATH``, and the
-copy's file is restored afterwards. Hypothesis runs the ``mutation`` profile of ``tests/conftest.py`` (10
-examples, no shrinking) unless ``HYPOTHESIS_PROFILE`` names another. The real files are never written. A mutant is *killed* when the tests fail or
-run past the timeout, and *survives* when they pass. The unmutated tests run first; the run stops if they fail.
+copy's file is restored afterwards: the real files are never written. Hypothesis runs the ``mutation`` profile
+of ``tests/conftest.py`` (10 examples, no shrinking) unless ``HYPOTHESIS_PROFILE`` names another. A mutant is
+*killed* when the tests fail, *timed out* when they run past the timeout (at least ``--timeout-factor`` times
+the unmutated run, so that a loaded machine does not pass for a hang), and *survives* when they pass. The
+unmutated tests run first and again at the end; the run stops if they fail (a kill means nothing then).
 
     python scripts/mutation_sample.py --module extagg/layer_request.py --tests tests/test_layer_request.py \
         --sample 10 --seed 0 --timeout 120 [--json out.json] [--list] [--only ID ...]
@@ -207,6 +209,8 @@ def main(argv=None) -> int:
     ap.add_argument("--sample", type=int, default=20, help="how many mutants to draw (all when larger)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--timeout", type=float, default=120.0, help="seconds per mutant; past it the mutant is killed")
+    ap.add_argument("--timeout-factor", type=float, default=3.0,
+                    help="the timeout is at least this many times the unmutated run (a loaded machine is slower)")
     ap.add_argument("--baseline-timeout", type=float, default=900.0, help="seconds for the unmutated runs")
     ap.add_argument("--json", help="write the results here")
     ap.add_argument("--list", action="store_true", help="print the sample and exit")
@@ -238,10 +242,12 @@ def main(argv=None) -> int:
         if status != "survived":
             print("the unmutated tests do not pass; no mutants run", file=sys.stderr)
             return 2
+        timeout = max(args.timeout, args.timeout_factor * secs)
+        print(f"timeout per mutant: {timeout:.0f} s", flush=True)
         for i, m in enumerate(sample, 1):
             target, original = apply(m, root)
             try:
-                status, secs, tail = run_tests(root, args.tests, args.timeout)
+                status, secs, tail = run_tests(root, args.tests, timeout)
             finally:
                 target.write_text(original)
             results.append(dict(id=m.id, old=m.old, new=m.new, status=status, seconds=round(secs, 1), tail=tail))
@@ -255,7 +261,9 @@ def main(argv=None) -> int:
             return 2
     caught = sum(r["status"] in ("killed", "timeout") for r in results)
     survivors = [r for r in results if r["status"] == "survived"]
-    print(f"\n{caught} of {len(results)} mutants caught; {len(survivors)} survived:")
+    timed_out = sum(r["status"] == "timeout" for r in results)
+    print(f"\n{caught} of {len(results)} mutants caught ({timed_out} of them by the timeout); "
+          f"{len(survivors)} survived:")
     for r in survivors:
         print(f"  {r['id']}  {r['old']!r} -> {r['new']!r}")
     if args.json:
