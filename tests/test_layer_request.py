@@ -120,3 +120,21 @@ def test_layer_pattern_with_batched_keyword_arguments(registry):
     other = extagg.saliency(net, x, "gradcam", "con*", forward_kwargs={"depth": depth.flip(0)}, targets=1,
                             registry=registry)["gradcam", "conv"]
     assert not torch.allclose(other, both)
+
+
+def test_a_pattern_costs_one_forward_pass_on_the_first_image(registry):
+    """The module docstring's cost: without keyword arguments a pattern's extra pass runs on the first image
+    only (a one-image batch, the image itself), a module name costs no extra pass at all. Guards the slicing in
+    ``resolve_requested_layers`` (the whole batch, or an empty one, would still resolve the same names)."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+                              torch.nn.Flatten(), torch.nn.Linear(4, 3))
+    seen = []
+    net.register_forward_pre_hook(lambda module, args: seen.append(args[0].detach().clone()))
+    x = torch.randn(3, 3, 8, 8)
+    extagg.saliency(net, x, "gradcam", "0", targets=1, registry=registry)
+    by_name = len(seen)
+    seen.clear()
+    extagg.saliency(net, x, "gradcam", "[0]", targets=1, registry=registry)
+    assert len(seen) == by_name + 1
+    assert torch.equal(seen[0], x[:1])
