@@ -116,3 +116,17 @@ def test_profile_composition_counter_case():
                if not torch.equal(apply_profile(apply_profile(x, a), b), apply_profile(x, compose_profiles(b, a)))]
     assert len(swapped) >= 10
     assert ((1, 0), (-1, 0)) in swapped or ((1, 0), (0, -1)) in swapped
+
+
+def test_the_default_geometry_is_an_unpadded_convolution():
+    """``PatchGeometry`` with only a kernel reads the input without padding (a 'valid' convolution): its
+    materialised contribution summed over locations is the weight gradient of such a conv. Guards the default
+    ``padding`` of ``PatchGeometry`` (1 instead of 0 shifts every patch)."""
+    torch.manual_seed(1)
+    conv = torch.nn.Conv2d(3, 4, 3, bias=False).double()
+    x = torch.randn(1, 3, 7, 7, dtype=torch.float64)
+    y = conv(x)
+    g = torch.randn_like(y)
+    (y * g).sum().backward()
+    c = Factored(g[:, None], x, PatchGeometry(kernel=(3, 3)))
+    torch.testing.assert_close(c.dense().values.sum((3, 4))[0, 0].reshape(4, 3, 3, 3), conv.weight.grad)
