@@ -131,7 +131,7 @@ def test_no_module_over_500_lines():
     assert long == {}
 
 
-@pytest.mark.parametrize("method, profile", [("conv3x3+relu+norm", (1, 0)), ("conv1x1+neg+max", (-1, 1)),
+@pytest.mark.parametrize("method, profile", [("conv3x3+relu+norm", (1, 0)), ("conv1x1+neg+max", (0, 1)),
                                              ("scaling+sum", (1, -1))])
 def test_a_plan_reads_what_its_aggregator_declares_for_its_profile(registry, method, profile):
     """Plan.of composes the pre-filters' sign profiles and keeps the statistics the aggregator's closed form
