@@ -76,6 +76,9 @@ def test_pool_and_padding_counter_cases():
     assert not torch.equal(pool_extreme(x, k, stride, dilation, largest=False), cols.amax(2).reshape(shape))
     assert not torch.equal(pool_extreme(x.flip(-2), k, stride, dilation, largest=True), cols.amax(2).reshape(shape))
     assert not torch.equal(pad_zeros(x, (1, 2, 0, 3)), F.pad(x, (2, 1, 3, 0)))
+    # a one-row window (k = 1 along an axis) is its own extreme: the pool must not read a second view
+    one_row = windows(x, (1, 3), (1, 1), (1, 1)).amax(2).reshape(2, 3, 7, -1)
+    assert torch.equal(pool_extreme(x, (1, 3), (1, 1), (1, 1), largest=True), one_row)
     x = torch.randn(1, 3, 6, 7, dtype=torch.float64)
     want = pool_sum(F.pad(x, (1, 3, 1, 1)), (3, 5), (1, 1), (1, 1))
     got = pool_sum(x, (3, 5), (1, 1), (1, 1), padding=(1, 2))
@@ -202,3 +205,20 @@ def test_a_reads_declaration_that_leaves_out_a_statistic_is_caught(registry):
         c = _Spy(torch.randn(1, 1, 4, 2, 2, dtype=torch.float64))
         registry.aggregators[name].closed_form(c, (1, 0))
         assert c.read and not c.read <= set(), name
+
+
+def test_side_statistics_are_computed_once_and_full_size_fresh_ones_left_to_the_caller():
+    """A side statistic is cached where it is reduced along a real axis (a second read is the same tensor);
+    along an axis of one entry, the full-size fresh ones (squares, min |x|) are handed to the caller to pool and
+    cache, not kept twice. Guards the caching test in ``SideStats.get``."""
+    from extagg.phase2 import Side
+
+    many = Dense(torch.randn(1, 1, 4, 3, 3, dtype=torch.float64)).side()
+    for side in (Side.SUM, Side.SQ, Side.MAX):
+        first = many.get(side)
+        assert many.known(side) and many.get(side) is first
+    one = Dense(torch.randn(1, 1, 1, 3, 3, dtype=torch.float64)).side()
+    assert one.single
+    one.get(Side.SQ)
+    one.get(Side.SUM)
+    assert not one.known(Side.SQ) and one.known(Side.SUM)
