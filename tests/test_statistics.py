@@ -222,3 +222,21 @@ def test_side_statistics_are_computed_once_and_full_size_fresh_ones_left_to_the_
     one.get(Side.SQ)
     one.get(Side.SUM)
     assert not one.known(Side.SQ) and one.known(Side.SUM)
+
+
+def test_the_depthwise_pytorch_path_writes_into_a_buffer_of_the_broadcast_shape():
+    """``fold`` multiplies broadcast terms into a scratch buffer of their broadcast shape: no output is resized
+    behind the caller's back (PyTorch warns when it must), and the statistics equal the materialised ones.
+    Guards the buffer shape in ``sweeps.fold`` (a smaller one still gives the right numbers, with a resize)."""
+    import warnings
+
+    g = torch.randn(2, 2, 6, 4, 4, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    x = torch.randn(2, 6, 4, 4, generator=torch.Generator().manual_seed(8), dtype=torch.float64)
+    c = Factored(g, x, PatchGeometry.identity(3, groups=6))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        c.prefetch(list(STATS))
+        got = {name: c.stat(name) for name in STATS}
+    want = Dense(c.dense().values)
+    for name in ("sum", "sq", "extremes"):
+        torch.testing.assert_close(got[name], want.stat(name), rtol=1e-10, atol=1e-12, msg=name)
