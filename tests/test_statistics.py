@@ -79,6 +79,14 @@ def test_pool_and_padding_counter_cases():
     # a one-row window (k = 1 along an axis) is its own extreme: the pool must not read a second view
     one_row = windows(x, (1, 3), (1, 1), (1, 1)).amax(2).reshape(2, 3, 7, -1)
     assert torch.equal(pool_extreme(x, (1, 3), (1, 1), (1, 1), largest=True), one_row)
+    # each axis reads its own kernel, stride and dilation (the property above draws equal ones)
+    k, stride, dilation = (2, 3), (2, 1), (2, 1)
+    cols = windows(x, k, stride, dilation)
+    shape = (2, 3, (7 - 2 - 1) // 2 + 1, -1)
+    torch.testing.assert_close(pool_sum(x, k, stride, dilation), cols.sum(2).reshape(shape))
+    assert torch.equal(pool_extreme(x, k, stride, dilation, largest=True), cols.amax(2).reshape(shape))
+    assert torch.equal(pool_extreme(x, k[::-1], stride[::-1], dilation[::-1], largest=False),
+                       windows(x, k[::-1], stride[::-1], dilation[::-1]).amin(2).reshape(2, 3, 5, -1))
     x = torch.randn(1, 3, 6, 7, dtype=torch.float64)
     want = pool_sum(F.pad(x, (1, 3, 1, 1)), (3, 5), (1, 1), (1, 1))
     got = pool_sum(x, (3, 5), (1, 1), (1, 1), padding=(1, 2))
