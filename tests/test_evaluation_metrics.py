@@ -151,6 +151,14 @@ def test_hog_oracle_comparison_detects_a_shifted_bin():
     assert not torch.allclose(want.roll(1, -1), want)
 
 
+@pytest.mark.parametrize("kwargs, shown", [(dict(cell=0), "0, 3, 9"), (dict(block=0), "16, 0, 9"),
+                                           (dict(orientations=0), "16, 3, 0")])
+def test_hog_refuses_a_zero_cell_block_or_orientation_count(kwargs, shown):
+    """Each of hog()'s counts must be at least 1; the error names the three values given."""
+    with pytest.raises(InputError, match=f"must be >= 1, got {shown}"):
+        hog(torch.rand(64, 64, dtype=torch.float64), **kwargs)
+
+
 def test_minmax_constant_map_is_zero():
     m = torch.tensor([[1.0, 3.0], [2.0, 5.0]])
     torch.testing.assert_close(minmax(m), torch.tensor([[0.0, 0.5], [0.25, 1.0]], dtype=torch.float64))
