@@ -527,6 +527,18 @@ def test_similarity_reference_is_specific_to_its_maps():
         assert not torch.allclose(wrong[k], right[k], equal_nan=True)
 
 
+def test_map_similarities_of_one_map_equal_its_row_of_a_batch():
+    """A single (H, W) map is accepted as well as a batch (..., H, W), and its numbers are that map's row of the
+    batched call; another map's row differs. Guards the number of dimensions similarity_reference requires."""
+    a, b = _similarity_maps(torch.float64)
+    batch = map_similarities(a, b, hog_cell=8)
+    one = map_similarities(a[0], b[0], hog_cell=8)
+    for k in batch:
+        assert one[k].shape == ()
+        torch.testing.assert_close(one[k], batch[k][0], rtol=0, atol=0)
+        assert not torch.allclose(one[k], batch[k][2])
+
+
 def test_similarity_reference_bad_input_errors():
     from extagg.evaluation.similarity import similarities_to, similarity_reference
 
