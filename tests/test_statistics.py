@@ -248,3 +248,12 @@ def test_the_depthwise_pytorch_path_writes_into_a_buffer_of_the_broadcast_shape(
     want = Dense(c.dense().values)
     for name in ("sum", "sq", "extremes"):
         torch.testing.assert_close(got[name], want.stat(name), rtol=1e-10, atol=1e-12, msg=name)
+
+
+def test_a_contribution_without_entries_sums_to_zero_on_the_chunked_path():
+    """D = 0 entries: the chunked sweep's sums are the empty sums (zeros), as torch's own reduction gives, and not
+    a division by the empty axis. Guards the guard of ``sweeps.chunks`` against an empty axis."""
+    values = torch.randn(1, 2, 0, 3, 3, dtype=torch.float64)
+    d = Dense(values)
+    d.prefetch(["sum", "sq"])
+    assert torch.equal(d.stat("sum"), values.sum(2)) and torch.equal(d.stat("sq"), values.pow(2).sum(2))
