@@ -56,6 +56,12 @@ def test_each_timed_call_returns_every_claimed_map_equal_to_its_own_call(bench, 
             alone = extagg.saliency(net, x, method, layers, targets=TARGETS, registry=registry)
             for layer in layers:
                 torch.testing.assert_close(together[method, layer], alone[method, layer], msg=f"{name} {method}")
+    # counter-case: a CAM of the joint call against another CAM called alone is refused
+    cams, layers = calls["extagg (5 CAMs x 4 layers)"]
+    together = extagg.saliency(net, x, cams, layers, targets=TARGETS, registry=registry)
+    other = extagg.saliency(net, x, "gradcampp", layers, targets=TARGETS, registry=registry)
+    with pytest.raises(AssertionError):
+        torch.testing.assert_close(together["gradcam", layers[-1]], other["gradcampp", layers[-1]])
 
 
 def test_rule_calls_use_the_rule_at_every_layer(bench, net, x, registry):

@@ -45,6 +45,9 @@ def ours(net, x, method, layer, c, registry):
 def test_same_definition_same_map(net, x, registry, name, method, layer):
     expected = peer(getattr(pgc, name), net, x, layer, 3)
     torch.testing.assert_close(ours(net, x, method, layer, 3, registry), expected, atol=2e-6, rtol=0)
+    # counter-case: our map for another target is refused by the same comparison
+    with pytest.raises(AssertionError):
+        torch.testing.assert_close(ours(net, x, method, layer, 1, registry), expected, atol=2e-6, rtol=0)
 
 
 def _gradcampp(net, x, layer, c, eps):

@@ -79,6 +79,9 @@ def test_minmax_matches_loops_and_constant_maps_give_zeros():
     assert torch.allclose(out, reference_minmax(m), rtol=0, atol=1e-15)
     # per image, not over the batch (TorchRay normalises the batch jointly)
     assert torch.allclose(minmax_normalise(m[2:3]), out[2:3], rtol=0, atol=1e-15)
+    # counter-case: a joint min-max over the batch is refused by the same comparison
+    joint = (m - m.min()) / (m.max() - m.min())
+    assert not torch.allclose(out, joint, rtol=0, atol=1e-15)
 
 
 @pytest.mark.parametrize("mode", ["sum", "product"])
@@ -89,6 +92,11 @@ def test_combination_formulas_against_direct_computation(mode):
     assert torch.allclose(got, reference_combine(maps, w, mode, (8, 8)), rtol=1e-12, atol=1e-14)
     uniform = combine(maps, "uniform", mode, size=(8, 8))
     assert torch.allclose(uniform, reference_combine(maps, {k: 1.0 for k in maps}, mode, (8, 8)), rtol=1e-12, atol=1e-14)
+    # counter-cases: the reference with the weights of "a" and "c" swapped, or in the other mode, is refused
+    swapped = {"a": 1.5, "b": 2.0, "c": 0.5}
+    other = "product" if mode == "sum" else "sum"
+    for wrong in (reference_combine(maps, swapped, mode, (8, 8)), reference_combine(maps, w, other, (8, 8))):
+        assert not torch.allclose(got, wrong, rtol=1e-12, atol=1e-14)
 
 
 def test_product_is_zero_where_any_layer_is_at_its_minimum_and_zero_weights_drop_out():
@@ -108,6 +116,9 @@ def test_combine_reads_a_saliency_result():
     direct = reference_combine({k: res["normgrad", k] for k in ["body.1", "body.3"]},
                                {"body.1": 1.0, "body.3": 3.0}, "sum", (8, 8))
     assert torch.allclose(got, direct, rtol=1e-12, atol=1e-14)
+    # counter-case: the other method's maps of the same result are refused
+    other = combine(res, {"body.1": 1.0, "body.3": 3.0}, "sum", method="gradcam")
+    assert not torch.allclose(other, direct, rtol=1e-12, atol=1e-14)
     with pytest.raises(InputError, match="several methods"):
         combine(res)
 
@@ -155,6 +166,9 @@ def test_combination_invariant_to_positive_affine_rescaling_of_each_map(scale, s
     w = {"a": 1.0, "b": 3.0}
     moved = {"a": maps["a"] * scale + shift, "b": maps["b"]}
     assert torch.allclose(combine(moved, w, mode), combine(maps, w, mode), rtol=1e-6, atol=1e-9)
+    # counter-case: a negative scale is not a positive affine map; it mirrors "a"'s min-max map
+    flipped = {"a": maps["a"] * -scale + shift, "b": maps["b"]}
+    assert not torch.allclose(combine(flipped, w, mode), combine(maps, w, mode), rtol=1e-6, atol=1e-9)
 
 
 def pooled(model, x, module):
@@ -181,6 +195,9 @@ def test_feature_spread_against_direct_computation():
         model.body[0].weight *= 10
         model.body[0].bias *= 10
     assert feature_spread_weights(model, x, ["body.1"]).values["body.1"] == pytest.approx(weights.values["body.1"], rel=1e-10)
+    # counter-case: the absolute spread does depend on it
+    scaled = feature_spread_weights(model, x, ["body.1"], relative=False).values["body.1"]
+    assert scaled == pytest.approx(10 * absolute.values["body.1"], rel=1e-10)
     with pytest.raises(InputError, match="M >= 2"):
         feature_spread_weights(model, x[:1], ["body.1"])
 
@@ -269,6 +286,13 @@ def test_sweep_gives_every_single_layer_and_every_combination():
             ref = reference_combine({k: source[key, k] for k in layers}, w, e.mode, (8, 8))
             assert torch.allclose(e.map, ref, rtol=1e-12, atol=1e-14), e.label
         assert e.score == pytest.approx(float(e.map[:, :, :4, :4].mean()), rel=1e-12)
+    # counter-case: an entry against the reference of another weighting, or another layer, is refused
+    linear = next(e for e in sweep.entries if e.method == "conv1x1+norm" and e.weighting == "linear")
+    mine = reference_combine({k: plain["normgrad", k] for k in layers}, {"body.1": 1, "body.3": 4}, linear.mode,
+                             (8, 8))
+    assert not torch.allclose(linear.map, mine, rtol=1e-12, atol=1e-14)
+    single = next(e for e in sweep.entries if e.method == "conv1x1+norm" and e.weighting is None)
+    assert not torch.allclose(single.map, plain["normgrad", next(k for k in layers if k != single.layers[0])])
     single, combo = sweep.best("conv1x1+norm")
     mine = [e for e in sweep.entries if e.method == "conv1x1+norm"]
     assert single.score == max(e.score for e in mine if e.weighting is None)
@@ -311,6 +335,10 @@ def test_layer_requests_are_the_ones_saliency_takes():
                                   modes=["sum"])
     assert [e.layers for e in sweep.entries] == [e.layers for e in reference.entries]
     assert all(torch.equal(a.map, b.map) for a, b in zip(sweep.entries, reference.entries))
+    # counter-case: the same layers for other targets give other maps
+    moved = combination_sweep(model, x, "normgrad", [model.body[1], "body.3"], targets=[1, 2, 0, 1],
+                              weightings=["linear"], modes=["sum"])
+    assert not any(torch.equal(a.map, b.map) for a, b in zip(moved.entries, reference.entries))
     maps = {"body.1": rand(1, 1, 4, 4), "body.3": rand(1, 1, 4, 4, seed=1), "head": rand(1, 1, 4, 4, seed=2)}
     assert torch.equal(combine(maps, layers="body.*"), combine(maps, layers=by_name))
     assert not torch.equal(combine(maps, layers="*"), combine(maps, layers=by_name))  # head joins: differs

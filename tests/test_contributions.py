@@ -66,3 +66,67 @@ def test_materialised_factored_is_the_conv_weight_gradient_summand():
     c = Factored(g[:, None], x, PatchGeometry.of_conv(conv))
     summed = c.dense().values.sum((3, 4))[0, 0].reshape(2, 3, 2 * 9)  # (block, out per block, patch per block)
     torch.testing.assert_close(summed.reshape(6, 2, 3, 3), conv.weight.grad)
+    # counter-case: the same sum over a mirrored input is not the weight gradient
+    mirrored = Factored(g[:, None], x.flip(-1), PatchGeometry.of_conv(conv)).dense().values.sum((3, 4))[0, 0]
+    assert not torch.allclose(mirrored.reshape(6, 2, 3, 3), conv.weight.grad)
+
+
+def _fixed_contributions():
+    """One factored, one dense and one scaled contribution with their materialised values."""
+    gen = torch.Generator().manual_seed(5)
+    g = torch.randn(2, 2, 4, 5, 6, generator=gen, dtype=torch.float64)
+    x = torch.randn(2, 6, 5, 6, generator=gen, dtype=torch.float64)
+    f = Factored(g, x, PatchGeometry.identity(3))
+    values = torch.randn(2, 3, 7, 4, 5, generator=gen, dtype=torch.float64)
+    sx, w = torch.randn(2, 5, 4, 3, generator=gen, dtype=torch.float64), torch.randn(2, 2, 5, generator=gen,
+                                                                                       dtype=torch.float64)
+    return {"factored": (f, f.dense().values), "dense": (Dense(values), values),
+            "scaled": (Scaled(sx, w), sx[:, None] * w[..., None, None])}
+
+
+@pytest.mark.parametrize("kind", ["factored", "dense", "scaled"])
+@pytest.mark.parametrize("form", list(REDUCE), ids=lambda f: f.__name__)
+def test_closed_forms_counter_case_another_profile_or_input(kind, form):
+    """Counter-case of the three equivalences above: a closed form for one sign profile against the reduction
+    for another profile (where those differ), or against the reduction of perturbed values, is refused."""
+    c, values = _fixed_contributions()[kind]
+    compared = perturbed = 0
+    for p in PROFILES:
+        got = form(c, p)
+        torch.testing.assert_close(got, REDUCE[form](apply_profile(values, p)), rtol=1e-10, atol=1e-12)
+        truth, rolled = (REDUCE[form](apply_profile(v, p)) for v in (values, values.roll(1, -1)))
+        if not torch.allclose(rolled, truth, rtol=1e-6, atol=1e-9):  # (0, 0), or max of x <= 0, give constants
+            perturbed += 1
+            with pytest.raises(AssertionError):
+                torch.testing.assert_close(got, rolled, rtol=1e-10, atol=1e-12)
+        for q in PROFILES:
+            other = REDUCE[form](apply_profile(values, q))
+            if not torch.allclose(other, REDUCE[form](apply_profile(values, p)), rtol=1e-6, atol=1e-9):
+                compared += 1
+                with pytest.raises(AssertionError):
+                    torch.testing.assert_close(got, other, rtol=1e-10, atol=1e-12)
+    assert compared >= 30 and perturbed >= 4
+
+
+def test_profile_composition_counter_case():
+    """Counter-case of test_profile_composition: composing in the other order is refused for some pairs (e.g.
+    relu then neg is not neg then relu), so the equality there is not true of any two profiles."""
+    x = torch.linspace(-3, 3, 13, dtype=torch.float64)
+    swapped = [(a, b) for a, b in itertools.product(PROFILES, repeat=2)
+               if not torch.equal(apply_profile(apply_profile(x, a), b), apply_profile(x, compose_profiles(b, a)))]
+    assert len(swapped) >= 10
+    assert ((1, 0), (-1, 0)) in swapped or ((1, 0), (0, -1)) in swapped
+
+
+def test_the_default_geometry_is_an_unpadded_convolution():
+    """``PatchGeometry`` with only a kernel reads the input without padding (a 'valid' convolution): its
+    materialised contribution summed over locations is the weight gradient of such a conv. Guards the default
+    ``padding`` of ``PatchGeometry`` (1 instead of 0 shifts every patch)."""
+    torch.manual_seed(1)
+    conv = torch.nn.Conv2d(3, 4, 3, bias=False).double()
+    x = torch.randn(1, 3, 7, 7, dtype=torch.float64)
+    y = conv(x)
+    g = torch.randn_like(y)
+    (y * g).sum().backward()
+    c = Factored(g[:, None], x, PatchGeometry(kernel=(3, 3)))
+    torch.testing.assert_close(c.dense().values.sum((3, 4))[0, 0].reshape(4, 3, 3, 3), conv.weight.grad)

@@ -47,6 +47,8 @@ def test_the_core_runs_on_a_third_party_extractor_with_only_the_builtin_aggregat
     maps = extagg.saliency(tiny_net, images, reg.methods(), ["input", "2"], targets=[0, 1], registry=reg)
     full = extagg.saliency(tiny_net, images, "bias+sum", ["input", "2"], targets=[0, 1])
     torch.testing.assert_close(maps["grad+sum", "2"], full["bias+sum", "2"])
+    with pytest.raises(AssertionError):  # counter-case: the plugin's max is not the built-in sum
+        torch.testing.assert_close(maps["grad+max", "2"], full["bias+sum", "2"])
     assert not reg.named_methods and not reg.modifiers
 
 
@@ -82,6 +84,8 @@ def test_a_third_party_per_example_modifier_gets_what_meta_gets(tiny_net, images
     assert seen == [(1, (1, 1))] * 4
     plain = extagg.saliency(tiny_net, images, "normgrad", "2", targets, registry=reg)
     torch.testing.assert_close(got["one:normgrad", "2"], plain["normgrad", "2"])  # "one" changes nothing
+    with pytest.raises(AssertionError):  # counter-case: per-example maps against the plain maps' other column
+        torch.testing.assert_close(got["one:normgrad", "2"], plain["normgrad", "2"].flip(1))
     assert torch.equal(got.targets, targets)
     seen.clear()
     maps, _ = run_saliency(tiny_net, images, ["one:normgrad", "normgrad"], ["2"], targets=targets, registry=reg)

@@ -59,6 +59,8 @@ def test_target_forms(tiny_net, images):
     tens = extagg.saliency(tiny_net, images, "normgrad", layers="2", targets=torch.tensor([1, 1]))["normgrad", "2"]
     assert one.shape == (2, 1, 10, 10)
     assert torch.equal(one, per) and torch.equal(one, tens)
+    # counter-case: per-image targets that differ give another map
+    assert not torch.equal(one, extagg.saliency(tiny_net, images, "normgrad", layers="2", targets=[1, 0])["normgrad", "2"])
     pred = extagg.saliency(tiny_net, images, "normgrad", layers="2")
     assert torch.equal(pred.targets[:, 0], tiny_net(images).argmax(1))
 
@@ -71,6 +73,9 @@ def test_several_targets_per_image_equal_separate_calls(tiny_net, images):
         single = extagg.saliency(tiny_net, images, methods, layers=["input", "3"], targets=targets[:, t])
         for key in single:
             torch.testing.assert_close(multi[key][:, t], single[key][:, 0], rtol=1e-12, atol=1e-14)
+            # counter-case: another column of the same call is refused
+            with pytest.raises(AssertionError):
+                torch.testing.assert_close(multi[key][:, (t + 1) % 3], single[key][:, 0], rtol=1e-12, atol=1e-14)
 
 
 def test_batched_backward_fallback_gives_the_same_maps(tiny_net, images, monkeypatch):
@@ -86,6 +91,10 @@ def test_batched_backward_fallback_gives_the_same_maps(tiny_net, images, monkeyp
     monkeypatch.setattr(torch.autograd, "grad", no_vmap)
     got = extagg.saliency(tiny_net, images, "scaling+sum", layers="2", targets=targets)["scaling+sum", "2"]
     torch.testing.assert_close(got, want, rtol=1e-12, atol=0)
+    # counter-case: the fallback with the targets' columns swapped gives other maps
+    swapped = extagg.saliency(tiny_net, images, "scaling+sum", layers="2", targets=targets.flip(1))["scaling+sum", "2"]
+    with pytest.raises(AssertionError):
+        torch.testing.assert_close(swapped, want, rtol=1e-12, atol=0)
 
 
 def _net(inplace: bool):
@@ -101,6 +110,9 @@ def test_inplace_relu_after_the_layer_changes_nothing():
     b = extagg.saliency(_net(False), x, methods, layers=["0", "2"], targets=1)
     for key in a:
         assert torch.equal(a[key], b[key]), key
+    # counter-case: the same nets for another target give other maps
+    c = extagg.saliency(_net(True), x, methods, layers=["0", "2"], targets=0)
+    assert not any(torch.equal(a[key], c[key]) for key in a)
     # and it is the pre-ReLU conv output that is explained (not the rectified one)
     want = oracle.method_map(extagg.parse_method("linear-approx"), _net(False), x, 0, torch.tensor([[1], [1]]))
     torch.testing.assert_close(a["linear-approx", "0"], want)
@@ -143,7 +155,9 @@ def test_works_inside_no_grad(tiny_net, images):
     want = extagg.saliency(tiny_net, images, "normgrad", layers="2", targets=0)["normgrad", "2"]
     with torch.no_grad():
         got = extagg.saliency(tiny_net, images, "normgrad", layers="2", targets=0)["normgrad", "2"]
+        other = extagg.saliency(tiny_net, images, "normgrad", layers="2", targets=1)["normgrad", "2"]
     assert torch.equal(got, want)
+    assert not torch.equal(other, want)  # counter-case: another target inside no_grad
 
 
 @pytest.mark.parametrize("dtype,out", [(torch.float16, torch.float32), (torch.bfloat16, torch.float32),
@@ -154,8 +168,27 @@ def test_dtypes(tiny_net, images, dtype, out):
     ref = extagg.saliency(tiny_net.double(), images.double(), ["normgrad"], layers=["2"], targets=0)
     for m in maps.values():
         assert m.dtype == out and torch.isfinite(m).all()
-    tol = {torch.float16: 5e-2, torch.bfloat16: 1.5e-1}.get(dtype, 1e-5)
-    torch.testing.assert_close(maps["normgrad", "2"].double(), ref["normgrad", "2"], rtol=tol, atol=tol)
+    got, want = maps["normgrad", "2"].double(), ref["normgrad", "2"]
+    assert agrees(got, want, dtype)
+    # counter-cases: an all-zero map, and the map of another target at the same dtype, are refused
+    other = extagg.saliency(net, images.float(), "normgrad", layers="2", targets=1)["normgrad", "2"].double()
+    assert not agrees(torch.zeros_like(want), want, dtype)
+    assert not agrees(other, want, dtype)
+
+
+def agrees(got, want, dtype):
+    """``got`` is ``want`` computed in ``dtype``: the largest error is within a tolerance of ``want``'s range
+    (not of its magnitude, so an all-zero map fails) and the pixels' Spearman rank correlation is near 1."""
+    from scipy.stats import spearmanr
+
+    rel_tol, min_rho = {torch.float16: (1e-2, 0.999), torch.bfloat16: (0.2, 0.99)}.get(dtype, (1e-5, 0.99999))
+    spread = float(want.max() - want.min())
+    assert spread > 0
+    if got.max() == got.min():  # constant: no rank correlation
+        return False
+    rel = float((got - want).abs().max()) / spread
+    rho = spearmanr(got.flatten().numpy(), want.flatten().numpy()).statistic
+    return rel <= rel_tol and bool(rho >= min_rho)
 
 
 def test_resize(tiny_net, images):
@@ -172,6 +205,8 @@ def test_custom_objective_is_linear_for_linear_methods(tiny_net, images):
     per = extagg.saliency(tiny_net, images, "linear-approx", layers="2", targets=torch.tensor([[1, 0], [1, 0]]))
     m = per["linear-approx", "2"]
     torch.testing.assert_close(diff[:, 0], m[:, 0] - m[:, 1])
+    with pytest.raises(AssertionError):  # counter-case: the other difference
+        torch.testing.assert_close(diff[:, 0], m[:, 1] - m[:, 0])
 
 
 def test_result_accepts_spelling_and_canonical_forms(tiny_net, images):

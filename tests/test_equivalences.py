@@ -45,6 +45,22 @@ def test_every_builtin_composition_equals_its_materialised_definition(registry, 
         torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-12, msg=f"{method} at layer {index}")
 
 
+@pytest.mark.parametrize("method, other", [("conv3x3+relu+sum", "conv3x3+sum"), ("conv1x1+max", "conv1x1+min"),
+                                           ("scaling+abs+norm", "scaling+norm+neg"), ("dwconv(k=3)+sum", "dwconv(k=5)+sum")])
+def test_the_oracle_comparison_fails_for_a_neighbouring_composition(registry, tiny_net, images, method, other):
+    """Counter-case of the test above: extagg's map of a composition against the oracle of a composition one
+    component away, or of the same composition for other targets, is refused by the same comparison."""
+    targets = torch.tensor([[0, 1], [1, 0]])
+    m = registry.parse(method)
+    got = extagg.saliency(tiny_net, images, m, layers="2", targets=targets, registry=registry)[m, "2"]
+    torch.testing.assert_close(got, oracle.method_map(m, tiny_net, images, 2, targets), rtol=1e-9, atol=1e-12)
+    for wrong in (oracle.method_map(registry.parse(other), tiny_net, images, 2, targets),
+                  oracle.method_map(m, tiny_net, images, 2, targets.flip(1))):
+        assert wrong.shape == got.shape
+        with pytest.raises(AssertionError):
+            torch.testing.assert_close(got, wrong, rtol=1e-9, atol=1e-12)
+
+
 @pytest.mark.parametrize("method", ["normgrad", "selective-normgrad", "linear-approx", "gradient", "gradient-sum",
                                     "normgrad-conv", "gradcam", "conv3x3+norm", "dwconv+relu+norm", "conv+max"])
 def test_named_and_builtin_methods_match_definition_on_fixed_net(tiny_net, images, method):
@@ -54,6 +70,10 @@ def test_named_and_builtin_methods_match_definition_on_fixed_net(tiny_net, image
     targets = torch.tensor([[1], [3]])
     got = extagg.saliency(tiny_net, images, method, layers=str(index), targets=targets)[method, str(index)]
     torch.testing.assert_close(got, oracle.method_map(m, tiny_net, images, index, targets), rtol=1e-9, atol=1e-12)
+    # counter-case: the definition for the other image's target is refused
+    with pytest.raises(AssertionError):
+        torch.testing.assert_close(got, oracle.method_map(m, tiny_net, images, index, targets.flip(0)), rtol=1e-9,
+                                   atol=1e-12)
 
 
 def test_closed_forms_equal_generic_chunked_path(registry, tiny_net, images):
@@ -66,6 +86,25 @@ def test_closed_forms_equal_generic_chunked_path(registry, tiny_net, images):
     assert len(fast) == len(slow) > 300
     for key in fast:
         torch.testing.assert_close(fast[key], slow[key], rtol=1e-9, atol=1e-12, msg=str(key))
+
+
+def test_closed_forms_on_a_perturbed_model_differ_from_the_generic_path(tiny_net, images):
+    """Counter-case of the test above: the closed forms on the model with one weight of its first conv changed
+    give other maps than the generic path on the model itself, for every map that is not constant."""
+    import copy
+
+    perturbed = copy.deepcopy(tiny_net)
+    with torch.no_grad():
+        perturbed[0].weight[0, 0, 1, 1] += 0.5
+    ms = extagg.methods()
+    targets = torch.tensor([[0, 2], [1, 3]])
+    fast = extagg.saliency(perturbed, images, ms, layers=["2", "3"], targets=targets, mismatched="skip")
+    slow = extagg.saliency(tiny_net, images, ms, layers=["2", "3"], targets=targets, mismatched="skip",
+                           closed_forms=False)
+    varying = [key for key in slow if slow[key].amax((-2, -1)).ne(slow[key].amin((-2, -1))).all()]
+    assert len(varying) > 300
+    for key in varying:
+        assert not torch.allclose(fast[key], slow[key], rtol=1e-9, atol=1e-12), key
 
 
 @given(spec=net_specs(head="gap"))
@@ -91,6 +130,11 @@ def test_gradient_at_input_is_max_abs_partial_derivative(spec):
     grad = torch.autograd.grad(net(leaf)[:, 1].sum(), leaf)[0]
     got = extagg.saliency(net, x, "gradient", layers="input", targets=1)["gradient", "input"]
     torch.testing.assert_close(got[:, 0], grad.abs().amax(1), rtol=1e-12, atol=0)
+    # counter-case: the same reduction of another target's gradient is refused (unless the two coincide)
+    other = torch.autograd.grad(net(leaf)[:, 0].sum(), leaf)[0].abs().amax(1)
+    if not torch.allclose(other, grad.abs().amax(1), rtol=1e-6, atol=1e-9):
+        with pytest.raises(AssertionError):
+            torch.testing.assert_close(got[:, 0], other, rtol=1e-12, atol=0)
 
 
 @given(spec=net_specs(head="gap"), target=st.integers(0, 1))
@@ -159,3 +203,6 @@ def test_conv_extractor_with_string_padding_equals_weight_gradient(padding, kern
     g = torch.autograd.grad(head(leaf)[0, 1], leaf)[0]
     c = real_conv(LayerCapture("c", conv, output=leaf.detach(), input=x, grad=g[:, None]))
     torch.testing.assert_close(c.dense().values.sum((3, 4))[0, 0].reshape(weight_grad.shape), weight_grad)
+    # counter-case: the contribution built from a shifted input is not the weight gradient
+    shifted = real_conv(LayerCapture("c", conv, output=leaf.detach(), input=x.roll(1, -1), grad=g[:, None]))
+    assert not torch.allclose(shifted.dense().values.sum((3, 4))[0, 0].reshape(weight_grad.shape), weight_grad)

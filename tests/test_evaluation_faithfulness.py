@@ -321,3 +321,31 @@ def test_grid_bad_input_errors():
         deletion_insertion_grid(model, images.float(), [], mode="deletion")
     with pytest.raises(InputError, match="2 images"):
         deletion_insertion_grid(model, images.float(), [maps[:1].float()], mode="deletion")
+
+
+def test_targets_as_a_column_equal_targets_as_a_vector():
+    """Targets given as an (N, 1) column (one target per image, as ``saliency`` results hold them) are the same
+    classes as an (N,) vector; another column of classes gives other areas. Guards the column case of the
+    targets check (reading a column that does not exist)."""
+    model = tiny_cnn()
+    images, maps = _data()
+    vector = deletion_insertion(model, images, maps, torch.tensor([0, 1, 2]), mode="deletion", steps=4)
+    column = deletion_insertion(model, images, maps, torch.tensor([[0], [1], [2]]), mode="deletion", steps=4)
+    assert torch.equal(column, vector)
+    other = deletion_insertion(model, images, maps, torch.tensor([[1], [2], [0]]), mode="deletion", steps=4)
+    assert not torch.allclose(other, vector)
+
+
+def test_a_named_pair_that_does_not_fit_is_an_error_and_a_pattern_skips_it():
+    """Without patterns, a (method, layer) pair that does not apply (``conv+norm`` needs a Conv2d layer, the
+    input is none) is refused with a LayerMismatchError; with a layer pattern the same pair is skipped."""
+    from extagg.errors import LayerMismatchError
+    from extagg.evaluation import Sample, faithfulness
+
+    model = tiny_cnn()
+    images, _ = _data(n=2, side=10)
+    samples = [Sample(img, str(i)) for i, img in enumerate(images)]
+    with pytest.raises(LayerMismatchError, match="needs a Conv2d layer"):
+        faithfulness(model, samples, ["conv+norm"], ["input"], mode="insertion", steps=2, baseline="zero")
+    records = faithfulness(model, samples, ["conv+norm"], ["inpu*"], mode="insertion", steps=2, baseline="zero")
+    assert not [r for r in records if r.metric == "insertion_auc"]

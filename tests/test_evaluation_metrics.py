@@ -129,11 +129,34 @@ def test_hog_histograms_by_index_equal_the_one_hot_sum_with_ties_nan_and_inf():
 
 
 def test_hog_oracle_comparison_detects_a_shifted_bin():
-    """The comparison above can fail: histograms whose bins are shifted by one differ from the oracle."""
+    """The comparison above can fail: hog()'s own histograms of a mirrored image (each gradient in another bin),
+    caught the same way, differ from the oracle's histograms of the image; so do the oracle's, shifted one bin."""
+    from extagg.evaluation import similarity
+
     g = torch.Generator().manual_seed(2)
     x = torch.rand(2, 40, 56, dtype=torch.float64, generator=g)
     want = _one_hot_histograms(x, 8, 9)
+    calls = []
+
+    def unfold_spy(t, *args, _real=torch.Tensor.unfold):
+        calls.append(t)
+        return _real(t, *args)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(torch.Tensor, "unfold", unfold_spy)
+        similarity.hog(x.flip(-1), cell=8, block=2, orientations=9)
+    assert calls[0].shape == want.shape
+    with pytest.raises(AssertionError):
+        torch.testing.assert_close(calls[0], want, rtol=1e-12, atol=1e-12, equal_nan=True)
     assert not torch.allclose(want.roll(1, -1), want)
+
+
+@pytest.mark.parametrize("kwargs, shown", [(dict(cell=0), "0, 3, 9"), (dict(block=0), "16, 0, 9"),
+                                           (dict(orientations=0), "16, 3, 0")])
+def test_hog_refuses_a_zero_cell_block_or_orientation_count(kwargs, shown):
+    """Each of hog()'s counts must be at least 1; the error names the three values given."""
+    with pytest.raises(InputError, match=f"must be >= 1, got {shown}"):
+        hog(torch.rand(64, 64, dtype=torch.float64), **kwargs)
 
 
 def test_minmax_constant_map_is_zero():
@@ -448,9 +471,32 @@ def _similarity_maps(dtype):
     return a.to(dtype), b.to(dtype)
 
 
+def _independent_similarities(a, b, cell):
+    """map_similarities' four numbers per map, from scipy and scikit-image only: NaN where either map holds a
+    NaN or is constant (Spearman), maps scaled to [0, 1] by their own range (all 0 where constant or holding a
+    NaN) for SSIM and HOG."""
+    out = {k: [] for k in ("spearman", "spearman_abs", "ssim", "hog")}
+    for x, y in zip(a.double().numpy(), b.double().numpy()):
+        def rho(u, v):
+            bad = any(np.isnan(t).any() or np.nanmax(t) == np.nanmin(t) for t in (u, v))
+            return math.nan if bad else spearmanr(u.ravel(), v.ravel())[0]
+
+        def scaled(t):
+            span = t.max() - t.min()  # NaN with a NaN pixel: then all zeros, like a constant map
+            return (t - t.min()) / span if span > 0 else np.zeros_like(t)
+
+        out["spearman"].append(rho(x, y))
+        out["spearman_abs"].append(rho(np.abs(x), np.abs(y)))
+        out["ssim"].append(structural_similarity(scaled(x), scaled(y), gaussian_weights=True, data_range=1.0))
+        out["hog"].append(rho(sk_hog(scaled(x), pixels_per_cell=(cell, cell)),
+                              sk_hog(scaled(y), pixels_per_cell=(cell, cell))))
+    return {k: torch.tensor(v, dtype=torch.float64) for k, v in out.items()}
+
+
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_similarity_reference_gives_map_similarities_bit_for_bit(dtype):
-    """One prepared reference compared with several maps = each quantity computed from scratch, exactly."""
+    """One prepared reference compared with several maps = each quantity computed from scratch, exactly; and
+    map_similarities equals an independent computation with scipy and scikit-image."""
     from extagg.evaluation.similarity import similarities_to, similarity_reference
 
     a, b = _similarity_maps(dtype)
@@ -464,8 +510,10 @@ def test_similarity_reference_gives_map_similarities_bit_for_bit(dtype):
         for k in want:
             torch.testing.assert_close(got[k], want[k], rtol=0, atol=0, equal_nan=True)
         whole = map_similarities(a, other, hog_cell=8)
+        independent = _independent_similarities(a, other, 8)
         for k in want:
-            torch.testing.assert_close(whole[k], want[k], rtol=0, atol=0, equal_nan=True)
+            atol = 1e-5 if k == "hog" else 1e-9  # scikit-image's HOG differs by ~1e-6 (see above)
+            torch.testing.assert_close(whole[k], independent[k], rtol=0, atol=atol, equal_nan=True)
 
 
 def test_similarity_reference_is_specific_to_its_maps():
@@ -477,6 +525,18 @@ def test_similarity_reference_is_specific_to_its_maps():
     right = map_similarities(a, b, hog_cell=8)
     for k in ("spearman", "ssim", "hog"):
         assert not torch.allclose(wrong[k], right[k], equal_nan=True)
+
+
+def test_map_similarities_of_one_map_equal_its_row_of_a_batch():
+    """A single (H, W) map is accepted as well as a batch (..., H, W), and its numbers are that map's row of the
+    batched call; another map's row differs. Guards the number of dimensions similarity_reference requires."""
+    a, b = _similarity_maps(torch.float64)
+    batch = map_similarities(a, b, hog_cell=8)
+    one = map_similarities(a[0], b[0], hog_cell=8)
+    for k in batch:
+        assert one[k].shape == ()
+        torch.testing.assert_close(one[k], batch[k][0], rtol=0, atol=0)
+        assert not torch.allclose(one[k], batch[k][2])
 
 
 def test_similarity_reference_bad_input_errors():

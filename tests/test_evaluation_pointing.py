@@ -226,3 +226,17 @@ def test_patterns_skip_mismatched_pairs_and_bad_input_is_named():
         pointing_hit(pixel_mask(), (1, 1), -1)
     with pytest.raises(extagg.UnknownNameError):
         pointing_game(model, _samples(), "no-such-method", "input", num_classes=4)
+
+
+def test_class_names_given_alone_set_the_classes_and_name_the_records():
+    """``class_names`` without ``num_classes`` (data without a ``class_names`` attribute): the number of classes
+    is their count and the per-class records carry the names. Guards ``class_names or data.class_names`` (with
+    ``and``, names given alone were dropped and the call refused for want of num_classes)."""
+    model = tiny_cnn(num_classes=4)
+    names = ["cat", "dog", "cow", "owl"]
+    recs = pointing_game(model, _samples(), ["linear-approx"], ["input"], class_names=names)
+    per_class = {r.metric for r in recs if r.metric.startswith("class_accuracy:")}
+    assert per_class == {f"class_accuracy:{n}" for n in names}
+    by_number = pointing_game(model, _samples(), ["linear-approx"], ["input"], num_classes=4)
+    assert {r.metric for r in by_number if r.metric.startswith("class_accuracy:")} == {f"class_accuracy:{i}"
+                                                                                        for i in range(4)}

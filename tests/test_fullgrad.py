@@ -105,6 +105,11 @@ def _reference_fullgrad(net, x, c, post):
 def test_fullgrad_is_the_reference_post_processing(net, x, registry, method, post):
     got = fullgrad(net, x, 1, method=method, registry=registry)[:, 0]
     torch.testing.assert_close(got, _reference_fullgrad(net, x, 1, post))
+    # counter-case: the reference with the other post-processing, or for another class, is refused
+    other = torch.relu if post is torch.abs else torch.abs
+    for wrong in (_reference_fullgrad(net, x, 1, other), _reference_fullgrad(net, x, 0, post)):
+        with pytest.raises(AssertionError):
+            torch.testing.assert_close(got, wrong)
 
 
 def test_fullgrad_refuses_a_method_that_is_not_a_bias_value_sum(net, x, registry):

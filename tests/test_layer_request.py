@@ -33,8 +33,15 @@ def test_pattern_group_and_module_object_give_the_named_layers_maps(resnet, x, r
         assert layers_of(other) == ["layer1", "layer2", "layer3", "layer4"]
         for layer in ("layer1", "layer4"):
             torch.testing.assert_close(other["gradcam", layer], by_name["gradcam", layer], rtol=0, atol=0)
-    # the last stage differs from the first: the comparison above can fail
-    assert by_name["gradcam", "layer1"].shape != by_name["gradcam", "layer4"].shape
+    # counter-cases through the same pattern path: another target, or a pattern that picks layer4's first block
+    # (same shape as layer4, other values), give maps the comparison above refuses
+    other_target = extagg.saliency(resnet, x, "gradcam", "layer?", targets=0, registry=registry)
+    first_block = extagg.saliency(resnet, x, "gradcam", "layer4.?", targets=1, registry=registry)
+    assert layers_of(first_block) == ["layer4.0", "layer4.1"]
+    for wrong in (other_target["gradcam", "layer4"], first_block["gradcam", "layer4.0"]):
+        assert wrong.shape == by_name["gradcam", "layer4"].shape
+        with pytest.raises(AssertionError):
+            torch.testing.assert_close(wrong, by_name["gradcam", "layer4"], rtol=0, atol=0)
 
 
 def test_pattern_with_input_and_dedup(resnet, x, registry):
@@ -80,3 +87,54 @@ def test_model_untouched_by_pattern_resolution(resnet, x, registry):
     resnet.eval()
     for k, v in resnet.state_dict().items():
         assert torch.equal(v, before[k]), k
+
+
+class WithDepth(torch.nn.Module):
+    """A model with a per-image keyword argument: an extra input channel concatenated to the image."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(4, 4, 3)
+        self.head = torch.nn.Linear(4, 3)
+
+    def forward(self, x, *, depth):
+        return self.head(self.conv(torch.cat([x, depth], 1)).relu().mean((2, 3)))
+
+
+def test_layer_pattern_with_batched_keyword_arguments(registry):
+    """A batch of 2 with a per-image keyword argument and a layer pattern: the pattern's forward pass runs the
+    whole batch with the keyword arguments (the contract of ``resolve_requested_layers``), and each image's map
+    equals the map of that image alone. Guards the ``forward_kwargs`` condition in ``extagg/layer_request.py``:
+    flipped, the pattern pass runs the first image with both images' keyword arguments and the call crashes."""
+    torch.manual_seed(0)
+    net = WithDepth().double()
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    depth = torch.randn(2, 1, 8, 8, dtype=torch.float64)
+    both = extagg.saliency(net, x, "gradcam", "con*", forward_kwargs={"depth": depth}, targets=1,
+                           registry=registry)["gradcam", "conv"]
+    for i in range(2):
+        alone = extagg.saliency(net, x[i:i + 1], "gradcam", "conv", forward_kwargs={"depth": depth[i:i + 1]},
+                                targets=1, registry=registry)["gradcam", "conv"]
+        torch.testing.assert_close(both[i:i + 1], alone)
+    # the keyword argument matters: another depth gives another map
+    other = extagg.saliency(net, x, "gradcam", "con*", forward_kwargs={"depth": depth.flip(0)}, targets=1,
+                            registry=registry)["gradcam", "conv"]
+    assert not torch.allclose(other, both)
+
+
+def test_a_pattern_costs_one_forward_pass_on_the_first_image(registry):
+    """The module docstring's cost: without keyword arguments a pattern's extra pass runs on the first image
+    only (a one-image batch, the image itself), a module name costs no extra pass at all. Guards the slicing in
+    ``resolve_requested_layers`` (the whole batch, or an empty one, would still resolve the same names)."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+                              torch.nn.Flatten(), torch.nn.Linear(4, 3))
+    seen = []
+    net.register_forward_pre_hook(lambda module, args: seen.append(args[0].detach().clone()))
+    x = torch.randn(3, 3, 8, 8)
+    extagg.saliency(net, x, "gradcam", "0", targets=1, registry=registry)
+    by_name = len(seen)
+    seen.clear()
+    extagg.saliency(net, x, "gradcam", "[0]", targets=1, registry=registry)
+    assert len(seen) == by_name + 1
+    assert torch.equal(seen[0], x[:1])

@@ -123,6 +123,15 @@ def test_fully_convolutional_output_uses_mean_ce_over_positions():
             p -= 0.5 * g
     ref = extagg.saliency(c, x, "scaling+sum", "1", targets=2)
     assert torch.allclose(got["meta(lr=0.5):scaling+sum"], ref["scaling+sum"], rtol=1e-10, atol=1e-13)
+    # counter-case: the step on the cross-entropy summed over the 64 positions (not their mean) is refused
+    summed = copy.deepcopy(model)
+    grads = torch.autograd.grad(F.cross_entropy(summed(x), torch.full((1, 8, 8), 2), reduction="sum"),
+                                list(summed.parameters()))
+    with torch.no_grad():
+        for p, g in zip(summed.parameters(), grads):
+            p -= 0.5 * g
+    wrong = extagg.saliency(summed, x, "scaling+sum", "1", targets=2)["scaling+sum"]
+    assert not torch.allclose(got["meta(lr=0.5):scaling+sum"], wrong, rtol=1e-10, atol=1e-13)
 
 
 def test_one_extra_forward_shared_by_all_methods_and_layers():
@@ -244,6 +253,10 @@ def test_meta_saliency_batch_matches_per_pair_hand_updates():
             for m in ["normgrad", "gradcam"]:
                 for layer in ["conv1", "conv2"]:
                     assert torch.allclose(got[m, layer][n, t], ref[m, layer][0, 0], rtol=1e-10, atol=1e-13)
+    # counter-case: a hand update in the other direction (negative=False) is refused
+    c = hand_updated(model, x[:1], int(targets[0, 0]), 0.3, False)
+    wrong = extagg.saliency(c, x[:1], "normgrad", "conv2", int(targets[0, 0]))["normgrad", "conv2"][0, 0]
+    assert not torch.allclose(got["normgrad", "conv2"][0, 0], wrong, rtol=1e-10, atol=1e-13)
     assert got.methods == ["meta(lr=0.3,negative=true):conv1x1+norm", "meta(lr=0.3,negative=true):pooled-scaling+sum+relu"]
 
 
@@ -253,6 +266,9 @@ def test_saliency_per_example_equals_batched_for_plain_methods():
     looped = saliency_per_example(model, x, "normgrad", "conv2", targets=[0, 1, 2])
     assert torch.allclose(looped["normgrad"], batched["normgrad"], rtol=1e-12, atol=1e-14)
     assert torch.equal(looped.targets, batched.targets) and torch.allclose(looped.scores, batched.scores)
+    # counter-case: the loop over other targets is refused
+    other = saliency_per_example(model, x, "normgrad", "conv2", targets=[2, 0, 1])
+    assert not torch.allclose(other["normgrad"], batched["normgrad"], rtol=1e-12, atol=1e-14)
 
 
 def test_predicted_class_flip_is_an_error():

@@ -4,6 +4,7 @@ import torch
 from torch import nn
 
 import extagg
+from extagg.errors import ForwardError, InputError
 from model_state import assert_unchanged, snapshot
 
 
@@ -39,8 +40,13 @@ def test_guard_is_needed_training_mode_forward_changes_buffers():
         assert_unchanged(before, net)
 
 
-@pytest.mark.parametrize("failure", ["objective", "target", "forward", "layer-call"])
-def test_untouched_after_an_exception(failure):
+@pytest.mark.parametrize("failure, error, match", [
+    ("objective", RuntimeError, "objective failed"),  # the user's own exception, passed through
+    ("target", InputError, "target 7 is out of range"),
+    ("forward", ForwardError, "forward pass failed.*forward failed"),
+    ("layer-call", InputError, "layer '3@1'.*called only 1 time"),
+])
+def test_untouched_after_an_exception(failure, error, match):
     net, x = user_model(), torch.randn(2, 3, 8, 8)
     before = snapshot(net)
     kwargs = dict(methods=["normgrad", "conv+norm"], layers=["3"], targets=0)
@@ -55,7 +61,7 @@ def test_untouched_after_an_exception(failure):
         before = snapshot(net)
     else:
         kwargs.update(layers=["3@1"])  # conv 3 is called once: detected after the forward pass
-    with pytest.raises(Exception):
+    with pytest.raises(error, match=match):
         extagg.saliency(net, x, **kwargs)
     assert_unchanged(before, net)
 

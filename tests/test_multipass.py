@@ -5,7 +5,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import extagg
-from extagg.errors import InputError, InvalidMethodError, PluginContractError
+from extagg.errors import InputError, InvalidMethodError, PluginContractError, PluginLoadError
 from extagg.multipass import noise
 from extagg.plugin import Modifier, Samples, hookimpl
 
@@ -139,6 +139,11 @@ def test_seeded_and_independent_of_chunking(net, x, registry):
         assert torch.equal(a[m, "3"], b[m, "3"])
     torch.testing.assert_close(a[methods[0], "3"], a[methods[1], "3"], rtol=1e-10, atol=1e-13)
     torch.testing.assert_close(a[methods[2], "3"], a[methods[3], "3"], rtol=1e-10, atol=1e-13)
+    # counter-cases, chunked as above: another seed, or one step fewer, gives other maps
+    others = ["vargrad(chunk=2,n=5,seed=4):gradcam", "ig(chunk=1,steps=4):normgrad"]
+    c = extagg.saliency(net, x, others, "3", TARGETS, registry=registry)
+    assert not torch.allclose(c[others[0], "3"], a[methods[0], "3"], rtol=1e-6, atol=1e-9)
+    assert not torch.allclose(c[others[1], "3"], a[methods[2], "3"], rtol=1e-6, atol=1e-9)
 
 
 @settings(max_examples=10)
@@ -165,6 +170,9 @@ def test_vargrad_is_smoothsq_minus_smooth_squared(net, x, registry):
     mean, sq, var = (got[m, "3"] for m in ms)
     torch.testing.assert_close(var, sq - mean * mean, rtol=1e-8, atol=1e-12)
     assert (var >= 0).all() and var.abs().max() > 0
+    # counter-case: the same identity with vargrad of another seed is refused
+    other = extagg.saliency(net, x, "vargrad(n=6,seed=2):scaling+sum", "3", TARGETS, registry=registry)
+    assert not torch.allclose(other["vargrad(n=6,seed=2):scaling+sum", "3"], sq - mean * mean, rtol=1e-6, atol=1e-9)
 
 
 def test_predicted_class_is_the_real_images(net, x, registry):
@@ -207,6 +215,11 @@ def test_smooth_meta_with_predicted_class_steps_once_on_the_real_class(net, x, r
     explicit = extagg.saliency(net, one, ["smooth(n=3,sigma=2.0):meta:normgrad"], "3", predicted, registry=registry)
     torch.testing.assert_close(got["smooth(n=3,sigma=2.0):meta:normgrad", "3"],
                                explicit["smooth(n=3,sigma=2.0):meta:normgrad", "3"], rtol=0, atol=0)
+    # counter-case: another class given explicitly gives another map
+    wrong = extagg.saliency(net, one, ["smooth(n=3,sigma=2.0):meta:normgrad"], "3", (predicted + 1) % 3,
+                            registry=registry)
+    assert not torch.allclose(got["smooth(n=3,sigma=2.0):meta:normgrad", "3"],
+                              wrong["smooth(n=3,sigma=2.0):meta:normgrad", "3"])
 
 
 def test_errors(net, x, registry):
@@ -231,7 +244,7 @@ def test_a_third_party_multipass_modifier_is_checked(net, x, registry):
         extagg.saliency(net, x, "badpass:gradcam", "3", TARGETS, registry=reg)
     with pytest.raises(PluginContractError, match="notsamples.*Samples"):
         extagg.saliency(net, x, "notsamples:gradcam", "3", TARGETS, registry=reg)
-    with pytest.raises(Exception, match="fn.*samples"):
+    with pytest.raises(PluginLoadError, match="modifier 'empty'.*needs fn.*or samples"):
         extagg.Registry.from_plugin_manager(extagg.make_plugin_manager(autoload=False, extra=[type(
             "Empty", (), {"register_modifiers": staticmethod(hookimpl(lambda register: register(
                 Modifier(name="empty"))))})]))

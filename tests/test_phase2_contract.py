@@ -129,3 +129,18 @@ def test_the_cycle_finder_finds_a_cycle():
 def test_no_module_over_500_lines():
     long = {str(p.relative_to(ROOT)): n for p in ROOT.rglob("*.py") if (n := len(p.read_text().splitlines())) > 500}
     assert long == {}
+
+
+@pytest.mark.parametrize("method, profile", [("conv3x3+relu+norm", (1, 0)), ("conv1x1+neg+max", (0, 1)),
+                                             ("scaling+sum", (1, -1))])
+def test_a_plan_reads_what_its_aggregator_declares_for_its_profile(registry, method, profile):
+    """Plan.of composes the pre-filters' sign profiles and keeps the statistics the aggregator's closed form
+    declares for that profile (the sweep prefetches exactly those). Guards the ``profile is not None`` test in ``Plan.of`` (flipped, no
+    plan would declare reads and every sweep would fall back to lazy statistics)."""
+    from extagg.phase2 import Plan
+
+    m = registry.parse(method)
+    plan = Plan.of(registry, m)
+    spec = registry.aggregators[m.aggregator.name]
+    assert plan.profile == profile
+    assert plan.reads == as_stats(spec.reads(profile)) and plan.reads

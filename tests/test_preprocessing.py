@@ -50,6 +50,12 @@ def test_crop_geometry_equals_torchvision_transforms(weights):
     theirs = weights.transforms()(image)
     assert ours.shape == theirs.shape
     torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=0)
+    # counter-case: the same comparison refuses our crop of the mirrored image
+    with pytest.raises(AssertionError):
+        torch.testing.assert_close(preprocessing_for("resnet50" if weights is ResNet50_Weights.IMAGENET1K_V2 else
+                                                     "vit_b_16" if isinstance(weights, ViT_B_16_Weights) else
+                                                     "inception_v3", weights, geometry="crop")(image.flip(-1)),
+                                   theirs, atol=1e-4, rtol=0)
     tall = image.transpose(1, 2)                                        # portrait: the other branch
     ours_tall = preprocessing_for("inception_v3", Inception_V3_Weights.IMAGENET1K_V1, geometry="crop")(tall)
     torch.testing.assert_close(ours_tall, Inception_V3_Weights.IMAGENET1K_V1.transforms()(tall), atol=1e-4, rtol=0)

@@ -294,6 +294,10 @@ def test_lrp_accepts_functional_relu_as_relevance_pass_through(reg):
     for rule in ("lrp-epsilon", "lrp-zplus"):
         torch.testing.assert_close(one_map(reg, net, x, f"{rule}:scaling+sum", 1),
                                    one_map(reg, with_module, x, f"{rule}:scaling+sum", 1))
+        # counter-case: the module's map for another target is refused
+        with pytest.raises(AssertionError):
+            torch.testing.assert_close(one_map(reg, net, x, f"{rule}:scaling+sum", 1),
+                                       one_map(reg, with_module, x, f"{rule}:scaling+sum", 0))
 
 
 @pytest.mark.parametrize("module,rules", [
@@ -366,6 +370,9 @@ def test_several_targets_in_one_pass_equal_one_target_at_a_time(reg):
         for k, col in enumerate(([0, 1], [2, 0])):
             alone = extagg.saliency(net, x, f"{r}:scaling+sum", targets=col, registry=reg)
             torch.testing.assert_close(both[f"{r}:scaling+sum"][:, k], alone[f"{r}:scaling+sum"][:, 0])
+            # counter-case: the other column's targets give another map
+            with pytest.raises(AssertionError):
+                torch.testing.assert_close(both[f"{r}:scaling+sum"][:, 1 - k], alone[f"{r}:scaling+sum"][:, 0])
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])

@@ -77,6 +77,9 @@ def test_captum_guided_backprop_and_deconvolution(reg, peer, rule):
         warnings.simplefilter("ignore")
         theirs = getattr(captum_attr, peer)(net).attribute(x.clone(), target=TARGETS)
     torch.testing.assert_close(ours(reg, net, x, f"{rule}:bias+sum"), theirs.sum(1), rtol=1e-10, atol=1e-12)
+    # counter-case: our plain gradient (no rule) is refused by the same comparison
+    with pytest.raises(AssertionError):
+        torch.testing.assert_close(ours(reg, net, x, "bias+sum"), theirs.sum(1), rtol=1e-10, atol=1e-12)
 
 
 @pytest.mark.parametrize("bias", [True, False])

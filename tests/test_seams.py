@@ -5,7 +5,7 @@ import torch
 
 from extagg import Registry, make_plugin_manager, saliency
 from extagg.errors import PluginContractError, PluginLoadError
-from extagg.phase2 import Dense, factored_sum, reads_sum
+from extagg.phase2 import Dense, factored_norm, factored_sum, reads_norm, reads_sum
 from extagg.specs import Aggregator, Extractor, Filter, Param
 from tests.test_plugins import FakeEntryPoint, builtin_eps, plugin_module
 
@@ -40,6 +40,10 @@ def test_a_correct_plugin_aggregator_passes_the_same_checks(tiny_net, images):
     reg = aggregator(reduce=lambda x, dim: x.sum(dim))
     maps = run(tiny_net, images, reg, ["scaling+oops", "scaling+sum"])
     torch.testing.assert_close(maps["scaling+oops", "2"], maps["scaling+sum", "2"])
+    # counter-case: a plugin reduce that computes something else (the max) is told apart by the same comparison
+    other = run(tiny_net, images, aggregator(reduce=lambda x, dim: x.amax(dim)), ["scaling+oops"])
+    with pytest.raises(AssertionError):
+        torch.testing.assert_close(other["scaling+oops", "2"], maps["scaling+sum", "2"])
 
 
 def test_a_closed_form_of_the_wrong_shape_is_named(tiny_net, images):
@@ -71,6 +75,11 @@ def test_a_reads_with_typed_names_is_accepted(tiny_net, images):
     reg = aggregator(reduce=lambda x, dim: x.sum(dim), closed_form=factored_sum, reads=reads_sum)
     maps = run(tiny_net, images, reg, ["conv1x1+oops", "conv1x1+sum"])
     torch.testing.assert_close(maps["conv1x1+oops", "2"], maps["conv1x1+sum", "2"])
+    # counter-case: the closed form of another aggregator (the norm) is told apart by the same comparison
+    other = run(tiny_net, images, aggregator(reduce=lambda x, dim: x.sum(dim), closed_form=factored_norm,
+                                             reads=reads_norm), ["conv1x1+oops"])
+    with pytest.raises(AssertionError):
+        torch.testing.assert_close(other["conv1x1+oops", "2"], maps["conv1x1+sum", "2"])
 
 
 def test_an_extractor_returning_a_tensor_is_named(tiny_net, images):

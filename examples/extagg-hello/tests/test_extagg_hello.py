@@ -86,19 +86,67 @@ def test_l1_closed_form_matches_materialised(profile, groups):
     torch.testing.assert_close(extagg_hello.l1_closed_form(c, profile), expected)
 
 
-@pytest.mark.parametrize("method", [
-    "conv3x3+l1", "conv3x3+relu+l1", "conv1x1+neg+l1", "conv3x3+square+median", "conv1x1+topk(k=4)",
-    "conv3x3+relu+topk", "dwconv+median",
-])
+@pytest.mark.parametrize("method", ["conv3x3+l1", "conv3x3+relu+l1", "conv1x1+neg+l1", "dwconv+l1"])
 def test_closed_and_generic_paths_agree(registry, method):
-    """With ``closed_forms=False`` extagg materialises every contribution; both paths must give one map."""
+    """``l1`` has a closed form: with ``closed_forms=False`` extagg materialises every contribution instead; both
+    paths must give one map. (``median`` and ``topk`` have none, so both paths would run the same generic code:
+    they are checked against a reference computed here, below.)"""
     model, x = tiny_cnn(), torch.randn(2, 3, 8, 8, dtype=torch.float64)
     kw = dict(layers=["1", "3"], targets=[0, 2], registry=registry)
+    assert registry.aggregators[registry.parse(method).aggregator.name].closed_form is not None
     fast = extagg.saliency(model, x, method, closed_forms=True, **kw)
     slow = extagg.saliency(model, x, method, closed_forms=False, **kw)
     for layer in ("1", "3"):
         assert fast[method, layer].shape == (2, 1, 8, 8)
         torch.testing.assert_close(fast[method, layer], slow[method, layer])
+
+
+def test_closed_and_generic_paths_counter_case(registry):
+    """The comparison above can fail: the closed form of ``conv3x3+l1`` against the generic path of
+    ``conv3x3+relu+l1`` (another sign profile) gives another map."""
+    model, x = tiny_cnn(), torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    kw = dict(layers="1", targets=[0, 2], registry=registry)
+    fast = extagg.saliency(model, x, "conv3x3+l1", closed_forms=True, **kw)["conv3x3+l1", "1"]
+    slow = extagg.saliency(model, x, "conv3x3+relu+l1", closed_forms=False, **kw)["conv3x3+relu+l1", "1"]
+    with pytest.raises(AssertionError):
+        torch.testing.assert_close(fast, slow)
+
+
+def naive_contributions(model, x, targets, extractor):
+    """Every entry of each location's contribution at layer "1" of :func:`tiny_cnn`, built from its definition
+    (docs/components.md), as ``(N, entries, H, W)``: ``conv1x1`` ``g_u x_u^T``, ``conv3x3`` ``g_u p_u^T`` (zero
+    padding 1), ``dwconv`` ``g_{c,u} x_{c,u+d}`` over the 3x3 offsets ``d``."""
+    act = model[:2](x).detach().requires_grad_(True)
+    out = model[2:](act)
+    (g,) = torch.autograd.grad(out[torch.arange(len(x)), torch.as_tensor(targets)].sum(), act)
+    n, k, h, w = act.shape
+    act = act.detach()
+    if extractor == "conv1x1":
+        c = g[:, :, None] * act[:, None]
+    elif extractor == "conv3x3":
+        patches = torch.nn.functional.unfold(act, 3, padding=1).view(n, 1, k * 9, h, w)
+        c = g[:, :, None] * patches
+    else:  # dwconv
+        c = g[:, :, None] * torch.nn.functional.unfold(act, 3, padding=1).view(n, k, 9, h, w)
+    return c.reshape(n, -1, h, w)
+
+
+@pytest.mark.parametrize("method, extractor, reduce", [
+    ("conv3x3+square+median", "conv3x3", lambda c: (c ** 2).sort(1).values[:, (c.shape[1] - 1) // 2]),
+    ("dwconv+median", "dwconv", lambda c: c.sort(1).values[:, (c.shape[1] - 1) // 2]),
+    ("conv1x1+topk(k=4)", "conv1x1", lambda c: c.topk(4, 1).values.mean(1)),
+    ("conv3x3+relu+topk", "conv3x3", lambda c: c.relu().topk(3, 1).values.mean(1)),
+])
+def test_median_and_topk_against_a_naive_reference(registry, method, extractor, reduce):
+    """``median`` and ``topk`` (no closed form) at a hidden layer equal the reduction, written out here, of every
+    entry of the contributions built from their definition; a reference reducing with ``amax`` instead is
+    refused (replacing ``median`` by ``amax`` in the plugin fails this test)."""
+    model, x, targets = tiny_cnn(), torch.randn(2, 3, 8, 8, dtype=torch.float64), [0, 2]
+    got = extagg.saliency(model, x, method, layers="1", targets=targets, registry=registry)[method, "1"][:, 0]
+    c = naive_contributions(model, x, targets, extractor)
+    torch.testing.assert_close(got, reduce(c))
+    with pytest.raises(AssertionError):
+        torch.testing.assert_close(got, c.amax(1) if "square" not in method else (c ** 2).amax(1))
 
 
 def test_scaling_square_median_by_hand(registry):
