@@ -61,8 +61,9 @@ def need(record: Any, key: str, where: Where) -> Any:
     if key not in record or record[key] is None:
         raise where.error(key, f"missing (fields present: {', '.join(map(str, record)) or 'none'})")
     if isinstance(record[key], TooLong):
-        raise where.error(key, f"a number of {record[key].digits} digits; numbers of at most "
-                               f"{getattr(sys, 'get_int_max_str_digits', lambda: 4300)() or 'any number of'} digits are read")
+        limit = getattr(sys, "get_int_max_str_digits", lambda: 4300)()
+        raise where.error(key, f"a number of {record[key].digits} digits; at most {limit} digits are read "
+                               "(Python's integer digit limit)")
     return record[key]
 
 
