@@ -258,3 +258,14 @@ def test_a_hanging_compiler_falls_back_with_one_warning(hanging_cc, monkeypatch,
     assert _gone(int((folder / "sleeper.pid").read_text()))  # the compiler's children were stopped too
     assert not list((folder / "cache").glob("*.so*"))  # nothing half-written left behind
     assert not native.available()  # tried once per process: no second wait, no second warning
+
+
+@pytest.mark.parametrize("seed", [-1, 2 ** 64, "x"])
+def test_a_bad_evaluate_seed_is_named(seed):
+    """Guards against a seed evaluate() passed on to a metric, whose generator then raised a raw error (or, for -1,
+    silently took another number)."""
+    from extagg.evaluation import Sample, evaluate
+
+    data = [Sample(torch.rand(3, 8, 8, dtype=torch.float64), "a", (1,))]
+    with pytest.raises(InputError, match=rf"seed must be a whole number in 0\.\.2\*\*63-1 .*got {str(seed)!r}"):
+        evaluate(tiny_cnn(5), data, ["gradient"], "input", ["randomisation"], seed=seed)
