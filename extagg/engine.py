@@ -89,7 +89,8 @@ class Request:
 
 def parse_request(registry: Registry, model: torch.nn.Module, images, methods: StrOrSeq, layers, targets: Targets,
                   *, objective: Optional[Objective], resize, mismatched: str,
-                  forward_kwargs: Optional[dict] = None, token_grid=None, layout=None) -> Request:
+                  forward_kwargs: Optional[dict] = None, token_grid=None, layout=None,
+                  eval_mode: bool = True) -> Request:
     """Parse and check everything about a call before the model runs."""
     spelled, names = {}, {}
     for m in as_list(methods, "methods", atoms=(str, Method)):
@@ -98,7 +99,7 @@ def parse_request(registry: Registry, model: torch.nn.Module, images, methods: S
     if mismatched not in ("raise", "skip"):
         raise InputError(f"mismatched must be 'raise' or 'skip', got {mismatched!r}")
     images = check_images(images)
-    check_call_options(targets, objective, resize, forward_kwargs)
+    check_call_options(targets, objective, resize, forward_kwargs, eval_mode)
     device, dtype = model_device_dtype(model, images)
     images = images.to(device=device, dtype=dtype)
     layer_list, modules = resolve_requested_layers(model, layers, images, forward_kwargs)
@@ -301,7 +302,8 @@ def saliency(
     :param objective: ``callable(output) -> (N,) or (N, T)`` scores to explain instead of class logits.
     :param resize: False (layer resolution), True (the input's H, W) or an (H, W) size; bilinear,
         ``align_corners=False``. Maps are never normalised.
-    :param eval_mode: run the model in eval mode (restored afterwards), as the paper and TorchRay do.
+    :param eval_mode: True (default): run the model in eval mode (restored afterwards), as the paper and TorchRay
+        do; False: in the mode it is in. Only a bool (a string such as ``'no'`` is an InputError).
     :param mismatched: ``"raise"`` (default) if an extractor does not fit a layer (``conv`` on a ReLU), or
         ``"skip"`` to leave such (method, layer) pairs out of the result (for sweeps over many layers).
     :param closed_forms: False forces the generic path that materialises contributions in chunks (for tests).
@@ -317,7 +319,7 @@ def saliency(
     registry = registry or default_registry()
     request = parse_request(registry, model, images, methods, layers, targets, objective=objective, resize=resize,
                             mismatched=mismatched, forward_kwargs=forward_kwargs, token_grid=token_grid,
-                            layout=layout)
+                            layout=layout, eval_mode=eval_mode)
     return _evaluate(registry, model, request, objective=objective, eval_mode=eval_mode, closed_forms=closed_forms)
 
 
@@ -367,7 +369,8 @@ def saliency_per_example(model: torch.nn.Module, images: torch.Tensor, methods: 
     request = parse_request(registry, model, images, methods, layers, targets, objective=objective,
                             resize=kwargs.pop("resize", False), mismatched=kwargs.pop("mismatched", "raise"),
                             forward_kwargs=kwargs.pop("forward_kwargs", None),
-                            token_grid=kwargs.pop("token_grid", None), layout=kwargs.pop("layout", None))
+                            token_grid=kwargs.pop("token_grid", None), layout=kwargs.pop("layout", None),
+                            eval_mode=eval_mode)
     if kwargs:
         raise InputError(f"unknown keyword argument(s) {sorted(kwargs)}; see extagg.saliency")
     n = request.images.shape[0]

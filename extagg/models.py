@@ -93,14 +93,33 @@ def imagenet_categories() -> tuple[str, ...]:
     return tuple(ResNet50_Weights.IMAGENET1K_V1.meta["categories"])
 
 
+MAX_IMAGE_PIXELS = 1 << 26
+"""Most pixels (height x width) :func:`load_image` decodes: 67,108,864, e.g. 8192 x 8192 (768 MiB as a float RGB
+tensor). The size an image file declares in its header is checked before any pixel is decoded, so a
+decompression bomb (a small file claiming 100,000 x 100,000 pixels) is an :class:`~extagg.errors.InputError`,
+not an out-of-memory. Set ``extagg.models.MAX_IMAGE_PIXELS`` to read larger images."""
+
+
 def load_image(path: Union[str, Path]) -> torch.Tensor:
-    """A float RGB image (3, H, W) in [0, 1] from a file (through PIL); an unreadable file is an InputError."""
+    """A float RGB image (3, H, W) in [0, 1] from a file (through PIL); an unreadable file, or one whose header
+    declares more than :data:`MAX_IMAGE_PIXELS` pixels, is an InputError naming the file (checked before
+    decoding)."""
     from PIL import Image
     from torchvision.transforms.functional import pil_to_tensor
 
+    def too_large(what: str) -> InputError:
+        return InputError(f"image {str(path)!r} was not decoded: {what}; extagg decodes at most "
+                          f"{MAX_IMAGE_PIXELS:,} pixels (extagg.models.MAX_IMAGE_PIXELS), which refuses "
+                          "decompression bombs")
+
     try:
-        with Image.open(path) as img:
+        with Image.open(path) as img:  # reads the header only
+            w, h = img.size
+            if w * h > MAX_IMAGE_PIXELS:
+                raise too_large(f"its header declares {w} x {h} = {w * h:,} pixels")
             return pil_to_tensor(img.convert("RGB")).float().div_(255)
+    except Image.DecompressionBombError as exc:  # Pillow's own limit, met while it reads the header
+        raise too_large(f"Pillow refused its header ({exc})") from None
     except (FileNotFoundError, OSError) as exc:
         raise InputError(f"cannot read image {str(path)!r}: {exc}") from exc
 

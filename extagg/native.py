@@ -18,8 +18,9 @@ The shared library is built once per source, compiler, flags and CPU with the sy
 the build is recorded beside it. A cached library is loaded only from a folder and a file that are owned by the
 user, writable by no one else and not symbolic links, and only if its checksum matches the record (else it is
 rebuilt, with one warning); where no cache folder passes, the build goes to a fresh private temp folder for this
-process (with one warning). A build that runs past a second is announced on stderr. If no compiler is found or the
-build fails, a warning is issued once and the PyTorch path is used. ``EXTAGG_NATIVE=0`` turns the kernels off;
+process (with one warning). A build that runs past a second is announced on stderr. If no compiler is found, the
+build fails, or the compiler runs past :data:`COMPILE_TIMEOUT` (20 s; it is then stopped), a warning is issued once
+and the PyTorch path is used. ``EXTAGG_NATIVE=0`` turns the kernels off;
 :func:`enabled` does so for a block of code in one thread. See ``docs/security.md``.
 """
 from __future__ import annotations
@@ -61,6 +62,11 @@ _state: dict = {"lib": None, "tried": False, "on": os.environ.get("EXTAGG_NATIVE
 _local = threading.local()  # per-thread override set by enabled()
 ANNOUNCE_AFTER = 1.0
 """Seconds a build may run before extagg says on stderr that it is compiling."""
+COMPILE_TIMEOUT = 20.0
+"""Seconds one run of the compiler (``$CC --version``, or one build; a build takes a few seconds) may take: a
+compiler that runs longer is stopped (with everything it started), no further flag set is tried, and the PyTorch
+path is used with one warning, as where no compiler is found. Set ``extagg.native.COMPILE_TIMEOUT`` before the
+first call for a slower machine."""
 
 
 @contextlib.contextmanager
@@ -160,7 +166,7 @@ def _cpu_identity() -> str:
 def library_names(compiler: str) -> list[tuple[list[str], str]]:
     """The flag sets to try with ``compiler``, in order, each with the file name its build is cached under."""
     source = SOURCE.read_bytes()
-    version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=60).stdout
+    version = _run([compiler, "--version"]).stdout
     cpu = _cpu_identity()
     named = []
     for flags in _FLAG_SETS:
@@ -211,6 +217,31 @@ def _announced(folder: Path):
         timer.cancel()
 
 
+def _run(cmd: list[str]) -> subprocess.CompletedProcess:
+    """``cmd`` with its output captured, stopped with everything it started (its own process group) once it has run
+    for :data:`COMPILE_TIMEOUT` seconds: then a RuntimeError that says so."""
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=hasattr(os, "killpg"))
+    try:
+        out, err = proc.communicate(timeout=COMPILE_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(OSError):
+            if hasattr(os, "killpg"):
+                os.killpg(proc.pid, 9)  # the compiler's own children (cc1, as, ld) too
+            else:
+                proc.kill()
+        proc.wait()
+        for pipe in (proc.stdout, proc.stderr):
+            pipe.close()
+        raise RuntimeError(f"the C compiler did not finish within {COMPILE_TIMEOUT:g} s ({cmd[0]}; see "
+                           "extagg.native.COMPILE_TIMEOUT)") from None
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
 def _compile(compiler: str, flags: list[str], target: Path) -> str:
     """Build into ``target`` with its checksum beside it; the compiler's complaint, or "" on success."""
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
@@ -218,7 +249,7 @@ def _compile(compiler: str, flags: list[str], target: Path) -> str:
     cmd = [compiler, *flags, "-std=gnu11", "-fPIC", "-shared", "-pthread", "-o", tmp, str(SOURCE), "-lm"]
     try:
         with _announced(target.parent):
-            done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+            done = _run(cmd)
         if done.returncode != 0:
             return f"{' '.join(cmd)}: {done.stderr.strip()[-500:]}"
         os.chmod(tmp, 0o755)
@@ -237,18 +268,23 @@ def _build(compiler: str) -> tuple[Path, bool]:
     """A verified library for ``compiler`` (cached, or built now) and whether it lives in a lasting cache."""
     folder, lasting = _cache_dir()
     errors = []
-    for flags, name in library_names(compiler):
-        target = folder / name
-        if lasting and os.path.lexists(target):
-            why = verify(target)
-            if not why:
-                return target, True
-            warnings.warn(f"extagg: the cached native kernels failed verification ({folder}/{why}); rebuilding them",
-                          RuntimeWarning, stacklevel=4)
-        failed = _compile(compiler, flags, target)
-        if not failed:
-            return target, lasting
-        errors.append(failed)
+    try:
+        for flags, name in library_names(compiler):
+            target = folder / name
+            if lasting and os.path.lexists(target):
+                why = verify(target)
+                if not why:
+                    return target, True
+                warnings.warn(f"extagg: the cached native kernels failed verification ({folder}/{why}); rebuilding "
+                              "them", RuntimeWarning, stacklevel=4)
+            failed = _compile(compiler, flags, target)  # a compiler that times out raises: no other flag set
+            if not failed:
+                return target, lasting
+            errors.append(failed)
+    except BaseException:
+        if not lasting:
+            shutil.rmtree(folder, ignore_errors=True)
+        raise
     if not lasting:
         shutil.rmtree(folder, ignore_errors=True)
     raise RuntimeError("; ".join(errors) or "no flag set to build with")

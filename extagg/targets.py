@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import numbers
+import sys
 from typing import Callable, Iterator, Optional, Sequence, Union
 
 import torch
@@ -17,16 +19,20 @@ def as_target_matrix(targets: Targets, n: int, num_classes: Optional[int]) -> Op
     """Targets as an (N, T) long tensor (CPU), validated; None stays None (explain the predicted class).
 
     Accepted: an int (same class for every image), a sequence or 1-D tensor of N ints (one per image), or an
-    (N, T) tensor (T classes per image, giving (N, T, h, w) maps).
+    (N, T) tensor (T classes per image, giving (N, T, h, w) maps). NumPy integer scalars and integer arrays count
+    as ints and tensors; floats and bools (Python's, NumPy's or torch's) are refused.
     """
     if targets is None:
         return None
     if isinstance(targets, bool):
         raise InputError(f"targets must be class indices, got {targets!r}")
-    if isinstance(targets, int):
+    if isinstance(targets, numbers.Integral):  # a Python int or a NumPy integer scalar (np.int64(3))
+        targets = int(targets)
         _check_long(targets)
         t = torch.full((n, 1), targets, dtype=torch.long)
     else:
+        if _is_ndarray(targets):
+            targets = _from_numpy(targets)
         if not isinstance(targets, torch.Tensor):
             try:
                 targets = list(targets)
@@ -109,13 +115,31 @@ def objective_scores(output, targets: Optional[torch.Tensor], objective: Optiona
     return class_scores(output, targets), targets
 
 
+def _is_ndarray(x) -> bool:
+    np = sys.modules.get("numpy")  # only where NumPy is already imported (the targets could not be arrays else)
+    return np is not None and isinstance(x, np.ndarray)
+
+
+def _from_numpy(a) -> torch.Tensor:
+    """An integer NumPy array as a long tensor; any other dtype an :class:`InputError` naming it."""
+    if a.dtype.kind not in "iu":
+        raise InputError(f"targets must be integer class indices, got a NumPy array of dtype {a.dtype}")
+    if a.dtype.kind == "u" and a.size and int(a.max()) >= 1 << 63:
+        _check_long(int(a.max()))
+    return torch.from_numpy(a.astype("int64"))
+
+
 def _check_long(v: int) -> None:
     if not -(1 << 63) <= v < (1 << 63):
         raise InputError(f"target {v} is not a class index (out of the 64-bit integer range)")
 
 
-def check_call_options(targets: Targets, objective: Optional[Objective], resize, forward_kwargs) -> None:
+def check_call_options(targets: Targets, objective: Optional[Objective], resize, forward_kwargs,
+                       eval_mode=True) -> None:
     """The options of a saliency call that can be checked before any forward pass."""
+    if not isinstance(eval_mode, bool):
+        raise InputError(f"eval_mode must be True (eval mode, restored afterwards) or False (the model's own mode), "
+                         f"got {type(eval_mode).__name__} {str(eval_mode)[:40]!r}")
     if objective is not None and targets is not None:
         raise InputError("give targets or objective, not both: with objective= the objective's (N, T) scores are "
                          "what is explained (select classes inside it), and targets would be ignored")

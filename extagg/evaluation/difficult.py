@@ -21,24 +21,29 @@ Flags = Mapping[str, tuple[bool, ...]]
 
 def read_difficult_flags(path: Union[str, os.PathLike], num_classes: int) -> dict[str, tuple[bool, ...]]:
     """Parse a TorchRay flags file into ``{image_id: (flag per class)}``; malformed lines and repeated image ids raise naming the
-    line."""
+    line, and a file that is not UTF-8 text (a binary file given by mistake) names the file."""
     flags: dict[str, tuple[bool, ...]] = {}
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            line = line.rstrip("\r\n")
-            if not line.strip():
-                continue
-            fields = line.split("\t")
-            values = [v.strip() for v in fields[1:] if v.strip() != ""]
-            if len(values) != num_classes or any(v not in ("0", "1") for v in values):
-                raise InputError(
-                    f"{os.fspath(path)}:{lineno}: expected 'image_id' and {num_classes} tab-separated 0/1 flags, "
-                    f"got {line[:80]!r}"
-                )
-            image_id = fields[0].strip()
-            if image_id in flags:
-                raise InputError(f"{os.fspath(path)}:{lineno}: image id {image_id!r} is listed twice")
-            flags[image_id] = tuple(v == "1" for v in values)
+    try:
+        with open(path, encoding="utf-8") as f:
+            for lineno, line in enumerate(f, 1):
+                line = line.rstrip("\r\n")
+                if not line.strip():
+                    continue
+                fields = line.split("\t")
+                values = [v.strip() for v in fields[1:] if v.strip() != ""]
+                if len(values) != num_classes or any(v not in ("0", "1") for v in values):
+                    raise InputError(
+                        f"{os.fspath(path)}:{lineno}: expected 'image_id' and {num_classes} tab-separated 0/1 "
+                        f"flags, got {line[:80]!r}"
+                    )
+                image_id = fields[0].strip()
+                if image_id in flags:
+                    raise InputError(f"{os.fspath(path)}:{lineno}: image id {image_id!r} is listed twice")
+                flags[image_id] = tuple(v == "1" for v in values)
+    except UnicodeDecodeError as e:
+        raise InputError(f"{os.fspath(path)}: not a text file of difficult flags (not UTF-8, e.g. the byte "
+                         f"{e.object[e.start:e.start + 1]!r}); expected TorchRay's 'image_id<TAB>0/1 flags' "
+                         "lines") from None
     return flags
 
 

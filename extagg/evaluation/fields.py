@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import xml.etree.ElementTree as ET
 from typing import Any, Union
 
@@ -12,6 +13,31 @@ from ..errors import InputError
 
 MAX_SIDE = 1 << 16
 """Largest image height or width an annotation may declare."""
+MAX_DEPTH = 64
+"""Deepest nesting of XML elements an annotation file may have (a VOC annotation is 4 deep: ``annotation``,
+``object``, ``bndbox``, ``xmin``); deeper is an :class:`~extagg.errors.InputError` naming the file. JSON nested
+deeper than Python's parser goes is refused the same way."""
+
+
+class TooLong:
+    """A JSON integer with more digits than Python converts (``sys.get_int_max_str_digits()``, 4,300 by default),
+    kept as a marker: every field check refuses it, naming the file and the field, and a field never read costs
+    nothing."""
+
+    def __init__(self, digits: int):
+        self.digits = digits
+
+    def __repr__(self) -> str:
+        return f"<{self.digits}-digit number>"
+
+    __str__ = __repr__
+
+
+def _parse_int(text: str):
+    try:
+        return int(text)
+    except ValueError:  # Python's digit limit (int() of a 10,000-digit text)
+        return TooLong(len(text.lstrip("-")))
 
 
 class Where:
@@ -34,6 +60,10 @@ def need(record: Any, key: str, where: Where) -> Any:
         raise where.error(key, f"expected a record with this field, got {type(record).__name__} {str(record)[:60]!r}")
     if key not in record or record[key] is None:
         raise where.error(key, f"missing (fields present: {', '.join(map(str, record)) or 'none'})")
+    if isinstance(record[key], TooLong):
+        limit = getattr(sys, "get_int_max_str_digits", lambda: 4300)()
+        raise where.error(key, f"a number of {record[key].digits} digits; at most {limit} digits are read "
+                               "(Python's integer digit limit)")
     return record[key]
 
 
@@ -85,7 +115,10 @@ def read_json(path: Union[str, os.PathLike]) -> dict:
     where = Where(path)
     try:
         with open(path, encoding="utf-8") as f:
-            data = json.load(f)
+            data = json.load(f, parse_int=_parse_int)
+    except RecursionError:
+        raise InputError(f"{os.fspath(path)}: JSON nested too deeply to read (arrays or objects inside each other "
+                         "more than Python's recursion limit); an annotation file is a few levels deep") from None
     except json.JSONDecodeError as e:
         raise InputError(f"{os.fspath(path)}: not valid JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
     except (OSError, UnicodeDecodeError) as e:
@@ -106,18 +139,21 @@ def read_voc_xml(path: Union[str, os.PathLike]) -> dict:
         raise InputError(f"{os.fspath(path)}: cannot be read: {e}") from None
     if root.tag != "annotation":
         raise Where(path).error("annotation", f"expected an <annotation> root element, got <{root.tag}>")
-    content = _element(root)
+    content = _element(root, Where(path))
     content = content if isinstance(content, dict) else {}
     objects = content.get("object", [])
     content["object"] = objects if isinstance(objects, list) else [objects]
     return {"annotation": content}
 
 
-def _element(node: ET.Element) -> Any:
+def _element(node: ET.Element, where: Where, depth: int = 1) -> Any:
     children = list(node)
     if not children:
         return (node.text or "").strip()
+    if depth >= MAX_DEPTH:
+        raise InputError(f"{where.file}: XML elements nested more than {MAX_DEPTH} deep (at <{str(node.tag)[:40]}>); "
+                         "a VOC annotation is 4 deep")
     grouped: dict[str, list] = {}
     for child in children:
-        grouped.setdefault(child.tag, []).append(_element(child))
+        grouped.setdefault(child.tag, []).append(_element(child, where, depth + 1))
     return {tag: values[0] if len(values) == 1 else values for tag, values in grouped.items()}

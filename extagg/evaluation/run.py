@@ -18,6 +18,7 @@ import torch
 
 from ..errors import InputError
 from ..registry import default_registry
+from ..util import check_seed
 from .common import any_pattern, batches, expand_layers, expand_methods, iterate
 from .common import progress as bar
 from .driver import Driver, MetricCall, make_layout, parse_metric
@@ -90,6 +91,7 @@ def evaluate(model: torch.nn.Module, data, methods, layers="input", metrics: Uni
     ``extagg sweep`` uses for the same images and batch size; without ``preprocess``, also split where the image
     size changes.
     """
+    seed = check_seed(seed)  # 0..2**63-1, before any image is read
     registry = registry or default_registry()
     texts = [metrics] if isinstance(metrics, str) else list(metrics)
     if not texts:

@@ -91,6 +91,19 @@ def _check_combine(_inst, _attr, value):
         parse_combination(c)
 
 
+def _check_seed(_inst, _attr, value):
+    from ..util import check_seed
+
+    check_seed(value)
+
+
+def _check_device(_inst, _attr, value):
+    if value is not None:
+        from ..util import check_device
+
+        check_device(value, "device (None: cuda if available, else cpu)")
+
+
 def _check_targets(_inst, _attr, value):
     if value in ("predicted", "label"):
         return
@@ -148,9 +161,9 @@ built-in metrics' parameters a metric string leaves out: ``steps`` and ``baselin
     class_map: Optional[str] = None
     batch_size: int = attrs.field(default=4, validator=_positive("batch_size"))
     curve_batch: int = attrs.field(default=64, validator=_positive("curve_batch"))
-    seed: int = 0
+    seed: int = attrs.field(default=0, validator=_check_seed)
     run_dir: str = "extagg-sweep"
-    device: Optional[str] = None
+    device: Optional[str] = attrs.field(default=None, validator=_check_device)
     progress: bool = True
     figures: bool = True
 
