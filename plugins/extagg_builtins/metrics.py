@@ -83,7 +83,7 @@ def _sensitivity(ctx, pairing: str = "bottom"):
     else:
         _nan(out, keys, ctx.n, CROSS, ("spearman", "spearman_abs"))
     s = torch.stack([ctx.smooth_noise(k, top[k]) for k in keys]).to(a)
-    _emit(out, keys, SMOOTH, {"spearman": spearman(a, s), "spearman_abs": spearman(a.abs(), s)})
+    _emit(out, keys, SMOOTH, {"spearman": spearman(a, s), "spearman_abs": spearman(a.abs(), s.abs())})
     return out
 
 
