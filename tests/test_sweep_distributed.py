@@ -5,8 +5,8 @@ import io
 import json
 import os
 import socket
-from typing import Optional
 import sys
+from typing import Optional
 
 import pytest
 import torch
@@ -27,12 +27,21 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _leave() -> None:
+    """End a rank whose sweep returned as ``python -m extagg`` does under torchrun: without the interpreter's
+    teardown, where gloo's threads can abort a process whose work is done (the outputs are checked instead)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
 def _worker(rank: int, world: int, port: int, run_dir: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
     sweep(tiny_config(run_dir, metrics=METRICS, device="cpu"), model=tiny_model(), samples=tiny_samples(),
           out=io.StringIO())
+    _leave()
 
 
 def _worker_three(rank: int, world: int, port: int, run_dir: str) -> None:
@@ -41,6 +50,7 @@ def _worker_three(rank: int, world: int, port: int, run_dir: str) -> None:
     torch.set_num_threads(1)
     sweep(tiny_config(run_dir, **THREE), model=coupled_model(), samples=tiny_samples(3),
           out=io.StringIO())
+    _leave()
 
 
 def _spawn(run_dir, worker=_worker) -> None:

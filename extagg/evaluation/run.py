@@ -112,7 +112,12 @@ def evaluate(model: torch.nn.Module, data, methods, layers="input", metrics: Uni
         for m in method_list:
             for layer in layer_list:
                 check_layer_fit(registry, registry.parse(m), layer, modules[layer])
-    layout = make_layout(registry, model, method_list, layer_list, calls, asked=asked)
+    from .driver import fitting_pairs
+
+    pairs = fitting_pairs(registry, model, method_list, layer_list)
+    if not pairs:  # patterns that fit nowhere: nothing to score (explicit names raised above)
+        return Evaluation((), (), tuple(calls))
+    layout = make_layout(registry, model, method_list, layer_list, calls, asked=asked, pairs=pairs)
     settings = dict(settings or {})
     if targets == "label" or any("labels" in c.metric.needs for c in calls) or class_map is not None:
         settings.setdefault("class_map", _class_map(model, data, preprocess, class_map))
