@@ -322,3 +322,14 @@ def test_checkpoints_measure_some_steps_of_the_same_cascade():
     for r in some.rows:
         assert r.value == value[r.subset, r.measure]
     assert value["cascading:blocks.1", "spearman"] != value["cascading:blocks.0", "spearman"]
+
+
+def test_a_misspelt_metric_fails_before_any_work(tmp_path, monkeypatch):
+    """The metric calls are resolved before the model or the data are touched, with a did-you-mean."""
+    import extagg.sweep.runner as runner
+
+    monkeypatch.setattr(runner, "_load", lambda *a, **k: pytest.fail("loaded the model before checking metrics"))
+    with pytest.raises(extagg.UnknownNameError, match="did you mean 'steps'"):
+        sweep(tiny_config(tmp_path, metrics=("deletion(step=3)",)), model=tiny_model(), samples=tiny_samples(),
+              out=QUIET())
+    assert not (tmp_path / "config.json").exists()

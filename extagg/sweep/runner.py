@@ -118,6 +118,7 @@ def sweep(config: Optional[SweepConfig] = None, *, model: Optional[torch.nn.Modu
     group = Group.from_env(config.device)
     try:
         registry = registry or default_registry()
+        _check_metric_calls(config, registry)  # before the model loads: a misspelt metric fails at once
         device = group.device(config.device)
         model, preprocess, samples, label = _load(config, model, preprocess, samples, device)
         torch.manual_seed(config.seed)
@@ -176,6 +177,14 @@ def sweep(config: Optional[SweepConfig] = None, *, model: Optional[torch.nn.Modu
 def _batch_units(plan: SweepPlan, batch: tuple[int, ...]):
     ids = [plan.image_ids[i] for i in batch]
     return [u for metric in plan.metrics for u in plan.units(metric, ids)]
+
+
+def _check_metric_calls(config, registry) -> None:
+    from ..evaluation.driver import parse_metric
+    from .config import metric_name
+
+    for text in config.metrics:
+        parse_metric(registry, text, config.metric_defaults().get(metric_name(text)))
 
 
 def _class_map(config, plan, model, example, samples):
