@@ -333,3 +333,72 @@ def test_a_misspelt_metric_fails_before_any_work(tmp_path, monkeypatch):
         sweep(tiny_config(tmp_path, metrics=("deletion(step=3)",)), model=tiny_model(), samples=tiny_samples(),
               out=QUIET())
     assert not (tmp_path / "config.json").exists()
+
+
+def test_pointing_beside_batched_metrics_keeps_their_batches_and_skips_empty_images(tmp_path):
+    """An image with only skipped (difficult) objects has nothing to point at: no value, no error. Pointing takes
+    the batch's images one at a time while sensitivity keeps the batch, so its cross-image floor stays defined;
+    the pointing numbers equal a pointing-only run's."""
+    samples = _pointing_samples()
+    samples[1] = Sample(samples[1].image, samples[1].image_id, samples[1].classes, samples[1].masks, (True, True))
+    both = evaluate(tiny_model(), samples, "gradcam", "3", ["pointing", "sensitivity"], batch_size=4)
+    alone = evaluate(tiny_model(), samples, "gradcam", "3", "pointing", batch_size=1)
+    _same(_table([r for r in both.rows if r.metric == "pointing"]), _table(alone.rows))
+    assert not [v for v in both.values if v.metric == "pointing" and v.image == "p1"]
+    floor = next(r for r in both.rows if r.subset == "floor:cross-image" and r.measure == "spearman")
+    assert floor.n == 4 and floor.nan == 0
+    result = sweep(tiny_config(tmp_path, metrics=("pointing", "sensitivity"), methods=("gradcam",), layers=("3",),
+                               combine=(), batch_size=4), model=tiny_model(), samples=samples, out=QUIET())
+    assert result.plan.batches == ((0, 1, 2, 3),)
+    _same(_table(result.rows), _table(both.rows))
+
+
+def test_unnamed_images_get_their_own_seeds():
+    """Images without an id are seeded by their position: their random pairings and surrogates differ."""
+    model = tiny_model()
+    samples = [Sample(s.image) for s in tiny_samples(3)]
+    out = evaluate(model, samples, "linear-approx", "3", "sensitivity", batch_size=3)
+    assert {v.image for v in out.values} == {"0", "1", "2"}
+    from extagg.evaluation.context import seed_of
+
+    assert len({seed_of(0, i, "scaling+sum", "3", "") for i in ("0", "1", "2")}) == 3
+
+
+def test_value_defaults_to_the_headline_subset_and_refuses_an_ambiguous_name():
+    out = _evaluate(["sensitivity", "deletion(steps=3)", "deletion(steps=2)"])
+    row = next(r for r in out.rows if (r.canonical, r.layer, r.metric, r.measure, r.subset) ==
+               ("conv1x1+norm", "3", "sensitivity", "spearman", "top-vs-bottom"))
+    assert out.value("normgrad", "3", "sensitivity") == row.value
+    with pytest.raises(KeyError, match="names 2 metric calls"):
+        out.value("normgrad", "3", "deletion")
+    assert out.value("normgrad", "3", "deletion(steps=3)") != out.value("normgrad", "3", "deletion(steps=2)")
+
+
+def test_a_nan_map_makes_only_its_own_image_combination_nan():
+    """One image's non-finite map leaves the other images' layer combination as it is (no batch dependence)."""
+    from extagg.evaluation.driver import Driver, make_layout
+
+    model, samples = tiny_model(), tiny_samples(2)
+    reg = extagg.default_registry()
+    layout = make_layout(reg, model, ["scaling+sum"], ["0", "3"], [], combinations=("combine:sum:uniform",),
+                         layer_order=("0", "3"))
+    driver = Driver(model, None, reg, layout, [])
+    x = torch.stack([s.image for s in samples])
+    clean, _ = driver.maps(model, x, ["scaling+sum"], torch.zeros(2, 1, dtype=torch.long), (32, 32))
+    import extagg.evaluation.driver as driver_module
+
+    real = driver_module.run_saliency
+
+    def poisoned(*args, **kwargs):  # image 1's map at layer 3 is NaN, as a randomised copy's can be
+        maps, targets = real(*args, **kwargs)
+        maps["scaling+sum", "3"][1] = math.nan
+        return maps, targets
+
+    driver_module.run_saliency = poisoned
+    try:
+        maps, _ = driver.maps(model, x, ["scaling+sum"], torch.zeros(2, 1, dtype=torch.long), (32, 32))
+    finally:
+        driver_module.run_saliency = real
+    combined = maps["scaling+sum", "combine:sum:uniform"]
+    assert torch.isnan(combined[1]).all() and torch.isfinite(combined[0]).all()
+    assert torch.equal(combined[0], clean["scaling+sum", "combine:sum:uniform"][0])

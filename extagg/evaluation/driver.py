@@ -156,7 +156,8 @@ def _checked(call: MetricCall, fn: Callable):
 def check_values(call: MetricCall, values, keys, n: int) -> list[Value]:
     """What a metric returned, checked at the boundary (a :class:`PluginError` naming the metric and its plugin):
     :class:`Value` records for the keys it was given, declared measures, images of the batch, finite numbers in
-    the measure's declared range, and at least one value off the floors. NaN is allowed: it means "undefined
+    the measure's declared range, and at least one value off the floors (a per-image metric may return none
+    for an image with nothing to score, e.g. only difficult objects). NaN is allowed: it means "undefined
     here" (a constant map's rank correlation) and is counted in ``nan``, never averaged."""
     out = []
     known = set(keys)
@@ -184,7 +185,7 @@ def check_values(call: MetricCall, values, keys, n: int) -> list[Value]:
             raise PluginError(f"{where} returned an infinite value for {v.measure!r} ({v.key}, image {v.image})")
         out.append(v)
     main = [v for v in out if not v.subset.startswith(FLOOR_PREFIX)]
-    if keys and n and not main:
+    if keys and n and not main and not call.metric.per_image:  # an image may have nothing to point at
         raise PluginError(f"{where} returned no value for {len(keys)} key(s) x {n} image(s)")
     return out
 
@@ -227,13 +228,15 @@ class Driver:
             if method not in methods:
                 continue
             parts = {layer: maps[method, layer] for layer in layers}
-            finite = all(bool(torch.isfinite(m).all()) for m in parts.values())
+            bad = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+            for m in parts.values():
+                bad |= ~torch.isfinite(m).flatten(1).all(1).to(x.device)
+            if bool(bad.any()):  # an image with a NaN map: nothing to combine there; its combination is NaN
+                parts = {layer: m.masked_fill(bad.to(m.device)[:, None, None, None], 0.0) for layer, m in parts.items()}
             for label in layout.combinations:
                 mode, weighting = parse_combination(label.removeprefix("combine:"))
-                if finite:
-                    maps[method, label] = combine(parts, weighting, mode, order=layout.layer_order, size=size)
-                else:  # a NaN map: nothing to combine; the metrics record NaN
-                    maps[method, label] = torch.full_like(next(iter(parts.values())), math.nan)
+                combined = combine(parts, weighting, mode, order=layout.layer_order, size=size)
+                maps[method, label] = combined.masked_fill(bad.to(combined.device)[:, None, None, None], math.nan)
                 native[method, label] = max((native[method, layer] for layer in layers), key=lambda s: s[0] * s[1])
         return maps, native
 
@@ -311,13 +314,21 @@ class Driver:
             ) -> Iterator[tuple[MetricCall, list[Value]]]:
         """Yield ``(call, values)`` for every wanted metric call of this batch of samples."""
         calls = [c for c in self.calls if want(c)]
-        if not calls:
-            return
-        ctx = self.context(samples, calls)
-        for call in calls:
-            text = str(call)
-            keys = self.layout.keys(text)
-            ctx.keys = keys
-            ctx._companions = self.layout.companions.get(text, {})
-            values = _checked(call, lambda call=call: list(call.metric.compute(ctx, **call.kwargs)))
-            yield call, check_values(call, values, keys, ctx.n)
+        shared = [c for c in calls if not c.metric.per_image]
+        if shared:
+            ctx = self.context(samples, shared)
+            for call in shared:
+                yield call, self._compute(call, ctx)
+        for call in (c for c in calls if c.metric.per_image):  # one image at a time, the rest of the batch kept
+            values = []
+            for i, sample in enumerate(samples):
+                values += [attrs.evolve(v, image=i) for v in self._compute(call, self.context([sample], [call]))]
+            yield call, values
+
+    def _compute(self, call: MetricCall, ctx: BatchContext) -> list[Value]:
+        text = str(call)
+        keys = self.layout.keys(text)
+        ctx.keys = keys
+        ctx._companions = self.layout.companions.get(text, {})
+        values = _checked(call, lambda: list(call.metric.compute(ctx, **call.kwargs)))
+        return check_values(call, values, keys, ctx.n)

@@ -107,16 +107,24 @@ def reduce_values(values: Iterable[ImageValue], directions: Optional[dict] = Non
     return out
 
 
-def find(rows: Iterable[Result], method: str, layer: str, metric: str, measure: Optional[str], subset: str,
-         calls=()) -> Result:
+def find(rows: Iterable[Result], method: str, layer: str, metric: str, measure: Optional[str],
+         subset: Optional[str], calls=()) -> Result:
     """The row of ``method`` (as asked, or canonical) at ``layer`` for ``metric`` (a metric call's canonical text,
-    or its name when one call has it); ``measure`` None: the call's first measure. KeyError otherwise."""
+    or its name when exactly one call has it); ``measure`` None: the call's first measure; ``subset`` None: the
+    metric's headline subset (else the first that is not a floor). KeyError otherwise."""
+    rows = list(rows)
     mine = [c for c in calls if metric == str(c)] or [c for c in calls if metric == c.name]
+    if len(mine) > 1:
+        raise KeyError(f"{metric!r} names {len(mine)} metric calls ({', '.join(map(str, mine))}); give one of them")
     texts = {str(c) for c in mine} if mine else {metric}
     if measure is None:
         if not mine:
             raise KeyError((method, layer, metric, measure, subset))
         measure = mine[0].metric.measures[0].name
+    if subset is None:
+        subsets = list(dict.fromkeys(r.subset for r in rows if r.metric in texts and not r.floor))
+        head = mine[0].metric.headline(subsets, **mine[0].kwargs) if mine and mine[0].metric.headline else None
+        subset = head if head in subsets else (subsets[0] if subsets else "all")
     for r in rows:
         if method in (r.method, r.canonical) and (r.layer, r.measure, r.subset) == (layer, measure, subset) \
                 and r.metric in texts:

@@ -34,9 +34,10 @@ class Evaluation:
 
     calls: tuple = attrs.field(default=(), repr=False)
 
-    def value(self, method: str, layer: str, metric: str, measure: Optional[str] = None, subset: str = "all") -> float:
+    def value(self, method: str, layer: str, metric: str, measure: Optional[str] = None,
+              subset: Optional[str] = None) -> float:
         """The reduced value; ``method`` as written or canonical, ``metric`` by name or canonical call,
-        ``measure`` by default the metric's first."""
+        ``measure`` by default the metric's first, ``subset`` by default its headline subset."""
         return find(self.rows, method, layer, metric, measure, subset, calls=self.calls).value
 
 
@@ -87,9 +88,10 @@ def evaluate(model: torch.nn.Module, data, methods, layers="input", metrics: Uni
     :param class_map: when labels are read (``targets="label"``, a metric that needs labels) and the data
         declares its classes (``data.class_names``): {data-set class: model class} or a JSON file, as
         ``extagg evaluate --class-map``; without one, the data set's classes must be the model's (else refused).
-    Batches: ``batch_size`` consecutive images (one for per-image metrics such as the pointing game), the batches
-    ``extagg sweep`` uses for the same images and batch size; without ``preprocess``, also split where the image
-    size changes.
+    Batches: ``batch_size`` consecutive images (per-image metrics such as the pointing game take them one at a
+    time), the batches ``extagg sweep`` uses for the same images and batch size; without ``preprocess``, also
+    split where the image size changes. Images without an id get their position as id (their random draws and
+    surrogates are seeded by it).
     """
     seed = check_seed(seed)  # 0..2**63-1, before any image is read
     registry = registry or default_registry()
@@ -123,12 +125,12 @@ def evaluate(model: torch.nn.Module, data, methods, layers="input", metrics: Uni
         settings.setdefault("class_map", _class_map(model, data, preprocess, class_map))
     driver = Driver(model, preprocess, registry, layout, calls, targets=targets, seed=seed, settings=settings,
                     mismatched="skip")
-    per_image = any(c.metric.per_image for c in calls)
     out: list[ImageValue] = []
     count = 0
-    size = 1 if per_image else batch_size
-    for group in bar(batches(iterate(data, limit), size, by_shape=preprocess is None), progress, None, "evaluate"):
+    for group in bar(batches(iterate(data, limit), batch_size, by_shape=preprocess is None), progress, None,
+                     "evaluate"):
         ids = [s.image_id or str(count + i) for i, s in enumerate(group)]
+        group = [s if s.image_id else attrs.evolve(s, image_id=i) for s, i in zip(group, ids)]  # seeds per image
         count += len(group)
         for call, values in driver.run(group):
             out += image_values(layout, call, values, ids)

@@ -133,11 +133,10 @@ def make_plan(config: SweepConfig, model: torch.nn.Module, registry: Registry, i
     combinations = tuple(dict.fromkeys(combination_label(c) for c in config.combine))
     layout = make_layout(registry, model, methods, layers, calls, combinations=combinations,
                          layer_order=layer_order, asked=asked)
-    per_image = any(c.metric.per_image for c in calls)
     twins = [t for c in layout.companions.values() for t in c.values()]
     per_example = frozenset(m for m in [*methods, *twins] if registry.per_example(m))
     n = len(image_ids)
-    size = 1 if per_image else config.batch_size
+    size = config.batch_size  # a per-image metric (pointing) takes the batch's images one at a time
     batches = tuple(tuple(range(i, min(i + size, n))) for i in range(0, n, size))
     needs_blocks = any("model_copy" in c.metric.needs for c in calls)
     blocks = tuple(cascading_order(model, list(config.randomise) or None, example)) if needs_blocks else ()

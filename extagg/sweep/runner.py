@@ -32,9 +32,11 @@ class SweepResult:
     run_dir: Path
     seconds: float
 
-    def value(self, method: str, layer: str, metric: str, measure: Optional[str] = None, subset: str = "all") -> float:
+    def value(self, method: str, layer: str, metric: str, measure: Optional[str] = None,
+              subset: Optional[str] = None) -> float:
         """The reduced value of ``method`` (as written or canonical) at ``layer``; ``metric`` by name or canonical
-        call; ``measure`` defaults to the metric's first (as :meth:`extagg.evaluation.Evaluation.value`)."""
+        call; ``measure`` defaults to the metric's first, ``subset`` to its headline subset (as
+        :meth:`extagg.evaluation.Evaluation.value`)."""
         from ..evaluation.results import find
 
         return find(self.rows, method, layer, metric, measure, subset, calls=self.plan.calls).value

@@ -160,7 +160,7 @@ def _randomisation(ctx, mode: str = "cascading", init: str = "reset", hog_cell: 
         for subset, i, reset in _steps(blocks, mode, checkpoints):
             if reset:
                 ctx.restore()
-            randomise_module(work.get_submodule(blocks[i]), ctx.seed + 7919 * (i + 1), ctx.settings.get("init", init))
+            randomise_module(work.get_submodule(blocks[i]), ctx.seed + 7919 * (i + 1), _init(ctx, init))
             if subset is None:
                 continue
             other = ctx.run_maps(work, ctx.explained, methods)
@@ -168,6 +168,12 @@ def _randomisation(ctx, mode: str = "cascading", init: str = "reset", hog_cell: 
     finally:
         ctx.restore()
     return out
+
+
+def _init(ctx, init: str):
+    """The call's ``init``, or a callable(module, generator) the run's settings give (the Python shorthand's)."""
+    given = ctx.settings.get("init")
+    return given if callable(given) else init
 
 
 def _randomisation_headline(subsets, mode="cascading", **_):
