@@ -10,10 +10,10 @@ Per (model, batch), timed interleaved (median of ``--repeats``):
 * ``limit``: one forward + one backward to the hooked activations, no parameter gradients (hooks as extagg's);
 * ``fwd+bwd(weights)``: an ordinary forward + backward that also computes every weight gradient (context);
 * ``extagg all``: ``extagg.saliency`` of every method of ``extagg.methods()`` at every layer (one call);
-* ``extagg issue list``: the subset issue 3 names as the least a sweep must cover, {bias, scaling, conv1x1,
+* ``extagg core subset``: the subset the performance targets name as the least a sweep must cover, {bias, scaling, conv1x1,
   conv3x3, conv} x {sum, max, norm} with no pre-filter, relu or abs (45 methods), at the same layers (one call);
 * ``extagg all but dwconv``: the whole space without the depthwise extractor (192 methods; one call);
-* ``extagg gradcam``: Grad-CAM alone at the issue's layers (one call).
+* ``extagg gradcam``: Grad-CAM alone at the benchmark's layers (one call).
 
 The reference way (one forward + backward per method, factored contributions materialised in chunks,
 ``closed_forms=False``) is timed once per representative method of each extractor at batch 1 and
@@ -55,7 +55,7 @@ def configs(arch: str, batch: int, device: str):
         "extagg all": lambda: extagg.saliency(model, images, methods, layers, targets=targets, mismatched="skip"),
         "extagg all but dwconv": lambda: extagg.saliency(model, images, [m for m in methods if not m.startswith("dwconv")],
                                                          layers, targets=targets, mismatched="skip"),
-        "extagg issue list": lambda: extagg.saliency(model, images, ISSUE_LIST, layers, targets=targets,
+        "extagg core subset": lambda: extagg.saliency(model, images, ISSUE_LIST, layers, targets=targets,
                                                      mismatched="skip"),
         "extagg gradcam": lambda: extagg.saliency(model, images, C.GRADCAM, C.LAYERS[arch], targets=targets),
     }

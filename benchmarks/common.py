@@ -29,8 +29,8 @@ import extagg  # noqa: E402
 HERE = os.path.dirname(os.path.abspath(__file__))
 TARGET_CLASS = 281
 
-# The layers of the issue; ``CONV_LAYER`` is one Conv2d added so that the ``conv`` extractor (which only fits
-# Conv2d layers) is exercised; every other (method, layer) pair that does not fit is skipped
+# The benchmark's layers (the stage outputs of each model); ``CONV_LAYER`` is one Conv2d added so that the
+# ``conv`` extractor (which only fits Conv2d layers) is exercised; every other (method, layer) pair that does not fit is skipped
 # (``mismatched="skip"``: ``conv`` at the block/ReLU layers, ``bn-scale``/``bn-bias`` everywhere).
 LAYERS = {
     "resnet50": ["layer1", "layer2", "layer3", "layer4"],

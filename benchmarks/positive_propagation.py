@@ -1,7 +1,7 @@
 """Class sensitivity and parameter randomisation of the propagation rules (guided backprop, deconvnet, RectGrad,
 excitation backprop = LRP-z+, LRP-epsilon) and their plain-gradient counterparts on the embedded EfficientNet-Lite0
 and scikit-image photos, with extagg's own evaluations: claims 7, 8, 9, 11 and 13 of
-/work/shared/design/positive_aggregation.md section 6. Prints Markdown tables (those in
+the positive-aggregation claims (docs/positive-aggregation.md). Prints Markdown tables (those in
 docs/positive-aggregation.md) and writes a figure. About 22 CPU-minutes (20 minutes on 2 busy cores), mostly
 the SSIM and HOG similarities of the randomisation test.
 
