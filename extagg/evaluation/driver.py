@@ -1,4 +1,6 @@
-"""The one driver behind ``extagg evaluate`` and ``extagg sweep``: a loop over metric calls, batch by batch.
+"""The one driver behind ``extagg sweep``, :func:`extagg.evaluation.evaluate` and ``extagg evaluate`` (all but the
+dedicated pointing-game and identity-check loops it runs for a bare ``--metric pointing|identity``, which carry
+options the metric plugins do not): a loop over metric calls, batch by batch.
 
 A metric is written as a call in the method grammar, ``deletion(steps=8,baseline=blur)``,
 ``sensitivity(pairing=random)``; :func:`parse_metric` resolves it against the registry's metrics
