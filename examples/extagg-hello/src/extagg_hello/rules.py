@@ -71,7 +71,7 @@ def alphabeta_rule(alpha: float = 2.0) -> Rule:
                     getattr(module, "padding_mode", "zeros") != "zeros":
                 raise UnsupportedLayerError(
                     f"propagation rule 'alphabeta': layer {layer!r} ({type(module).__name__}) has its own forward "
-                    "or a non-zero padding mode; it handles plain Linear and zero-padded Conv2d")
+                    "or a padding mode other than 'zeros'; it handles plain Linear and zero-padded Conv2d")
             return _alphabeta(alpha)
         if isinstance(module, PASS_THROUGH):
             return KEEP
