@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import math
 
-import attrs
-
 from extagg.plugin import Modifier, NamedMethod, Param, hookimpl, rules_installed
 from extagg_builtins.rule_bodies import deconvnet_rule, guided_rule, lrp_epsilon_rule, lrp_zplus_rule, rectgrad_rule
 
@@ -44,9 +42,8 @@ def _lrp_zplus(model, images, targets):
     return rules_installed(model, lrp_zplus_rule())
 
 
-# A rule writes no tensor of the model (it only adds hooks): where the modifier contract can say so
-# (``Modifier.stateless``), extagg then skips its weight snapshot.
-_STATELESS = {"stateless": True} if "stateless" in attrs.fields_dict(Modifier) else {}
+# A rule writes no tensor of the model (it only adds hooks): stateless, so extagg skips its weight snapshot.
+_STATELESS = {"stateless": True}
 
 RULES = [
     Modifier(**_STATELESS, name="guided", fn=_guided,
