@@ -19,6 +19,31 @@ registers is validated when it registers, and what its code returns is checked w
 names the component and its plugin. A modifier that runs the model itself (an SGD step) calls
 :func:`call_model`, which passes the saliency call's ``forward_kwargs`` on. The older paths (``extagg.specs``, ``extagg.contributions``,
 ``extagg.closed_forms``) keep working.
+
+Propagation rules (guided backprop, LRP, ...) are modifiers: a :class:`Modifier` whose ``fn(model, images,
+targets, **params)`` returns ``rules_installed(model, rule)`` for a :class:`Rule`, so that ``myrule:gradcam`` runs
+the method with the rule's backward for one pass. A :class:`Rule` has a ``handler(layer_name, module)`` asked once
+per leaf module (and per module of ``Rule.units`` whatever its children) before anything is installed, returning
+
+* ``None``: not the rule's business, the module keeps its ordinary gradient (refused functions it calls still raise);
+* :data:`KEEP`: a module the rule knows and leaves with its ordinary gradient (functions it calls are trusted);
+* :class:`Swap` ``(prepare, backward)``: ``state = prepare(module, x, y)`` in the forward pass (under
+  ``no_grad``, on detached tensors), then ``backward(grad_y, *state)`` *replaces* the gradient sent to ``x``;
+* :class:`Modulate` ``(prepare, backward)``: ``backward(grad_y, *state)`` transforms the gradient arriving at
+  ``y`` and the module's own backward then runs (LRP-epsilon's ``g * z / (z + eps sign z)``);
+* or raising :class:`UnsupportedLayerError` (:func:`refuse_modules` words it) naming the layer.
+
+``Rule.refused_functions`` (``{torch function: why}``) are the functional calls (``torch.relu`` in a ``forward``)
+that cannot carry the rule; calling one while the model runs outside a handled module raises
+:class:`UnsupportedLayerError` naming the calling module. ``backward`` must use vmap-able torch operations
+(several targets are back-propagated at once). The forward output is unchanged bit for bit; the hooks are removed
+when the pass ends, also on error; two rules deciding the same module in one method is an
+:class:`~extagg.errors.InvalidMethodError`. Register the modifier with ``stateless=True`` (a rule writes no tensor).
+The built-in rules (``extagg_builtins.rule_bodies``) are written with exactly these names.
+
+Helpers the built-in plugins share are exported too: :func:`class_logits` (``(N, C)`` class scores of a model
+output), :func:`noise`, :class:`LazyWeights`, :func:`count_problem`, :func:`chunk_problem` (sampling modifiers,
+:mod:`extagg.multipass`).
 """
 from .capture import LayerCapture
 from .hookspecs import hookimpl
@@ -34,6 +59,9 @@ from .evaluation.context import seed_of
 from .evaluation.difficult import difficult_by_rule
 from .evaluation.pointing import center_point, pointing_hit, saliency_point
 from .evaluation.randomisation import randomise_module
+from .multipass import LazyWeights, chunk_problem, count_problem, noise
+from .propagation import KEEP, Modulate, Rule, Swap, UnsupportedLayerError, refuse_modules, rules_installed
+from .targets import class_logits
 from .evaluation.similarity import map_similarities, similarities_to, similarity_reference, spearman, ssim
 
 __all__ = [
@@ -43,5 +71,6 @@ __all__ = [
     "reads_min", "reads_norm", "reads_sum", "Samples", "call_model", "FLOOR_PREFIX", "Cost", "Direction",
     "Measure", "Metric", "Value", "InputError", "UnknownNameError", "Call", "seed_of", "difficult_by_rule", "center_point",
     "pointing_hit", "saliency_point", "randomise_module", "map_similarities", "similarities_to",
-    "similarity_reference", "spearman", "ssim",
+    "similarity_reference", "spearman", "ssim", "KEEP", "Modulate", "Rule", "Swap", "UnsupportedLayerError",
+    "refuse_modules", "rules_installed", "class_logits", "LazyWeights", "chunk_problem", "count_problem", "noise",
 ]

@@ -26,6 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
 HELLO = ROOT / "examples" / "extagg-hello"
 HELLO_INIT = HELLO / "src" / "extagg_hello" / "__init__.py"
+HELLO_RULES = HELLO / "src" / "extagg_hello" / "rules.py"
 
 KIND_OF_HEADING = {
     "Extractors": "extractor", "Filters": "filter", "Aggregators": "aggregator",
@@ -213,7 +214,10 @@ def quoted_method_strings(text: str) -> list[str]:
 @pytest.fixture(scope="module")
 def docs_registry():
     """The built-ins, the example plugin and the hooks.md examples' components: everything the docs may name."""
-    plugins = [load_hello()]
+    spec = importlib.util.spec_from_file_location("extagg_hello_rules_docs", HELLO_RULES)
+    rules = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(rules)
+    plugins = [load_hello(), rules]
     for hook in hookspec_names():
         args = ", ".join(inspect.signature(getattr(hookspecs, hook)).parameters)
         block = code_blocks(sections(read(DOCS / "plugins" / "hooks.md"))[f"{hook}({args})"], "python")[0]
@@ -255,6 +259,16 @@ def test_tutorial_python_blocks_are_copied_from_the_example():
     for block in blocks:
         snippet = block.split("\n", 1)[1]
         assert snippet in source, f"tutorial block not found verbatim in {HELLO_INIT}:\n{snippet}"
+
+
+def test_tutorial_rule_blocks_are_copied_from_the_example():
+    """The "Writing a propagation rule" section quotes the example's rule module verbatim, all of its parts."""
+    source = read(HELLO_RULES)
+    blocks = [b.split("\n", 1)[1] for b in code_blocks(read(DOCS / "plugins" / "tutorial.md"), "python")
+              if b.startswith("# src/extagg_hello/rules.py\n")]
+    assert len(blocks) >= 4 and "def register_modifiers(register):" in "".join(blocks)
+    for snippet in blocks:
+        assert snippet in source, f"tutorial block not found verbatim in {HELLO_RULES}:\n{snippet}"
 
 
 def test_tutorial_quotes_every_hook_implementation_of_the_example():

@@ -14,8 +14,8 @@ import extagg
 from model_state import assert_unchanged, snapshot
 import rules_reference as ref
 import rules_support
-from extagg.backward_rules import (deconvnet_rule, guided_rule, lrp_epsilon_rule, lrp_zplus_rule, rank_of_percentile,
-                                   rectgrad_rule)
+from extagg_builtins.rule_bodies import (deconvnet_rule, guided_rule, lrp_epsilon_rule, lrp_zplus_rule, rank_of_percentile,
+                                           rectgrad_rule)
 from extagg.propagation import UnsupportedLayerError, rules_installed
 
 RULES = ["guided", "deconvnet", "rectgrad", "rectgrad(q=90)", "lrp-epsilon", "lrp-epsilon(eps=0.1)", "lrp-zplus"]

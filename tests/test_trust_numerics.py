@@ -262,7 +262,7 @@ def test_chunked_and_unchunked_calls_agree(registry, modifier):
 # ----------------------------------------------------------------------------- LRP-z+ conservation
 from torch import nn  # noqa: E402
 
-from extagg.backward_rules import lrp_zplus_rule  # noqa: E402
+from extagg_builtins.rule_bodies import lrp_zplus_rule  # noqa: E402
 from extagg.propagation import rules_installed  # noqa: E402
 
 

@@ -13,8 +13,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from extagg.errors import InputError
-from extagg.plugin import Extractor, NamedMethod, Product, hookimpl
+from extagg.plugin import Extractor, InputError, NamedMethod, Product, hookimpl
 
 BIAS_LAYERS = (nn.Conv2d, nn.BatchNorm2d)
 """Module types whose (effective) bias ``bias-value`` reads."""

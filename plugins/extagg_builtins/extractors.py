@@ -5,8 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from extagg.errors import InputError
-from extagg.plugin import Dense, Extractor, Factored, Param, PatchGeometry, Product, Scaled, hookimpl
+from extagg.plugin import Dense, Extractor, Factored, InputError, Param, PatchGeometry, Product, Scaled, hookimpl
 from extagg_builtins.cam_weights import GRADIENT_FILTERS, POOLS, alpha_eps_problem, channel_weights, filtered
 
 

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import extagg
-from extagg.errors import InputError
+from extagg.plugin import InputError
 from extagg_builtins.cams import BIAS_LAYERS
 
 NORMALISATIONS = ("minmax", "maxabs", "none")

@@ -22,9 +22,7 @@ import torch
 import torch.nn.functional as F
 
 import extagg
-from extagg.errors import InputError
-from extagg.plugin import call_model
-from extagg.targets import class_logits
+from extagg.plugin import InputError, call_model, class_logits
 
 DEFAULT_LR = 0.002
 """The paper's ``theta - 2 eps grad`` with ``eps = 0.001`` (TorchRay's function defaults to 1e-4, its scripts to 0.0025)."""

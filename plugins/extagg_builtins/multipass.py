@@ -22,8 +22,7 @@ import math
 
 import torch
 
-from extagg.multipass import LazyWeights, chunk_problem, count_problem, noise
-from extagg.plugin import Modifier, Param, Samples, hookimpl
+from extagg.plugin import LazyWeights, Modifier, Param, Samples, chunk_problem, count_problem, hookimpl, noise
 
 
 def _at_least_two(x):

@@ -2,19 +2,16 @@
 ``lrp-epsilon(eps=1e-6):``, ``lrp-zplus:``) and the named methods built on them.
 
 A rule changes only the backward pass, for the duration of one pass: its hooks are installed when extagg enters
-the modifier and removed when it leaves, also on error (:func:`extagg.propagation.rules_installed`). Methods
-that carry the same rule share one forward and one backward pass. Formulas: docs/propagation_rules.md.
+the modifier and removed when it leaves, also on error (:func:`extagg.plugin.rules_installed`). Methods
+that carry the same rule share one forward and one backward pass. Formulas: docs/propagation_rules.md;
+the rule bodies: :mod:`extagg_builtins.rule_bodies`.
 """
 from __future__ import annotations
 
 import math
 
-import attrs
-
-import extagg
-from extagg.backward_rules import deconvnet_rule, guided_rule, lrp_epsilon_rule, lrp_zplus_rule, rectgrad_rule
-from extagg.propagation import rules_installed
-from extagg.specs import Alias, Modifier, Param
+from extagg.plugin import Modifier, NamedMethod, Param, hookimpl, rules_installed
+from extagg_builtins.rule_bodies import deconvnet_rule, guided_rule, lrp_epsilon_rule, lrp_zplus_rule, rectgrad_rule
 
 
 def _check_q(q):
@@ -45,9 +42,8 @@ def _lrp_zplus(model, images, targets):
     return rules_installed(model, lrp_zplus_rule())
 
 
-# A rule writes no tensor of the model (it only adds hooks): where the modifier contract can say so
-# (``Modifier.stateless``), extagg then skips its weight snapshot.
-_STATELESS = {"stateless": True} if "stateless" in attrs.fields_dict(Modifier) else {}
+# A rule writes no tensor of the model (it only adds hooks): stateless, so extagg skips its weight snapshot.
+_STATELESS = {"stateless": True}
 
 RULES = [
     Modifier(**_STATELESS, name="guided", fn=_guided,
@@ -81,13 +77,13 @@ NAMED = [
 ]
 
 
-@extagg.hookimpl
+@hookimpl
 def register_modifiers(register):
     for modifier in RULES:
         register(modifier)
 
 
-@extagg.hookimpl
+@hookimpl
 def register_methods(register):
     for name, expansion, doc, reference in NAMED:
-        register(Alias(name=name, expansion=expansion, doc=doc, reference=reference))
+        register(NamedMethod(name=name, expansion=expansion, doc=doc, reference=reference))

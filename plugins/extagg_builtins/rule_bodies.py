@@ -1,6 +1,8 @@
-"""The propagation rules: guided backprop, deconvnet, RectGrad, LRP-epsilon and LRP-z+ (alpha1-beta0).
+"""The bodies of the built-in propagation rules: guided backprop, deconvnet, RectGrad, LRP-epsilon and LRP-z+
+(alpha1-beta0).
 
-Each rule is a :class:`extagg.propagation.Rule`; ``extagg_builtins.rules`` registers them as pass modifiers.
+Each rule is an :class:`extagg.plugin.Rule` built only from :mod:`extagg.plugin` (as a third-party rule would be);
+``extagg_builtins.rules`` registers them as pass modifiers.
 Notation: a module maps its input ``x`` to its output ``y``; ``g`` is the (modified) gradient arriving at ``y``
 and the rule returns the gradient sent to ``x``. The formulas, and what peers do differently, are in
 docs/propagation_rules.md.
@@ -29,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .propagation import KEEP, Modulate, Rule, Swap, refuse_modules
+from extagg.plugin import KEEP, Modulate, Rule, Swap, refuse_modules
 
 RELU_LIKE = (nn.ReLU, nn.ReLU6)
 LINEAR_LIKE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
