@@ -70,7 +70,7 @@ class Plan:
 
     name: str  # the method's canonical string
     extractor: Call
-    pre: tuple[Call, ...]
+    pre: tuple  # (filter record, kwargs) pairs, resolved here once rather than on every chunk
     profile: Optional[Profile]  # sign profile of the composed pre-filters; None if one has no profile
     post: tuple  # (filter record, kwargs) pairs
     key: str  # methods of one extractor with equal keys share one reduction
@@ -80,9 +80,9 @@ class Plan:
 
     @classmethod
     def of(cls, registry, method: Method) -> "Plan":
+        pre = tuple((registry.filters[c.name], c.kwargs) for c in method.pre)
         profile = IDENTITY
-        for call in method.pre:
-            spec = registry.filters[call.name]
+        for spec, _ in pre:
             if spec.sign_profile is None:
                 profile = None
                 break
@@ -98,7 +98,7 @@ class Plan:
             except (TypeError, UnknownNameError) as e:
                 raise PluginContractError(
                     f"{_culprit(spec)}: reads{profile} returned {declared!r}: {e}") from None
-        return cls(str(method), method.extractor, method.pre, profile, post,
+        return cls(str(method), method.extractor, pre, profile, post,
                    f"{shared}|{method.aggregator}", spec, kwargs, reads)
 
 
@@ -151,10 +151,10 @@ class _LayerEvaluator:
         if stats:
             self.contribution(extractor).prefetch(list(stats))
 
-    def _apply(self, calls: tuple[Call, ...], x: torch.Tensor) -> torch.Tensor:
-        for call in calls:
-            spec = self.registry.filters[call.name]
-            out = spec.fn(x, **call.kwargs)
+    @staticmethod
+    def _apply(pre: tuple, x: torch.Tensor) -> torch.Tensor:
+        for spec, kwargs in pre:
+            out = spec.fn(x, **kwargs)
             if not isinstance(out, torch.Tensor) or out.shape != x.shape:
                 got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
                 raise PluginContractError(f"{_culprit(spec)} returned {got} for an input of shape "
@@ -190,7 +190,7 @@ class _LayerEvaluator:
             return self._dense(contribution.values, plan.pre, agg, kwargs)
         return self._chunked(contribution, plan.pre, agg, kwargs)
 
-    def _dense(self, values: torch.Tensor, pre: tuple[Call, ...], agg, kwargs) -> torch.Tensor:
+    def _dense(self, values: torch.Tensor, pre: tuple, agg, kwargs) -> torch.Tensor:
         """Filter and reduce (N, T, D, h, w) ``values`` along D, widened, a band of rows at a time."""
         n, t, d, h, w = values.shape
         rows = max(1, CHUNK_BUDGET // 2 // max(1, n * t * d * w))
@@ -204,7 +204,7 @@ class _LayerEvaluator:
             out[:, :, top:top + rows] = r
         return out
 
-    def _chunked(self, c: Contribution, pre: tuple[Call, ...], agg, kwargs) -> torch.Tensor:
+    def _chunked(self, c: Contribution, pre: tuple, agg, kwargs) -> torch.Tensor:
         n, t, h, w = c.shape
         out = None
         for i, j, sl, values in c.materialise_chunks(CHUNK_BUDGET // 2):
