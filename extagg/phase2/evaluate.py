@@ -22,7 +22,7 @@ import attrs
 import torch
 
 from ..maps import resize_maps
-from ..errors import PluginContractError, UnknownNameError, did_you_mean
+from ..errors import PluginContractError, UnknownNameError, did_you_mean, raised_in
 from ..method import Call, Method
 from .closed_forms import IDENTITY, Profile, compose_profiles
 from .contribution import Contribution
@@ -92,7 +92,8 @@ class Plan:
         spec, kwargs = registry.aggregators[method.aggregator.name], method.aggregator.kwargs
         reads: tuple[Stat, ...] = ()
         if profile is not None and spec.closed_form is not None and spec.reads is not None:
-            declared = spec.reads(profile, **kwargs)
+            with raised_in(spec, "reads"):
+                declared = spec.reads(profile, **kwargs)
             try:
                 reads = as_stats(declared)
             except (TypeError, UnknownNameError) as e:
@@ -124,7 +125,8 @@ class _LayerEvaluator:
         out = self.contributions.get(key)
         if out is None:
             spec = self.registry.extractors[call.name]
-            out = spec.fn(self.capture, **call.kwargs)
+            with raised_in(spec, "fn"):
+                out = spec.fn(self.capture, **call.kwargs)
             if not isinstance(out, Contribution):
                 raise PluginContractError(
                     f"{_culprit(spec)} returned {type(out).__name__}; expected a contribution form from "
@@ -154,7 +156,8 @@ class _LayerEvaluator:
     @staticmethod
     def _apply(pre: tuple, x: torch.Tensor) -> torch.Tensor:
         for spec, kwargs in pre:
-            out = spec.fn(x, **kwargs)
+            with raised_in(spec, "fn"):
+                out = spec.fn(x, **kwargs)
             if not isinstance(out, torch.Tensor) or out.shape != x.shape:
                 got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
                 raise PluginContractError(f"{_culprit(spec)} returned {got} for an input of shape "
@@ -169,7 +172,9 @@ class _LayerEvaluator:
         if out is None:
             out = self.reduced[plan.key] = self._reduce(plan)
         for spec, kwargs in plan.post:
-            out = check_map(spec.fn(out, **kwargs), tuple(out.shape), out.dtype, spec, "the filter")
+            with raised_in(spec, "fn"):
+                got = spec.fn(out, **kwargs)
+            out = check_map(got, tuple(out.shape), out.dtype, spec, "the filter")
         return out
 
     def _reduce(self, plan: Plan) -> torch.Tensor:
@@ -177,7 +182,8 @@ class _LayerEvaluator:
         agg, kwargs, want = plan.spec, plan.kwargs, contribution.shape
         if self.closed_forms and plan.profile is not None and agg.closed_form is not None:
             try:
-                out = agg.closed_form(contribution, plan.profile, **kwargs)
+                with raised_in(agg, "closed_form"):
+                    out = agg.closed_form(contribution, plan.profile, **kwargs)
             except UnknownNameError as e:
                 if e.kind != STAT_KIND:
                     raise
@@ -197,8 +203,10 @@ class _LayerEvaluator:
         out = None
         for top in range(0, h, rows):
             band = values[:, :, :, top:top + rows]
-            r = check_map(agg.reduce(self._apply(pre, _widened(band)), dim=2, **kwargs),
-                          (n, t, band.shape[3], w), values.dtype, agg, "reduce")
+            x = self._apply(pre, _widened(band))
+            with raised_in(agg, "reduce"):
+                r = agg.reduce(x, dim=2, **kwargs)
+            r = check_map(r, (n, t, band.shape[3], w), values.dtype, agg, "reduce")
             if out is None:
                 out = torch.empty((n, t, h, w), dtype=values.dtype, device=values.device)
             out[:, :, top:top + rows] = r
@@ -208,7 +216,9 @@ class _LayerEvaluator:
         n, t, h, w = c.shape
         out = None
         for i, j, sl, values in c.materialise_chunks(CHUNK_BUDGET // 2):
-            r = agg.reduce(self._apply(pre, _widened(values)), dim=0, **kwargs)
+            x = self._apply(pre, _widened(values))
+            with raised_in(agg, "reduce"):
+                r = agg.reduce(x, dim=0, **kwargs)
             r = check_map(r, (values.shape[1],), values.dtype, agg, "reduce")
             if out is None:
                 out = torch.empty((n, t, h * w), dtype=values.dtype, device=values.device)
