@@ -26,6 +26,7 @@ from ..errors import PluginContractError, UnknownNameError, did_you_mean, raised
 from ..method import Call, Method
 from .closed_forms import IDENTITY, Profile, compose_profiles
 from .contribution import Contribution
+from .factored import Factored
 from .sides import Store
 from .stats import STAT_KIND, Stat, as_stats
 
@@ -131,6 +132,10 @@ class _LayerEvaluator:
                 raise PluginContractError(
                     f"{_culprit(spec)} returned {type(out).__name__}; expected a contribution form from "
                     "extagg.plugin (Dense, Scaled, Product or Factored)")
+            if spec.factored is not None and isinstance(out, Factored) != spec.factored:
+                raise PluginContractError(
+                    f"{_culprit(spec)} returned a {type(out).__name__} contribution but declares factored="
+                    f"{spec.factored}; declare factored={not spec.factored} (or None: undeclared)")
             want = tuple(self.capture.grad.shape[:2])  # (N, T) of the capture's gradient
             if len(out.shape) != 4 or tuple(out.shape[:2]) != want:
                 raise PluginContractError(f"{_culprit(spec)} returned a contribution of shape {out.shape}; "
