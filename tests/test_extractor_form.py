@@ -1,7 +1,6 @@
 """An extractor declares the form of its contribution (``Extractor.factored``): planning reads the declaration
 instead of calling the extractor, and phase 2 holds the extractor to it."""
 import pytest
-import torch
 
 from extagg.errors import PluginContractError, PluginLoadError
 from extagg.phase2 import Dense, Factored, PatchGeometry
