@@ -9,6 +9,7 @@ without ``@k`` is an error rather than a silent mix of calls.
 """
 from __future__ import annotations
 
+import enum
 import re
 from typing import Iterable, Optional
 
@@ -19,6 +20,14 @@ from .errors import InputError, UnknownNameError
 from .layouts import Witness, output_kind
 
 INPUT = "input"
+
+
+class Part(enum.Enum):
+    """Which tensor of a layer a version check watches: the module's output or its first positional input."""
+
+    OUTPUT = "output"
+    INPUT = "input"
+
 _AT = re.compile(r"^(.*)@(\d+)$")
 
 
@@ -86,7 +95,7 @@ class Probes:
         self.calls: dict[int, int] = {}
         self.raw: dict[str, dict[str, torch.Tensor]] = {}
         self.probes: dict[str, torch.Tensor] = {}
-        self.versions: dict[str, tuple[torch.Tensor, int]] = {}
+        self.versions: dict[tuple[str, Part], tuple[torch.Tensor, int]] = {}
 
     def __enter__(self) -> "Probes":
         by_module: dict[int, list[tuple[str, Optional[int]]]] = {}
@@ -138,12 +147,12 @@ class Probes:
                         "tensor; choose a layer whose output is one tensor"
                     )
                 record = {"output": output.detach(), "training": module.training}
-                self.versions[layer] = (output, output._version)
+                self.versions[(layer, Part.OUTPUT)] = (output, output._version)
                 if "input" in self.needs[layer]:
                     if not args or not isinstance(args[0], torch.Tensor):
                         raise InputError(f"layer {layer!r} has no tensor input to capture")
                     record["input"] = args[0].detach()
-                    self.versions[layer + "#in"] = (args[0], args[0]._version)
+                    self.versions[(layer, Part.INPUT)] = (args[0], args[0]._version)
                 probe = torch.zeros_like(output, requires_grad=True)
                 self.probes[layer] = probe
                 self.raw[layer] = record
@@ -170,9 +179,9 @@ class Probes:
                 )
             if at is not None and at >= count:
                 raise InputError(f"layer {layer!r}: the module was called only {count} time(s) (valid: @0..@{count - 1})")
-        for layer, (tensor, version) in self.versions.items():
+        for (layer, part), (tensor, version) in self.versions.items():
             if tensor._version != version:
                 raise InputError(
-                    f"the {'input' if layer.endswith('#in') else 'output'} of layer {layer.removesuffix('#in')!r} "
+                    f"the {part.value} of layer {layer!r} "
                     "was modified in place later in the forward pass; choose the next layer instead"
                 )

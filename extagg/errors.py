@@ -1,8 +1,9 @@
 """Exceptions raised by extagg. Every message names the bad value and what would be accepted."""
 from __future__ import annotations
 
+import contextlib
 import difflib
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator, Sequence
 
 
 class ExtaggError(Exception):
@@ -85,3 +86,17 @@ class PluginContractError(ExtaggError, TypeError):
     """Plugin code returned or declared something the contract does not allow (a map of the wrong shape, an
     unknown statistic in ``reads``, an extractor result that is not a contribution); the message names the
     component, its plugin and distribution, and what was expected."""
+
+
+@contextlib.contextmanager
+def raised_in(spec, what: str) -> Iterator[None]:
+    """Blame plugin code for what it raises: an exception escaping the block (plugin code of the component record
+    ``spec`` doing ``what``, e.g. ``"fn"``) gets the note ``raised in <kind> '<name>'.<what> from plugin
+    '<origin>'`` (:meth:`BaseException.add_note`, shown under the traceback) and is re-raised unchanged, so code
+    that catches the plugin's own exception types (a ``ValueError``, an extagg error) still catches them."""
+    try:
+        yield
+    except Exception as exc:
+        origin = str(spec.origin) if getattr(spec, "origin", None) else "an unregistered plugin"
+        exc.add_note(f"raised in {spec.kind} {spec.name!r}.{what} from plugin {origin!r}")
+        raise

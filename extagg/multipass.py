@@ -36,7 +36,7 @@ import attrs
 import torch
 
 from .capture import INPUT
-from .errors import InputError, PluginContractError
+from .errors import InputError, PluginContractError, raised_in
 from .phase2 import evaluate_layer
 from .specs import SAMPLE_REDUCTIONS, Samples
 from .tokens import usable
@@ -114,7 +114,8 @@ def _checked(spec, samples, images: torch.Tensor) -> Samples:
 
 
 def _make(spec, samples: Samples, start: int, stop: int, images: torch.Tensor) -> torch.Tensor:
-    x = samples.make(start, stop)
+    with raised_in(spec, "samples (its make)"):
+        x = samples.make(start, stop)
     want = (stop - start, *images.shape)
     if not isinstance(x, torch.Tensor) or tuple(x.shape) != want:
         got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
@@ -165,7 +166,9 @@ def evaluate_samples(registry, run, request, sampler, group: list, *, plans: dic
     spec, call = sampler
     images = request.images
     n = images.shape[0]
-    samples = _checked(spec, spec.samples(images, **call.kwargs), images)
+    with raised_in(spec, "samples"):
+        made = spec.samples(images, **call.kwargs)
+    samples = _checked(spec, made, images)
     needs: dict[str, set[str]] = {}
     by_layer: dict[str, list] = {}
     for method, layer in group:

@@ -23,7 +23,7 @@ import attrs
 import pluggy
 
 from . import hookspecs
-from .errors import DuplicateNameError, PluginError, PluginLoadError
+from .errors import DuplicateNameError, PluginError, PluginLoadError, raised_in
 
 GROUP = "extagg"
 DISTRIBUTION = "extagg"
@@ -185,10 +185,12 @@ def _register(pm: pluggy.PluginManager, plugin, name: str, dist: Optional[str] =
 
 def enter_modifier(stack: contextlib.ExitStack, spec, *args, **kwargs):
     """Enter the context manager that the modifier record ``spec`` returns, checking that it is one."""
-    cm = spec.fn(*args, **kwargs)
+    with raised_in(spec, "fn"):
+        cm = spec.fn(*args, **kwargs)
     if not (hasattr(cm, "__enter__") and hasattr(cm, "__exit__")):
         raise PluginError(f"modifier {spec.name!r} from plugin {str(spec.origin)!r} returned "
                           f"{type(cm).__name__}, not a context manager; a modifier's fn(model, images, targets, "
                           f"**params) must return one (e.g. a @contextlib.contextmanager function); "
                           f"{block_hint(spec.origin.plugin if spec.origin else spec.name)}")
-    return stack.enter_context(cm)
+    with raised_in(spec, "fn (entering its context)"):
+        return stack.enter_context(cm)

@@ -69,6 +69,10 @@ class Extractor:
     ``applies_to_input=True`` admits the ``"input"`` layer as well when ``applies_to`` is set.
     ``neighbourhood=True`` declares that the contribution reads a spatial neighbourhood of each location (kxk
     patches of the map); such an extractor does not apply at a token layer (:mod:`extagg.tokens`).
+    ``factored`` declares the form ``fn`` returns: True for a :class:`~extagg.contributions.Factored` (outer-product)
+    contribution, False for any other form; phase 2 refuses a result that contradicts the declaration. None
+    (the default: undeclared) lets it return either; planning (:func:`extagg.sweep.plan.is_slow`) then finds out
+    by calling ``fn`` on a small synthetic capture, and assumes factored if that fails.
     """
 
     name: str
@@ -80,6 +84,7 @@ class Extractor:
     applies_to: Optional[tuple[type, ...]] = None
     applies_to_input: bool = False
     neighbourhood: bool = False
+    factored: Optional[bool] = None
     origin: Optional[Origin] = None
     kind = "extractor"
 
@@ -267,6 +272,8 @@ def record_problems(record) -> list[str]:
         if record.applies_to is not None and (not isinstance(record.applies_to, tuple) or not record.applies_to
                                               or not all(isinstance(t, type) for t in record.applies_to)):
             out.append(f"applies_to must be None or a non-empty tuple of module classes, got {record.applies_to!r}")
+        if record.factored not in (None, True, False):
+            out.append(f"factored must be None, True or False, got {record.factored!r}")
         if record.applies_to_input and record.applies_to is None:
             out.append("applies_to_input=True needs applies_to (without it every layer, the input included, fits)")
     if isinstance(record, Filter) and record.sign_profile is not None:

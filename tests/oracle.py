@@ -5,6 +5,7 @@ materialised with ``unfold`` and explicit outer products; filters and aggregator
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -101,62 +102,67 @@ def method_map(method, net, x, index: int, targets: torch.Tensor) -> torch.Tenso
     return m
 
 
-def rle_fr_poly(xy, height: int, width: int) -> list[int]:
-    """pycocotools' ``rleFrPoly`` transcribed as written (every point of every edge at 5x resolution): the
-    reference for extagg's bounded-cost polygon rasteriser."""
-    import math
+def _c_round(value: float) -> int:
+    """``(int)(value + 0.5)`` in C: round half up, then truncate toward zero (so -2.7 -> -2, not -3)."""
+    return int(value + 0.5)
 
+
+def _staircase(a: tuple[int, int], b: tuple[int, int]) -> list[tuple[int, int]]:
+    """The lattice points COCO traces for the edge a -> b (5x coordinates), in order from a to b: one point per
+    unit step along the edge's longer axis, counted from the endpoint nearer the origin on that axis, the other
+    coordinate rounded (:func:`_c_round`) from the straight line."""
+    steep = abs(b[1] - a[1]) > abs(b[0] - a[0])
+    major = 1 if steep else 0
+    start, end = (a, b) if a[major] <= b[major] else (b, a)
+    n = end[major] - start[major]
+    slope = (end[1 - major] - start[1 - major]) / n if n else 0.0
+    points = []
+    for t in range(n + 1):
+        minor = _c_round(start[1 - major] + slope * t)
+        points.append((minor, start[1] + t) if steep else (start[0] + t, minor))
+    return points if start == a else points[::-1]
+
+
+def coco_polygon_mask(xy, height: int, width: int) -> np.ndarray:
+    """The (height, width) boolean mask of a COCO polygon ``[x0, y0, x1, y1, ...]``, written from COCO's
+    documented convention rather than from its code: vertices are snapped to a 5x grid, each edge is traced as a
+    staircase of lattice points (:func:`_staircase`), and pixel (r, c) is inside if the traced boundary crosses
+    the vertical line through column c's centre an odd number of times at or above the pixel's centre (crossing
+    number at pixel centres; a crossing's height is the lower-index row of the step, mapped back to pixels)."""
+    mask = np.zeros((height, width), dtype=bool)
     k = len(xy) // 2
     if k < 1:
-        return [height * width]
-    scale = 5.0
-    x = [int(scale * xy[2 * j] + 0.5) for j in range(k)] + [0]
-    y = [int(scale * xy[2 * j + 1] + 0.5) for j in range(k)] + [0]
-    x[k], y[k] = x[0], y[0]
-    u, v = [], []
+        return mask
+    vertices = [(_c_round(5.0 * xy[2 * j]), _c_round(5.0 * xy[2 * j + 1])) for j in range(k)]
+    path: list[tuple[int, int]] = []
     for j in range(k):
-        xs, xe, ys, ye = x[j], x[j + 1], y[j], y[j + 1]
-        dx, dy = abs(xe - xs), abs(ys - ye)
-        flip = (dx >= dy and xs > xe) or (dx < dy and ys > ye)
-        if flip:
-            xs, xe, ys, ye = xe, xs, ye, ys
-        if dx >= dy:
-            s = (ye - ys) / dx if dx else 0.0
-            for d in range(dx + 1):
-                t = dx - d if flip else d
-                u.append(t + xs)
-                v.append(int(ys + s * t + 0.5))
+        path += _staircase(vertices[j], vertices[(j + 1) % k])
+    rows = np.arange(height)
+    for (u0, v0), (u1, v1) in zip(path, path[1:]):
+        if u0 == u1:
+            continue
+        left = min(u0, u1)  # the step crosses 5x column left + 1/2: pixel column c's centre if left = 5c + 2
+        if (left - 2) % 5 or not 0 <= (left - 2) // 5 < width:
+            continue
+        top = (min(v0, v1) + 0.5) / 5.0 - 0.5
+        mask[:, (left - 2) // 5] ^= rows >= top
+    return mask
+
+
+def column_major_runs(mask: np.ndarray) -> list[int]:
+    """COCO's uncompressed RLE counts of ``mask``: alternating runs of 0s and 1s down the columns, 0s first."""
+    flat = mask.T.reshape(-1)
+    counts, value, run = [], False, 0
+    for bit in flat:
+        if bool(bit) == value:
+            run += 1
         else:
-            s = (xe - xs) / dy
-            for d in range(dy + 1):
-                t = dy - d if flip else d
-                v.append(t + ys)
-                u.append(int(xs + s * t + 0.5))
-    a = []
-    for j in range(1, len(u)):
-        if u[j] != u[j - 1]:
-            xd = float(u[j] if u[j] < u[j - 1] else u[j] - 1)
-            xd = (xd + 0.5) / scale - 0.5
-            if math.floor(xd) != xd or xd < 0 or xd > width - 1:
-                continue
-            yd = float(v[j] if v[j] < v[j - 1] else v[j - 1])
-            yd = (yd + 0.5) / scale - 0.5
-            yd = 0.0 if yd < 0 else (float(height) if yd > height else yd)
-            a.append(int(xd) * height + int(math.ceil(yd)))
-    a.append(height * width)
-    a.sort()
-    prev = 0
-    for j in range(len(a)):
-        a[j], prev = a[j] - prev, a[j]
-    b = [a[0]]
-    j = 1
-    while j < len(a):
-        if a[j] > 0:
-            b.append(a[j])
-            j += 1
-        else:
-            j += 1
-            if j < len(a):
-                b[-1] += a[j]
-                j += 1
-    return b
+            counts.append(run)
+            value, run = not value, 1
+    counts.append(run)
+    return counts
+
+
+def coco_polygon_rle(xy, height: int, width: int) -> list[int]:
+    """:func:`coco_polygon_mask` as COCO RLE counts: the reference for extagg's bounded-cost polygon rasteriser."""
+    return column_major_runs(coco_polygon_mask(xy, height, width))

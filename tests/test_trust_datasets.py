@@ -2,8 +2,10 @@
 no path leaves the data root; empty boxes are flagged and left out; cost stays bounded by the image."""
 from __future__ import annotations
 
+import importlib.util
 import json
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
@@ -13,7 +15,7 @@ from strategies_evaluation import tiny_cnn, write_coco, write_voc
 from extagg.errors import InputError
 from extagg.evaluation import VOC_CLASSES, COCOPointing, VOCPointing, pointing_game, read_difficult_flags
 from extagg.evaluation.coco_masks import MaskUnion, polygon_rle_counts, rle_decode, segmentation_counts
-from oracle import rle_fr_poly
+from oracle import coco_polygon_rle
 
 
 # ----------------------------------------------------------------------------- VOC
@@ -176,7 +178,7 @@ def test_a_polygon_far_outside_costs_what_the_image_does():
     assert rle_decode(polygon_rle_counts(huge, 20, 30), 20, 30).all()
     for reach in (2000.0, -2000.0):                          # long edges crossing the image, against the oracle
         sliver = [-reach, 3.2, reach, 3.7, reach * 0.7, 19.1, 12.3, -reach]
-        assert polygon_rle_counts(sliver, 20, 30) == rle_fr_poly(sliver, 20, 30)
+        assert polygon_rle_counts(sliver, 20, 30) == coco_polygon_rle(sliver, 20, 30)
     with pytest.raises(InputError, match="within"):
         segmentation_counts([[0, 0, 1e300, 0, 4, 4]], 20, 30)
 
@@ -187,17 +189,43 @@ coordinates = st.floats(-60, 60, allow_nan=False) | st.integers(-60, 60) | st.fl
 @settings(max_examples=60)
 @given(st.lists(st.tuples(coordinates, coordinates), min_size=1, max_size=7), st.integers(1, 9), st.integers(1, 9))
 def test_polygons_rasterise_exactly_as_pycocotools(points, h, w):
-    """Against rleFrPoly transcribed as written (tests/oracle.py), for polygons inside, across and outside the
-    image, with vertices on pixel centres and edges, flat and steep edges in both directions."""
+    """Against an independent rasteriser of COCO's convention (tests/oracle.py: crossing number at pixel centres
+    of the 5x-grid staircase boundary, on a dense mask), for polygons inside, across and outside the image, with vertices on pixel centres and edges, flat and steep edges in both directions."""
     xy = [float(v) for p in points for v in p]
-    assert polygon_rle_counts(xy, h, w) == rle_fr_poly(xy, h, w)
+    assert polygon_rle_counts(xy, h, w) == coco_polygon_rle(xy, h, w)
+
+
+def test_the_oracle_agrees_with_the_documented_cases():
+    """The oracle itself on the cases whose answer is known independently: COCO's bbox polygon covers columns
+    x0..x1-1 and rows y0..y1-1 in either orientation; a large triangle's area is close to the shoelace area."""
+    from oracle import coco_polygon_mask
+
+    expected = np.zeros((30, 40), dtype=bool)
+    expected[10:20, 10:20] = True
+    for rect in ([10, 10, 20, 10, 20, 20, 10, 20], [10, 10, 10, 20, 20, 20, 20, 10]):
+        assert (coco_polygon_mask(rect, 30, 40) == expected).all()
+    triangle = coco_polygon_mask([5.0, 5.0, 35.0, 8.0, 12.0, 28.0], 40, 40)
+    assert abs(int(triangle.sum()) - 334.5) < 0.05 * 334.5 and triangle[15, 15] and not triangle[35, 5]
+
+
+@pytest.mark.skipif(importlib.util.find_spec("pycocotools") is None, reason="pycocotools is not installed")
+@settings(max_examples=60)
+@given(st.lists(st.tuples(coordinates, coordinates), min_size=3, max_size=7), st.integers(1, 9), st.integers(1, 9))
+def test_polygons_rasterise_as_pycocotools_itself(points, h, w):
+    """Against pycocotools' own rasteriser where it is installed (it is optional: skipped otherwise); three
+    points at least (pycocotools reads four numbers as a bounding box)."""
+    from pycocotools import mask as mask_utils
+
+    xy = [float(v) for p in points for v in p]
+    theirs = mask_utils.decode(mask_utils.frPyObjects([xy], h, w))[:, :, 0].astype(bool)
+    assert (rle_decode(polygon_rle_counts(xy, h, w), h, w).numpy() == theirs).all()
 
 
 def test_the_oracle_comparison_can_fail():
     """A rasteriser off by one pixel column is caught."""
     xy = [1.0, 1.0, 7.0, 1.5, 4.0, 6.0]
     shifted = [v + 1.0 if i % 2 == 0 else v for i, v in enumerate(xy)]
-    assert polygon_rle_counts(shifted, 8, 8) != rle_fr_poly(xy, 8, 8)
+    assert polygon_rle_counts(shifted, 8, 8) != coco_polygon_rle(xy, 8, 8)
 
 
 @settings(max_examples=30)

@@ -22,10 +22,11 @@ import attrs
 import torch
 
 from ..maps import resize_maps
-from ..errors import PluginContractError, UnknownNameError, did_you_mean
+from ..errors import PluginContractError, UnknownNameError, did_you_mean, raised_in
 from ..method import Call, Method
 from .closed_forms import IDENTITY, Profile, compose_profiles
 from .contribution import Contribution
+from .factored import Factored
 from .sides import Store
 from .stats import STAT_KIND, Stat, as_stats
 
@@ -70,7 +71,7 @@ class Plan:
 
     name: str  # the method's canonical string
     extractor: Call
-    pre: tuple[Call, ...]
+    pre: tuple  # (filter record, kwargs) pairs, resolved here once rather than on every chunk
     profile: Optional[Profile]  # sign profile of the composed pre-filters; None if one has no profile
     post: tuple  # (filter record, kwargs) pairs
     key: str  # methods of one extractor with equal keys share one reduction
@@ -80,9 +81,9 @@ class Plan:
 
     @classmethod
     def of(cls, registry, method: Method) -> "Plan":
+        pre = tuple((registry.filters[c.name], c.kwargs) for c in method.pre)
         profile = IDENTITY
-        for call in method.pre:
-            spec = registry.filters[call.name]
+        for spec, _ in pre:
             if spec.sign_profile is None:
                 profile = None
                 break
@@ -92,13 +93,14 @@ class Plan:
         spec, kwargs = registry.aggregators[method.aggregator.name], method.aggregator.kwargs
         reads: tuple[Stat, ...] = ()
         if profile is not None and spec.closed_form is not None and spec.reads is not None:
-            declared = spec.reads(profile, **kwargs)
+            with raised_in(spec, "reads"):
+                declared = spec.reads(profile, **kwargs)
             try:
                 reads = as_stats(declared)
             except (TypeError, UnknownNameError) as e:
                 raise PluginContractError(
                     f"{_culprit(spec)}: reads{profile} returned {declared!r}: {e}") from None
-        return cls(str(method), method.extractor, method.pre, profile, post,
+        return cls(str(method), method.extractor, pre, profile, post,
                    f"{shared}|{method.aggregator}", spec, kwargs, reads)
 
 
@@ -124,11 +126,16 @@ class _LayerEvaluator:
         out = self.contributions.get(key)
         if out is None:
             spec = self.registry.extractors[call.name]
-            out = spec.fn(self.capture, **call.kwargs)
+            with raised_in(spec, "fn"):
+                out = spec.fn(self.capture, **call.kwargs)
             if not isinstance(out, Contribution):
                 raise PluginContractError(
                     f"{_culprit(spec)} returned {type(out).__name__}; expected a contribution form from "
                     "extagg.plugin (Dense, Scaled, Product or Factored)")
+            if spec.factored is not None and isinstance(out, Factored) != spec.factored:
+                raise PluginContractError(
+                    f"{_culprit(spec)} returned a {type(out).__name__} contribution but declares factored="
+                    f"{spec.factored}; declare factored={not spec.factored} (or None: undeclared)")
             want = tuple(self.capture.grad.shape[:2])  # (N, T) of the capture's gradient
             if len(out.shape) != 4 or tuple(out.shape[:2]) != want:
                 raise PluginContractError(f"{_culprit(spec)} returned a contribution of shape {out.shape}; "
@@ -151,10 +158,11 @@ class _LayerEvaluator:
         if stats:
             self.contribution(extractor).prefetch(list(stats))
 
-    def _apply(self, calls: tuple[Call, ...], x: torch.Tensor) -> torch.Tensor:
-        for call in calls:
-            spec = self.registry.filters[call.name]
-            out = spec.fn(x, **call.kwargs)
+    @staticmethod
+    def _apply(pre: tuple, x: torch.Tensor) -> torch.Tensor:
+        for spec, kwargs in pre:
+            with raised_in(spec, "fn"):
+                out = spec.fn(x, **kwargs)
             if not isinstance(out, torch.Tensor) or out.shape != x.shape:
                 got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
                 raise PluginContractError(f"{_culprit(spec)} returned {got} for an input of shape "
@@ -169,7 +177,9 @@ class _LayerEvaluator:
         if out is None:
             out = self.reduced[plan.key] = self._reduce(plan)
         for spec, kwargs in plan.post:
-            out = check_map(spec.fn(out, **kwargs), tuple(out.shape), out.dtype, spec, "the filter")
+            with raised_in(spec, "fn"):
+                got = spec.fn(out, **kwargs)
+            out = check_map(got, tuple(out.shape), out.dtype, spec, "the filter")
         return out
 
     def _reduce(self, plan: Plan) -> torch.Tensor:
@@ -177,7 +187,8 @@ class _LayerEvaluator:
         agg, kwargs, want = plan.spec, plan.kwargs, contribution.shape
         if self.closed_forms and plan.profile is not None and agg.closed_form is not None:
             try:
-                out = agg.closed_form(contribution, plan.profile, **kwargs)
+                with raised_in(agg, "closed_form"):
+                    out = agg.closed_form(contribution, plan.profile, **kwargs)
             except UnknownNameError as e:
                 if e.kind != STAT_KIND:
                     raise
@@ -190,25 +201,29 @@ class _LayerEvaluator:
             return self._dense(contribution.values, plan.pre, agg, kwargs)
         return self._chunked(contribution, plan.pre, agg, kwargs)
 
-    def _dense(self, values: torch.Tensor, pre: tuple[Call, ...], agg, kwargs) -> torch.Tensor:
+    def _dense(self, values: torch.Tensor, pre: tuple, agg, kwargs) -> torch.Tensor:
         """Filter and reduce (N, T, D, h, w) ``values`` along D, widened, a band of rows at a time."""
         n, t, d, h, w = values.shape
         rows = max(1, CHUNK_BUDGET // 2 // max(1, n * t * d * w))
         out = None
         for top in range(0, h, rows):
             band = values[:, :, :, top:top + rows]
-            r = check_map(agg.reduce(self._apply(pre, _widened(band)), dim=2, **kwargs),
-                          (n, t, band.shape[3], w), values.dtype, agg, "reduce")
+            x = self._apply(pre, _widened(band))
+            with raised_in(agg, "reduce"):
+                r = agg.reduce(x, dim=2, **kwargs)
+            r = check_map(r, (n, t, band.shape[3], w), values.dtype, agg, "reduce")
             if out is None:
                 out = torch.empty((n, t, h, w), dtype=values.dtype, device=values.device)
             out[:, :, top:top + rows] = r
         return out
 
-    def _chunked(self, c: Contribution, pre: tuple[Call, ...], agg, kwargs) -> torch.Tensor:
+    def _chunked(self, c: Contribution, pre: tuple, agg, kwargs) -> torch.Tensor:
         n, t, h, w = c.shape
         out = None
         for i, j, sl, values in c.materialise_chunks(CHUNK_BUDGET // 2):
-            r = agg.reduce(self._apply(pre, _widened(values)), dim=0, **kwargs)
+            x = self._apply(pre, _widened(values))
+            with raised_in(agg, "reduce"):
+                r = agg.reduce(x, dim=0, **kwargs)
             r = check_map(r, (values.shape[1],), values.dtype, agg, "reduce")
             if out is None:
                 out = torch.empty((n, t, h * w), dtype=values.dtype, device=values.device)

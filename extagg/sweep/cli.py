@@ -58,8 +58,8 @@ def add_sweep_command(subparsers) -> argparse.ArgumentParser:
     a("--hog-cell", type=int, default=None, help="HOG cell size of the randomisation similarity (default 16)")
     a("--tolerance", type=number_in(0, 1e6, low_open=True), default=None, help="pointing tolerance in pixels (default 15)")
     a("--identity-extractor", default=None, metavar="EXTRACTOR",
-      help="the real-layer extractor the identity metric compares each method with (default conv: a Conv2d's "
-           "own weight gradient)")
+      help="the real-layer extractor the identity metric compares each method with (default: the "
+           "metric's own, conv: a Conv2d's own weight gradient)")
     a("--batch-size", type=int, default=None, help=f"images per pass (default {default['batch_size']})")
     a("--curve-batch", type=int, default=None, help=f"images per curve forward pass (default {default['curve_batch']})")
     a("--seed", type=int, default=None, help="seed (default 0)")

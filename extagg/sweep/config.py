@@ -131,8 +131,9 @@ the model's, as ``extagg evaluate --class-map``; needed for labelled data whose 
 built-in metrics' parameters a metric string leaves out: ``steps`` and ``baseline`` of the
     deletion/insertion curves, ``randomise`` (blocks; default: the top-level children with parameters) and
     ``randomisation`` mode, ``hog_cell``, ``tolerance`` (pointing, pixels), ``identity_extractor`` (the real-layer
-    extractor the identity check compares each method with, at the layers it applies to: ``conv``, a Conv2d's own
-    weight gradient, as in the paper; a plugin's real-layer extractor works the same way). Execution: ``batch_size`` (images per
+    extractor the identity check compares each method with, at the layers it applies to; None: the identity
+    metric's own default, ``conv``, a Conv2d's own weight gradient, as in the paper; a plugin's real-layer extractor
+    works the same way; :meth:`resolved` fills it in before it is recorded). Execution: ``batch_size`` (images per
     pass), ``curve_batch`` (images per forward pass of the curves), ``seed``, ``run_dir``, ``device``,
     ``progress``, ``figures``.
     """
@@ -157,7 +158,7 @@ built-in metrics' parameters a metric string leaves out: ``steps`` and ``baselin
     randomisation: str = attrs.field(default="cascading", validator=_one_of("randomisation mode", RANDOMISATION_MODES))
     hog_cell: int = attrs.field(default=16, validator=_positive("hog_cell"))
     tolerance: float = 15.0
-    identity_extractor: str = attrs.field(default="conv", converter=str)
+    identity_extractor: Optional[str] = attrs.field(default=None, converter=attrs.converters.optional(str))
     class_map: Optional[str] = None
     batch_size: int = attrs.field(default=4, validator=_positive("batch_size"))
     curve_batch: int = attrs.field(default=64, validator=_positive("curve_batch"))
@@ -192,7 +193,7 @@ built-in metrics' parameters a metric string leaves out: ``steps`` and ``baselin
         metrics' parameters where a metric string leaves them out (``deletion(steps=4)`` wins over ``--steps``)."""
         curves = {"steps": self.steps, "baseline": self.baseline}
         return {"deletion": curves, "insertion": curves, "pointing": {"tolerance": self.tolerance},
-                "identity": {"extractor": self.identity_extractor},
+                "identity": {} if self.identity_extractor is None else {"extractor": self.identity_extractor},
                 "randomisation": {"mode": self.randomisation, "hog_cell": self.hog_cell}}
 
     def check_weights(self) -> None:
@@ -216,6 +217,15 @@ built-in metrics' parameters a metric string leaves out: ``steps`` and ``baselin
 
             raise UnknownNameError("configuration field", unknown[0], names)
         return cls(**d)
+
+    def resolved(self, registry) -> "SweepConfig":
+        """This config with the settings left to a metric's own default (None) filled in from ``registry``'s
+        metric, as a run directory records them (so a recorded value means the same whatever a later default)."""
+        identity = registry.metrics.get("identity")
+        if self.identity_extractor is not None or identity is None:
+            return self
+        default = next((p.default for p in identity.params if p.name == "extractor"), None)
+        return self if not isinstance(default, str) else attrs.evolve(self, identity_extractor=default)
 
     def result_dict(self) -> dict:
         """The fields that change the numbers (:data:`RESULT_FIELDS`)."""

@@ -96,12 +96,16 @@ def expand_methods(config: SweepConfig, registry: Registry) -> dict[str, str]:
 
 def is_slow(registry: Registry, method: str) -> bool:
     """True if the method's extractor gives a factored (outer-product) contribution and its aggregator, with its
-    pre-filters, has no closed form: phase 2 then materialises the contribution in chunks."""
+    pre-filters, has no closed form: phase 2 then materialises the contribution in chunks. The form is the
+    extractor's declared ``factored``; an extractor that leaves it undeclared (None) is called once on a small
+    synthetic capture to see, and counts as factored if that call fails."""
     parsed = registry.parse(method)
     plan = MethodPlan.of(registry, parsed)
     if plan.profile is not None and plan.spec.closed_form is not None:
         return False
     spec = registry.extractors[parsed.extractor.name]
+    if spec.factored is not None:
+        return spec.factored
     x = torch.ones(1, 4, 6, 6)
     capture = LayerCapture("probe", torch.nn.Conv2d(4, 4, 3, padding=1), output=x, input=x, grad=x[:, None])
     try:

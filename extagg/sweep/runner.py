@@ -120,6 +120,7 @@ def sweep(config: Optional[SweepConfig] = None, *, model: Optional[torch.nn.Modu
     group = Group.from_env(config.device)
     try:
         registry = registry or default_registry()
+        config = config.resolved(registry)
         _check_metric_calls(config, registry)  # before the model loads: a misspelt metric fails at once
         device = group.device(config.device)
         model, preprocess, samples, label = _load(config, model, preprocess, samples, device)
@@ -135,7 +136,7 @@ def sweep(config: Optional[SweepConfig] = None, *, model: Optional[torch.nn.Modu
         state = None
         if group.rank == 0:
             try:
-                store.check_config(record, defaults=SweepConfig().result_dict())
+                store.check_config(record, defaults=SweepConfig().resolved(registry).result_dict())
                 state = ("ok", store.load())
             except ExtaggError as exc:
                 state = ("error", str(exc))

@@ -81,7 +81,7 @@ NAMED = [
 
 @hookimpl
 def register_extractors(register):
-    register(Extractor(name="bias-value", fn=bias_value, applies_to=BIAS_LAYERS, applies_to_input=True,
+    register(Extractor(name="bias-value", factored=False, fn=bias_value, applies_to=BIAS_LAYERS, applies_to_input=True,
                        needs={"output", "input", "grad"},
                        formula="b_k * g_ku (Conv2d bias; BatchNorm2d: beta - gamma*mean/sqrt(var+eps)); x_u * g_u at input",
                        doc="The layer's real bias times its output gradient, per location (FullGrad's bias term; "

@@ -90,34 +90,36 @@ _KREQ = Param("k", int, doc="odd kernel size", check=_odd)
 
 @hookimpl
 def register_extractors(register):
-    register(Extractor(name="bias", fn=bias, formula="g_u",
+    register(Extractor(name="bias", factored=False, fn=bias, formula="g_u",
                        doc="Virtual bias after the layer: the gradient at each location."))
-    register(Extractor(name="scaling", fn=scaling, params=[_G], formula="x_u * f(g_u)",
+    register(Extractor(name="scaling", factored=False, fn=scaling, params=[_G], formula="x_u * f(g_u)",
                        doc="Virtual per-channel scaling after the layer: activation times gradient "
                            "('scaling(g=relu)': times the gradient's positive part, LayerCAM)."))
-    register(Extractor(name="pooled-scaling", fn=pooled_scaling, params=[_G, _POOL, _ALPHA_NORM, _ALPHA_EPS],
+    register(Extractor(name="pooled-scaling", factored=False, fn=pooled_scaling,
+                       params=[_G, _POOL, _ALPHA_NORM, _ALPHA_EPS],
                        formula="x_u * w, w = pool_v f(g_v) (mean | mass-weighted | Grad-CAM++ alpha-weighted)",
                        doc="Scaling whose gradient is pooled over space into channel weights: Grad-CAM (default), "
                            "XGrad-CAM (pool=mass), Grad-CAM++ (pool=alpha); g=relu|abs filters g before pooling."))
-    register(Extractor(name="conv1x1", fn=lambda c: identity_conv(c, 1), formula="vec(g_u x_u^T)",
+    register(Extractor(name="conv1x1", factored=True, fn=lambda c: identity_conv(c, 1), formula="vec(g_u x_u^T)",
                        doc="Virtual 1x1 identity convolution after the layer (NormGrad)."))
-    register(Extractor(name="conv3x3", fn=lambda c: identity_conv(c, 3), formula="vec(g_u p_u^T), p_u = 3x3 patch of x, zero pad 1",
+    register(Extractor(name="conv3x3", factored=True, fn=lambda c: identity_conv(c, 3), formula="vec(g_u p_u^T), p_u = 3x3 patch of x, zero pad 1",
                        neighbourhood=True, doc="Virtual 3x3 identity convolution after the layer."))
-    register(Extractor(name="iconv", fn=identity_conv, params=[_KREQ],
+    register(Extractor(name="iconv", factored=True, fn=identity_conv, params=[_KREQ],
                        formula="vec(g_u p_u^T), p_u = kxk patch of x, zero pad k//2", neighbourhood=True,
                        doc="Virtual kxk identity convolution after the layer, any odd k: 'iconv(k=5)'."))
-    register(Extractor(name="dwconv", fn=depthwise_conv, params=[_K],
+    register(Extractor(name="dwconv", factored=True, fn=depthwise_conv, params=[_K],
                        formula="(g_{k,u} x_{k,u+d})_{k,d}, d in kxk offsets", neighbourhood=True,
                        doc="Virtual depthwise kxk identity convolution after the layer."))
-    register(Extractor(name="conv", fn=real_conv, needs={"input", "grad"}, applies_to=(nn.Conv2d,),
+    register(Extractor(name="conv", factored=True, fn=real_conv, needs={"input", "grad"}, applies_to=(nn.Conv2d,),
                        formula="vec(g_u p_u^T), p_u = the conv's own input patch (kernel, stride, padding, dilation, groups)",
                        doc="The chosen Conv2d's own weight gradient, per output location (no identity trick)."))
-    register(Extractor(name="linear", fn=real_linear, needs={"input", "grad"}, applies_to=(nn.Linear,),
+    register(Extractor(name="linear", factored=True, fn=real_linear, needs={"input", "grad"}, applies_to=(nn.Linear,),
                        formula="vec(g_u x_in_u^T), u = a patch token",
                        doc="The chosen nn.Linear's own weight gradient per token, at a token layer (ViT MLPs, "
                            "projections); a Linear with a 2-D output has no map."))
-    register(Extractor(name="bn-scale", fn=bn_scale, needs={"input", "grad"}, applies_to=(nn.BatchNorm2d,),
+    register(Extractor(name="bn-scale", factored=False, fn=bn_scale, needs={"input", "grad"},
+                       applies_to=(nn.BatchNorm2d,),
                        formula="g_u * xhat_u, xhat = (x_in - mean) / sqrt(var + eps)",
                        doc="The chosen BatchNorm2d's real scale (weight) gradient, per location."))
-    register(Extractor(name="bn-bias", fn=bias, applies_to=(nn.BatchNorm2d,), formula="g_u",
+    register(Extractor(name="bn-bias", factored=False, fn=bias, applies_to=(nn.BatchNorm2d,), formula="g_u",
                        doc="The chosen BatchNorm2d's real bias gradient, per location."))

@@ -214,7 +214,12 @@ RANDOMISATION = Metric(
 
 
 # --------------------------------------------------------------------------------------------- identity
-def _twin(registry, method, module, extractor: str = "conv"):
+IDENTITY_EXTRACTOR = "conv"
+"""The identity metric's default real-layer extractor (the one definition: the sweep's ``identity_extractor``
+defaults to it through the metric's parameter)."""
+
+
+def _twin(registry, method, module, extractor: str = IDENTITY_EXTRACTOR):
     from extagg.plugin import Call
 
     if extractor not in registry.extractors:
@@ -236,7 +241,7 @@ def _twin(registry, method, module, extractor: str = "conv"):
     return str(attrs.evolve(parsed, extractor=Call(extractor, ()), named=None))
 
 
-def _identity(ctx, extractor: str = "conv"):
+def _identity(ctx, extractor: str = IDENTITY_EXTRACTOR):
     keys = ctx.keys
     base = ctx.maps_for()
     out: list = []
@@ -253,7 +258,7 @@ IDENTITY = Metric(
     companion=_twin,
     measures=[Measure(name="spearman", direction="higher", low=-1, high=1,
                       doc="Spearman between the method and the same method on the layer's real weights")],
-    params=[Param("extractor", str, "conv", "the real-layer extractor each method is compared with (conv: a "
+    params=[Param("extractor", str, IDENTITY_EXTRACTOR, "the real-layer extractor each method is compared with (conv: a "
                   "Conv2d's own weight gradient, as in the paper)")],
     doc="Identity check: the virtual identity layer after a conv against the conv's own parameters (the paper's "
         "identity trick); higher is better. Scored at the layers where the real-layer extractor fits.",
