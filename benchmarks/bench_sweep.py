@@ -32,7 +32,7 @@ import extagg
 
 # One representative per extractor for the reference way: a pre-filter and the norm make it one of the
 # dearer compositions of its extractor on the materialised path (a relu pass, squares, a reduction).
-ISSUE_LIST = [f"{e}{pre}+{a}" for e in ("bias", "scaling", "conv1x1", "conv3x3", "conv")
+CORE_SUBSET = [f"{e}{pre}+{a}" for e in ("bias", "scaling", "conv1x1", "conv3x3", "conv")
               for pre in ("", "+relu", "+abs") for a in ("sum", "max", "norm")]
 
 REFERENCE_REPS = {
@@ -55,7 +55,7 @@ def configs(arch: str, batch: int, device: str):
         "extagg all": lambda: extagg.saliency(model, images, methods, layers, targets=targets, mismatched="skip"),
         "extagg all but dwconv": lambda: extagg.saliency(model, images, [m for m in methods if not m.startswith("dwconv")],
                                                          layers, targets=targets, mismatched="skip"),
-        "extagg core subset": lambda: extagg.saliency(model, images, ISSUE_LIST, layers, targets=targets,
+        "extagg core subset": lambda: extagg.saliency(model, images, CORE_SUBSET, layers, targets=targets,
                                                      mismatched="skip"),
         "extagg gradcam": lambda: extagg.saliency(model, images, C.GRADCAM, C.LAYERS[arch], targets=targets),
     }
