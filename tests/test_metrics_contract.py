@@ -384,7 +384,7 @@ def test_a_nan_map_makes_only_its_own_image_combination_nan():
                          layer_order=("0", "3"))
     driver = Driver(model, None, reg, layout, [])
     x = torch.stack([s.image for s in samples])
-    clean, _ = driver.maps(model, x, ["scaling+sum"], torch.zeros(2, 1, dtype=torch.long), (32, 32))
+    clean = driver.maps(model, x, ["scaling+sum"], torch.zeros(2, 1, dtype=torch.long), (32, 32))
     import extagg.evaluation.driver as driver_module
 
     real = driver_module.run_saliency
@@ -396,7 +396,7 @@ def test_a_nan_map_makes_only_its_own_image_combination_nan():
 
     driver_module.run_saliency = poisoned
     try:
-        maps, _ = driver.maps(model, x, ["scaling+sum"], torch.zeros(2, 1, dtype=torch.long), (32, 32))
+        maps = driver.maps(model, x, ["scaling+sum"], torch.zeros(2, 1, dtype=torch.long), (32, 32))
     finally:
         driver_module.run_saliency = real
     combined = maps["scaling+sum", "combine:sum:uniform"]

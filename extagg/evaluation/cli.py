@@ -134,12 +134,12 @@ def run_evaluate(args, out=None) -> int:
     methods = args.methods
     if args.metric != "identity" and not methods:
         raise InputError("--methods is required for this metric (method strings or patterns, e.g. 'gradcam' '*+norm')")
-    name = args.metric.split("(")[0].strip()
-    if name == "pointing" and args.metric.strip() == "pointing":
+    metric = args.metric.strip()
+    if metric == "pointing":
         records = pointing_game(model, data, methods, args.layers, difficult=args.difficult_file or "rule",
                                 tolerance=args.tolerance, smooth=args.smooth, spatial_softmax=args.spatial_softmax,
                                 per_class=args.per_class, class_map=args.class_map, **common)
-    elif name == "identity" and args.metric.strip() == "identity":
+    elif metric == "identity":
         pair = tuple(args.methods) if args.methods else IDENTITY_DEFAULT
         records = identity_check(model, data, args.layers, methods=pair, targets=args.targets or "label",
                                  batch_size=args.batch_size, tolerance=args.tolerance,
@@ -157,27 +157,17 @@ def run_evaluate(args, out=None) -> int:
 
 def _run_driver(args, model, data, preprocess, progress, out) -> int:
     """Any metric call through the one driver (:func:`extagg.evaluation.evaluate`): typed rows."""
-    from .class_map import resolve_class_map
+    from .records import format_rows
     from .results import RESULT_FIELDS
     from .run import evaluate
 
     defaults = {"steps": args.steps, "baseline": args.baseline, "tolerance": args.tolerance, "mode": args.mode,
                 "hog_cell": args.hog_cell}
     settings = {"randomise": args.randomise, "curve_batch": args.curve_batch_size}
-    targets = args.targets or "predicted"
-    if targets == "label" or args.class_map:
-        names = getattr(data, "class_names", None)
-        if names is None:
-            raise InputError("--targets label needs data that declares its classes (voc, coco, folder)")
-        from ..evaluation.common import logits, model_inputs
-
-        first = next(iter(data))
-        settings["class_map"] = resolve_class_map(args.class_map, num_data_classes=len(names), data_names=names,
-                                                  num_model_classes=logits(model, model_inputs(
-                                                      model, [first.image], preprocess)).shape[1])
     result = evaluate(model, data, args.methods, args.layers, [args.metric], preprocess=preprocess,
-                      batch_size=args.batch_size, limit=args.limit, progress=progress, targets=targets,
-                      seed=args.seed, defaults=defaults, settings=settings)
+                      batch_size=args.batch_size, limit=args.limit, progress=progress,
+                      targets=args.targets or "predicted", seed=args.seed, defaults=defaults, settings=settings,
+                      class_map=args.class_map)
     rows = [r.as_dict() for r in result.rows]
     if args.output:
         import json
@@ -190,17 +180,10 @@ def _run_driver(args, model, data, preprocess, progress, out) -> int:
         text = (to_csv(rows, RESULT_FIELDS) if args.output.lower().endswith(".csv")
                 else json.dumps([jsonable(r) for r in rows], indent=1, allow_nan=False))
         write_atomic(Path(args.output), text)
-    widths = {f: max([len(f)] + [len(_fmt(r[f])) for r in rows]) for f in RESULT_FIELDS}
-    print("  ".join(f.ljust(widths[f]) for f in RESULT_FIELDS), file=out)
-    for r in rows:
-        print("  ".join(_fmt(r[f]).ljust(widths[f]) for f in RESULT_FIELDS), file=out)
+    print(format_rows(rows, RESULT_FIELDS), file=out)
     if args.output:
         print(f"wrote {len(rows)} rows to {args.output}", file=out)
     return 0
-
-
-def _fmt(v) -> str:
-    return f"{v:.4f}" if isinstance(v, float) else str(v)
 
 
 def main(argv: Optional[list[str]] = None) -> int:

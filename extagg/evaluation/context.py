@@ -38,19 +38,16 @@ class BatchContext:
         self._work = work
         self._companions = companions
         self._blocks = blocks
-        self._columns: dict[int, dict] = {}
-        self.native: dict = {}
 
     @property
     def n(self) -> int:
         return self.x.shape[0]
 
     # ----------------------------------------------------------------- maps of the shared pass
-    def set_columns(self, columns: list[torch.Tensor], maps: dict, native: dict) -> None:
+    def set_columns(self, columns: list[torch.Tensor], maps: dict) -> None:
         """Called by the driver: ``maps[key]`` is (N, T, H, W) for the T ``columns`` (N,) in order."""
         self._column_list = columns
         self._column_maps = maps
-        self.native = native
 
     def maps_for(self, column: Optional[torch.Tensor] = None) -> dict:
         """``{(method, layer): (N, H, W)}`` maps of the shared pass for the (N,) classes ``column`` (default: the
@@ -71,7 +68,7 @@ class BatchContext:
         ``targets``, with the run's layer combinations, resized to ``size`` (default: the input size)."""
         if targets.ndim == 1:
             targets = targets[:, None]
-        return self._maps(model, self.x, methods, targets, size or self.size)[0]
+        return self._maps(model, self.x, methods, targets, size or self.size)
 
     # ----------------------------------------------------------------- a copy of the model
     def work_model(self) -> torch.nn.Module:

@@ -199,33 +199,31 @@ class Driver:
         when one is given) or a class index (as a string or int).
     :param settings: shared settings metrics read from the context: ``randomise`` (blocks or patterns),
         ``class_map`` (a :class:`~extagg.evaluation.class_map.ClassMap`), anything a plugin documents.
+    :param blocks: the randomisation blocks, output first, when already resolved (the sweep's plan records them);
+        otherwise :func:`~extagg.evaluation.randomisation.cascading_order` of ``randomise`` on the first batch.
     """
 
     def __init__(self, model, preprocess, registry, layout: Layout, calls: Sequence[MetricCall], *,
-                 targets="predicted", seed: int = 0, settings: Optional[dict] = None, mismatched: str = "skip"):
+                 targets="predicted", seed: int = 0, settings: Optional[dict] = None, mismatched: str = "skip",
+                 blocks: Optional[Sequence[str]] = None):
         self.model, self.preprocess, self.registry, self.layout = model, preprocess, registry, layout
         self.calls = list(calls)
         self.targets_mode, self.seed = str(targets), seed
         self.settings = dict(settings or {})
         self.mismatched = mismatched
         self._work = None
-        self._blocks = None
+        self._blocks = list(blocks) if blocks else None
 
     # ----------------------------------------------------------------- shared passes
-    def maps(self, model, x, methods, targets, size) -> tuple[dict, dict]:
-        """({(method, layer): (N, T, H, W) resized to ``size``}, {key: native (h, w)}), combinations included."""
+    def maps(self, model, x, methods, targets, size) -> dict:
+        """{(method, layer): (N, T, H, W) resized to ``size``}, layer combinations included."""
         from ..combine import combine
-        from ..maps import resize_maps
         from ..sweep.config import parse_combination
 
         layout = self.layout
         methods = list(layout.methods if methods is None else methods)
-        raw, _ = run_saliency(model, x, methods, list(layout.layers), targets=targets, resize=False,
-                              mismatched=self.mismatched, registry=self.registry)
-        maps, native = {}, {}
-        for key, m in raw.items():
-            native[key] = tuple(m.shape[-2:])
-            maps[key] = resize_maps(m, size)
+        maps, _ = run_saliency(model, x, methods, list(layout.layers), targets=targets, resize=size,
+                               mismatched=self.mismatched, registry=self.registry)
         for method, layers in layout.combined.items():
             if method not in methods:
                 continue
@@ -239,8 +237,7 @@ class Driver:
                 mode, weighting = parse_combination(label.removeprefix("combine:"))
                 combined = combine(parts, weighting, mode, order=layout.layer_order, size=size)
                 maps[method, label] = combined.masked_fill(bad.to(combined.device)[:, None, None, None], math.nan)
-                native[method, label] = max((native[method, layer] for layer in layers), key=lambda s: s[0] * s[1])
-        return maps, native
+        return maps
 
     def work(self):
         """(a deep copy of the model, its trained state dict), made once per driver."""
@@ -308,8 +305,7 @@ class Driver:
             if not any(torch.equal(c, u) for u in unique):
                 unique.append(c)
         methods = list(self.layout.methods) + self.layout.companion_methods()
-        maps, native = self.maps(self.model, x, methods, torch.stack(unique, 1), size)
-        ctx.set_columns(unique, maps, native)
+        ctx.set_columns(unique, self.maps(self.model, x, methods, torch.stack(unique, 1), size))
         return ctx
 
     def run(self, samples, want: Callable[[MetricCall], bool] = lambda call: True

@@ -106,10 +106,15 @@ def write_records(records: Iterable[Record], path: Union[str, os.PathLike]) -> N
         f.write(text)
 
 
+def format_rows(rows: Sequence[dict], fields: Sequence[str]) -> str:
+    """A fixed-width text table of dict rows (floats to 4 decimals), one column per field (for the command line)."""
+    cells = [[f"{r[f]:.4f}" if isinstance(r[f], float) else str(r[f]) for f in fields] for r in rows]
+    widths = [max([len(h)] + [len(row[i]) for row in cells]) for i, h in enumerate(fields)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(fields, widths))]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in cells]
+    return "\n".join(lines)
+
+
 def format_table(records: Sequence[Record]) -> str:
     """A fixed-width text table of the records (for the command line)."""
-    rows = [[r.method, r.layer, r.subset, r.metric, f"{r.value:.4f}", str(r.count)] for r in records]
-    widths = [max([len(h)] + [len(row[i]) for row in rows]) for i, h in enumerate(FIELDS)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(FIELDS, widths))]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in rows]
-    return "\n".join(lines)
+    return format_rows([r.as_dict() for r in records], FIELDS)

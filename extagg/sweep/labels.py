@@ -13,15 +13,13 @@ from typing import Optional, Sequence
 
 from ..errors import InputError
 from ..evaluation.class_map import ClassMap, resolve_class_map
-from .config import SweepConfig, metric_name
+from .config import SweepConfig
 
 
 def reads_labels(config: SweepConfig, calls=()) -> bool:
-    """Whether the run reads labels: ``--targets label``, or a metric that declares ``needs={"labels"}``
-    (``calls``: the resolved metric calls; without them, the built-in ``pointing`` by name)."""
-    if calls:
-        return config.targets == "label" or any("labels" in c.metric.needs for c in calls)
-    return config.targets == "label" or any(metric_name(m) == "pointing" for m in config.metrics)
+    """Whether the run reads labels: ``--targets label``, or one of the resolved metric ``calls`` declares
+    ``needs={"labels"}``."""
+    return config.targets == "label" or any("labels" in c.metric.needs for c in calls)
 
 
 def _key(name: str) -> str:

@@ -115,13 +115,11 @@ def is_slow(registry: Registry, method: str) -> bool:
     return isinstance(out, Factored)
 
 
-def make_plan(config: SweepConfig, model: torch.nn.Module, registry: Registry, image_ids: list[str],
-              example: torch.Tensor, layers: list[str]) -> SweepPlan:
-    from ..evaluation.driver import make_layout, parse_metric
-    from ..evaluation.randomisation import cascading_order
+def metric_calls(config: SweepConfig, registry: Registry) -> list:
+    """The configured metrics resolved against ``registry`` (the options ``--steps``, ... fill parameters a call
+    leaves out); two texts that resolve to the same call are refused."""
+    from ..evaluation.driver import parse_metric
 
-    asked = expand_methods(config, registry)
-    methods = list(asked)
     calls = []
     for text in config.metrics:
         call = parse_metric(registry, text, config.metric_defaults().get(metric_name(text)))
@@ -130,6 +128,18 @@ def make_plan(config: SweepConfig, model: torch.nn.Module, registry: Registry, i
 
             raise InputError(f"metrics {text!r} and {str(call)!r} are the same metric call")
         calls.append(call)
+    return calls
+
+
+def make_plan(config: SweepConfig, model: torch.nn.Module, registry: Registry, image_ids: list[str],
+              example: torch.Tensor, layers: list[str], calls=None) -> SweepPlan:
+    """The plan of a sweep; ``calls``: :func:`metric_calls` of ``config`` when already resolved."""
+    from ..evaluation.driver import make_layout
+    from ..evaluation.randomisation import cascading_order
+
+    asked = expand_methods(config, registry)
+    methods = list(asked)
+    calls = metric_calls(config, registry) if calls is None else list(calls)
     order = [n for n, _ in execution_order(model, example)]
     position = {n: i for i, n in enumerate(order)}
     layer_order = tuple(sorted((layer for layer in layers if layer != "input"),

@@ -16,6 +16,7 @@ from typing import Iterable, Optional
 import attrs
 
 from ..evaluation.results import IMAGE_FIELDS, RESULT_FIELDS, ImageValue, Result, jsonable, reduce_values
+from ..evaluation.run import directions
 from ..metric_spec import FLOOR_PREFIX, Direction
 from .plan import SweepPlan
 from .store import Unit
@@ -39,13 +40,9 @@ def per_image_values(plan: SweepPlan, done: dict[Unit, list]) -> list[ImageValue
     return out
 
 
-def directions(plan: SweepPlan) -> dict:
-    return {(str(c), m.name): m.direction for c in plan.calls for m in c.metric.measures}
-
-
 def reduce_rows(plan: SweepPlan, done: dict[Unit, list]) -> list[Result]:
     """The summary rows: one per (method, layer, metric, measure, subset)."""
-    return reduce_values(per_image_values(plan, done), directions(plan))
+    return reduce_values(per_image_values(plan, done), directions(plan.calls))
 
 
 def to_csv(rows: Iterable[dict], fields: tuple[str, ...]) -> str:

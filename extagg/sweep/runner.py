@@ -15,7 +15,7 @@ from .config import SweepConfig
 from .cost import estimate, preview
 from .distributed import Group
 from .fingerprint import KeptRandomState, model_record
-from .plan import SweepPlan, make_plan
+from .plan import SweepPlan, make_plan, metric_calls
 from .results import (PER_IMAGE_FIELDS, SUMMARY_FIELDS, Row, per_image_values, reduce_rows, summary_table, to_csv,
                       to_jsonl)
 from .store import RunStore, write_atomic
@@ -121,13 +121,13 @@ def sweep(config: Optional[SweepConfig] = None, *, model: Optional[torch.nn.Modu
     try:
         registry = registry or default_registry()
         config = config.resolved(registry)
-        _check_metric_calls(config, registry)  # before the model loads: a misspelt metric fails at once
+        calls = metric_calls(config, registry)  # before the model loads: a misspelt metric fails at once
         device = group.device(config.device)
         model, preprocess, samples, label = _load(config, model, preprocess, samples, device)
         torch.manual_seed(config.seed)
         example = model_inputs(model, [samples[0].image], preprocess)
         layers = select_layers(model, list(config.layers), example)
-        plan = make_plan(config, model, registry, [s.image_id for s in samples], example, layers)
+        plan = make_plan(config, model, registry, [s.image_id for s in samples], example, layers, calls)
         class_map = _class_map(config, plan, model, example, samples)
         record = {"config": config.result_dict(), "plan": plan.as_dict(), "versions": versions(registry, config, label)}
         record["model"] = model_record(model, preprocess)  # weights fingerprint + preprocessing, checked on resume
@@ -180,14 +180,6 @@ def sweep(config: Optional[SweepConfig] = None, *, model: Optional[torch.nn.Modu
 def _batch_units(plan: SweepPlan, batch: tuple[int, ...]):
     ids = [plan.image_ids[i] for i in batch]
     return [u for metric in plan.metrics for u in plan.units(metric, ids)]
-
-
-def _check_metric_calls(config, registry) -> None:
-    from ..evaluation.driver import parse_metric
-    from .config import metric_name
-
-    for text in config.metrics:
-        parse_metric(registry, text, config.metric_defaults().get(metric_name(text)))
 
 
 def _class_map(config, plan, model, example, samples):

@@ -2,8 +2,8 @@
 
 ``units.jsonl`` holds one JSON object per finished unit ``{"method", "layer", "metric", "image", "values"}``
 (``values``: ``[[subset, measure, class or null, number or null], ...]``), appended with flush + fsync. A line cut
-short by a kill
-(no final newline) is discarded and cut off the file before the next append; a unit logged twice counts once.
+short by a kill (no final newline) is discarded and cut off the file before the next append; a unit logged twice
+counts once.
 ``config.json`` holds the configuration fields that change the numbers, the resolved plan, the model's
 fingerprint and preprocessing, and the versions; a run directory refuses a different configuration, plan or model.
 

@@ -14,7 +14,7 @@ import math
 
 import torch
 
-from extagg.plugin import (Cost, Measure, Metric, Param, Value, hookimpl, seed_of, similarities_to,
+from extagg.plugin import (Cost, Measure, Metric, Param, Value, floats, hookimpl, seed_of, similarities_to,
                            similarity_reference, spearman)
 
 CROSS, SMOOTH = "floor:cross-image", "floor:smooth-noise"
@@ -23,14 +23,10 @@ SIMILARITY_PIXELS = 1 << 22
 """Map pixels (keys x images x H x W) whose randomisation similarities are computed in one batched call."""
 
 
-def _floats(t: torch.Tensor) -> list[float]:
-    return [float(v) for v in t.detach().reshape(-1).to("cpu", torch.float64)]
-
-
 def _emit(out: list, keys, subset: str, measures: dict) -> None:
     """Append Values from {measure: (len(keys) * N,) tensor} laid out key-major."""
     for measure, t in measures.items():
-        vals = _floats(t)
+        vals = floats(t)
         n = len(vals) // max(1, len(keys))
         for j, k in enumerate(keys):
             for i in range(n):
