@@ -52,6 +52,7 @@ from .randomisation import cascading_order, execution_positions, randomise_modul
 from .records import Record, format_table, records_of, records_to_csv, records_to_json, summarise, write_records
 from .results import ImageValue, Result, reduce_values
 from .run import Evaluation, evaluate
+from .score import score
 from .shorthands import class_sensitivity, faithfulness, parameter_randomisation
 from .sensitivity import top_bottom_classes
 from .similarity import average_ranks, hog, hog_similarity, map_similarities, minmax, spearman, ssim
@@ -63,6 +64,6 @@ __all__ = [
     "gaussian_smooth", "hog", "hog_similarity", "identity_check", "load_image", "map_similarities", "minmax",
     "parameter_randomisation", "pointing_game", "pointing_hit", "polygon_rle_counts", "randomise_module",
     "read_difficult_flags", "records_to_csv", "records_to_json", "rle_counts_from_string", "rle_decode",
-    "saliency_point", "spatial_softmax_objective", "spearman", "ssim", "summarise", "top_bottom_classes",
+    "saliency_point", "score", "spatial_softmax_objective", "spearman", "ssim", "summarise", "top_bottom_classes",
     "voc_sample", "write_difficult_flags", "write_records",
 ]

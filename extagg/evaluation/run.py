@@ -40,6 +40,35 @@ class Evaluation:
         ``measure`` by default the metric's first, ``subset`` by default its headline subset."""
         return find(self.rows, method, layer, metric, measure, subset, calls=self.calls).value
 
+    def per_image(self, metric: Optional[str] = None, measure: Optional[str] = None, subset: Optional[str] = None,
+                  method: Optional[str] = None, layer: Optional[str] = None) -> list[float]:
+        """The per-image values of one (method, layer, metric, measure, subset), in image order. Each argument
+        may be left out where only one choice exists (``subset``: the first non-floor subset; ``measure``: the
+        metric's first)."""
+        from ..metric_spec import FLOOR_PREFIX
+
+        rows = list(self.values)
+        texts = {str(c): c for c in self.calls}
+        if metric is not None:
+            wanted = {t for t, c in texts.items() if metric in (t, c.name)}
+            if not wanted:
+                raise InputError(f"no metric {metric!r} in this evaluation; it has {sorted(texts)}")
+            rows = [v for v in rows if v.metric in wanted]
+        for field, want in (("method", method), ("layer", layer)):
+            if want is not None:
+                rows = [v for v in rows if want in (getattr(v, field), v.canonical if field == "method" else None)]
+        if measure is None:
+            call = texts.get(rows[0].metric) if rows else None
+            measure = call.metric.measures[0].name if call is not None else None
+        rows = [v for v in rows if v.measure == measure]
+        if subset is None:
+            subset = next((v.subset for v in rows if not v.subset.startswith(FLOOR_PREFIX)), None)
+        rows = [v for v in rows if v.subset == subset]
+        if len({(v.metric, v.method, v.layer) for v in rows}) > 1:
+            raise InputError("several metrics, methods or layers match; name the one you want "
+                             f"({sorted({(v.metric, v.method, v.layer) for v in rows})[:4]} ...)")
+        return [v.value for v in rows]
+
 
 def _class_map(model, data, preprocess, class_map):
     """The class map of a labelled evaluation (None when the data declares no classes: labels are then the
