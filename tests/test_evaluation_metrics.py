@@ -547,3 +547,20 @@ def test_similarity_reference_bad_input_errors():
         similarities_to(similarity_reference(a), b[:5])
     with pytest.raises(InputError, match="at least 11x11"):
         similarity_reference(a[:, :8, :8], hog_cell=2)
+
+
+def test_similarity_reference_keeps_no_float64_per_pixel_statistics():
+    """The randomisation test holds one reference per map for all its steps: the reference keeps the ranks in
+    float32 (exact: multiples of 1/2 below 2**22) and the maps, 12 bytes per float32 pixel, not the ~40 of float64
+    ranks and SSIM statistics. Guards the memory of the randomisation metric, whose results stay bit for bit
+    (test above)."""
+    from extagg.evaluation.similarity import similarity_reference
+
+    a, _ = _similarity_maps(torch.float32)
+    ref = similarity_reference(a, hog_cell=8)
+    per_pixel = sum(t.numel() * t.element_size() for t in (ref.signed[0], ref.absolute[0], ref.maps)) / a.numel()
+    assert per_pixel == 12
+    assert ref.signed[0].dtype == torch.float32
+    from extagg.evaluation.similarity import average_ranks
+
+    assert torch.equal(ref.signed[0].double(), average_ranks(a.double().flatten(-2)))

@@ -220,9 +220,16 @@ def map_similarities(a: torch.Tensor, b: torch.Tensor, *, hog_cell: int = 16) ->
     return similarities_to(similarity_reference(a, hog_cell=hog_cell), b)
 
 
+EXACT_RANKS = 1 << 22
+"""Average ranks (multiples of 1/2 up to P) are exact in float32 for P <= 2**22 pixels: a reference keeps them so."""
+
+
 @attrs.frozen
 class SimilarityReference:
-    """The work of :func:`map_similarities` on its first maps alone (ranks, SSIM statistics, HOG ranks)."""
+    """The work of :func:`map_similarities` on its first maps alone, kept small for many comparisons (the
+    randomisation test holds one per map for all its steps): the ranks (exact in float32 up to
+    :data:`EXACT_RANKS` pixels, float64 above), the HOG ranks, and the maps themselves, whose SSIM statistics are
+    recomputed per comparison (a Gaussian filter, cheap next to a sort) instead of kept as three float64 copies."""
 
     shape: tuple
     device: torch.device
@@ -230,8 +237,19 @@ class SimilarityReference:
     hog_cell: int
     signed: tuple
     absolute: tuple
-    ssim: tuple
+    maps: torch.Tensor
     hog: tuple
+
+
+def _compact(side: tuple) -> tuple:
+    ranks, flags = side
+    return (ranks.to(torch.float32) if ranks.dtype == torch.float64 and ranks.shape[-1] <= EXACT_RANKS else ranks,
+            flags)
+
+
+def _widen(side: tuple) -> tuple:
+    ranks, flags = side
+    return _float(ranks), flags
 
 
 def similarity_reference(a: torch.Tensor, *, hog_cell: int = 16) -> SimilarityReference:
@@ -239,9 +257,9 @@ def similarity_reference(a: torch.Tensor, *, hog_cell: int = 16) -> SimilarityRe
     eps = _eps(a)
     x, _ = _pair(a, a, 2, "map_similarities")
     a01 = minmax(a)
-    return SimilarityReference(tuple(a.shape), x.device, eps, hog_cell, _rank_side(x, eps, 2),
-                               _rank_side(_float(a.abs()), eps, 2), _ssim_side(*_ssim_args(a01)),
-                               _hog_side(a01, hog_cell))
+    _ssim_args(a01)  # the size check, once, up front
+    return SimilarityReference(tuple(a.shape), x.device, eps, hog_cell, _compact(_rank_side(x, eps, 2)),
+                               _compact(_rank_side(_float(a.abs()), eps, 2)), a.detach(), _hog_side(a01, hog_cell))
 
 
 def similarities_to(reference: SimilarityReference, b: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -253,9 +271,10 @@ def similarities_to(reference: SimilarityReference, b: torch.Tensor) -> dict[str
     b = b.to(reference.device)
     b01 = minmax(b)
     return {
-        "spearman": _rank_pair(reference.signed, _rank_side(_float(b), eps, 2)),
-        "spearman_abs": _rank_pair(reference.absolute, _rank_side(_float(b.abs()), eps, 2)),
-        "ssim": _ssim_pair(reference.ssim, _ssim_side(*_ssim_args(b01)), 1.0, 0.01, 0.03, True),
+        "spearman": _rank_pair(_widen(reference.signed), _rank_side(_float(b), eps, 2)),
+        "spearman_abs": _rank_pair(_widen(reference.absolute), _rank_side(_float(b.abs()), eps, 2)),
+        "ssim": _ssim_pair(_ssim_side(*_ssim_args(minmax(reference.maps))), _ssim_side(*_ssim_args(b01)), 1.0,
+                           0.01, 0.03, True),
         "hog": _rank_pair(reference.hog, _hog_side(b01, reference.hog_cell)),
     }
 
