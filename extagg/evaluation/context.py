@@ -96,6 +96,16 @@ class BatchContext:
                                          baseline=baseline, batch_size=batch_size)
         return [floats(auc) for auc in trapezoid(curves)]
 
+    def forwards(self, batch_size: int = 64):
+        """The batch's :class:`~extagg.evaluation.perturbation.Forwards` (made on first use, shared by every
+        metric of the batch): perturbed copies of the images, each distinct one forwarded once, reading the
+        explained classes."""
+        if getattr(self, "_forwards", None) is None:
+            from .perturbation import Forwards
+
+            self._forwards = Forwards(self.model, self.x, self.explained, batch_size)
+        return self._forwards
+
     # ----------------------------------------------------------------- floors
     def smooth_noise(self, key, maps: torch.Tensor, salt: str = "") -> torch.Tensor:
         """(N, H, W) random maps exactly as smooth as ``maps`` (the maps of ``key``): amplitude-adjusted Fourier
