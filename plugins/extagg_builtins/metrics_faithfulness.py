@@ -246,15 +246,16 @@ def monotonicity_correlation(fw: Forwards, maps: torch.Tensor, seeds, nr_samples
     y = fw.values(fw.source(range(n)), "prob")
     inv = torch.where(y.abs() >= eps, 1 / y.abs(), torch.ones_like(y)) ** 2
     atts = torch.empty(p, n, steps, dtype=torch.float64)
-    var = torch.empty(p, n, steps, dtype=torch.float64)
     index = torch.arange(n).repeat(p).repeat_interleave(nr_samples)  # (P * N * S,) p-major, then image, sample
+    ids = torch.empty(p, n, steps, nr_samples, dtype=torch.long)
     for k in range(steps):
         feats = order[..., k * features_in_step:(k + 1) * features_in_step]  # (P, N, s)
         atts[..., k] = flat.gather(2, feats).sum(-1)
         rows = feats[:, :, None].expand(p, n, nr_samples, -1).reshape(p * n * nr_samples, -1)
         vals = draws[:, k][None].expand(p, n, nr_samples).reshape(-1, 1)
-        probs = fw.values(replaced_at(fw, index, rows, vals), "prob").view(p, n, nr_samples)
-        var[..., k] = ((probs - y[None, :, None]) ** 2).mean(-1) * inv
+        ids[:, :, k] = torch.tensor(replaced_at(fw, index, rows, vals)).view(p, n, nr_samples)
+    probs = fw.values(ids, "prob")  # (P, N, K, S)
+    var = ((probs - y[None, :, None, None]) ** 2).mean(-1) * inv[None, :, None]
     return spearman_ties(atts, var)
 
 
