@@ -59,7 +59,7 @@ from .method import Call
 from .evaluation.context import floats, seed_of
 from .evaluation.difficult import difficult_by_rule
 from .evaluation.perturbation import (Forwards, average_ranks, feature_ranks, group_ranks, linear_imputation,
-                                      pearson, replaced, replaced_at, spearman_ties, trapezoid)
+                                      pearson, replaced, replaced_at, spearman_ties, unit_trapezoid)
 from .evaluation.pointing import center_point, pointing_hit, saliency_point
 from .evaluation.randomisation import randomise_module
 from .multipass import LazyWeights, chunk_problem, count_problem, noise
@@ -77,5 +77,5 @@ __all__ = [
     "similarity_reference", "spearman", "ssim", "KEEP", "Modulate", "Rule", "Swap", "UnsupportedLayerError",
     "refuse_modules", "rules_installed", "class_logits", "LazyWeights", "chunk_problem", "count_problem", "noise",
     "Forwards", "average_ranks", "feature_ranks", "group_ranks", "linear_imputation", "pearson", "replaced",
-    "replaced_at", "spearman_ties", "trapezoid",
+    "replaced_at", "spearman_ties", "unit_trapezoid",
 ]

@@ -110,6 +110,27 @@ def test_region_perturbation(case_name, patch_size, order, request):
     np.testing.assert_allclose(out.per_image(measure="aopc"), q.sum(1) / (q.shape[1] + 1), rtol=1e-5)
 
 
+def test_region_perturbation_random_order(rgb, monkeypatch):
+    """order=random: the curve equals Quantus's with its per-image permutations replaced by extagg's seeded ones
+    (and the map does not matter)."""
+    model, x, y, maps = rgb
+    perms = iter([mf.random_order(seed_of(0, str(i), "region-perturbation"), 9).numpy() for i in range(len(x))])
+    monkeypatch.setattr(np.random, "permutation", lambda k: next(perms))
+    q = theirs(quantus.RegionPerturbation, model, x, y, maps["input"], order="random")
+    monkeypatch.undo()
+    got = ours("region-perturbation(order=random)", model, x, y, -maps["input"], "auc")
+    np.testing.assert_allclose(got, np.trapezoid(q, axis=1), rtol=1e-5)
+
+
+def test_abs_parameter(gray):
+    """abs=true ranks |map| (Quantus's abs=True): equal to Quantus, and different from the signed ranking."""
+    model, x, y, maps = gray
+    q = theirs(quantus.PixelFlipping, model, x, y, maps["input"], features_in_step=128, abs=True)
+    got = ours("pixel-flipping(features_in_step=128,abs=true)", model, x, y, maps["input"])
+    np.testing.assert_allclose(got, np.trapezoid(q, axis=1), rtol=1e-6)
+    assert not np.allclose(ours("pixel-flipping(features_in_step=128)", model, x, y, maps["input"]), got)
+
+
 @pytest.mark.parametrize("patch_size", [5])
 def test_selectivity(rgb, patch_size):
     """Curves equal Quantus's; 24 px with 5-px patches pads the grid (one row / column of padding)."""

@@ -65,8 +65,8 @@ class Forwards:
         self._weights = torch.randint(-2 ** 62, 2 ** 62, (2, features), generator=g).to(self.device)
         self._seen: dict = {}
         self._pending: list = []  # (id, index, image)
-        self._out: list[torch.Tensor] = []  # per flushed block: (B, 3) float64
-        self._where: list = []  # id -> (block, row)
+        self._out: list[torch.Tensor] = []  # per flushed block: (B, 3) float64, row = id (ids are given in order)
+        self._next = 0
         self.forwarded = 0
 
     def add(self, index: torch.Tensor, images: torch.Tensor) -> list[int]:
@@ -80,8 +80,8 @@ class Forwards:
             key = (i, h1, h2)
             got = self._seen.get(key)
             if got is None:
-                got = self._seen[key] = len(self._where)
-                self._where.append(None)
+                got = self._seen[key] = self._next
+                self._next += 1
                 self._pending.append((got, i, images[row]))
                 if len(self._pending) >= self.batch_size:
                     self._flush()
@@ -114,8 +114,6 @@ class Forwards:
         logit = scores.gather(1, target[:, None])[:, 0]
         hit = (scores.argmax(1) == target).float()
         self._out.append(torch.stack([prob, logit, hit], 1).double())
-        for row, i in enumerate(ids):
-            self._where[i] = (len(self._out) - 1, row)
         self.forwarded += len(ids)
 
     def values(self, ids, what: str = "prob") -> torch.Tensor:
@@ -127,11 +125,10 @@ class Forwards:
         self._flush()
         ids = torch.as_tensor(ids, dtype=torch.long)
         col = OUTPUTS.index(what)
-        table = torch.cat(self._out) if self._out else torch.zeros(0, 3, dtype=torch.float64)
-        offsets = torch.tensor([0] + [len(o) for o in self._out]).cumsum(0).tolist()
-        flat = torch.tensor([offsets[b] + r for b, r in (self._where[i] for i in ids.reshape(-1).tolist())],
-                            dtype=torch.long)
-        return table[flat.to(table.device), col].reshape(ids.shape).cpu()
+        if len(self._out) > 1:  # one table of every forwarded image, in id order
+            self._out = [torch.cat(self._out)]
+        table = self._out[0] if self._out else torch.zeros(0, 3, dtype=torch.float64)
+        return table[ids.reshape(-1).to(table.device), col].reshape(ids.shape).cpu()
 
 
 # --------------------------------------------------------------------------------------------- building images
@@ -195,7 +192,7 @@ def replaced_at(fw: Forwards, index: torch.Tensor, features: torch.Tensor, value
     return out
 
 
-def trapezoid(curves: torch.Tensor) -> torch.Tensor:
+def unit_trapezoid(curves: torch.Tensor) -> torch.Tensor:
     """Trapezoid area of (..., K) curves with unit spacing (NumPy's ``trapz(dx=1)``); 0 for a single point."""
     if curves.shape[-1] < 2:
         return torch.zeros(curves.shape[:-1], dtype=curves.dtype)

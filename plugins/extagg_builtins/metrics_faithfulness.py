@@ -22,7 +22,7 @@ import torch
 
 from extagg.plugin import (Cost, Forwards, InputError, Measure, Metric, Param, Value, feature_ranks, floats,
                            group_ranks, hookimpl, linear_imputation, pearson, replaced, replaced_at, seed_of,
-                           spearman_ties, trapezoid)
+                           spearman_ties, unit_trapezoid)
 
 PREVIEW_FEATURES, PREVIEW_SIDE = 3 * 224 * 224, 224
 """The input the cost preview counts for (C * H * W features, H = W pixels)."""
@@ -42,7 +42,9 @@ def _baseline(x: torch.Tensor, name: str) -> torch.Tensor:
 def _stack(ctx, abs_: bool = False) -> torch.Tensor:
     """(P, N, H, W) float64 maps of ``ctx.keys`` (absolute values if ``abs_``)."""
     base = ctx.maps_for()
-    m = torch.stack([base[k] for k in ctx.keys]).detach().double().cpu() if ctx.keys else torch.zeros(0)
+    if not ctx.keys:
+        return torch.zeros(0, ctx.n, *ctx.x.shape[-2:], dtype=torch.float64)
+    m = torch.stack([base[k] for k in ctx.keys]).detach().double().cpu()
     return m.abs() if abs_ else m
 
 
@@ -72,7 +74,7 @@ def flip_curves(fw: Forwards, maps: torch.Tensor, features_in_step: int = 1, per
 
 def _pixel_flipping(ctx, features_in_step: int = 1, perturb_baseline: str = "black", abs: bool = False):
     curves = flip_curves(_forwards(ctx), _stack(ctx, abs), features_in_step, perturb_baseline)
-    return _emit(ctx, trapezoid(curves), "auc")
+    return _emit(ctx, unit_trapezoid(curves), "auc")
 
 
 # --------------------------------------------------------------------------------------------- patches
@@ -83,6 +85,11 @@ def patch_labels(h: int, w: int, patch_size: int) -> torch.Tensor:
     rows = (torch.arange(h) + top) // patch_size
     cols = (torch.arange(w) + left) // patch_size
     return rows[:, None] * math.ceil(w / patch_size) + cols[None, :]
+
+
+def random_order(seed: int, groups: int) -> torch.Tensor:
+    """A seeded permutation of ``groups`` patches (region perturbation's ``order=random``), first removed first."""
+    return torch.randperm(groups, generator=torch.Generator().manual_seed(seed))
 
 
 def patch_curves(fw: Forwards, maps: torch.Tensor, patch_size: int = 8, order: str = "morf",
@@ -97,7 +104,7 @@ def patch_curves(fw: Forwards, maps: torch.Tensor, patch_size: int = 8, order: s
     sums = torch.zeros(p, n, groups, dtype=torch.float64).scatter_add_(
         -1, labels.reshape(1, 1, -1).expand(p, n, -1), maps.reshape(p, n, -1))
     if order == "random":
-        perms = torch.stack([torch.randperm(groups, generator=torch.Generator().manual_seed(s)) for s in seeds])
+        perms = torch.stack([random_order(s, groups) for s in seeds])
         position = torch.empty_like(perms).scatter_(1, perms, torch.arange(groups).expand_as(perms))
         sums = -position.double()[None].expand(p, n, groups)
     ranks = group_ranks(labels.expand(n, h, w), sums, c, descending=order != "lerf")
@@ -113,12 +120,12 @@ def _region(ctx, patch_size: int = 8, order: str = "morf", regions_evaluation: i
     curves = y[None, :, None] - patch_curves(fw, _stack(ctx, abs), patch_size, order, regions_evaluation,
                                              perturb_baseline, _seeds(ctx, "region-perturbation"))
     aopc = curves.sum(-1) / (curves.shape[-1] + 1)
-    return _emit(ctx, trapezoid(curves), "auc") + _emit(ctx, aopc, "aopc")
+    return _emit(ctx, unit_trapezoid(curves), "auc") + _emit(ctx, aopc, "aopc")
 
 
 def _selectivity(ctx, patch_size: int = 8, perturb_baseline: str = "black", abs: bool = False):
     curves = patch_curves(_forwards(ctx), _stack(ctx, abs), patch_size, "morf", 0, perturb_baseline)
-    return _emit(ctx, trapezoid(curves), "auc")
+    return _emit(ctx, unit_trapezoid(curves), "auc")
 
 
 # --------------------------------------------------------------------------------------------- ROAD
@@ -187,13 +194,13 @@ def irof_curves(fw: Forwards, maps: torch.Tensor, segments: torch.Tensor, base=N
             1, seg.expand(p, -1), maps[:, i].reshape(p, -1)) / size
         ranks = group_ranks(segments[i][None], mean[:, None], c)
         ids = replaced(fw, ranks, range(1, groups + 1), base[i:i + 1], index=[i])
-        out.append(fw.values(ids, "prob")[:, 0] / y[i])
+        out.append(fw.values(ids, "prob")[:, 0] / (y[i] if y[i] > 0 else math.nan))  # NaN: no probability
     return out
 
 
 def _irof(ctx, abs: bool = False):
     curves = irof_curves(_forwards(ctx), _stack(ctx, abs), superpixels(ctx.x))
-    aoc = torch.stack([cv.shape[-1] - trapezoid(cv) for cv in curves], 1)  # (P, N)
+    aoc = torch.stack([cv.shape[-1] - unit_trapezoid(cv) for cv in curves], 1)  # (P, N)
     return _emit(ctx, aoc, "aoc")
 
 
@@ -318,7 +325,7 @@ def _patches(patch_size: int) -> int:
 PIXEL_FLIPPING = Metric(
     name="pixel-flipping", compute=_pixel_flipping, needs=EXTRA, params=[FIS, BASELINE, _abs(False)],
     measures=[Measure(name="auc", direction="lower", low=0, high=math.inf,
-                      doc="trapezoid area (unit spacing, Quantus's get_auc_score) of the curve of the target's "
+                      doc="unit_trapezoid area (unit spacing, Quantus's get_auc_score) of the curve of the target's "
                           "probability after each step of replacing the most salient features")],
     cost=lambda n, keys, blocks, features_in_step=1, **_: Cost(forward_images=n * len(keys) * _steps(features_in_step)),
     doc="Pixel flipping: replace the most salient features step by step by the baseline; a faithful map makes the "
@@ -333,7 +340,7 @@ REGION_PERTURBATION = Metric(
             Param("regions_evaluation", int, 100, "patches removed (at most all)", check=_positive),
             BASELINE, _abs(False)],
     measures=[Measure(name="auc", direction="higher", low=-math.inf, high=math.inf,
-                      doc="trapezoid area (unit spacing, Quantus's get_auc_score) of the curve of the drop of the "
+                      doc="unit_trapezoid area (unit spacing, Quantus's get_auc_score) of the curve of the drop of the "
                           "target's probability after removing 1..L patches"),
               Measure(name="aopc", direction="higher", low=-1, high=1,
                       doc="the paper's AOPC: the mean drop over 0..L removed patches (the curve's sum / (L + 1))")],
@@ -347,7 +354,7 @@ REGION_PERTURBATION = Metric(
 SELECTIVITY = Metric(
     name="selectivity", compute=_selectivity, needs=EXTRA, params=[PATCH, BASELINE, _abs(False)],
     measures=[Measure(name="auc", direction="lower", low=0, high=math.inf,
-                      doc="trapezoid area (unit spacing, Quantus's get_auc_score) of the target's probability "
+                      doc="unit_trapezoid area (unit spacing, Quantus's get_auc_score) of the target's probability "
                           "after removing 1..all patches, most relevant first")],
     cost=lambda n, keys, blocks, patch_size=8, **_: Cost(forward_images=n * len(keys) * _patches(patch_size)),
     doc="Selectivity: remove patches by decreasing attribution sum; a faithful map makes the probability fall fast.",
@@ -375,7 +382,7 @@ ROAD = Metric(
 IROF = Metric(
     name="irof", compute=_irof, needs=EXTRA, params=[_abs(False)],
     measures=[Measure(name="aoc", direction="higher", low=-math.inf, high=math.inf,
-                      doc="area over the curve: L - trapezoid area of the target's probability (over the "
+                      doc="area over the curve: L - unit_trapezoid area of the target's probability (over the "
                           "unperturbed one) after removing 1..L superpixels")],
     cost=lambda n, keys, blocks, **_: Cost(forward_images=n * (len(keys) * 100 + 1)),
     doc="IROF: remove SLIC superpixels by decreasing mean attribution, replaced by the image's mean (the paper); "
