@@ -5,8 +5,9 @@ every image, and the maps of one saliency pass (every method at every layer, eve
 explained class and for every extra target column a metric asked for). A metric reads ``ctx.maps_for(column)``
 and asks for more only where it needs more: ``ctx.run_maps`` (another pass, e.g. on a randomised copy),
 ``ctx.work_model()`` (a deep copy of the model it may change, restored by ``ctx.restore``), ``ctx.curves``
-(deletion / insertion curves of many maps, one forward per distinct curve image), and the floors
-``ctx.smooth_noise`` and ``ctx.cross_image``.
+(deletion / insertion curves of many maps, one forward per distinct curve image), ``ctx.forwards()`` (perturbed
+images of every metric of the batch, each distinct one forwarded once), and the floors ``ctx.smooth_noise`` and
+``ctx.cross_image``.
 """
 from __future__ import annotations
 

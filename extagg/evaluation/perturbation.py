@@ -26,7 +26,8 @@ from ..targets import class_logits
 
 OUTPUTS = ("prob", "logit", "hit")
 """What :meth:`Forwards.values` reads of each forwarded image: the softmax probability of the image's target
-class (softmax of float32 class scores), its class score, and 1.0 where the target is the arg-max class else 0.0."""
+class (softmax of the class scores in the model's dtype, float32 for half precision), its class score, and 1.0
+where the target is the arg-max class else 0.0."""
 
 
 def _bits(images: torch.Tensor) -> torch.Tensor:
@@ -82,7 +83,7 @@ class Forwards:
             if got is None:
                 got = self._seen[key] = self._next
                 self._next += 1
-                self._pending.append((got, i, images[row]))
+                self._pending.append((got, i, images[row].clone()))  # frees the chunk
                 if len(self._pending) >= self.batch_size:
                     self._flush()
             out.append(got)
@@ -105,7 +106,8 @@ class Forwards:
             out = self.model(batch.to(self.model_dtype))
         if not isinstance(out, torch.Tensor) or out.ndim < 2:
             raise InputError("the model must return (N, C) class scores (or (N, C, h, w)) for perturbation metrics")
-        scores = class_logits(out).float()
+        scores = class_logits(out)
+        scores = scores.to(compute_dtype(scores.dtype))
         target = self.targets[index]
         if int(target.max()) >= scores.shape[1]:
             raise InputError(f"target class {int(target.max())} is out of range for a model with "
