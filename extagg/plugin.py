@@ -43,7 +43,8 @@ The built-in rules (``extagg_builtins.rule_bodies``) are written with exactly th
 
 Helpers the built-in plugins share are exported too: :func:`class_logits` (``(N, C)`` class scores of a model
 output), :func:`noise`, :class:`LazyWeights`, :func:`count_problem`, :func:`chunk_problem` (sampling modifiers,
-:mod:`extagg.multipass`).
+:mod:`extagg.multipass`), and the perturbation machinery of the faithfulness metrics (:class:`Forwards`,
+:func:`replaced`, :func:`replaced_at`, ...; :mod:`extagg.evaluation.perturbation`).
 """
 from .capture import LayerCapture
 from .hookspecs import hookimpl
@@ -57,6 +58,8 @@ from .errors import InputError, UnknownNameError
 from .method import Call
 from .evaluation.context import floats, seed_of
 from .evaluation.difficult import difficult_by_rule
+from .evaluation.perturbation import (Forwards, average_ranks, feature_ranks, group_ranks, linear_imputation,
+                                      pearson, replaced, replaced_at, spearman_ties, unit_trapezoid)
 from .evaluation.pointing import center_point, pointing_hit, saliency_point
 from .evaluation.randomisation import randomise_module
 from .multipass import LazyWeights, chunk_problem, count_problem, noise
@@ -73,4 +76,6 @@ __all__ = [
     "center_point", "pointing_hit", "saliency_point", "randomise_module", "map_similarities", "similarities_to",
     "similarity_reference", "spearman", "ssim", "KEEP", "Modulate", "Rule", "Swap", "UnsupportedLayerError",
     "refuse_modules", "rules_installed", "class_logits", "LazyWeights", "chunk_problem", "count_problem", "noise",
+    "Forwards", "average_ranks", "feature_ranks", "group_ranks", "linear_imputation", "pearson", "replaced",
+    "replaced_at", "spearman_ties", "unit_trapezoid",
 ]

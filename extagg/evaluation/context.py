@@ -5,8 +5,9 @@ every image, and the maps of one saliency pass (every method at every layer, eve
 explained class and for every extra target column a metric asked for). A metric reads ``ctx.maps_for(column)``
 and asks for more only where it needs more: ``ctx.run_maps`` (another pass, e.g. on a randomised copy),
 ``ctx.work_model()`` (a deep copy of the model it may change, restored by ``ctx.restore``), ``ctx.curves``
-(deletion / insertion curves of many maps, one forward per distinct curve image), and the floors
-``ctx.smooth_noise`` and ``ctx.cross_image``.
+(deletion / insertion curves of many maps, one forward per distinct curve image), ``ctx.forwards()`` (perturbed
+images of every metric of the batch, each distinct one forwarded once), and the floors ``ctx.smooth_noise`` and
+``ctx.cross_image``.
 """
 from __future__ import annotations
 
@@ -95,6 +96,16 @@ class BatchContext:
         curves = deletion_insertion_grid(self.model, self.x, maps, targets, mode=mode, steps=steps,
                                          baseline=baseline, batch_size=batch_size)
         return [floats(auc) for auc in trapezoid(curves)]
+
+    def forwards(self, batch_size: int = 64):
+        """The batch's :class:`~extagg.evaluation.perturbation.Forwards` (made on first use, shared by every
+        metric of the batch): perturbed copies of the images, each distinct one forwarded once, reading the
+        explained classes."""
+        if getattr(self, "_forwards", None) is None:
+            from .perturbation import Forwards
+
+            self._forwards = Forwards(self.model, self.x, self.explained, batch_size)
+        return self._forwards
 
     # ----------------------------------------------------------------- floors
     def smooth_noise(self, key, maps: torch.Tensor, salt: str = "") -> torch.Tensor:
