@@ -55,6 +55,7 @@ from .specs import REQUIRED, Aggregator, Extractor, Filter, Modifier, NamedMetho
 from .metric_spec import FLOOR_PREFIX, Cost, Direction, Measure, Metric, Value
 from .errors import InputError, UnknownNameError
 from .method import Call
+from .evaluation.common import logits as class_scores
 from .evaluation.context import floats, seed_of
 from .evaluation.difficult import difficult_by_rule
 from .evaluation.pointing import center_point, pointing_hit, saliency_point
@@ -73,4 +74,5 @@ __all__ = [
     "center_point", "pointing_hit", "saliency_point", "randomise_module", "map_similarities", "similarities_to",
     "similarity_reference", "spearman", "ssim", "KEEP", "Modulate", "Rule", "Swap", "UnsupportedLayerError",
     "refuse_modules", "rules_installed", "class_logits", "LazyWeights", "chunk_problem", "count_problem", "noise",
+    "class_scores",
 ]
