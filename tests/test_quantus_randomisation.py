@@ -143,13 +143,13 @@ def test_smooth_mprt_every_layer_equals_quantus(setup, monkeypatch):
 
 def test_random_logit_equals_quantus(setup, monkeypatch):
     """Quantus draws the other class with numpy for the whole batch (seed 42); the test hands it extagg's per-image
-    draw. Quantus normalises by the batch's max: it runs one image at a time. Quantus 0.6 flattens the maps before
+    draw. Quantus normalises by the batch's max: both sides run one image at a time. Quantus 0.6 flattens the maps before
     SSIM (a 1-D SSIM): extagg's flatten=true equals it; the default (2-D SSIM, the paper) equals Quantus's own
     ssim function on the 2-D maps, and differs from Quantus's RandomLogit (measured here)."""
     from quantus.functions.similarity_func import ssim
 
     net, x, y, maps = setup
-    got = score("random-logit(flatten=true)", net, x, maps, y, explain=explain).per_image()
+    got = score("random-logit(flatten=true)", net, x, maps, y, explain=explain, batch_size=1).per_image()
     off = off_classes(0, [str(i) for i in range(3)], y, 5)
     assert all(int(off[i]) != int(y[i]) for i in range(3))
     want = []
@@ -158,7 +158,7 @@ def test_random_logit_equals_quantus(setup, monkeypatch):
         monkeypatch.setattr(np.random, "randint", lambda low, high, size, idx=idx: np.full(size, idx))
         metric = quantus.RandomLogit(num_classes=5, disable_warnings=True, display_progressbar=False)
         want += [float(v) for v in quantus_call(metric, net, x[i:i + 1], y[i:i + 1], maps[i:i + 1])]
-    assert close(got, want), (got, want)
+    assert close(got, want, rel=1e-12), (got, want)
     # the paper's 2-D SSIM, against Quantus's ssim on the 2-D maps (normalised per map as Quantus's batch of one)
     paper = score("random-logit", net, x, maps, y, explain=explain).per_image()
     a = maps.double().numpy()
@@ -179,11 +179,15 @@ def test_random_logit_equals_quantus(setup, monkeypatch):
 
 
 def test_the_users_model_is_untouched_and_the_global_rng_kept(setup):
+    """The user's model and torch's global RNG are as before (Quantus reseeds the global RNG; extagg forks it)."""
     net, x, y, maps = setup
     before = {k: v.clone() for k, v in net.state_dict().items()}
     state = torch.random.get_rng_state()
-    score(["mprt(skip_layers=true)", "efficient-mprt"], net, x, maps, y, explain=explain)
+    both = score(["mprt(skip_layers=true)", "efficient-mprt"], net, x, maps, y, explain=explain)
     assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
+    # the copy is restored between metrics: efficient-mprt after mprt gives its number alone
+    alone = score("efficient-mprt", net, x, maps, y, explain=explain).per_image()
+    assert both.per_image(metric="efficient-mprt") == alone
     assert torch.equal(state, torch.random.get_rng_state())
 
 

@@ -14,12 +14,15 @@ forward pass) with seeded re-draws that keep BatchNorm statistics. The global RN
 
 Every step explains the randomised copy once for all maps of the batch (``ctx.run_maps``): one saliency pass per
 randomised layer (mprt, or one when ``skip_layers``), one in all for efficient-mprt (it reads only the fully
-randomised model), ``nr_samples`` per layer plus ``nr_samples`` for the trained model for smooth-mprt. The
+randomised model), ``nr_samples`` per layer plus ``nr_samples - 1`` for the trained model for smooth-mprt (its
+clean map is the shared pass's). The
 random-logit map comes from the shared pass (``Metric.columns``): it costs nothing extra.
 """
 from __future__ import annotations
 
 import math
+from contextlib import closing
+
 import numpy as np
 import torch
 
@@ -87,10 +90,11 @@ def _mprt(ctx, layer_order="top_down", seed=42, skip_layers=False, abs=True):
     ref = torch.stack([base[k] for k in keys]).to(torch.float64)
     ref = ref.abs() if abs else ref
     out: list = []
-    for subset, work in _steps(ctx, layer_order, seed, skip_layers):
-        maps = ctx.run_maps(work, ctx.explained)
-        other = torch.stack([maps[k][:, 0] for k in keys]).to(ref)
-        _emit(out, keys, subset, "spearman", spearman(ref, other.abs() if abs else other))
+    with closing(_steps(ctx, layer_order, seed, skip_layers)) as steps:
+        for subset, work in steps:
+            maps = ctx.run_maps(work, ctx.explained)
+            other = torch.stack([maps[k][:, 0] for k in keys]).to(ref)
+            _emit(out, keys, subset, "spearman", spearman(ref, other.abs() if abs else other))
     return out
 
 
@@ -137,24 +141,25 @@ def discrete_entropy(maps: torch.Tensor, n_bins: int = 100) -> torch.Tensor:
     return torch.tensor(out, dtype=torch.float64).reshape(maps.shape[:-2])
 
 
-def _empirical(ctx, layer_order="bottom_up", seed=42, n_bins=100, abs=False):
+def _efficient(ctx, layer_order="bottom_up", seed=42, n_bins=100, abs=False):
     keys = ctx.keys
     base = ctx.maps_for()
     ref = torch.stack([base[k] for k in keys]).to(torch.float64)
     before = discrete_entropy(ref.abs() if abs else ref, n_bins)
     out: list = []
-    for _, work in _steps(ctx, layer_order, seed, skip_layers=True):
-        maps = ctx.run_maps(work, ctx.explained)
-        other = torch.stack([maps[k][:, 0] for k in keys]).to(torch.float64)
-        after = discrete_entropy(other.abs() if abs else other, n_bins)
-        ratio = (after - before) / before
-        ratio = torch.where(torch.isfinite(ratio), ratio, torch.full_like(ratio, math.nan))
-        _emit(out, keys, "all", "complexity_change", ratio)
+    with closing(_steps(ctx, layer_order, seed, skip_layers=True)) as steps:
+        for _, work in steps:
+            maps = ctx.run_maps(work, ctx.explained)
+            other = torch.stack([maps[k][:, 0] for k in keys]).to(torch.float64)
+            after = discrete_entropy(other.abs() if abs else other, n_bins)
+            ratio = (after - before) / before
+            ratio = torch.where(torch.isfinite(ratio), ratio, torch.full_like(ratio, math.nan))
+            _emit(out, keys, "all", "complexity_change", ratio)
     return out
 
 
 EFFICIENT_MPRT = Metric(
-    name="efficient-mprt", compute=_empirical,
+    name="efficient-mprt", compute=_efficient,
     measures=[Measure(name="complexity_change", direction="higher", low=-1.0,
                       doc="relative change of the map's discrete entropy from the trained to the fully randomised "
                           "model: (H_random - H) / H")],
@@ -191,8 +196,11 @@ def _smoothed(ctx, model, noise, std) -> dict:
     total = len(noise) + 1
     acc: dict = {}
     for eps in [*noise, None]:
-        x = ctx.x if eps is None else (x64 + eps.to(x64.device) * std).to(ctx.x.dtype)
-        maps = ctx.run_maps(model, ctx.explained, x=x)
+        if eps is None and model is ctx.model:  # the trained model on the clean input: the shared pass
+            maps = {k: m[:, None] for k, m in ctx.maps_for().items()}
+        else:
+            x = ctx.x if eps is None else (x64 + eps.to(x64.device) * std).to(ctx.x.dtype)
+            maps = ctx.run_maps(model, ctx.explained, x=x)
         for k in ctx.keys:
             m = maps[k][:, 0].to(torch.float64) / total
             acc[k] = m if k not in acc else acc[k] + m
@@ -210,10 +218,11 @@ def _smooth(ctx, layer_order="bottom_up", seed=42, skip_layers=False, nr_samples
     ref = torch.stack([trained[k] for k in keys])
     ref = ref.abs() if abs else ref
     out: list = []
-    for subset, work in _steps(ctx, layer_order, seed, skip_layers):
-        other = _smoothed(ctx, work, noise, std)
-        b = torch.stack([other[k] for k in keys])
-        _emit(out, keys, subset, "spearman", spearman(ref, b.abs() if abs else b))
+    with closing(_steps(ctx, layer_order, seed, skip_layers)) as steps:
+        for subset, work in steps:
+            other = _smoothed(ctx, work, noise, std)
+            b = torch.stack([other[k] for k in keys])
+            _emit(out, keys, subset, "spearman", spearman(ref, b.abs() if abs else b))
     return out
 
 
@@ -230,7 +239,7 @@ SMOOTH_MPRT = Metric(
     needs={"model_copy", "extra_passes"},
     headline=_last,
     cost=lambda n, keys, blocks, skip_layers=False, nr_samples=50, **_: Cost(
-        saliency_passes=nr_samples * (1 + _layers_cost(blocks, skip_layers))),
+        saliency_passes=nr_samples * (1 + _layers_cost(blocks, skip_layers)) - 1),
     doc="Smooth MPRT (sMPRT): MPRT on denoised maps, each the mean of the maps of nr_samples - 1 Gaussian-noised "
         "copies of the input and the clean input, for the trained and for every randomised model (bottom-up); one "
         "subset per layer, headline the last. Closest to zero is best. Follows the paper (and Quantus without "
