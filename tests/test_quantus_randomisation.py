@@ -143,8 +143,8 @@ def test_smooth_mprt_every_layer_equals_quantus(setup, monkeypatch):
 
 def test_random_logit_equals_quantus(setup, monkeypatch):
     """Quantus draws the other class with numpy for the whole batch (seed 42); the test hands it extagg's per-image
-    draw. Quantus normalises by the batch's max: both sides run one image at a time. Quantus 0.6 flattens the maps before
-    SSIM (a 1-D SSIM): extagg's flatten=true equals it; the default (2-D SSIM, the paper) equals Quantus's own
+    draw. Quantus normalises by the batch's max: both sides run one image at a time. Quantus 0.6 flattens the maps
+    before SSIM (a 1-D SSIM): extagg's flatten=true equals it; the default (2-D SSIM, the paper) equals Quantus's own
     ssim function on the 2-D maps, and differs from Quantus's RandomLogit (measured here)."""
     from quantus.functions.similarity_func import ssim
 

@@ -324,8 +324,8 @@ RANDOM_LOGIT = Metric(
     doc="Random logit: SSIM (scikit-image's, uniform 7x7 window) between the map of the explained class and the "
         "map of a class drawn uniformly from the others (seeded per image id; Quantus draws for the batch with "
         "numpy); lower is better. Follows the paper where Quantus 0.6 differs: SSIM of the 2-D maps, where "
-        "Quantus flattens them into 1-D signals first (flatten=true gives Quantus's number). The other class's maps come from the shared pass; the number of classes is the "
-        "model's (Quantus's num_classes).",
+        "Quantus flattens them into 1-D signals first (flatten=true gives Quantus's number). The other class's "
+        "maps come from the shared pass; the number of classes is the model's (Quantus's num_classes).",
     reference="Sixt et al., When Explanations Lie: Why Many Modified BP Attributions Fail, ICML 2020",
 )
 
