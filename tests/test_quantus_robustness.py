@@ -78,7 +78,9 @@ def close(a, b, rel=1e-6):
 def test_per_image_values_equal_quantus(setup, name):
     """Each image's number equals Quantus's on the same perturbations, Quantus given the whole batch (the maps of
     a perturbed batch are then computed on the same batch, bit for bit). The Lipschitz estimate normalises maps,
-    which Quantus does by the batch's maximum: both sides run it one image at a time (see the next test)."""
+    which Quantus does by the batch's maximum: both sides run it one image at a time (see the next test). Also
+    guards that score() explains the perturbed inputs (ctx.run_maps(x=...)) rather than handing back the given
+    maps of the unperturbed batch: the sensitivities would then be 0."""
     net, x, y, maps = setup
     ids = [str(i) for i in range(x.shape[0])]
     lipschitz = name == "local-lipschitz-estimate"
