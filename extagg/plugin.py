@@ -56,6 +56,7 @@ from .specs import REQUIRED, Aggregator, Extractor, Filter, Modifier, NamedMetho
 from .metric_spec import FLOOR_PREFIX, Cost, Direction, Measure, Metric, Value
 from .errors import InputError, UnknownNameError
 from .method import Call
+from .evaluation.common import logits as class_scores
 from .evaluation.context import floats, seed_of
 from .evaluation.difficult import difficult_by_rule
 from .evaluation.perturbation import (Forwards, average_ranks, feature_ranks, group_ranks, linear_imputation,
@@ -77,5 +78,5 @@ __all__ = [
     "similarity_reference", "spearman", "ssim", "KEEP", "Modulate", "Rule", "Swap", "UnsupportedLayerError",
     "refuse_modules", "rules_installed", "class_logits", "LazyWeights", "chunk_problem", "count_problem", "noise",
     "Forwards", "average_ranks", "feature_ranks", "group_ranks", "linear_imputation", "pearson", "replaced",
-    "replaced_at", "spearman_ties", "unit_trapezoid",
+    "replaced_at", "spearman_ties", "unit_trapezoid", "class_scores",
 ]

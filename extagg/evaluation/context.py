@@ -64,12 +64,15 @@ class BatchContext:
         return self._companions.get(key)
 
     def run_maps(self, model: torch.nn.Module, targets: torch.Tensor, methods: Optional[Sequence[str]] = None,
-                 size: Optional[tuple[int, int]] = None) -> dict:
+                 size: Optional[tuple[int, int]] = None, x: Optional[torch.Tensor] = None) -> dict:
         """Another saliency pass of ``model`` on the batch: ``{(method, layer): (N, T, H, W)}`` for (N, T) or (N,)
-        ``targets``, with the run's layer combinations, resized to ``size`` (default: the input size)."""
+        ``targets``, with the run's layer combinations, resized to ``size`` (default: the input size).
+        ``x``: other (N, C, H, W) model inputs in place of the batch's (a perturbed copy of ``ctx.x``)."""
         if targets.ndim == 1:
             targets = targets[:, None]
-        return self._maps(model, self.x, methods, targets, size or self.size)
+        if x is not None and (x.ndim != 4 or x.shape[0] != self.n):
+            raise InputError(f"run_maps(x=...) needs ({self.n}, C, H, W) model inputs, got {tuple(x.shape)}")
+        return self._maps(model, self.x if x is None else x, methods, targets, size or self.size)
 
     # ----------------------------------------------------------------- a copy of the model
     def work_model(self) -> torch.nn.Module:

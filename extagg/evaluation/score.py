@@ -64,6 +64,7 @@ class _GivenDriver(Driver):
 
     def context(self, samples, calls):
         self._rows = [self._index[s.image_id] for s in samples]
+        self._x_rows = torch.stack([s.image for s in samples])  # the given maps are of these inputs only
         self._calls_now = calls
         return super().context(samples, calls)
 
@@ -76,7 +77,7 @@ class _GivenDriver(Driver):
         for t in range(targets.shape[1]):
             column = targets[:, t].cpu()
             if model is self.model and torch.equal(column, self._given_targets[rows].cpu()) \
-                    and x.shape[0] == len(rows):
+                    and x.shape[0] == len(rows) and torch.equal(x, self._x_rows.to(x)):
                 out.append(self._given[rows].to(x.device))
             elif self._explain is None:
                 names = ", ".join(sorted({c.name for c in self._calls_now}))
