@@ -136,8 +136,8 @@ class Attribution:
     :param layer: a module name, ``"input"`` or a module of ``model`` (Captum's ``layer`` argument).
     :param upsample: True: maps bilinearly upsampled to the input's (H, W) (as
         ``LayerAttribution.interpolate(attr, x.shape[-2:], "bilinear")``); False: at the layer's grid.
-    The maps are extagg's raw maps (no ReLU, no normalisation: a ``gradcam`` map is Captum's
-    ``LayerGradCam(..., relu_attributions=False)``); the model is left as it was.
+    The maps are the method's own, never normalised: ``gradcam`` is Captum's ``LayerGradCam`` with
+    ``relu_attributions=True``, ``pooled-scaling+sum`` is it without; the model is left as it was.
     """
 
     def __init__(self, model: torch.nn.Module, method: str, layer: Layer = "input", upsample: bool = True, *,

@@ -112,7 +112,8 @@ def test_explain_func_accepts_tensors_and_refuses_bad_input(setup):
 # ----------------------------------------------------------------------------- extagg as a Captum attribution
 def test_captum_style_attribute_equals_saliency_and_captum_layer_gradcam(setup):
     """attribute() is extagg.saliency's map at the layer's grid or upsampled; at the grid, extagg's gradcam is
-    Captum's LayerGradCam (no ReLU) on the same module; another target gives another map."""
+    Captum's LayerGradCam with relu_attributions=True and pooled-scaling+sum is it without; another target gives
+    another map."""
     captum_attr = pytest.importorskip("captum.attr")
     net, x, t = setup
     grid = Attribution(net, "gradcam", "3", upsample=False).attribute(x, target=t)
@@ -120,7 +121,16 @@ def test_captum_style_attribute_equals_saliency_and_captum_layer_gradcam(setup):
     torch.testing.assert_close(grid, extagg_maps(net, x, t, resize=False), rtol=0, atol=0)
     up = Attribution(net, "gradcam", net[3]).attribute(x, target=t.tolist())
     torch.testing.assert_close(up, extagg_maps(net, x, t), rtol=0, atol=0)
-    torch.testing.assert_close(grid, captum_attr.LayerGradCam(net, net[3]).attribute(x, target=t))
+    gradcam = captum_attr.LayerGradCam(net, net[3])
+    negative = False
+    for shift in range(5):
+        u = (t + shift) % 5
+        relu = Attribution(net, "gradcam", "3", upsample=False).attribute(x, target=u)
+        torch.testing.assert_close(relu, gradcam.attribute(x, target=u, relu_attributions=True))
+        signed = Attribution(net, "pooled-scaling+sum", "3", upsample=False).attribute(x, target=u)
+        torch.testing.assert_close(signed, gradcam.attribute(x, target=u))
+        negative |= bool((signed < 0).any())
+    assert negative  # some class has negative Grad-CAM values: the ReLU is seen, the test can tell them apart
     assert not torch.allclose(Attribution(net, "gradcam", "3").attribute(x, target=(t + 1) % 5), up)
     torch.testing.assert_close(Attribution(net, "gradcam", "3").attribute(x), up)  # None: the predicted class
 
