@@ -3,6 +3,7 @@ extagg gives, the Captum-style class returns extagg's maps (and Captum's own Lay
 (pytorch-grad-cam, Captum) are scored as methods by evaluate() and the sweep, called again for further passes,
 and the model is left as it was."""
 import csv
+import io
 import json
 
 import numpy as np
@@ -13,7 +14,7 @@ import extagg
 from extagg.errors import InputError, UnknownNameError
 from extagg.evaluation import Sample, evaluate, score
 from extagg.interop import Attribution, from_captum, from_pytorch_grad_cam, quantus_explain_func
-from extagg.sweep import sweep
+from extagg.sweep import SweepConfig, sweep
 
 from model_state import assert_unchanged, snapshot
 from sweep_fixtures import tiny_config, tiny_model, tiny_samples
@@ -245,7 +246,9 @@ def test_a_sweep_scores_external_explainers_beside_extagg_methods(tmp_path):
     explainers = {"pgc-gradcam": from_pytorch_grad_cam(GradCAM, ["3"]), "captum-saliency": from_captum(Saliency(net))}
     config = tiny_config(tmp_path / "run", methods=("gradcam", "normgrad"), layers=("3",),
                          metrics=("deletion(steps=3)", "sensitivity"))
-    out = sweep(config, model=net, samples=tiny_samples(4), out=open("/dev/null", "w"), explainers=explainers)
+    printed = io.StringIO()
+    out = sweep(config, model=net, samples=tiny_samples(4), out=printed, explainers=explainers)
+    assert "external explainers (layer 'external'" in printed.getvalue()
     with open(tmp_path / "run" / "results.csv", newline="") as f:
         table = {(r["method"], r["layer"]) for r in csv.DictReader(f)}
     summary = (tmp_path / "run" / "summary.txt").read_text()
@@ -259,6 +262,9 @@ def test_a_sweep_scores_external_explainers_beside_extagg_methods(tmp_path):
     for other in ({"pgc-gradcam": explainers["pgc-gradcam"]}, None):
         with pytest.raises(InputError, match="explainers"):
             sweep(config, model=net, samples=tiny_samples(4), out=open("/dev/null", "w"), explainers=other)
+    assert SweepConfig(methods=(), explainers=("a",)).methods == ()  # explainers alone are a sweep
+    with pytest.raises(InputError, match="at least one method"):
+        SweepConfig(methods=())
     ev = evaluate(net, tiny_samples(4), [], "input", "deletion(steps=3)",
                   explainers={"pgc-gradcam": explainers["pgc-gradcam"]}, batch_size=2)
     assert out.value("pgc-gradcam", "external", "deletion(steps=3)") == pytest.approx(
