@@ -81,7 +81,8 @@ def fitting_pairs(registry, model: torch.nn.Module, methods: Sequence[str], laye
 class Layout:
     """What a run scores. ``pairs``: fitting (method, layer); ``combinations``: labels ``combine:MODE:WEIGHTING``;
     ``combined``: {method: the layers it combines}; ``companions``: {metric text: {(method, layer): twin}};
-    ``asked``: {canonical method: the name the user wrote}."""
+    ``asked``: {canonical method: the name the user wrote}; ``external``: the names of external explainers
+    (:mod:`.external`), also in ``methods``, scored at the layer ``"external"`` (their pairs are in ``pairs``)."""
 
     methods: tuple[str, ...]
     layers: tuple[str, ...]
@@ -91,6 +92,11 @@ class Layout:
     layer_order: tuple[str, ...] = ()
     companions: dict = attrs.field(factory=dict)
     asked: dict = attrs.field(factory=dict)
+    external: tuple[str, ...] = ()
+
+    def external_layers(self) -> list[str]:
+        """The layer labels of the external explainers' pairs (none without explainers)."""
+        return list(dict.fromkeys(layer for m, layer in self.pairs if m in self.external))
 
     def keys(self, metric: str) -> list[tuple[str, str]]:
         """The (method, layer) keys ``metric`` (a metric text) scores, in plan order."""
@@ -111,14 +117,17 @@ class Layout:
 
 def make_layout(registry, model, methods: Sequence[str], layers: Sequence[str], calls: Sequence[MetricCall], *,
                 combinations: Sequence[str] = (), layer_order: Sequence[str] = (), asked: Optional[dict] = None,
-                pairs: Optional[list] = None) -> Layout:
-    """Resolve the pairs, combinations and companions of a run (see :class:`Layout`)."""
+                pairs: Optional[list] = None, external: Sequence[str] = ()) -> Layout:
+    """Resolve the pairs, combinations and companions of a run (see :class:`Layout`); ``methods`` are extagg
+    methods, ``external`` the names of external explainers (no companions, no combinations)."""
+    from .external import EXTERNAL_LAYER
+
     from ..capture import resolve_layers
     from ..engine import fits
     from ..sweep.config import parse_combination
 
-    pairs = fitting_pairs(registry, model, methods, layers) if pairs is None else pairs
-    if not pairs:
+    pairs = fitting_pairs(registry, model, methods, layers) if pairs is None and methods else list(pairs or [])
+    if not pairs and not external:
         raise InputError(f"no method of {list(methods)} fits any layer of {list(layers)}")
     combined = {}
     if combinations:
@@ -140,8 +149,10 @@ def make_layout(registry, model, methods: Sequence[str], layers: Sequence[str], 
             if twin is not None and module is not None and fits(registry, registry.parse(twin), module):
                 twins[m, layer] = registry.canonical(twin)
         companions[str(call)] = twins
-    return Layout(tuple(methods), tuple(layers), tuple(pairs), tuple(combinations), combined, tuple(layer_order),
-                  companions, dict(asked or {}))
+    external = tuple(external)
+    pairs = [*pairs, *((name, EXTERNAL_LAYER) for name in external)]
+    return Layout((*methods, *external), tuple(layers), tuple(pairs), tuple(combinations), combined,
+                  tuple(layer_order), companions, dict(asked or {}), external)
 
 
 def _checked(call: MetricCall, fn: Callable):
@@ -201,11 +212,13 @@ class Driver:
         ``class_map`` (a :class:`~extagg.evaluation.class_map.ClassMap`), anything a plugin documents.
     :param blocks: the randomisation blocks, output first, when already resolved (the sweep's plan records them);
         otherwise :func:`~extagg.evaluation.randomisation.cascading_order` of ``randomise`` on the first batch.
+    :param explainers: {name: callable(model, x, targets) -> maps} of the layout's external methods
+        (:mod:`.external`), called for every pass that needs their maps.
     """
 
     def __init__(self, model, preprocess, registry, layout: Layout, calls: Sequence[MetricCall], *,
                  targets="predicted", seed: int = 0, settings: Optional[dict] = None, mismatched: str = "skip",
-                 blocks: Optional[Sequence[str]] = None):
+                 blocks: Optional[Sequence[str]] = None, explainers: Optional[dict] = None):
         self.model, self.preprocess, self.registry, self.layout = model, preprocess, registry, layout
         self.calls = list(calls)
         self.targets_mode, self.seed = str(targets), seed
@@ -213,6 +226,7 @@ class Driver:
         self.mismatched = mismatched
         self._work = None
         self._blocks = list(blocks) if blocks else None
+        self.explainers = dict(explainers or {})
 
     # ----------------------------------------------------------------- shared passes
     def maps(self, model, x, methods, targets, size) -> dict:
@@ -222,8 +236,14 @@ class Driver:
 
         layout = self.layout
         methods = list(layout.methods if methods is None else methods)
-        maps, _ = run_saliency(model, x, methods, list(layout.layers), targets=targets, resize=size,
-                               mismatched=self.mismatched, registry=self.registry)
+        inside = [m for m in methods if m not in layout.external]
+        maps = {}
+        if inside:
+            maps, _ = run_saliency(model, x, inside, list(layout.layers), targets=targets, resize=size,
+                                   mismatched=self.mismatched, registry=self.registry)
+        for method, layer in layout.pairs:
+            if method in layout.external and method in methods:
+                maps[method, layer] = self.external_maps(method, model, x, targets, size)
         for method, layers in layout.combined.items():
             if method not in methods:
                 continue
@@ -238,6 +258,17 @@ class Driver:
                 combined = combine(parts, weighting, mode, order=layout.layer_order, size=size)
                 maps[method, label] = combined.masked_fill(bad.to(combined.device)[:, None, None, None], math.nan)
         return maps
+
+    def external_maps(self, name: str, model, x, targets, size) -> torch.Tensor:
+        """(N, T, H, W) maps of the external explainer ``name``, one call per target column (:mod:`.external`)."""
+        from .external import explain_with
+
+        fn = self.explainers.get(name)
+        if fn is None:
+            raise InputError(f"no explainer was given for the external method {name!r}; pass "
+                             f"explainers={{{name!r}: callable(model, x, targets) -> maps}}")
+        columns = [explain_with(fn, name, model, x, targets[:, t], size) for t in range(targets.shape[1])]
+        return torch.stack(columns, 1)
 
     def work(self):
         """(a deep copy of the model, its trained state dict), made once per driver."""

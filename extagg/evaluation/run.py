@@ -107,7 +107,8 @@ def directions(calls: Sequence[MetricCall]) -> dict:
 def evaluate(model: torch.nn.Module, data, methods, layers="input", metrics: Union[str, Sequence[str]] = "sensitivity",
              *, preprocess=None, batch_size: int = 8, limit: Optional[int] = None, progress: bool = False,
              registry=None, mismatched: Optional[str] = None, targets="predicted", seed: int = 0,
-             defaults: Optional[dict] = None, settings: Optional[dict] = None, class_map=None) -> Evaluation:
+             defaults: Optional[dict] = None, settings: Optional[dict] = None, class_map=None,
+             explainers: Optional[dict] = None) -> Evaluation:
     """Score every (method, layer) with every metric call, batch by batch, through :class:`Driver`.
 
     :param metrics: metric calls (``"deletion(steps=16)"``), see ``extagg metrics``.
@@ -117,6 +118,10 @@ def evaluate(model: torch.nn.Module, data, methods, layers="input", metrics: Uni
     :param class_map: when labels are read (``targets="label"``, a metric that needs labels) and the data
         declares its classes (``data.class_names``): {data-set class: model class} or a JSON file, as
         ``extagg evaluate --class-map``; without one, the data set's classes must be the model's (else refused).
+    :param explainers: external explainers ``{name: callable(model, x, targets) -> maps}`` (a pytorch-grad-cam
+        or Captum explainer through :mod:`extagg.interop`), scored as methods ``name`` at the layer
+        ``"external"`` by every metric, called again for every further pass (see
+        :mod:`extagg.evaluation.external`); ``methods`` may then be empty.
     Batches: ``batch_size`` consecutive images (per-image metrics such as the pointing game take them one at a
     time), the batches ``extagg sweep`` uses for the same images and batch size; without ``preprocess``, also
     split where the image size changes. Images without an id get their position as id (their random draws and
@@ -128,6 +133,9 @@ def evaluate(model: torch.nn.Module, data, methods, layers="input", metrics: Uni
     if not texts:
         raise InputError("give at least one metric (see `extagg metrics`)")
     calls = [parse_metric(registry, t, defaults) for t in texts]
+    from .external import check_explainers
+
+    external = check_explainers(explainers, registry)
     asked = {}
     for m in ([methods] if isinstance(methods, str) else list(methods)):
         for canonical in expand_methods([m], registry):
@@ -145,15 +153,16 @@ def evaluate(model: torch.nn.Module, data, methods, layers="input", metrics: Uni
                 check_layer_fit(registry, registry.parse(m), layer, modules[layer])
     from .driver import fitting_pairs
 
-    pairs = fitting_pairs(registry, model, method_list, layer_list)
-    if not pairs:  # patterns that fit nowhere: nothing to score (explicit names raised above)
+    pairs = fitting_pairs(registry, model, method_list, layer_list) if method_list else []
+    if not pairs and not external:  # patterns that fit nowhere: nothing to score (explicit names raised above)
         return Evaluation((), (), tuple(calls))
-    layout = make_layout(registry, model, method_list, layer_list, calls, asked=asked, pairs=pairs)
+    layout = make_layout(registry, model, method_list, layer_list, calls, asked=asked, pairs=pairs,
+                         external=tuple(external))
     settings = dict(settings or {})
     if targets == "label" or any("labels" in c.metric.needs for c in calls) or class_map is not None:
         settings.setdefault("class_map", _class_map(model, data, preprocess, class_map))
     driver = Driver(model, preprocess, registry, layout, calls, targets=targets, seed=seed, settings=settings,
-                    mismatched="skip")
+                    mismatched="skip", explainers=external)
     out: list[ImageValue] = []
     count = 0
     for group in bar(batches(iterate(data, limit), batch_size, by_shape=preprocess is None), progress, None,

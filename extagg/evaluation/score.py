@@ -11,7 +11,8 @@
 a changed model or input (randomisation, robustness, a second class) call ``explain(model, x, targets) -> (N, H, W)
 maps``; without ``explain`` they are refused with the metric's name. The given maps are scored as the method
 ``name`` at the layer ``"given"``; the numbers are the ones ``evaluate`` and ``extagg sweep`` give for the same
-maps (one driver: :class:`~extagg.evaluation.driver.Driver`).
+maps (one driver: :class:`~extagg.evaluation.driver.Driver`, where the given maps are one external method, see
+:mod:`.external`; ``explain`` runs with the model in eval mode and leaves it as it was).
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from ..registry import default_registry
 from ..util import check_seed
 from .datasets import Sample
 from .driver import Driver, Layout, parse_metric
+from .external import as_maps, explain_with
 from .results import reduce_values
 from .run import Evaluation, directions, image_values
 
@@ -31,29 +33,9 @@ GIVEN_LAYER = "given"
 Explain = Callable[[torch.nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def as_maps(maps, n: int, size: Sequence[int], what: str = "maps") -> torch.Tensor:
-    """(N, H, W) float tensor from a tensor or array of (N, H, W), (N, 1, H, W) or (N, C, H, W) (summed over C,
-    as Quantus and Captum users' channel attributions are), resized bilinearly to ``size`` if needed."""
-    from .common import resize
-
-    if not isinstance(maps, torch.Tensor):
-        try:
-            maps = torch.as_tensor(maps)
-        except (TypeError, ValueError, RuntimeError):
-            raise InputError(f"{what} must be a tensor or array of shape (N, H, W), got {type(maps).__name__}") from None
-    if maps.ndim == 4:
-        maps = maps.sum(1)
-    if maps.ndim != 3 or maps.shape[0] != n:
-        raise InputError(f"{what} must be (N, H, W) or (N, 1, H, W) with N = {n} images, got shape "
-                         f"{tuple(maps.shape)}")
-    maps = maps.to(torch.float32) if not maps.is_floating_point() else maps
-    if tuple(maps.shape[-2:]) != tuple(size):
-        maps = resize(maps[:, None], tuple(size))[:, 0]
-    return maps
-
-
 class _GivenDriver(Driver):
-    """The driver with the given maps as the shared pass and ``explain`` for every further pass."""
+    """The driver with the given maps as one external method: the given maps for the shared pass, ``explain``
+    for every further pass."""
 
     def __init__(self, *args, given: torch.Tensor, given_targets: torch.Tensor, explain: Optional[Explain],
                  name: str, ids: list[str], **kw):
@@ -71,7 +53,9 @@ class _GivenDriver(Driver):
     def explained(self, scores, samples) -> torch.Tensor:
         return self._given_targets[[self._index[s.image_id] for s in samples]].cpu()
 
-    def maps(self, model, x, methods, targets, size) -> dict:
+    def external_maps(self, name, model, x, targets, size) -> torch.Tensor:
+        """The given maps where the pass is the shared one (the user's model, the given classes, the whole
+        batch); ``explain`` (the driver's external-explainer call) for every other pass."""
         rows = self._rows
         out = []
         for t in range(targets.shape[1]):
@@ -84,9 +68,8 @@ class _GivenDriver(Driver):
                 raise InputError(f"metric {names} needs maps beyond the given ones (of another class, a changed "
                                  "model or input); pass explain=callable(model, x, targets) -> (N, H, W) maps")
             else:
-                made = self._explain(model, x, column.to(x.device))
-                out.append(as_maps(made, x.shape[0], size, what="explain(model, x, targets)").to(x.device))
-        return {(self._name, GIVEN_LAYER): torch.stack(out, 1)}
+                out.append(explain_with(self._explain, name, model, x, column, size))
+        return torch.stack(out, 1)
 
 
 def score(metric: Union[str, Sequence[str]], model: torch.nn.Module, x: torch.Tensor, maps=None,
@@ -126,7 +109,7 @@ def score(metric: Union[str, Sequence[str]], model: torch.nn.Module, x: torch.Te
     if maps is None:
         if explain is None:
             raise InputError("give maps, or explain=callable(model, x, targets) to make them")
-        maps = explain(model, x, targets.to(x.device))
+        maps = explain_with(explain, name, model, x, targets, x.shape[-2:])
     given = as_maps(maps, n, x.shape[-2:]).detach()
     ids = [str(i) for i in image_ids] if image_ids is not None else [str(i) for i in range(n)]
     if len(ids) != n or len(set(ids)) != n:
@@ -140,7 +123,7 @@ def score(metric: Union[str, Sequence[str]], model: torch.nn.Module, x: torch.Te
         masks = masks.to(torch.bool).cpu()
     samples = [Sample(image=x[i].detach(), image_id=ids[i], classes=(int(targets[i]),),
                       masks=None if masks is None else masks[i][None]) for i in range(n)]
-    layout = Layout((name,), (GIVEN_LAYER,), ((name, GIVEN_LAYER),), asked={name: name})
+    layout = Layout((name,), (GIVEN_LAYER,), ((name, GIVEN_LAYER),), asked={name: name}, external=(name,))
     driver = _GivenDriver(model, None, registry, layout, calls, seed=seed, settings=settings, given=given,
                           given_targets=targets, explain=explain, name=name, ids=ids)
     out = []

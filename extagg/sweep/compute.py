@@ -26,7 +26,8 @@ class BatchRunner:
         settings = {"randomise": list(config.randomise) or None, "curve_batch": config.curve_batch,
                     "class_map": class_map}
         self.driver = Driver(model, preprocess, registry, plan.layout, plan.calls, targets=config.targets,
-                             seed=config.seed, settings=settings, mismatched="skip", blocks=plan.blocks)
+                             seed=config.seed, settings=settings, mismatched="skip", blocks=plan.blocks,
+                             explainers=plan.explainers)
 
     def run(self, samples, want: Callable[[str], bool]) -> Iterator[tuple[str, dict[tuple, list[UnitValues]]]]:
         """Yield ``(metric text, {key: per-image values})`` for every wanted metric call of this batch."""

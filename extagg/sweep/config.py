@@ -135,7 +135,10 @@ built-in metrics' parameters a metric string leaves out: ``steps`` and ``baselin
     metric's own default, ``conv``, a Conv2d's own weight gradient, as in the paper; a plugin's real-layer extractor
     works the same way; :meth:`resolved` fills it in before it is recorded). Execution: ``batch_size`` (images per
     pass), ``curve_batch`` (images per forward pass of the curves), ``seed``, ``run_dir``, ``device``,
-    ``progress``, ``figures``.
+    ``progress``, ``figures``. ``explainers``: the names of the external explainers handed to
+    :func:`extagg.sweep.sweep` (``explainers={name: callable}``, Python only), scored as methods at the layer
+    ``"external"``; recorded like every result field, so a changed set of names is a changed configuration. A
+    callable has no fingerprint: on resume the sweep trusts that a name still means the same explainer.
     """
 
     model: str = DEFAULT_MODEL
@@ -160,6 +163,7 @@ built-in metrics' parameters a metric string leaves out: ``steps`` and ``baselin
     tolerance: float = 15.0
     identity_extractor: Optional[str] = attrs.field(default=None, converter=attrs.converters.optional(str))
     class_map: Optional[str] = None
+    explainers: tuple[str, ...] = attrs.field(default=(), converter=_strings)
     batch_size: int = attrs.field(default=4, validator=_positive("batch_size"))
     curve_batch: int = attrs.field(default=64, validator=_positive("curve_batch"))
     seed: int = attrs.field(default=0, validator=_check_seed)
@@ -169,7 +173,7 @@ built-in metrics' parameters a metric string leaves out: ``steps`` and ``baselin
     figures: bool = True
 
     def __attrs_post_init__(self):
-        if not self.methods:
+        if not self.methods and not self.explainers:
             raise InputError("give at least one method (a method string or an fnmatch pattern)")
         if not self.layers:
             raise InputError("give at least one layer (a name, a pattern or a group such as 'stages')")

@@ -26,6 +26,7 @@ class Cost:
 
 def _groups(plan: SweepPlan, registry, methods) -> tuple[int, int]:
     """(distinct pass-modifier groups of batched methods, of per-example methods)."""
+    methods = [m for m in methods if m not in plan.external]  # external explainers: counted apart
     plain = {registry.parse(m).modifiers for m in methods if m not in plan.per_example}
     special = {registry.parse(m).modifiers for m in methods if m in plan.per_example}
     return len(plain), len(special)
@@ -85,6 +86,9 @@ def preview(plan: SweepPlan, config: SweepConfig, registry, cost: Cost, model_la
                      f"{config.curve_batch}")
     if plan.blocks:
         lines.append(f"  randomised blocks, output first, one step each: {', '.join(plan.blocks)}")
+    if plan.external:
+        lines.append("  external explainers (layer 'external'; called for the shared pass and again for every "
+                     "further pass, their cost not counted above): " + ", ".join(plan.external))
     if plan.per_example:
         lines.append("  one pass per (image, class) (per-example modifier): " + ", ".join(sorted(plan.per_example)))
     if plan.slow:

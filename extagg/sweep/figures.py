@@ -47,7 +47,7 @@ def metric_vs_layer(plt, plan, rows, path: Path) -> Path:
     cols = min(3, len(heads))
     nrows = math.ceil(len(heads) / cols)
     fig, axes = plt.subplots(nrows, cols, figsize=(4.6 * cols, 3.6 * nrows), squeeze=False)
-    layers = [*plan.layers, *plan.combinations]
+    layers = [*plan.layers, *plan.combinations, *plan.layout.external_layers()]
     styles = {"floor:cross-image": "--", "floor:smooth-noise": ":", "floor:centre": "-."}
     for ax, h in zip(axes.flat, heads):
         for method in plan.methods:

@@ -40,6 +40,7 @@ class SweepPlan:
     blocks: tuple[str, ...]  # randomisation order, output first
     per_example: frozenset  # methods with a per-example modifier (meta)
     slow: tuple[str, ...]  # methods without a closed form on a factored contribution
+    explainers: dict = attrs.field(factory=dict, eq=False, repr=False)  # external: {name: callable}
 
     methods = property(lambda self: self.layout.methods)
     layers = property(lambda self: self.layout.layers)
@@ -47,6 +48,7 @@ class SweepPlan:
     combinations = property(lambda self: self.layout.combinations)
     combined = property(lambda self: self.layout.combined)
     layer_order = property(lambda self: self.layout.layer_order)
+    external = property(lambda self: self.layout.external)
 
     @property
     def twins(self) -> dict:
@@ -87,7 +89,7 @@ def expand_methods(config: SweepConfig, registry: Registry) -> dict[str, str]:
             asked.setdefault(canonical, canonical if is_pattern(written) else written)
     if config.exclude:
         asked = {m: a for m, a in asked.items() if not any(fnmatch.fnmatchcase(m, x) for x in config.exclude)}
-    if not asked:
+    if not asked and config.methods:
         from ..errors import InputError
 
         raise InputError(f"--exclude {' '.join(config.exclude)} leaves no method of {' '.join(config.methods)}")
@@ -132,8 +134,9 @@ def metric_calls(config: SweepConfig, registry: Registry) -> list:
 
 
 def make_plan(config: SweepConfig, model: torch.nn.Module, registry: Registry, image_ids: list[str],
-              example: torch.Tensor, layers: list[str], calls=None) -> SweepPlan:
-    """The plan of a sweep; ``calls``: :func:`metric_calls` of ``config`` when already resolved."""
+              example: torch.Tensor, layers: list[str], calls=None, explainers=None) -> SweepPlan:
+    """The plan of a sweep; ``calls``: :func:`metric_calls` of ``config`` when already resolved; ``explainers``:
+    {name: callable} of ``config.explainers`` (external methods at the layer ``"external"``)."""
     from ..evaluation.driver import make_layout
     from ..evaluation.randomisation import cascading_order
 
@@ -146,7 +149,7 @@ def make_plan(config: SweepConfig, model: torch.nn.Module, registry: Registry, i
                                key=lambda n: position.get(n, math.inf)))
     combinations = tuple(dict.fromkeys(combination_label(c) for c in config.combine))
     layout = make_layout(registry, model, methods, layers, calls, combinations=combinations,
-                         layer_order=layer_order, asked=asked)
+                         layer_order=layer_order, asked=asked, external=config.explainers)
     twins = [t for c in layout.companions.values() for t in c.values()]
     per_example = frozenset(m for m in [*methods, *twins] if registry.per_example(m))
     n = len(image_ids)
@@ -156,4 +159,4 @@ def make_plan(config: SweepConfig, model: torch.nn.Module, registry: Registry, i
     blocks = tuple(cascading_order(model, list(config.randomise) or None, example)) if needs_blocks else ()
     slow = tuple(m for m in dict.fromkeys([*methods, *twins]) if is_slow(registry, m))
     return SweepPlan(layout, tuple(calls), tuple(str(c) for c in calls), tuple(image_ids), batches, blocks,
-                     per_example, slow)
+                     per_example, slow, dict(explainers or {}))

@@ -108,7 +108,7 @@ def summary_table(plan: SweepPlan, rows: list[Result]) -> str:
     the measure's direction, ``(n/total)`` the images where it is defined when some are not, and the floors
     follow as rows of their own."""
     lines = []
-    layers = [*plan.layers, *plan.combinations]
+    layers = [*plan.layers, *plan.combinations, *plan.layout.external_layers()]
     short = {layer: (layer.replace("combine:", "c:") if len(layer) < 14 else "..." + layer[-11:]) for layer in layers}
     asked = plan.layout.asked
     for h in headline_tables(plan, rows):

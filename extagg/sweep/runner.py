@@ -102,12 +102,16 @@ def _load(config: SweepConfig, model, preprocess, samples, device: str):
 
 
 def sweep(config: Optional[SweepConfig] = None, *, model: Optional[torch.nn.Module] = None, preprocess=None,
-          samples: Optional[Sequence] = None, registry=None, out=None) -> SweepResult:
+          samples: Optional[Sequence] = None, registry=None, out=None,
+          explainers: Optional[dict] = None) -> SweepResult:
     """Run (or resume) a sweep; see :class:`~extagg.sweep.config.SweepConfig` and docs/sweep.md.
 
     :param model: a model to use instead of ``config.model`` (with ``preprocess``: (3, H, W) [0, 1] -> input).
     :param samples: :class:`~extagg.evaluation.Sample` objects instead of ``config.data``.
     :param out: where the preview and the summary are printed (default stdout; only rank 0 prints).
+    :param explainers: external explainers ``{name: callable(model, x, targets) -> maps}`` (see
+        :mod:`extagg.evaluation.external`, :mod:`extagg.interop`), scored as methods at the layer ``"external"``;
+        their names are recorded as ``config.explainers`` (a config naming explainers needs them given).
     :returns: the reduced rows and per-image values (on every rank; rank 0 also wrote them to ``run_dir``).
     """
     from ..evaluation.common import model_inputs
@@ -121,13 +125,14 @@ def sweep(config: Optional[SweepConfig] = None, *, model: Optional[torch.nn.Modu
     try:
         registry = registry or default_registry()
         config = config.resolved(registry)
+        config, explainers = _explainers(config, explainers, registry)
         calls = metric_calls(config, registry)  # before the model loads: a misspelt metric fails at once
         device = group.device(config.device)
         model, preprocess, samples, label = _load(config, model, preprocess, samples, device)
         torch.manual_seed(config.seed)
         example = model_inputs(model, [samples[0].image], preprocess)
         layers = select_layers(model, list(config.layers), example)
-        plan = make_plan(config, model, registry, [s.image_id for s in samples], example, layers, calls)
+        plan = make_plan(config, model, registry, [s.image_id for s in samples], example, layers, calls, explainers)
         class_map = _class_map(config, plan, model, example, samples)
         record = {"config": config.result_dict(), "plan": plan.as_dict(), "versions": versions(registry, config, label)}
         record["model"] = model_record(model, preprocess)  # weights fingerprint + preprocessing, checked on resume
@@ -175,6 +180,18 @@ def sweep(config: Optional[SweepConfig] = None, *, model: Optional[torch.nn.Modu
             store.close()  # the run directory's lock
         group.close()
         kept.restore()
+
+
+def _explainers(config: SweepConfig, explainers, registry):
+    """(config with ``explainers`` = the given names, the checked {name: callable}); a config that names
+    explainers (e.g. read back from a run directory) needs exactly those callables."""
+    from ..evaluation.external import check_explainers
+
+    given = check_explainers(explainers, registry)
+    if config.explainers and tuple(given) != tuple(config.explainers):
+        raise InputError(f"the configuration names the external explainers {list(config.explainers)}; pass "
+                         f"explainers={{name: callable}} with exactly those names (got {list(given)})")
+    return (attrs.evolve(config, explainers=tuple(given)) if given else config), given
 
 
 def _batch_units(plan: SweepPlan, batch: tuple[int, ...]):
