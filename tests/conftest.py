@@ -34,10 +34,13 @@ class LazyBuiltins:
 
 def pytest_generate_tests(metafunc):
     """Parametrise over the built-in registry at collection (never at import): ``builtin_method`` (every
-    composition and named method), ``builtin_aggregator`` (every aggregator name)."""
+    composition and named method), ``builtin_aggregator`` (every aggregator name), ``builtin_metric`` (every
+    metric name)."""
     if "builtin_method" in metafunc.fixturenames:
         reg = builtin_registry()
         metafunc.parametrize("builtin_method", reg.methods() + sorted(reg.named_methods))
+    if "builtin_metric" in metafunc.fixturenames:
+        metafunc.parametrize("builtin_metric", sorted(builtin_registry().metrics))
     if "builtin_aggregator" in metafunc.fixturenames:
         metafunc.parametrize("builtin_aggregator", sorted(builtin_registry().aggregators))
 
