@@ -116,6 +116,23 @@ def test_rows_carry_n_nan_intervals_and_floors(reference):
     assert any(r["layer"].startswith("combine:") for r in rows) and "combine:sum:linear" in data["layers"]
 
 
+def test_charts_use_each_metrics_headline_subset(tmp_path):
+    """Guards the charts' default subset: randomisation's headline is its last cascading step, not the first
+    subset in the rows (the sweep hands its registry to the report)."""
+    from extagg.registry import default_registry
+
+    run(tiny_config(tmp_path, metrics=("randomisation(checkpoints=2)",)))
+    page = (tmp_path / "report.html").read_text()
+    start = page.index('<script id="report-data" type="application/json">') + len(
+        '<script id="report-data" type="application/json">')
+    data = json.loads(page[start:page.index("</script>", start)])
+    subsets = list(dict.fromkeys(r["subset"] for r in data["rows"]))
+    assert len(subsets) == 2 and all(s.startswith("cascading:") for s in subsets)
+    (head,) = data["headline"].values()
+    assert head == subsets[-1] != subsets[0]
+    assert gather(tmp_path, registry=default_registry())["headline"] == data["headline"]
+
+
 class _Row:
     def __init__(self, d):
         self.__dict__.update(d)
@@ -146,9 +163,10 @@ def test_save_maps_none_writes_nothing(tmp_path):
 def test_saved_maps_shapes_and_values(tmp_path, mode, side, dtype):
     """Guards the file format: thumbs are at most 64 px float16 scaled by their largest |value|, full maps are the
     float32 maps at the input size, equal to extagg.saliency's for the explained (predicted) class."""
-    samples = tiny_samples(3, size=96)
+    samples = tiny_samples(2, size=96)
     model = tiny_model()
-    sweep(tiny_config(tmp_path, save_maps=mode, **FAST), model=model, samples=samples, out=io.StringIO())
+    sweep(tiny_config(tmp_path, save_maps=mode, metrics=("deletion",)), model=model, samples=samples,
+          out=io.StringIO())
     with np.load(batch_path(tmp_path, 0)) as f:
         index = json.loads(str(f["index"]))
         assert f["maps"].dtype == dtype and f["photos"].dtype == np.uint8

@@ -174,7 +174,8 @@ def sweep(config: Optional[SweepConfig] = None, *, model: Optional[torch.nn.Modu
             print(f"wrote {run_dir / 'results.csv'}, results.jsonl, per_image.csv, per_image.jsonl", file=printing)
             from ..report import write_report
 
-            print(f"report: {write_report(run_dir, rows=rows, per_image=per_image, plan=plan)}", file=printing)
+            page = write_report(run_dir, rows=rows, per_image=per_image, plan=plan, registry=registry)
+            print(f"report: {page}", file=printing)
         return SweepResult(tuple(rows), tuple(per_image), plan, run_dir, time.perf_counter() - start)
     finally:
         if store is not None:
