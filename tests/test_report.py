@@ -266,3 +266,49 @@ def test_names_are_escaped_in_the_page(tmp_path):
     html, counts = build_report(tmp_path)
     assert bad not in html and counts["thumbnails"] > 0
     assert "&lt;/script&gt;&lt;img src=x onerror=alert(1)&gt;" in html
+
+
+# ----------------------------------------------------------------------------- many processes
+def _two_ranks(rank: int, world: int, port: int, run_dir: str) -> None:
+    import sys
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    sweep(tiny_config(run_dir, device="cpu", **FAST), model=tiny_model(), samples=tiny_samples(), out=io.StringIO())
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)  # as the distributed sweep tests: no interpreter teardown under gloo
+
+
+def test_two_ranks_save_the_maps_of_one_process(tmp_path):
+    """Guards the distributed path: rank 1's batches reach rank 0, which writes them; the files equal one
+    process's."""
+    import socket
+
+    import torch.distributed as dist
+    import torch.multiprocessing as mp
+
+    if not dist.is_available():
+        pytest.skip("torch.distributed is not available in this build")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        run(tiny_config(tmp_path / "one", device="cpu", **FAST))
+    finally:
+        torch.set_num_threads(threads)
+    for attempt in range(3):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        try:
+            mp.spawn(_two_ranks, args=(2, port, str(tmp_path / "two")), nprocs=2, join=True)
+            break
+        except mp.ProcessRaisedException as exc:
+            if attempt == 2 or "address already in use" not in str(exc).lower():
+                raise
+    one, two = list(read_batches(tmp_path / "one")), list(read_batches(tmp_path / "two"))
+    assert len(two) == 3 and [b["index"] for b in two] == [b["index"] for b in one]
+    for a, b in zip(one, two):
+        np.testing.assert_array_equal(a["maps"], b["maps"])
+        np.testing.assert_array_equal(a["photos"], b["photos"])
