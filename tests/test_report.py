@@ -312,3 +312,27 @@ def test_two_ranks_save_the_maps_of_one_process(tmp_path):
     for a, b in zip(one, two):
         np.testing.assert_array_equal(a["maps"], b["maps"])
         np.testing.assert_array_equal(a["photos"], b["photos"])
+
+
+def test_a_run_of_per_image_metrics_only_saves_its_maps_too(tmp_path):
+    """Guards the fallback pass: with only the pointing game (no shared pass), each batch still gets the maps of
+    the explained class, equal to extagg.saliency's, and the report draws them and the pointing intervals."""
+    h = w = 32
+    box = torch.zeros(1, h, w, dtype=torch.bool)
+    box[0, 10:20, 10:20] = True
+    g = torch.Generator().manual_seed(3)
+    samples = [Sample(torch.rand(3, h, w, generator=g), f"p{i}", (i % 2,), box) for i in range(3)]
+    model = tiny_model()
+    result = sweep(tiny_config(tmp_path, metrics=("pointing",), methods=("gradcam",), layers=("3",), combine=(),
+                               save_maps="full"), model=model, samples=samples, out=io.StringIO())
+    assert result.rows and all(r.metric.startswith("pointing") for r in result.rows)
+    batches = list(read_batches(tmp_path))
+    assert [b["index"]["images"] for b in batches] == [["p0", "p1"], ["p2"]]
+    x = torch.stack([s.image for s in samples])
+    direct = saliency(model, x, "gradcam", "3", resize=True)["gradcam", "3"][:, 0].numpy()
+    got = np.concatenate([b["maps"][0] for b in batches])
+    np.testing.assert_allclose(got, direct, rtol=1e-5, atol=1e-6)
+    html, counts = build_report(tmp_path)
+    assert counts["thumbnails"] == 3
+    row = next(r for r in gather(tmp_path)["rows"] if r["subset"] == "all")
+    assert row["n"] == 3 and "floor:centre" in row["floors"]
