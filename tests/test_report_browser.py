@@ -31,7 +31,8 @@ def _chromium() -> str:
     if shutil.which(CHROMIUM) or os.access(CHROMIUM, os.X_OK):
         return CHROMIUM
     if os.environ.get("CI"):
-        pytest.fail(f"no Chromium at {CHROMIUM}: scripts/setup.sh installs Debian's chromium (apt-get install chromium)")
+        pytest.fail(f"no Chromium at {CHROMIUM}: scripts/setup.sh installs Debian's chromium "
+                    "(apt-get install chromium)")
     pytest.skip(f"no Chromium at {CHROMIUM} (install Debian's chromium, or set EXTAGG_CHROMIUM to a Chromium binary)")
 
 

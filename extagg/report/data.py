@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Iterable, Optional
+from typing import Iterable
 
 from ..errors import InputError
 from ..evaluation.results import ImageValue, Result
@@ -92,7 +92,7 @@ def attach_floors(rows: list[dict]) -> list[dict]:
             for r in rows if not r["subset"].startswith(FLOOR_PREFIX)]
 
 
-def headlines(plan: Optional[dict], rows: list[dict], registry=None) -> dict:
+def headlines(rows: list[dict], registry=None) -> dict:
     """{metric call: its headline subset} (the metric's own choice where the registry knows the metric, else the
     first measured subset)."""
     out: dict = {}
@@ -133,7 +133,7 @@ def gather(run_dir, rows=None, per_image=None, registry=None) -> dict:
                                  *(r["layer"] for r in measured)]))
     methods = list(dict.fromkeys(r["method"] for r in measured))
     return _clean({"rows": measured, "methods": methods, "layers": layers,
-                   "headline": headlines(plan, measured, registry), "directions": DIRECTIONS,
+                   "headline": headlines(measured, registry), "directions": DIRECTIONS,
                    "config": config, "versions": record.get("versions") or {}, "plan": plan,
                    "model": (record.get("versions") or {}).get("model"), "level": LEVEL, "reps": REPS,
                    "images": plan.get("images", [])})

@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 import html
 import io
-from typing import Iterable, Optional
+from typing import Iterable
 
 import numpy as np
 
@@ -79,7 +79,7 @@ def photo_uri(photo: np.ndarray) -> str:
                    .transpose(1, 2, 0))
 
 
-def gallery_html(batches: Iterable[dict], asked: dict, layers: list[str], mode: Optional[str] = None) -> tuple[str, int]:
+def gallery_html(batches: Iterable[dict], asked: dict, layers: list[str]) -> tuple[str, int]:
     """The gallery's HTML (one section per image: the photo, then a grid of methods x layers) and the number of
     map thumbnails in it. ``asked``: {canonical method: the name the user wrote}; ``layers``: the column order."""
     e = html.escape

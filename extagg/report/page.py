@@ -65,7 +65,8 @@ def page(data: dict, gallery: str, thumbnails: int, mode: str, batches: int) -> 
 <body>
 <h1>extagg sweep report</h1>
 <p class="muted">{summary}</p>
-<nav><a href="#results">Results</a><a href="#charts">Charts</a><a href="#gallery">Maps</a><a href="#config">Configuration</a></nav>
+<nav><a href="#results">Results</a><a href="#charts">Charts</a><a href="#gallery">Maps</a>
+<a href="#config">Configuration</a></nav>
 
 <h2 id="results">Results</h2>
 <p class="small muted">One row per method, layer, metric call, measure and subset; click a header to sort (again to
