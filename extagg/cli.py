@@ -1,4 +1,4 @@
-"""Command line: ``extagg methods | metrics | plugins | describe | explain | evaluate | sweep``."""
+"""Command line: ``extagg methods | metrics | plugins | describe | explain | evaluate | sweep | report``."""
 from __future__ import annotations
 
 import argparse
@@ -98,6 +98,19 @@ def cmd_explain(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    from pathlib import Path
+
+    from .report import build_report
+    from .sweep.store import write_atomic
+
+    text, counts = build_report(args.run_dir, registry=_registry())
+    path = Path(args.output) if args.output else Path(args.run_dir) / "report.html"
+    write_atomic(path, text)
+    print(f"wrote {path}: {counts['rows']} result rows, {counts['thumbnails']} map thumbnails")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="extagg", description="Extract & Aggregate saliency, composable.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -143,6 +156,14 @@ def build_parser() -> argparse.ArgumentParser:
     from .sweep.cli import add_sweep_command
 
     add_sweep_command(sub)
+
+    s = sub.add_parser("report", help="one self-contained offline HTML page of a sweep's run directory",
+                       description="Write RUN_DIR/report.html: the results table (sortable, filterable, bootstrap "
+                                   "intervals, floors), metric-vs-layer and ranking charts, the saved maps and the "
+                                   "configuration; one file, no network.")
+    s.add_argument("run_dir", metavar="RUN_DIR", help="a sweep's run directory (extagg sweep -o RUN_DIR)")
+    s.add_argument("-o", "--output", type=output_file, default=None, help="output HTML (default RUN_DIR/report.html)")
+    s.set_defaults(func=cmd_report)
     return p
 
 

@@ -12,7 +12,7 @@ if ! "$VPY" -c 'import torch, torchvision, sys; sys.exit(not (torch.__version__.
   "$VPY" -m pip install -q --upgrade pip
   "$VPY" -m pip install -q torch==2.14.1 torchvision==0.29.1
 fi
-if ! "$VPY" -c 'import extagg, extagg_builtins, efficientnet_lite_pytorch, pytest, hypothesis, extagg_hello, matplotlib' 2>/dev/null \
+if ! "$VPY" -c 'import extagg, extagg_builtins, efficientnet_lite_pytorch, pytest, hypothesis, extagg_hello, matplotlib, playwright' 2>/dev/null \
    || [ pyproject.toml -nt .venv/.extagg-installed ] || [ examples/extagg-hello/pyproject.toml -nt .venv/.extagg-installed ]; then
   "$VPY" -m pip install -q -e ".[default-model,eval,figures,test]"
   "$VPY" -m pip install -q -e examples/extagg-hello
@@ -21,6 +21,12 @@ if ! "$VPY" -c 'import extagg, extagg_builtins, efficientnet_lite_pytorch, pytes
   "$VPY" -m pip install -q -e ".[peers]" torch==2.14.1 torchvision==0.29.1 \
     || echo "extagg setup: the peers extra did not install; the peer comparison tests will skip" >&2
   touch .venv/.extagg-installed
+fi
+# The report's browser test (tests/test_report_browser.py) drives Debian's chromium through playwright (the test
+# extra); playwright's own browser download is never used. Installed only where missing and apt-get can run (root).
+if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+  { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; } \
+    || echo "extagg setup: chromium did not install; tests/test_report_browser.py will skip (fail under CI)" >&2
 fi
 # Build the native phase-2 kernels now (cached in ~/.cache/extagg), not in the first call; a warning if no compiler.
 "$VPY" -c 'import extagg.native as n; print("extagg native kernels:", "built" if n.available() else "unavailable (PyTorch path)")'

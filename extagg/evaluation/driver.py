@@ -227,6 +227,8 @@ class Driver:
         self._work = None
         self._blocks = list(blocks) if blocks else None
         self.explainers = dict(explainers or {})
+        self.shared: Optional[BatchContext] = None  # the last batch context with the shared pass (the sweep saves
+        # its maps)
 
     # ----------------------------------------------------------------- shared passes
     def maps(self, model, x, methods, targets, size) -> dict:
@@ -337,6 +339,7 @@ class Driver:
                 unique.append(c)
         methods = list(self.layout.methods) + self.layout.companion_methods()
         ctx.set_columns(unique, self.maps(self.model, x, methods, torch.stack(unique, 1), size))
+        self.shared = ctx
         return ctx
 
     def run(self, samples, want: Callable[[MetricCall], bool] = lambda call: True
@@ -344,6 +347,7 @@ class Driver:
         """Yield ``(call, values)`` for every wanted metric call of this batch of samples."""
         calls = [c for c in self.calls if want(c)]
         shared = [c for c in calls if not c.metric.per_image]
+        self.shared = None
         if shared:
             ctx = self.context(samples, shared)
             for call in shared:

@@ -4,7 +4,8 @@ from __future__ import annotations
 import argparse
 
 from ..cli_args import device, number_in
-from .config import COMBINE_MODES, COMBINE_WEIGHTINGS, DATA, METRICS, RANDOMISATION_MODES, SKIMAGE_PHOTOS, SweepConfig
+from .config import (COMBINE_MODES, COMBINE_WEIGHTINGS, DATA, METRICS, RANDOMISATION_MODES, SAVE_MAPS, SKIMAGE_PHOTOS,
+                     SweepConfig)
 
 _FIELDS = {  # argparse dest -> SweepConfig field (only options the user gave are passed on)
     "model": "model", "weights": "weights", "random_weights": "random_weights", "data": "data", "root": "root",
@@ -13,6 +14,7 @@ _FIELDS = {  # argparse dest -> SweepConfig field (only options the user gave ar
     "randomisation": "randomisation", "hog_cell": "hog_cell", "tolerance": "tolerance",
     "identity_extractor": "identity_extractor", "batch_size": "batch_size", "class_map": "class_map",
     "curve_batch": "curve_batch", "seed": "seed", "run_dir": "run_dir", "device": "device",
+    "save_maps": "save_maps",
 }
 
 
@@ -67,6 +69,9 @@ def add_sweep_command(subparsers) -> argparse.ArgumentParser:
     a("--device", type=device, default=None, help="torch device (default: cuda if available, else cpu)")
     a("--no-progress", action="store_true", help="no progress bar")
     a("--no-figures", action="store_true", help="no figures")
+    a("--save-maps", default=None, choices=SAVE_MAPS,
+      help="maps saved per batch for the report's gallery: thumbs (default: at most 64 px, float16), full (input "
+           "size, float32) or none")
     p.set_defaults(func=run_sweep)
     return p
 

@@ -28,6 +28,8 @@ SKIMAGE_PHOTOS = ("chelsea", "coffee", "camera")
 COMBINE_MODES = ("sum", "product")
 COMBINE_WEIGHTINGS = ("uniform", "linear")
 RANDOMISATION_MODES = ("cascading", "independent", "both")
+SAVE_MAPS = ("none", "thumbs", "full")
+"""``--save-maps``: the maps saved per batch for the report's gallery (:mod:`extagg.sweep.saved_maps`)."""
 DEFAULT_METHODS = ("gradcam", "linear-approx", "scaling+norm", "normgrad", "meta(lr=0.002):normgrad")
 DEFAULT_LAYERS = ("stages", "_conv_head")
 
@@ -135,8 +137,10 @@ built-in metrics' parameters a metric string leaves out: ``steps`` and ``baselin
     metric's own default, ``conv``, a Conv2d's own weight gradient, as in the paper; a plugin's real-layer extractor
     works the same way; :meth:`resolved` fills it in before it is recorded). Execution: ``batch_size`` (images per
     pass), ``curve_batch`` (images per forward pass of the curves), ``seed``, ``run_dir``, ``device``,
-    ``progress``, ``figures``. ``explainers``: the names of the external explainers handed to
-    :func:`extagg.sweep.sweep` (``explainers={name: callable}``, Python only), scored as methods at the layer
+    ``progress``, ``figures``, ``save_maps`` (``none``, ``thumbs``: small downsampled maps, ``full``: maps at the
+    input size, saved per batch for the report's gallery, see :mod:`extagg.sweep.saved_maps`; compared on resume,
+    so every batch of a run directory has the same kind of maps). ``explainers``: the names of the external
+    explainers handed to :func:`extagg.sweep.sweep` (``explainers={name: callable}``, Python only), scored as methods at the layer
     ``"external"``; recorded like every result field, so a changed set of names is a changed configuration. A
     callable has no fingerprint: on resume the sweep trusts that a name still means the same explainer.
     """
@@ -171,6 +175,7 @@ built-in metrics' parameters a metric string leaves out: ``steps`` and ``baselin
     device: Optional[str] = attrs.field(default=None, validator=_check_device)
     progress: bool = True
     figures: bool = True
+    save_maps: str = attrs.field(default="thumbs", validator=_one_of("save_maps", SAVE_MAPS))
 
     def __attrs_post_init__(self):
         if not self.methods and not self.explainers:

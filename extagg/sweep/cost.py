@@ -15,13 +15,16 @@ class Cost:
     one more); ``class_passes``: gradient-free forwards for the classes; ``curve_images`` / ``curve_passes``:
     at most this many images evaluated by the deletion/insertion curves and the forward passes they take (every
     map's interior points, the two endpoints once per image; maps that rank pixels alike share more, which only
-    the maps can tell)."""
+    the maps can tell); ``maps`` / ``maps_bytes``: the maps ``--save-maps`` keeps for the report, all batches, and
+    at most how many bytes they take before compression."""
 
     units: dict  # metric -> (all, done)
     saliency_passes: int
     class_passes: int
     curve_images: int
     curve_passes: int
+    maps: int = 0  # maps saved for the report (--save-maps), all batches
+    maps_bytes: int = 0  # their size before compression, at most
 
 
 def _groups(plan: SweepPlan, registry, methods) -> tuple[int, int]:
@@ -32,8 +35,10 @@ def _groups(plan: SweepPlan, registry, methods) -> tuple[int, int]:
     return len(plain), len(special)
 
 
-def estimate(plan: SweepPlan, config: SweepConfig, registry, done: dict, pending: list[tuple[int, ...]]) -> Cost:
-    """The work still to do, from each metric's declared cost (:class:`extagg.plugin.Cost`) per batch."""
+def estimate(plan: SweepPlan, config: SweepConfig, registry, done: dict, pending: list[tuple[int, ...]],
+             size=None) -> Cost:
+    """The work still to do, from each metric's declared cost (:class:`extagg.plugin.Cost`) per batch; ``size``:
+    the model's input (H, W), for the size of the saved maps."""
     units = {}
     for metric in plan.metrics:
         all_units = plan.units(metric, plan.image_ids)
@@ -59,7 +64,11 @@ def estimate(plan: SweepPlan, config: SweepConfig, registry, done: dict, pending
             if c.forward_images:
                 curve_images += c.forward_images
                 curve_passes += math.ceil(c.forward_images / config.curve_batch)
-    return Cost(units, saliency, classes, curve_images, curve_passes)
+    from .saved_maps import estimate_bytes, saved_keys
+
+    n_maps = len(saved_keys(plan)) * len(plan.image_ids) if config.save_maps != "none" else 0
+    return Cost(units, saliency, classes, curve_images, curve_passes, n_maps,
+                estimate_bytes(config.save_maps, n_maps, len(plan.image_ids), size))
 
 
 def preview(plan: SweepPlan, config: SweepConfig, registry, cost: Cost, model_label: str) -> str:
@@ -84,6 +93,11 @@ def preview(plan: SweepPlan, config: SweepConfig, registry, cost: Cost, model_la
         lines.append(f"                 at most {cost.curve_images} images through the metrics' own forward passes "
                      f"(deletion/insertion curves, endpoints shared) in {cost.curve_passes} passes of up to "
                      f"{config.curve_batch}")
+    if cost.maps:
+        from .saved_maps import human_bytes
+
+        lines.append(f"  maps saved for the report (--save-maps {config.save_maps}): {cost.maps} maps and "
+                     f"{len(plan.image_ids)} photos, at most {human_bytes(cost.maps_bytes)} before compression")
     if plan.blocks:
         lines.append(f"  randomised blocks, output first, one step each: {', '.join(plan.blocks)}")
     if plan.external:

@@ -152,12 +152,15 @@ def sweep(config: Optional[SweepConfig] = None, *, model: Optional[torch.nn.Modu
         printing = out if out is not None else sys.stdout
         pending = [b for b in plan.batches if any(u not in done for u in _batch_units(plan, b))]
         if group.rank == 0:
-            cost = estimate(plan, config, registry, done, pending)
+            cost = estimate(plan, config, registry, done, pending, size=tuple(example.shape[-2:]))
             text = preview(plan, config, registry, cost, label)
             if group.distributed:
                 text += f"\n  distributed: {group.world} processes, batches dealt round-robin, rank 0 writes"
             print(text, file=printing, flush=True)
-        _compute(plan, config, registry, model, preprocess, samples, pending, done, store, group, class_map)
+        from .saved_maps import MapSaver
+
+        saver = MapSaver.for_run(config, plan, model, example, writer=group.rank == 0)
+        _compute(plan, config, registry, model, preprocess, samples, pending, done, store, group, class_map, saver)
         if group.rank == 0:
             done = store.load()
         done = group.broadcast(done)
@@ -174,6 +177,10 @@ def sweep(config: Optional[SweepConfig] = None, *, model: Optional[torch.nn.Modu
                 if written:
                     print(f"figures: {', '.join(str(p) for p in written)}", file=printing)
             print(f"wrote {run_dir / 'results.csv'}, results.jsonl, per_image.csv, per_image.jsonl", file=printing)
+            from ..report import write_report
+
+            page = write_report(run_dir, rows=rows, per_image=per_image, plan=plan, registry=registry)
+            print(f"report: {page}", file=printing)
         return SweepResult(tuple(rows), tuple(per_image), plan, run_dir, time.perf_counter() - start)
     finally:
         if store is not None:
@@ -209,7 +216,8 @@ def _class_map(config, plan, model, example, samples):
     return sweep_class_map(config, getattr(samples, "class_names", None), logits(model, example).shape[1], plan.calls)
 
 
-def _compute(plan, config, registry, model, preprocess, samples, pending, done, store, group, class_map=None) -> None:
+def _compute(plan, config, registry, model, preprocess, samples, pending, done, store, group, class_map=None,
+             saver=None) -> None:
     runner = BatchRunner(model, preprocess, plan, config, registry, class_map)
     bar = None
     if group.rank == 0 and config.progress and pending:
@@ -230,7 +238,8 @@ def _compute(plan, config, registry, model, preprocess, samples, pending, done, 
                 def want(metric, ids=ids):
                     return any(u not in done for u in plan.units(metric, ids))
 
-                for metric, values in runner.run(batch, want):
+                on_maps = saver.callback(mine, batch, group.distributed) if saver is not None else None
+                for metric, values in runner.run(batch, want, on_maps):
                     new = [((m, layer, metric, image), values[m, layer][j])
                            for j, image in enumerate(ids) for m, layer in plan.keys(metric)
                            if (m, layer, metric, image) not in done]
@@ -241,6 +250,8 @@ def _compute(plan, config, registry, model, preprocess, samples, pending, done, 
                         if bar is not None:
                             bar.set_postfix_str(f"batch {first + 1}/{len(pending)}, {metric}", refresh=False)
                             bar.update(len(new))
+            if group.distributed and saver is not None:  # a batch's maps are written before its units
+                saver.write_held([b for part in group.gather(saver.take(), "the exchange of maps") for b in part])
             if group.distributed:
                 for part in group.gather(finished):
                     store.append(part)
