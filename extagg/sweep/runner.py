@@ -229,6 +229,7 @@ def _compute(plan, config, registry, model, preprocess, samples, pending, done, 
                     store.append(part)
                     if bar is not None:
                         bar.update(len(part))
+            store.commit()  # the round's units, durable as one batch file (rank 0; the others hold none)
     finally:
         if bar is not None:
             bar.close()
