@@ -6,6 +6,7 @@ import io
 import json
 import os
 import random
+import signal
 import socket
 import subprocess
 import sys
@@ -99,6 +100,40 @@ def test_two_sweeps_started_together_on_a_new_directory(tmp_path, reference):
     assert config["config"]["steps"] == winners[0]
     assert sorted(unit_lines(run_dir)) == reference[winners[0]]
     assert [p.name for p in [*run_dir.iterdir(), *(run_dir / "units").iterdir()] if p.name.endswith(".tmp")] == []
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs SIGKILL")
+@pytest.mark.filterwarnings("ignore:resuming .* with different versions")
+def test_a_sweep_killed_by_sigkill_resumes_bit_for_bit(tmp_path, reference):
+    """A sweep process killed with SIGKILL after its first batch is durable (and while the next is computed)
+    resumes to units equal to an uninterrupted run's, float for float, each once: the committed batch is kept,
+    the batch in flight is computed again and never half-counted."""
+    run_dir = tmp_path / "run"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.dirname(__file__), *sys.path]), OMP_NUM_THREADS="1")
+    for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "LOCAL_RANK"):
+        env.pop(k, None)
+    p = subprocess.Popen([sys.executable, WORKER, str(run_dir), "3", "3", "--slow", "2"], env=env,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not list((run_dir / "units").glob("*.parquet")) and time.monotonic() < deadline:
+            assert p.poll() is None, p.stderr.read()[-2000:]
+            time.sleep(0.02)
+        p.send_signal(signal.SIGKILL)
+        p.wait(timeout=30)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert p.returncode == -signal.SIGKILL  # killed, not finished
+    partial = unit_lines(run_dir)
+    assert 0 < len(partial) < len(reference[3])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        run(run_dir, n=3, steps=3)
+    finally:
+        torch.set_num_threads(threads)
+    assert sorted(unit_lines(run_dir)) == reference[3]
 
 
 def test_write_atomic_never_writes_through_a_planted_temporary_name(tmp_path):
