@@ -8,7 +8,8 @@ from .config import COMBINE_MODES, COMBINE_WEIGHTINGS, DATA, METRICS, RANDOMISAT
 
 _FIELDS = {  # argparse dest -> SweepConfig field (only options the user gave are passed on)
     "model": "model", "weights": "weights", "random_weights": "random_weights", "data": "data", "root": "root",
-    "limit": "limit", "methods": "methods", "exclude": "exclude", "layers": "layers", "metrics": "metrics",
+    "limit": "limit", "sample": "sample", "workers": "workers",
+    "methods": "methods", "exclude": "exclude", "layers": "layers", "metrics": "metrics",
     "combine": "combine", "targets": "targets", "steps": "steps", "baseline": "baseline", "randomise": "randomise",
     "randomisation": "randomisation", "hog_cell": "hog_cell", "tolerance": "tolerance",
     "identity_extractor": "identity_extractor", "batch_size": "batch_size", "class_map": "class_map",
@@ -34,6 +35,10 @@ def add_sweep_command(subparsers) -> argparse.ArgumentParser:
       help="skimage (default: photos shipped with scikit-image), voc, coco or folder (with --root)")
     a("--root", default=None, help="data folder for --data voc|coco|folder")
     a("--limit", type=int, default=None, help="only the first N images")
+    a("--sample", type=int, default=None, metavar="N",
+      help="N images drawn with --seed (after --limit), for a quick look at a large set; recorded like --limit")
+    a("--workers", type=int, default=None, metavar="N",
+      help="processes decoding images from disk while the model runs (default min(4, CPUs); 0: none)")
     a("--methods", nargs="+", default=None, metavar="PATTERN",
       help=f"method strings or fnmatch patterns (default: {' '.join(default['methods'])})")
     a("--exclude", nargs="+", default=None, metavar="PATTERN", help="fnmatch patterns of methods to leave out")
