@@ -72,6 +72,8 @@ def add_sweep_command(subparsers) -> argparse.ArgumentParser:
     a("--device", type=device, default=None, help="torch device (default: cuda if available, else cpu)")
     a("--no-progress", action="store_true", help="no progress bar")
     a("--no-figures", action="store_true", help="no figures")
+    a("--dry-run", action="store_true",
+      help="print the cost preview and a projected wall time on this machine (one batch timed), compute nothing else")
     p.set_defaults(func=run_sweep)
     return p
 
@@ -83,6 +85,11 @@ def config_from_args(args) -> SweepConfig:
 
 
 def run_sweep(args) -> int:
+    if getattr(args, "dry_run", False):
+        from .projection import dry_run
+
+        dry_run(config_from_args(args))
+        return 0
     from .runner import sweep
 
     sweep(config_from_args(args))
