@@ -54,19 +54,25 @@ def schema():
                       ("cls", pa.int64()), ("value", pa.float64())])
 
 
-def to_table(units: Iterable[tuple[tuple, list]]):
+_NO_VALUES = ((None, None, None, math.nan),)
+
+
+def _number(v) -> float:
+    return float(v) if v is not None and math.isfinite(v) else math.nan
+
+
+def to_table(units: list):
     """A pyarrow table of ``[(unit, [(subset, measure, cls, value), ...]), ...]`` in the layout above."""
     pa, _ = pyarrow()
-    cols: dict[str, list] = {c: [] for c in COLUMNS}
-    for unit, values in units:
-        rows = values or [(None, None, None, math.nan)]
-        for subset, measure, cls, v in rows:
-            for c, x in zip(COLUMNS[:4], unit):
-                cols[c].append(x)
-            cols["subset"].append(subset)
-            cols["measure"].append(measure)
-            cols["cls"].append(None if cls is None else int(cls))
-            cols["value"].append(math.nan if v is None or not math.isfinite(v) else float(v))
+    rows = [values or _NO_VALUES for _, values in units]
+    counts = [len(r) for r in rows]
+    cols: dict[str, list] = {c: [u[k] for (u, _), n in zip(units, counts) for _ in range(n)]
+                             for k, c in enumerate(COLUMNS[:4])}
+    flat = [x for r in rows for x in r]
+    cols["subset"] = [x[0] for x in flat]
+    cols["measure"] = [x[1] for x in flat]
+    cols["cls"] = [None if x[2] is None else int(x[2]) for x in flat]
+    cols["value"] = [_number(x[3]) for x in flat]
     return pa.Table.from_pydict(cols, schema=schema())
 
 
