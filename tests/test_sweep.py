@@ -242,6 +242,20 @@ def test_stored_values_read_back_exactly(tmp_path):
     assert math.isnan(got[3][3]) and math.isnan(got[4][3])
 
 
+def test_without_pyarrow_the_sweep_stops_before_any_work_naming_the_install(tmp_path, monkeypatch):
+    """The store needs pyarrow: without it the sweep stops at the run directory's check, before any unit, with
+    an extagg error naming the install command (not a raw ImportError after the first batch)."""
+    import sys
+
+    from extagg.errors import ExtaggError
+
+    monkeypatch.setitem(sys.modules, "pyarrow", None)
+    monkeypatch.setattr(BatchRunner, "run", lambda *a, **k: pytest.fail("computed without a store"))
+    with pytest.raises(ExtaggError, match=r"needs pyarrow: `pip install extagg\[sweep\]`"):
+        run(tiny_config(tmp_path / "run"))
+    assert not (tmp_path / "run" / "config.json").exists()
+
+
 def test_resume_after_a_crash_equals_uninterrupted(tmp_path, reference, monkeypatch):
     calls = {"n": 0}
     real = BatchRunner.run

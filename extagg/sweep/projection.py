@@ -82,7 +82,7 @@ def dry_run(config: Optional[SweepConfig] = None, *, model: Optional[torch.nn.Mo
     from .data import ImageSource, batches, default_workers, image_ids
     from .fingerprint import KeptRandomState, model_record
     from .plan import make_plan, metric_calls
-    from .runner import _batch_units, _class_map, _load, versions
+    from .runner import batch_units, load_inputs, sweep_class_map, versions
     from .store import RunStore
 
     config = config or SweepConfig()
@@ -93,12 +93,12 @@ def dry_run(config: Optional[SweepConfig] = None, *, model: Optional[torch.nn.Mo
         config = config.resolved(registry)
         calls = metric_calls(config, registry)
         device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
-        model, preprocess, samples, label = _load(config, model, preprocess, samples, device)
+        model, preprocess, samples, label = load_inputs(config, model, preprocess, samples, device)
         torch.manual_seed(config.seed)
         example = model_inputs(model, [samples[0].image], preprocess)
         layers = select_layers(model, list(config.layers), example)
         plan = make_plan(config, model, registry, image_ids(samples), example, layers, calls)
-        class_map = _class_map(config, plan, model, example, samples)
+        class_map = sweep_class_map(config, plan, model, example, samples)
         store = RunStore(config.run_dir, writer=False)
         done = {}
         if (store.dir / "config.json").exists():
@@ -106,7 +106,7 @@ def dry_run(config: Optional[SweepConfig] = None, *, model: Optional[torch.nn.Mo
                       "versions": versions(registry, config, label), "model": model_record(model, preprocess)}
             store.check_config(record, defaults=SweepConfig().resolved(registry).result_dict())
             done = store.load()
-        pending = [b for b in plan.batches if any(u not in done for u in _batch_units(plan, b))]
+        pending = [b for b in plan.batches if any(u not in done for u in batch_units(plan, b))]
         cost = estimate(plan, config, registry, done, pending)
         print(preview(plan, config, registry, cost, label), file=printing, flush=True)
         result = {"cost": cost, "calibration_s": None, "decode_s": None, "projected_s": None,

@@ -248,3 +248,8 @@ def _write_tables(run_dir: Path, rows, per_image, plan) -> None:
     write_atomic(run_dir / "per_image.csv", to_csv(per_image, PER_IMAGE_FIELDS))
     write_atomic(run_dir / "per_image.jsonl", to_jsonl(per_image))
     write_atomic(run_dir / "summary.txt", summary_table(plan, rows) + "\n")
+
+
+load_inputs, batch_units, sweep_class_map = _load, _batch_units, _class_map
+"""The sweep's own steps, public for the dry run (:mod:`.projection`): the model, preprocessing, samples and model
+label of a configuration; the units of a batch; the class map of a labelled run."""
