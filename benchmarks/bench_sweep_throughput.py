@@ -1,8 +1,11 @@
 """Throughput of ``extagg sweep`` (images/s), against two baselines measured in the same run on the same images:
 
-* **limit**: only the model calls the sweep cannot avoid, on the raw model (no extagg, no metric): the classes'
-  forward, one forward and T backwards per saliency pass (per batch and pass-modifier group; each randomisation
-  step; a meta step and pass per image and class), and the deletion/insertion curve images in forward batches;
+* **limit**: the model calls the sweep actually makes, recorded during its first timed run (a forward pre-hook on
+  the model, which its copies keep, and a wrapper of ``torch.autograd.grad``) and replayed on the raw model (no
+  extagg, no metric): the classes' forward, each saliency pass with its backward target columns (one per batch
+  and pass-modifier group; each randomisation step; each per-example step and pass), and the distinct curve
+  images the curves forward after their sharing, in the batches the sweep used. A lower bound on what any
+  implementation making those calls costs (the replay takes gradients to the input, the sweep to its layers);
 * **reference**: one pass per method per metric, with extagg's own per-metric evaluations
   (``class_sensitivity``, ``parameter_randomisation``, ``faithfulness`` for deletion and insertion, and a
   saliency call per method with its ``conv`` twin for the identity check).
@@ -42,9 +45,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common as C  # noqa: E402  (benchmarks/common.py; leaves third-party plugins unloaded)
 
 from extagg import default_registry  # noqa: E402
-from extagg.engine import saliency  # noqa: E402
 from extagg.evaluation import class_sensitivity, parameter_randomisation, spearman  # noqa: E402
-from extagg.evaluation.common import model_inputs  # noqa: E402
+from extagg.evaluation.common import model_inputs, run_saliency  # noqa: E402
 from extagg.evaluation import faithfulness  # noqa: E402
 from extagg.layer_select import select_layers  # noqa: E402
 from extagg.models import load_model  # noqa: E402
@@ -61,34 +63,78 @@ def timed(fn) -> float:
     return time.perf_counter() - t
 
 
-def limit_passes(model, x, plan, config, registry, columns: int) -> None:
-    """The model calls of one batch that no implementation of this sweep can avoid."""
-    cost = estimate(plan, config, registry, {}, [tuple(range(x.shape[0]))])
-    n = x.shape[0]
-    with torch.no_grad():
-        model(x)
-    per_example = sum(1 for m in plan.methods if m in plan.per_example) > 0
-    plain_groups = len({registry.parse(m).modifiers for m in plan.methods if m not in plan.per_example})
-    steps = len(plan.blocks)
+class ModelCalls:
+    """Records the model calls of a sweep: every call of the model (and of the copies the sweep makes of it: a
+    deep copy keeps the hooks) as ``["forward", batch, grad enabled]`` and every ``torch.autograd.grad`` as
+    ``["backward", columns]`` (the targets of a batched call), in order. What the sweep actually runs after its
+    sharing: one pass per batch and target set, the distinct curve images, each randomisation step, each
+    per-example step and pass."""
 
-    def pass_(batch, t):
-        xi = batch.detach().requires_grad_(True)
-        out = model(xi)
-        for k in range(t):
-            torch.autograd.grad(out[:, k].sum(), xi, retain_graph=k + 1 < t)
+    def __init__(self, model):
+        self.model, self.events, self._handle, self._grad = model, [], None, None
 
-    for _ in range(plain_groups * (1 + steps)):
-        pass_(x, columns)
-    if per_example:
-        for _ in range((columns + steps) * 2):
-            for i in range(n):
-                pass_(x[i:i + 1], 1)
-    with torch.no_grad():
-        left = cost.curve_images
-        while left > 0:
-            b = min(left, config.curve_batch)
-            model(x[:1].expand(b, -1, -1, -1).contiguous())
-            left -= b
+    def __enter__(self):
+        def pre(_module, args, kwargs):
+            x = args[0] if args else next(iter(kwargs.values()))
+            self.events.append(["forward", int(x.shape[0]), torch.is_grad_enabled()])
+
+        real = torch.autograd.grad
+
+        def grad(outputs, inputs, grad_outputs=None, *a, is_grads_batched=False, **k):
+            columns = int(grad_outputs[0].shape[0] if isinstance(grad_outputs, (list, tuple)) else
+                          grad_outputs.shape[0]) if is_grads_batched and grad_outputs is not None else 1
+            self.events.append(["backward", columns])
+            return real(outputs, inputs, grad_outputs, *a, is_grads_batched=is_grads_batched, **k)
+
+        self._handle = self.model.register_forward_pre_hook(pre, with_kwargs=True)
+        self._grad, torch.autograd.grad = real, grad
+        return self
+
+    def __exit__(self, *exc):
+        self._handle.remove()
+        torch.autograd.grad = self._grad
+
+    def counts(self) -> dict:
+        fwd = [e for e in self.events if e[0] == "forward"]
+        return {"forward_no_grad_images": sum(e[1] for e in fwd if not e[2]),
+                "forward_no_grad_calls": sum(1 for e in fwd if not e[2]),
+                "forward_grad_images": sum(e[1] for e in fwd if e[2]),
+                "forward_grad_calls": sum(1 for e in fwd if e[2]),
+                "backward_calls": sum(1 for e in self.events if e[0] == "backward"),
+                "backward_columns": sum(e[1] for e in self.events if e[0] == "backward")}
+
+
+def limit_passes(model, x, events) -> None:
+    """The model calls a sweep made (``ModelCalls.events``), replayed on the raw model: each forward on a batch of
+    the recorded size (gradient-free ones under ``no_grad``), each backward as one autograd call of the recorded
+    columns (batched like the engine's), from the last forward's logits to the input."""
+    out = xi = None
+    last_backward = {}  # forward index -> index of its last backward (retain the graph until then)
+    owner = None
+    for i, e in enumerate(events):
+        if e[0] == "forward":
+            owner = i if e[2] else None
+        elif owner is not None:
+            last_backward[owner] = i
+    for i, e in enumerate(events):
+        if e[0] == "forward":
+            batch = x[:e[1]] if e[1] <= x.shape[0] else x[:1].expand(e[1], -1, -1, -1)
+            if e[2]:
+                xi = batch.detach().clone().requires_grad_(True)
+                out, owner = model(xi), i
+            else:
+                with torch.no_grad():
+                    model(batch)
+                out, owner = None, None
+        elif out is not None:
+            keep = last_backward.get(owner, i) != i
+            if e[1] > 1:
+                seeds = torch.zeros(e[1], *out.shape, dtype=out.dtype)
+                for k in range(e[1]):
+                    seeds[k, :, k % out.shape[1]] = 1
+                torch.autograd.grad(out, xi, grad_outputs=seeds, is_grads_batched=True, retain_graph=keep)
+            else:
+                torch.autograd.grad(out[:, 0].sum(), xi, retain_graph=keep)
 
 
 def reference(model, preprocess, samples, plan, config, registry, methods) -> None:
@@ -103,10 +149,10 @@ def reference(model, preprocess, samples, plan, config, registry, methods) -> No
             faithfulness(model, samples, [m], mine, mode=mode, steps=config.steps, baseline=config.baseline,
                          curve_batch_size=config.curve_batch, mismatched="skip", **common)
         twins = [(layer, t) for (mm, layer), t in plan.twins.items() if mm == m]
-        if twins:
+        if twins:  # a per-example method (meta) takes one (image, target) pair per pass, as the sweep runs it
             x = model_inputs(model, [s.image for s in samples], preprocess)
-            maps = saliency(model, x, [m, twins[0][1]], [layer for layer, _ in twins], resize=True,
-                            registry=registry)
+            maps, _ = run_saliency(model, x, [m, twins[0][1]], [layer for layer, _ in twins], resize=True,
+                                   registry=registry)
             for layer, t in twins:
                 spearman(maps[m, layer], maps[t, layer])
 
@@ -129,6 +175,7 @@ def default(args):
     return config, model, preprocess
 
 
+LIMIT = "limit (the sweep's model calls)"
 CONFIGS = {"default": default, "resnet50-space": resnet50_space}
 SPACE = ("*", "deconvolution", "excitation-backprop", "guided-backprop", "rectified-gradient")
 """``extagg.methods()`` (the listed space) and the built-in named methods outside it (each carries a rule)."""
@@ -177,9 +224,18 @@ def main() -> None:
     fitting = list(dict.fromkeys(m for m, _ in plan.pairs))  # methods that fit no layer cost nothing either way
     sample = fitting[::stride]
     scale = len(fitting) / len(sample)
-    timed(lambda: limit_passes(model, x[:1], plan, attrs.evolve(config, steps=1), registry, 2))  # warm-up
-    kinds = {"sweep": lambda: list(runner.run(samples, lambda metric: True)),
-             "limit (unavoidable model calls)": lambda: limit_passes(model, x, plan, config, registry, 2),
+    timed(lambda: limit_passes(model, x[:1], [["forward", 1, True], ["backward", 2], ["forward", 1, False]]))
+    calls = ModelCalls(model)
+
+    def run_sweep():
+        if calls.events:  # recorded in the first round (the hooks cost a Python call per model call)
+            list(runner.run(samples, lambda metric: True))
+        else:
+            with calls:
+                list(runner.run(samples, lambda metric: True))
+
+    kinds = {"sweep": run_sweep,
+             LIMIT: lambda: limit_passes(model, x, calls.events),
              "reference (pass per method per metric)": lambda: reference(model, preprocess, samples, plan, config,
                                                                          registry, sample)}
     times: dict[str, list[float]] = {k: [] for k in kinds}
@@ -205,9 +261,15 @@ def main() -> None:
     lines.append(f"{'':42}{'seconds':>10}{'images/s':>11}{'time / sweep':>14}{'peak RSS MiB':>14}")
     for name, t in rows.items():
         lines.append(f"{name:42}{t:>10.1f}{n / t:>11.5f}{t / t_sweep:>14.2f}{peaks[name]:>14.0f}")
-    lines.append(f"sweep / limit = {t_sweep / rows['limit (unavoidable model calls)']:.2f}; "
+    lines.append(f"sweep / limit = {t_sweep / rows[LIMIT]:.2f}; "
                  f"reference / sweep = {rows['reference (pass per method per metric)'] / t_sweep:.2f}; "
                  f"load average after: {os.getloadavg()[0]:.2f}")
+    c = calls.counts()
+    lines.append(f"the sweep's model calls (replayed by the limit): {c['forward_grad_calls']} forward passes with "
+                 f"gradients ({c['forward_grad_images']} images) and {c['backward_calls']} backward calls "
+                 f"({c['backward_columns']} target columns); {c['forward_no_grad_calls']} gradient-free forward "
+                 f"passes ({c['forward_no_grad_images']} images: the classes and the distinct curve images); "
+                 f"the preview's upper bound on curve images: {cost.curve_images}")
     print("\n".join(lines))
     if args.out:
         with open(args.out, "w") as f:
@@ -217,6 +279,7 @@ def main() -> None:
                        "reference_sample": sample, "fitting_methods": len(fitting), "reference_scale": scale,
                        "seconds": rows,
                        "all_seconds": times, "peak_rss_mib": peaks, "cost": attrs.asdict(cost),
+                       "model_calls": calls.counts(),
                        "threads": torch.get_num_threads(), "torch": torch.__version__,
                        "when": time.strftime("%Y-%m-%d %H:%M:%S")}, f, indent=1)
         with open(os.path.splitext(args.out)[0] + ".txt", "w") as f:

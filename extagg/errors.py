@@ -82,6 +82,10 @@ class ForwardError(InputError, RuntimeError, TypeError):
     argument); still a RuntimeError / TypeError for code that caught the original."""
 
 
+class MissingDependencyError(ExtaggError, ImportError):
+    """An optional package a feature needs is not installed; the message names the install command."""
+
+
 class PluginContractError(ExtaggError, TypeError):
     """Plugin code returned or declared something the contract does not allow (a map of the wrong shape, an
     unknown statistic in ``reads``, an extractor result that is not a contribution); the message names the

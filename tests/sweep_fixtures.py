@@ -34,3 +34,17 @@ def tiny_config(run_dir, **kw) -> SweepConfig:
                 steps=3, hog_cell=8, curve_batch=32, randomise=("7", "3"), progress=False, figures=False)
     base.update(kw)
     return SweepConfig(**base)
+
+
+def unit_lines(run_dir) -> list[str]:
+    """The run directory's finished units, one JSON line each in the form of the old ``units.jsonl`` (NaN as
+    null), in stored order: what the tests compare between runs."""
+    import json
+    import math
+
+    from extagg.sweep.store import RunStore
+
+    done = RunStore(run_dir, writer=False).load()
+    return [json.dumps({"method": u[0], "layer": u[1], "metric": u[2], "image": u[3],
+                        "values": [[s, m, c, None if math.isnan(v) else v] for s, m, c, v in values]})
+            for u, values in done.items()]

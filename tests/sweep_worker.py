@@ -2,7 +2,8 @@
 [--go FILE] [--stall]``. The rank comes from the environment (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT) as
 torchrun sets it. ``--go FILE``: stop where the run directory is checked, create ``FILE.ready.<pid>`` and spin
 until FILE exists, so that several processes reach the run directory at the same instant.
-``--stall``: join the process group, then do nothing (a rank that hangs). An extagg error is printed on stderr as
+``--stall``: join the process group, then do nothing (a rank that hangs). ``--slow SECONDS``: sleep that long
+after each metric of a batch (so that a test can kill the process between commits). An extagg error is printed on stderr as
 ``ERROR <type>: <message>`` and the exit status is 3."""
 from __future__ import annotations
 
@@ -38,6 +39,17 @@ def main(argv: list[str]) -> int:
             return check(self, *args, **kw)
 
         RunStore.check_config = together
+    if "--slow" in argv:
+        from extagg.sweep.compute import BatchRunner
+
+        pause, real = float(argv[argv.index("--slow") + 1]), BatchRunner.run
+
+        def slow(self, *args, **kw):
+            for item in real(self, *args, **kw):
+                time.sleep(pause)
+                yield item
+
+        BatchRunner.run = slow
     config = tiny_config(run_dir, methods=("gradcam",), layers=("3",), metrics=("deletion",), steps=steps,
                          device="cpu")
     try:

@@ -18,7 +18,7 @@ from extagg.evaluation import Sample
 from extagg.sweep import SweepConfig, sweep
 from extagg.sweep.cli import config_from_args
 from extagg.sweep.compute import BatchRunner
-from sweep_fixtures import tiny_config, tiny_model, tiny_samples
+from sweep_fixtures import tiny_config, tiny_model, tiny_samples, unit_lines
 from strategies import sweep_configs
 
 QUIET = io.StringIO
@@ -42,11 +42,12 @@ def reference(tmp_path_factory):
 
 
 def copy_run(reference, to):
-    """The reference run's configuration and log, as a killed run would have left them."""
+    """The reference run's configuration and batch files, as a killed run would have left them; the folder of
+    batch files."""
     shutil.copytree(reference[2], to)
     for name in ("results.csv", "per_image.csv", "results.jsonl", "per_image.jsonl", "summary.txt"):
         (to / name).unlink()
-    return to / "units.jsonl"
+    return to / "units"
 
 
 # ----------------------------------------------------------------------------- configuration and CLI
@@ -134,7 +135,7 @@ def test_outputs_preview_and_summary(reference):
     assert cfg["config"]["methods"] == list(tiny_config(run_dir).methods) and cfg["config"]["seed"] == 0
     assert cfg["versions"]["extagg"] and "builtin-extractors" in cfg["versions"]["plugins"]
     assert cfg["plan"]["images"] == [s.image_id for s in tiny_samples()]
-    lines = (run_dir / "units.jsonl").read_text().splitlines()
+    lines = unit_lines(run_dir)
     assert len(lines) == total == len({tuple(json.loads(x)[k] for k in ("method", "layer", "metric", "image"))
                                         for x in lines})
     per_image = [json.loads(x) for x in (run_dir / "per_image.jsonl").read_text().splitlines()]
@@ -176,15 +177,83 @@ def test_every_metric_for_every_kind_of_method(tmp_path, registry):
 
 
 # ----------------------------------------------------------------------------- resume, refusal, determinism
-def test_resume_after_torn_line_and_partial_batch_equals_uninterrupted(tmp_path, reference):
-    log = copy_run(reference, tmp_path / "run")
-    lines = log.read_text().splitlines(keepends=True)
-    keep = len(lines) * 2 // 5  # mid-batch: some metrics of a batch done, others not
-    log.write_text("".join(lines[:keep]) + lines[keep][: len(lines[keep]) // 2])  # and a torn last line
+def test_an_old_units_jsonl_torn_mid_batch_resumes_to_the_uninterrupted_result(tmp_path, reference):
+    """A run directory of the earlier line-per-unit store (``units.jsonl`` cut mid-batch, some metrics of a batch
+    done, others not, and a torn last line) resumes: its units are read, the rest is computed into batch files,
+    the tables equal the uninterrupted run's, and the old log is left as it was."""
+    folder = copy_run(reference, tmp_path / "run")
+    lines = [x + "\n" for x in unit_lines(tmp_path / "run")]
+    shutil.rmtree(folder)
+    keep = len(lines) * 2 // 5
+    text = "".join(lines[:keep]) + lines[keep][: len(lines[keep]) // 2]
+    (tmp_path / "run" / "units.jsonl").write_text(text)
     run(tiny_config(tmp_path / "run"))
     assert files(tmp_path / "run") == reference[0]
-    after = log.read_text().splitlines()
-    assert len(after) == len(lines) and all(json.loads(x) for x in after)  # no duplicate, no torn line
+    assert (tmp_path / "run" / "units.jsonl").read_text() == text
+    after = unit_lines(tmp_path / "run")
+    assert sorted(after) == sorted(x.rstrip("\n") for x in lines)  # every unit once, none torn
+
+
+def test_a_batch_killed_before_its_rename_is_recomputed_not_half_counted(tmp_path, reference):
+    """What a kill between writing a batch file and renaming it leaves (the last batch's file cut in half under
+    its temporary name) is ignored and removed; that batch is computed again and the tables equal the
+    uninterrupted run's. Guards the commit: a batch counts only once its file is renamed into place."""
+    folder = copy_run(reference, tmp_path / "run")
+    batches = sorted(folder.glob("*.parquet"))
+    assert [p.name for p in batches] == ["00000000.parquet", "00000001.parquet", "00000002.parquet"]  # 5 images / 2
+    data = batches[-1].read_bytes()
+    batches[-1].unlink()
+    (folder / ".batch-killed.tmp").write_bytes(data[: len(data) // 2])
+    run(tiny_config(tmp_path / "run"))
+    assert files(tmp_path / "run") == reference[0]
+    assert sorted(p.name for p in folder.iterdir()) == [p.name for p in batches]
+    assert sorted(unit_lines(tmp_path / "run")) == sorted(unit_lines(reference[2]))
+
+
+def test_a_damaged_batch_file_is_an_input_error_naming_it(tmp_path, reference):
+    """A batch file cut short under its final name (a disk fault; the commit never leaves one) is refused with
+    an InputError naming it and what to do, never read in part."""
+    folder = copy_run(reference, tmp_path / "run")
+    path = folder / "00000001.parquet"
+    path.write_bytes(path.read_bytes()[:-100])
+    with pytest.raises(InputError, match=r"00000001\.parquet' is not a complete Parquet batch file.*remove it"):
+        run(tiny_config(tmp_path / "run"))
+
+
+def test_stored_values_read_back_exactly(tmp_path):
+    """float64 bit for bit (a value JSON would round-trip too, and ones it would not: -0.0, subnormals), NaN and
+    infinities as NaN, class ints or null, a unit without values, the order of a unit's values."""
+    from extagg.sweep.store import RunStore
+
+    store = RunStore(tmp_path / "run")
+    store.lock()
+    values = [("all", "auc", None, 0.1 + 0.2), ("all", "auc", 3, -0.0), ("x", "m", 2 ** 40, 5e-324),
+              ("all", "nan", None, math.nan), ("all", "inf", 7, math.inf)]
+    store.append([(("a", "l", "m", "i"), values), (("a", "l", "m", "j"), [])])
+    store.commit()
+    store.append([(("a", "l", "m", "i"), [("other", "x", None, 1.0)])])  # a unit stored twice: the first counts
+    store.commit()
+    store.close()
+    done = RunStore(tmp_path / "run", writer=False).load()
+    assert list(done) == [("a", "l", "m", "i"), ("a", "l", "m", "j")] and done["a", "l", "m", "j"] == []
+    got = done["a", "l", "m", "i"]
+    assert [g[:3] for g in got] == [v[:3] for v in values]
+    assert [g[3].hex() for g in got[:3]] == [v[3].hex() for v in values[:3]]
+    assert math.isnan(got[3][3]) and math.isnan(got[4][3])
+
+
+def test_without_pyarrow_the_sweep_stops_before_any_work_naming_the_install(tmp_path, monkeypatch):
+    """The store needs pyarrow: without it the sweep stops at the run directory's check, before any unit, with
+    an extagg error naming the install command (not a raw ImportError after the first batch)."""
+    import sys
+
+    from extagg.errors import ExtaggError
+
+    monkeypatch.setitem(sys.modules, "pyarrow", None)
+    monkeypatch.setattr(BatchRunner, "run", lambda *a, **k: pytest.fail("computed without a store"))
+    with pytest.raises(ExtaggError, match=r"needs pyarrow: `pip install extagg\[sweep\]`"):
+        run(tiny_config(tmp_path / "run"))
+    assert not (tmp_path / "run" / "config.json").exists()
 
 
 def test_resume_after_a_crash_equals_uninterrupted(tmp_path, reference, monkeypatch):
@@ -201,7 +270,7 @@ def test_resume_after_a_crash_equals_uninterrupted(tmp_path, reference, monkeypa
     monkeypatch.setattr(BatchRunner, "run", crash_in_second_batch)
     with pytest.raises(KeyboardInterrupt):
         run(tiny_config(tmp_path))
-    partial = len((tmp_path / "units.jsonl").read_text().splitlines())
+    partial = len(unit_lines(tmp_path))
     monkeypatch.setattr(BatchRunner, "run", real)
     out = io.StringIO()
     sweep(tiny_config(tmp_path), model=tiny_model(), samples=tiny_samples(), out=out)

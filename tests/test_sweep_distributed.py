@@ -14,7 +14,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from extagg.sweep import sweep
-from sweep_fixtures import tiny_config, tiny_model, tiny_samples
+from sweep_fixtures import tiny_config, tiny_model, tiny_samples, unit_lines
 
 pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="needs gloo")
 METRICS = ("sensitivity", "randomisation", "deletion")
@@ -75,19 +75,20 @@ def single(tmp_path_factory):
               out=io.StringIO())
     finally:
         torch.set_num_threads(threads)
-    return {n: (d / n).read_text() for n in (*TABLES, "config.json", "units.jsonl")}
+    return {**{n: (d / n).read_text() for n in (*TABLES, "config.json")}, "units": unit_lines(d)}
 
 
 def test_two_gloo_processes_resuming_a_torn_run_equal_one(tmp_path, single):
     """Rank 0 and rank 1 compute the missing two thirds of a killed run (round-robin over three batches):
-    the tables equal the single-process ones bit for bit, the log has every unit once."""
+    the tables equal the single-process ones bit for bit, the store has every unit once. The killed run is one
+    of an earlier version (a torn ``units.jsonl``), which the columnar store resumes."""
     (tmp_path / "config.json").write_text(single["config.json"])
-    lines = single["units.jsonl"].splitlines(keepends=True)
+    lines = [x + "\n" for x in single["units"]]
     cut = len(lines) // 3
     (tmp_path / "units.jsonl").write_text("".join(lines[:cut]) + lines[cut][:10])
     _spawn(tmp_path)
     assert {n: (tmp_path / n).read_text() for n in TABLES} == {n: single[n] for n in TABLES}
-    after = (tmp_path / "units.jsonl").read_text().splitlines()
+    after = unit_lines(tmp_path)
     assert len(after) == len(lines)
     assert len({tuple(json.loads(x)[k] for k in ("method", "layer", "metric", "image")) for x in after}) == len(lines)
 
@@ -161,7 +162,7 @@ def test_ranks_with_different_steps_both_fail_naming_the_field(tmp_path):
         assert rc == 3, f"rank {rank}: rc {rc}\n{err[-2000:]}"
         assert "DistributedError" in err and "config.steps" in err and "rank 1" in err, err[-2000:]
         assert seconds < 60
-    assert not (tmp_path / "units.jsonl").exists()
+    assert not (tmp_path / "units.jsonl").exists() and not (tmp_path / "units").exists()
 
 
 def test_a_rank_with_fewer_images_fails_instead_of_hanging(tmp_path):
@@ -216,5 +217,5 @@ def test_ranks_compute_the_batches_of_one_process_bit_for_bit(tmp_path):
     _spawn(tmp_path / "two", _worker_three)
     for name in ("per_image.jsonl", "per_image.csv", "results.csv"):
         assert (tmp_path / "two" / name).read_bytes() == (one / name).read_bytes(), name
-    units = [sorted((d / "units.jsonl").read_text().splitlines()) for d in (one, tmp_path / "two")]
+    units = [sorted(unit_lines(d)) for d in (one, tmp_path / "two")]
     assert units[0] == units[1]

@@ -6,6 +6,7 @@ import io
 import json
 import os
 import random
+import signal
 import socket
 import subprocess
 import sys
@@ -18,7 +19,7 @@ from extagg.errors import InputError
 from extagg.sweep import sweep
 from extagg.sweep.fingerprint import describe_preprocess, first_difference, model_fingerprint
 from extagg.sweep.store import RunStore, write_atomic
-from sweep_fixtures import tiny_config, tiny_model, tiny_samples
+from sweep_fixtures import tiny_config, tiny_model, tiny_samples, unit_lines
 
 WORKER = os.path.join(os.path.dirname(__file__), "sweep_worker.py")
 
@@ -51,7 +52,7 @@ def test_a_locked_run_directory_is_refused_naming_the_holder(tmp_path):
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
-    """units.jsonl of the small sweep with steps 3 and 4, one thread, as each racing process computes it."""
+    """The stored units of the small sweep with steps 3 and 4, one thread, as each racing process computes it."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     out = {}
@@ -59,7 +60,7 @@ def reference(tmp_path_factory):
         for steps in (3, 4):
             d = tmp_path_factory.mktemp(f"ref{steps}")
             sweep(small(d, steps=steps), model=tiny_model(), samples=tiny_samples(3), out=io.StringIO())
-            out[steps] = sorted((d / "units.jsonl").read_text().splitlines())
+            out[steps] = sorted(unit_lines(d))
     finally:
         torch.set_num_threads(threads)
     return out
@@ -68,7 +69,7 @@ def reference(tmp_path_factory):
 def test_two_sweeps_started_together_on_a_new_directory(tmp_path, reference):
     """Two processes released at the same instant, just before the run directory's check, on one new run
     directory with different ``steps``: one
-    finishes, the other is refused (the lock, or the configuration it finds), and config.json and units.jsonl
+    finishes, the other is refused (the lock, or the configuration it finds), and config.json and the stored units
     agree with each other (the winner's steps, the winner's units, each once). Before the lock both checked
     an absent config.json, both wrote it and both appended to units.jsonl."""
     run_dir, go = tmp_path / "run", tmp_path / "go"
@@ -97,8 +98,42 @@ def test_two_sweeps_started_together_on_a_new_directory(tmp_path, reference):
     assert rc == 3 and ("in use by another sweep" in err or "steps" in err), err[-2000:]
     config = json.loads((run_dir / "config.json").read_text())
     assert config["config"]["steps"] == winners[0]
-    assert sorted((run_dir / "units.jsonl").read_text().splitlines()) == reference[winners[0]]
-    assert [p.name for p in run_dir.iterdir() if p.name.endswith(".tmp")] == []
+    assert sorted(unit_lines(run_dir)) == reference[winners[0]]
+    assert [p.name for p in [*run_dir.iterdir(), *(run_dir / "units").iterdir()] if p.name.endswith(".tmp")] == []
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs SIGKILL")
+@pytest.mark.filterwarnings("ignore:resuming .* with different versions")
+def test_a_sweep_killed_by_sigkill_resumes_bit_for_bit(tmp_path, reference):
+    """A sweep process killed with SIGKILL after its first batch is durable (and while the next is computed)
+    resumes to units equal to an uninterrupted run's, float for float, each once: the committed batch is kept,
+    the batch in flight is computed again and never half-counted."""
+    run_dir = tmp_path / "run"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.dirname(__file__), *sys.path]), OMP_NUM_THREADS="1")
+    for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "LOCAL_RANK"):
+        env.pop(k, None)
+    p = subprocess.Popen([sys.executable, WORKER, str(run_dir), "3", "3", "--slow", "2"], env=env,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not list((run_dir / "units").glob("*.parquet")) and time.monotonic() < deadline:
+            assert p.poll() is None, p.stderr.read()[-2000:]
+            time.sleep(0.02)
+        p.send_signal(signal.SIGKILL)
+        p.wait(timeout=30)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert p.returncode == -signal.SIGKILL  # killed, not finished
+    partial = unit_lines(run_dir)
+    assert 0 < len(partial) < len(reference[3])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        run(run_dir, n=3, steps=3)
+    finally:
+        torch.set_num_threads(threads)
+    assert sorted(unit_lines(run_dir)) == reference[3]
 
 
 def test_write_atomic_never_writes_through_a_planted_temporary_name(tmp_path):
@@ -144,7 +179,7 @@ def test_a_run_directory_of_another_user_is_refused(tmp_path, monkeypatch):
         RunStore(d).check_config({"config": {}, "plan": {}})
 
 
-@pytest.mark.parametrize("name", ["units.jsonl", "config.json", "results.csv"])
+@pytest.mark.parametrize("name", ["units.jsonl", "units", "config.json", "results.csv"])
 def test_a_planted_symlink_in_the_run_directory_is_refused(tmp_path, name):
     """A symbolic link in place of a file the sweep reads or writes is refused and its target is untouched
     (before, results were written through it and units appended to it)."""
@@ -192,11 +227,10 @@ def test_a_tampered_config_json_is_an_input_error(finished, text, match):
     ('"just a string"', "line 2 .*a JSON str, not an object"),
 ])
 def test_a_tampered_units_jsonl_is_an_input_error(finished, record, match):
-    """A units.jsonl line of the wrong shape gives an InputError naming the file and the line (before: a raw
-    ValueError or AttributeError from float() or .items())."""
-    log = finished / "units.jsonl"
-    lines = log.read_text().splitlines(keepends=True)
-    log.write_text(lines[0] + record + "\n" + "".join(lines[1:]))
+    """A line of the wrong shape in the ``units.jsonl`` of an earlier version gives an InputError naming the file
+    and the line (before: a raw ValueError or AttributeError from float() or .items())."""
+    lines = [x + "\n" for x in unit_lines(finished)]
+    (finished / "units.jsonl").write_text(lines[0] + record + "\n" + "".join(lines[1:]))
     with pytest.raises(InputError, match=match):
         run(finished)
 

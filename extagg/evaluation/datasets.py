@@ -156,6 +156,10 @@ class VOCPointing(_Limited):
                        for n, i in enumerate(self.ids, 1)]
         super().__init__(len(self.ids), limit)
 
+    def image_id(self, i: int) -> str:
+        """Sample ``i``'s id without reading it: its id in the image set (its image file's name)."""
+        return self.ids[self._check(i)]
+
     def __getitem__(self, i: int) -> Sample:
         image_path, xml_path = self._files[self._check(i)]
         return voc_sample(load_image(image_path), read_voc_xml(xml_path), self.class_names, xml_path)
@@ -200,6 +204,11 @@ class COCOPointing(_Limited):
                 raise at.error("image_id", f"{image_id} is not the id of any image")
             self.annotations.setdefault(image_id, []).append((k, ann))
         super().__init__(len(self.ids), limit)
+
+    def image_id(self, i: int) -> str:
+        """Sample ``i``'s id without decoding it: its file name without extension."""
+        name = self.images[self.ids[self._check(i)]].get("file_name")
+        return os.path.splitext(os.path.basename(name))[0] if isinstance(name, str) else str(self.ids[i])
 
     def __getitem__(self, i: int) -> Sample:
         info = self.images[self.ids[self._check(i)]]
@@ -280,6 +289,10 @@ class ImageFolderSamples(_Limited):
                     picked.append(i)
         self._picked = picked
         super().__init__(len(picked), limit)
+
+    def image_id(self, i: int) -> str:
+        """Sample ``i``'s id without decoding it: its file name without extension."""
+        return os.path.splitext(os.path.basename(self.dataset.samples[self._picked[self._check(i)]][0]))[0]
 
     def __getitem__(self, i: int) -> Sample:
         path, label = self.dataset.samples[self._picked[self._check(i)]]

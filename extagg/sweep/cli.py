@@ -9,7 +9,8 @@ from .config import (COMBINE_MODES, COMBINE_WEIGHTINGS, DATA, METRICS, RANDOMISA
 
 _FIELDS = {  # argparse dest -> SweepConfig field (only options the user gave are passed on)
     "model": "model", "weights": "weights", "random_weights": "random_weights", "data": "data", "root": "root",
-    "limit": "limit", "methods": "methods", "exclude": "exclude", "layers": "layers", "metrics": "metrics",
+    "limit": "limit", "sample": "sample", "workers": "workers",
+    "methods": "methods", "exclude": "exclude", "layers": "layers", "metrics": "metrics",
     "combine": "combine", "targets": "targets", "steps": "steps", "baseline": "baseline", "randomise": "randomise",
     "randomisation": "randomisation", "hog_cell": "hog_cell", "tolerance": "tolerance",
     "identity_extractor": "identity_extractor", "batch_size": "batch_size", "class_map": "class_map",
@@ -36,6 +37,10 @@ def add_sweep_command(subparsers) -> argparse.ArgumentParser:
       help="skimage (default: photos shipped with scikit-image), voc, coco or folder (with --root)")
     a("--root", default=None, help="data folder for --data voc|coco|folder")
     a("--limit", type=int, default=None, help="only the first N images")
+    a("--sample", type=int, default=None, metavar="N",
+      help="N images drawn with --seed (after --limit), for a quick look at a large set; recorded like --limit")
+    a("--workers", type=int, default=None, metavar="N",
+      help="processes decoding images from disk while the model runs (default min(4, CPUs); 0: none)")
     a("--methods", nargs="+", default=None, metavar="PATTERN",
       help=f"method strings or fnmatch patterns (default: {' '.join(default['methods'])})")
     a("--exclude", nargs="+", default=None, metavar="PATTERN", help="fnmatch patterns of methods to leave out")
@@ -72,6 +77,8 @@ def add_sweep_command(subparsers) -> argparse.ArgumentParser:
     a("--save-maps", default=None, choices=SAVE_MAPS,
       help="maps saved per batch for the report's gallery: thumbs (default: at most 64 px, float16), full (input "
            "size, float32) or none")
+    a("--dry-run", action="store_true",
+      help="print the cost preview and a projected wall time on this machine (one batch timed), compute nothing else")
     p.set_defaults(func=run_sweep)
     return p
 
@@ -83,6 +90,11 @@ def config_from_args(args) -> SweepConfig:
 
 
 def run_sweep(args) -> int:
+    if getattr(args, "dry_run", False):
+        from .projection import dry_run
+
+        dry_run(config_from_args(args))
+        return 0
     from .runner import sweep
 
     sweep(config_from_args(args))

@@ -124,7 +124,8 @@ class SweepConfig:
     Model: ``model`` (``efficientnet-lite0`` or a torchvision name), ``weights`` (a torchvision weights name or a
     ``state_dict`` file), ``random_weights`` (explicitly allow a torchvision model without weights).
     Data: ``data`` (``skimage``: the photos in :data:`SKIMAGE_PHOTOS`; ``voc``, ``coco``, ``folder``: read from
-    ``root``), ``limit`` (first N images). What to compute: ``methods`` and ``exclude`` (method strings or fnmatch
+    ``root``), ``limit`` (first N images), ``sample`` (N images drawn with ``seed`` from those, for a quick look
+    at a large set; both change the numbers, so a run directory records them). What to compute: ``methods`` and ``exclude`` (method strings or fnmatch
     patterns over the design space), ``layers`` (names, patterns or groups, see :mod:`extagg.layer_select`),
     ``metrics`` (from :data:`METRICS`), ``combine`` (layer combinations ``MODE:WEIGHTING``, scored like layers),
     ``targets`` (``predicted``, ``label`` or a class index), ``class_map`` (a JSON file mapping the data set's classes to
@@ -137,7 +138,8 @@ built-in metrics' parameters a metric string leaves out: ``steps`` and ``baselin
     metric's own default, ``conv``, a Conv2d's own weight gradient, as in the paper; a plugin's real-layer extractor
     works the same way; :meth:`resolved` fills it in before it is recorded). Execution: ``batch_size`` (images per
     pass), ``curve_batch`` (images per forward pass of the curves), ``seed``, ``run_dir``, ``device``,
-    ``progress``, ``figures``, ``save_maps`` (``none``, ``thumbs``: small downsampled maps, ``full``: maps at the
+    ``progress``, ``figures``, ``workers`` (processes decoding images from disk while the model runs; None:
+    min(4, CPUs), 0: in the main process; never changes a number), ``save_maps`` (``none``, ``thumbs``: small downsampled maps, ``full``: maps at the
     input size, saved per batch for the report's gallery, see :mod:`extagg.sweep.saved_maps`; compared on resume,
     so every batch of a run directory has the same kind of maps). ``explainers``: the names of the external
     explainers handed to :func:`extagg.sweep.sweep` (``explainers={name: callable}``, Python only), scored as methods at the layer
@@ -151,6 +153,7 @@ built-in metrics' parameters a metric string leaves out: ``steps`` and ``baselin
     data: str = attrs.field(default="skimage", validator=_one_of("data source", DATA))
     root: Optional[str] = None
     limit: Optional[int] = None
+    sample: Optional[int] = None
     methods: tuple[str, ...] = attrs.field(default=DEFAULT_METHODS, converter=_strings)
     exclude: tuple[str, ...] = attrs.field(default=(), converter=_strings)
     layers: tuple[str, ...] = attrs.field(default=DEFAULT_LAYERS, converter=_strings)
@@ -176,6 +179,7 @@ built-in metrics' parameters a metric string leaves out: ``steps`` and ``baselin
     progress: bool = True
     figures: bool = True
     save_maps: str = attrs.field(default="thumbs", validator=_one_of("save_maps", SAVE_MAPS))
+    workers: Optional[int] = None
 
     def __attrs_post_init__(self):
         if not self.methods and not self.explainers:
@@ -185,6 +189,13 @@ built-in metrics' parameters a metric string leaves out: ``steps`` and ``baselin
         if self.limit is not None and (isinstance(self.limit, bool) or not isinstance(self.limit, int)
                                        or self.limit < 1):
             raise InputError(f"limit must be an integer >= 1 or None, got {self.limit!r}")
+        if self.sample is not None and (isinstance(self.sample, bool) or not isinstance(self.sample, int)
+                                        or self.sample < 1):
+            raise InputError(f"sample must be an integer >= 1 or None, got {self.sample!r}")
+        if self.workers is not None and (isinstance(self.workers, bool) or not isinstance(self.workers, int)
+                                         or self.workers < 0):
+            raise InputError(f"workers must be an integer >= 0 (0: decode in the main process) or None (min(4, "
+                             f"CPUs)), got {self.workers!r}")
         if self.data in ("voc", "coco", "folder") and not self.root:
             raise InputError(f"--data {self.data} reads from disk: give its folder with --root DIR")
         if self.data == "skimage" and self.root:
@@ -243,4 +254,4 @@ built-in metrics' parameters a metric string leaves out: ``steps`` and ``baselin
 
 
 RESULT_FIELDS = tuple(f.name for f in attrs.fields(SweepConfig)
-                      if f.name not in ("run_dir", "device", "progress", "figures"))
+                      if f.name not in ("run_dir", "device", "progress", "figures", "workers"))

@@ -13,6 +13,7 @@ from ..errors import ExtaggError, InputError
 from .compute import BatchRunner
 from .config import SweepConfig
 from .cost import estimate, preview
+from .data import batches, image_ids
 from .distributed import Group
 from .fingerprint import KeptRandomState, model_record
 from .plan import SweepPlan, make_plan, metric_calls
@@ -89,13 +90,15 @@ def _load(config: SweepConfig, model, preprocess, samples, device: str):
             raise InputError("data='custom' means samples given to sweep(config, samples=[...]); none were given")
         samples = load_samples(config)
     else:
-        from .data import named_samples
+        from .data import named_samples, select
 
         names = getattr(samples, "class_names", None)
-        samples = named_samples(list(samples)[:config.limit] if config.limit else list(samples), names)
+        given = list(samples)
+        picked = select(len(given), config.limit, config.sample, config.seed)
+        samples = named_samples([given[i] for i in picked], names)
     if not samples:
         raise InputError("the sweep has no images")
-    ids = [s.image_id for s in samples]
+    ids = image_ids(samples)
     if len(set(ids)) != len(ids) or any(not i for i in ids):
         raise InputError("every sample needs a distinct, non-empty image_id")
     return model.to(device), preprocess, samples, label
@@ -132,7 +135,7 @@ def sweep(config: Optional[SweepConfig] = None, *, model: Optional[torch.nn.Modu
         torch.manual_seed(config.seed)
         example = model_inputs(model, [samples[0].image], preprocess)
         layers = select_layers(model, list(config.layers), example)
-        plan = make_plan(config, model, registry, [s.image_id for s in samples], example, layers, calls, explainers)
+        plan = make_plan(config, model, registry, image_ids(samples), example, layers, calls, explainers)
         class_map = _class_map(config, plan, model, example, samples)
         record = {"config": config.result_dict(), "plan": plan.as_dict(), "versions": versions(registry, config, label)}
         record["model"] = model_record(model, preprocess)  # weights fingerprint + preprocessing, checked on resume
@@ -228,12 +231,13 @@ def _compute(plan, config, registry, model, preprocess, samples, pending, done, 
         if tqdm is not None:
             todo = sum(1 for b in pending for u in _batch_units(plan, b) if u not in done)
             bar = tqdm(total=todo, desc="sweep", unit="unit", file=sys.stderr, smoothing=0.1)
+    loaded = batches(samples, [m for _, m in group.rounds(pending) if m is not None], config.workers)
     try:
         for first, mine in group.rounds(pending):  # whole batches of the one-process plan
             finished = []
             if mine is not None:
                 ids = [plan.image_ids[i] for i in mine]
-                batch = [samples[i] for i in mine]
+                batch = next(loaded)  # decoded ahead by the DataLoader workers, in this order
 
                 def want(metric, ids=ids):
                     return any(u not in done for u in plan.units(metric, ids))
@@ -257,7 +261,9 @@ def _compute(plan, config, registry, model, preprocess, samples, pending, done, 
                     store.append(part)
                     if bar is not None:
                         bar.update(len(part))
+            store.commit()  # the round's units, durable as one batch file (rank 0; the others hold none)
     finally:
+        loaded.close()
         if bar is not None:
             bar.close()
 
@@ -270,3 +276,8 @@ def _write_tables(run_dir: Path, rows, per_image, plan) -> None:
     write_atomic(run_dir / "per_image.csv", to_csv(per_image, PER_IMAGE_FIELDS))
     write_atomic(run_dir / "per_image.jsonl", to_jsonl(per_image))
     write_atomic(run_dir / "summary.txt", summary_table(plan, rows) + "\n")
+
+
+load_inputs, batch_units, sweep_class_map = _load, _batch_units, _class_map
+"""The sweep's own steps, public for the dry run (:mod:`.projection`): the model, preprocessing, samples and model
+label of a configuration; the units of a batch; the class map of a labelled run."""

@@ -1,19 +1,23 @@
-"""The run directory: the configuration record and the append-only log of finished units.
+"""The run directory: the configuration record and the committed batches of finished units.
 
-``units.jsonl`` holds one JSON object per finished unit ``{"method", "layer", "metric", "image", "values"}``
-(``values``: ``[[subset, measure, class or null, number or null], ...]``), appended with flush + fsync. A line cut
-short by a kill (no final newline) is discarded and cut off the file before the next append; a unit logged twice
-counts once.
+Finished units are written per batch as columnar files under ``units/`` (one Parquet file per committed batch,
+see :mod:`.columnar`): :meth:`RunStore.append` collects a batch's units in memory and :meth:`RunStore.commit`
+makes them durable at once (temporary file, fsync, rename into place, fsync of the folder), so a batch counts
+whole or not at all: a kill before the rename leaves a temporary file that is ignored (and removed by the next
+writer) and the batch is computed again. A unit committed twice counts once (the first).
+A run directory from an earlier version holds ``units.jsonl`` (one JSON object per unit, appended line by line);
+it is read as it is (a torn last line ignored) and resumed: new batches go to ``units/``, the old log is never
+written again.
 ``config.json`` holds the configuration fields that change the numbers, the resolved plan, the model's
 fingerprint and preprocessing, and the versions; a run directory refuses a different configuration, plan or model.
 
 Trust: the writer holds an exclusive lock on ``.lock`` (``fcntl.flock``, released when the run ends or the process
 dies) for the whole run, so a second sweep on the same directory is refused with the holder's pid and host;
 ``config.json`` is created exclusively (a link that fails if the file exists); every file is replaced through a
-unique temporary file in the same directory. The run directory must be a real directory (not a symbolic link)
-owned by the user and not writable by group or others; the files in it must be regular files owned by the user,
-opened without following symbolic links. A malformed ``config.json`` or ``units.jsonl`` is an ``InputError`` naming
-the file and the line.
+unique temporary file in the same directory. The run directory and its ``units/`` folder must be real
+directories (not symbolic links) owned by the user and not writable by group or others; the files in them must be
+regular files owned by the user, opened without following symbolic links. A malformed ``config.json``,
+``units.jsonl`` or batch file is an ``InputError`` naming the file (and the line).
 """
 from __future__ import annotations
 
@@ -29,17 +33,14 @@ from pathlib import Path
 from typing import Iterable, Optional
 
 from ..errors import InputError
+from . import columnar
 
 Unit = tuple[str, str, str, str]  # method, layer, metric, image
 LOG = "units.jsonl"
+"""The unit log of earlier versions (read, never written)."""
 CONFIG = "config.json"
 LOCK = ".lock"
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
-
-
-def _clean(values: list) -> list:
-    """Unit values ``[(subset, measure, cls, value)]`` as JSON-ready lists (NaN as null)."""
-    return [[s, m, c, None if v is None or not math.isfinite(v) else float(v)] for s, m, c, v in values]
 
 
 def check_directory(path: Path) -> None:
@@ -128,7 +129,9 @@ class RunStore:
         self.dir = Path(run_dir)
         self.writer = writer
         self.log = self.dir / LOG
+        self.units = self.dir / columnar.UNITS
         self._lock: Optional[int] = None
+        self._pending: list = []
 
     # ----------------------------------------------------------------- the lock
     def lock(self) -> None:
@@ -178,11 +181,14 @@ class RunStore:
         (fields added since keep resuming old runs). Returns True if the run directory already existed with this
         configuration."""
         path = self.dir / CONFIG
+        if self.writer:
+            columnar.pyarrow()  # before any work: the units are stored as Parquet
         check_directory(self.dir)
         self.lock()
         if not check_file(path):
-            if check_file(self.log):
-                raise InputError(f"{str(self.dir)!r} holds {LOG} but no {CONFIG}; use a new run directory")
+            if check_file(self.log) or self._batches():
+                found = LOG if check_file(self.log) else f"{columnar.UNITS}/"
+                raise InputError(f"{str(self.dir)!r} holds {found} but no {CONFIG}; use a new run directory")
             if not self.writer or create_exclusive(path, json.dumps(record, indent=1, sort_keys=False) + "\n"):
                 return False
         old = _read_config(path)
@@ -217,41 +223,62 @@ class RunStore:
                                  f"{_short(old.get(key))}, now {_short(new.get(key))}; resume it with the same model, "
                                  "or choose a new run directory (-o)")
 
-    # ----------------------------------------------------------------- the log
+    # ----------------------------------------------------------------- the units
     def load(self) -> dict[Unit, list]:
-        """Finished units and their values; a torn last line is cut off the file (by the writer)."""
-        if not check_file(self.log):
-            return {}
-        data = _read(self.log)
-        end = data.rfind(b"\n") + 1
-        if end < len(data) and self.writer:
-            fd = os.open(self.log, os.O_RDWR | _NOFOLLOW)
-            try:
-                os.ftruncate(fd, end)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+        """Finished units and their values: the old ``units.jsonl`` if there is one, then every committed batch
+        in commit order (the first record of a unit wins). The writer removes leftover temporary files."""
         done: dict[Unit, list] = {}
-        for number, line in enumerate(data[:end].split(b"\n"), 1):
-            if not line.strip():
-                continue
-            unit, values = _unit_record(line, self.log, number)
-            done.setdefault(unit, values)
+        if check_file(self.log):
+            data = _read(self.log)
+            end = data.rfind(b"\n") + 1  # a torn last line (no newline) is not a unit
+            for number, line in enumerate(data[:end].split(b"\n"), 1):
+                if line.strip():
+                    unit, values = _unit_record(line, self.log, number)
+                    done.setdefault(unit, values)
+        if not os.path.lexists(self.units):
+            return done
+        columnar.pyarrow()
+        check_directory(self.units)
+        if self.writer:
+            columnar.remove_leftovers(self.units)
+        for path in self._batches():
+            for unit, values in columnar.units_of(columnar.read_batch(path)):
+                done.setdefault(unit, values)
         return done
 
+    def _batches(self) -> list[Path]:
+        """The committed batch files, each checked (regular, the user's); the folder checked first."""
+        if not os.path.lexists(self.units):
+            return []
+        check_directory(self.units)
+        paths = columnar.batch_files(self.units)
+        for path in paths:
+            check_file(path)
+        return paths
+
+    def table(self):
+        """Every committed batch as one pyarrow table (columns of :data:`.columnar.COLUMNS`; the old log not
+        included), for reductions that stay columnar at scale."""
+        self._batches()
+        return columnar.read_table(self.units)
+
     def append(self, units: Iterable[tuple[Unit, list]]) -> None:
-        """Append finished units (one line each), then flush and fsync."""
-        lines = [json.dumps({"method": u[0], "layer": u[1], "metric": u[2], "image": u[3], "values": _clean(v)},
-                            allow_nan=False) + "\n" for u, v in units]
-        if not lines or not self.writer:
-            return
-        self.dir.mkdir(mode=0o755, parents=True, exist_ok=True)
-        check_file(self.log)
-        fd = os.open(self.log, os.O_WRONLY | os.O_APPEND | os.O_CREAT | _NOFOLLOW, 0o644)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write("".join(lines))
-            f.flush()
-            os.fsync(f.fileno())
+        """Add finished units to the batch being collected (nothing is durable until :meth:`commit`)."""
+        if self.writer:
+            self._pending.extend(units)
+
+    def commit(self) -> Optional[Path]:
+        """Write the collected units as one batch file, durably (see :mod:`.columnar`); the file, or None if
+        there was nothing to write."""
+        units, self._pending = self._pending, []
+        if not units or not self.writer:
+            return None
+        table = columnar.to_table(units)  # before touching the directory: pyarrow missing fails here
+        check_directory(self.dir)
+        check_directory(self.units)
+        self.units.mkdir(mode=0o755, exist_ok=True)
+        check_directory(self.units)
+        return columnar.write_batch(self.units, table)
 
 
 def _read_config(path: Path) -> dict:
