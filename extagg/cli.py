@@ -16,11 +16,25 @@ def _registry():
 
 
 def cmd_methods(args) -> int:
-    names = _registry().methods(args.pattern or "*", exclude=args.exclude or ())
+    """Named methods whose name matches (``name = expansion``, first), then the matching compositions."""
+    import fnmatch
+
+    reg = _registry()
+    patterns, exclude = args.pattern or ["*"], args.exclude or ()
+    names = reg.methods(patterns, exclude=exclude)
+
+    def hit(text, pats):
+        return any(fnmatch.fnmatchcase(text, p.strip().lower()) for p in pats)
+
+    named = {n: str(reg.parse(n)) for n in reg.named_methods if hit(n, patterns)}
+    named = {n: e for n, e in named.items() if not (hit(n, exclude) or hit(e, exclude))}
+    width = max(map(len, named), default=0)
+    for name, expansion in named.items():
+        print(f"{name:<{width}} = {expansion}")
     for name in names:
         print(name)
-    if not names:
-        print(f"no method matches {args.pattern or '*'}", file=sys.stderr)
+    if not names and not named:
+        print(f"no method matches {' '.join(patterns)}", file=sys.stderr)
         return 1
     return 0
 
@@ -102,8 +116,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="extagg", description="Extract & Aggregate saliency, composable.")
     sub = p.add_subparsers(dest="command", required=True)
 
-    s = sub.add_parser("methods", help="list the design space (canonical method strings)")
-    s.add_argument("pattern", nargs="*", help="fnmatch patterns, e.g. 'scaling+*' '*+norm' (default: all)")
+    s = sub.add_parser("methods", help="list named methods (name = expansion) and the design space (canonical strings)",
+                       description="Named methods whose name matches a pattern, as 'name = expansion', then every "
+                                   "composition whose canonical string matches ('grad*' finds gradcam, gradcampp, "
+                                   "gradient, ...; a named method in a pattern matches its expansion).")
+    s.add_argument("pattern", nargs="*", help="fnmatch patterns, e.g. 'grad*' 'scaling+*' '*+norm' (default: all)")
     s.add_argument("--exclude", "-x", action="append", help="fnmatch pattern to leave out (repeatable)")
     s.set_defaults(func=cmd_methods)
 

@@ -42,7 +42,18 @@ def test_errors_are_one_clear_line(capsys):
 def test_module_entry_point():
     out = subprocess.run([sys.executable, "-m", "extagg", "methods", "gradcam"], capture_output=True, text=True,
                          check=True).stdout
-    assert out.split() == ["pooled-scaling+sum+relu"]
+    assert out.splitlines() == ["gradcam = pooled-scaling+sum+relu", "pooled-scaling+sum+relu"]
+
+
+def test_methods_pattern_finds_named_methods(capsys):
+    """Named methods are found by name: before, 'grad*' matched only canonical strings (none) and said
+    "no method matches"."""
+    code, out, _ = run(capsys, "methods", "grad*", "-x", "*-pos")
+    lines = out.splitlines()
+    assert code == 0 and lines[0].startswith("gradcam ") and lines[0].endswith("= pooled-scaling+sum+relu")
+    named = [line.split()[0] for line in lines]
+    assert {"gradcam", "gradcampp", "gradcam-abs", "gradient", "gradient-sum"} <= set(named)
+    assert "gradcam-pos" not in named and "normgrad" not in named
 
 
 def test_explain_default_photo_and_model(tmp_path, capsys):
