@@ -193,45 +193,54 @@ def _class_map(config, plan, model, example, samples):
 
 
 def _compute(plan, config, registry, model, preprocess, samples, pending, done, store, group, class_map=None) -> None:
+    from ..progress import listening
+    from .progress_bar import SweepProgress, batch_calls
+
     runner = BatchRunner(model, preprocess, plan, config, registry, class_map)
-    bar = None
-    if group.rank == 0 and config.progress and pending:
-        try:
-            from tqdm.auto import tqdm
-        except ImportError:  # pragma: no cover - tqdm is in the eval extra
-            tqdm = None
-        if tqdm is not None:
-            todo = sum(1 for b in pending for u in _batch_units(plan, b) if u not in done)
-            bar = tqdm(total=todo, desc="sweep", unit="unit", file=sys.stderr, smoothing=0.1)
+    todo = sum(1 for b in pending for u in _batch_units(plan, b) if u not in done) if pending else 0
+    total = sum(len(plan.units(metric, plan.image_ids)) for metric in plan.metrics)
+    bar = SweepProgress(todo, group.rank == 0 and config.progress)
+    interrupted = False
     try:
-        for first, mine in group.rounds(pending):  # whole batches of the one-process plan
-            finished = []
-            if mine is not None:
-                ids = [plan.image_ids[i] for i in mine]
-                batch = [samples[i] for i in mine]
+        with listening(bar.tick):
+            for first, mine in group.rounds(pending):  # whole batches of the one-process plan
+                finished = []
+                if mine is not None:
+                    ids = [plan.image_ids[i] for i in mine]
+                    batch = [samples[i] for i in mine]
+                    bar.begin_batch(batch_calls(plan, runner.driver, ids, done) if not group.distributed else [])
 
-                def want(metric, ids=ids):
-                    return any(u not in done for u in plan.units(metric, ids))
+                    def want(metric, ids=ids):
+                        return any(u not in done for u in plan.units(metric, ids))
 
-                for metric, values in runner.run(batch, want):
-                    new = [((m, layer, metric, image), values[m, layer][j])
-                           for j, image in enumerate(ids) for m, layer in plan.keys(metric)
-                           if (m, layer, metric, image) not in done]
-                    if group.distributed:
-                        finished += new
-                    else:
-                        store.append(new)
-                        if bar is not None:
-                            bar.set_postfix_str(f"batch {first + 1}/{len(pending)}, {metric}", refresh=False)
-                            bar.update(len(new))
-            if group.distributed:
-                for part in group.gather(finished):
-                    store.append(part)
-                    if bar is not None:
-                        bar.update(len(part))
+                    for metric, values in runner.run(batch, want):
+                        new = [((m, layer, metric, image), values[m, layer][j])
+                               for j, image in enumerate(ids) for m, layer in plan.keys(metric)
+                               if (m, layer, metric, image) not in done]
+                        if group.distributed:
+                            finished += new
+                        else:
+                            store.append(new)
+                            bar.finished(metric, len(new), f"batch {first + 1}/{len(pending)}, {metric}")
+                if group.distributed:
+                    for part in group.gather(finished):
+                        store.append(part)
+                        bar.finished("", len(part))
+    except KeyboardInterrupt:
+        interrupted = True
+        try:  # what is on disk (a unit being written when Ctrl-C came may or may not be)
+            saved = sum(1 for u in store.load() if u[2] in plan.metrics) if group.rank == 0 else None
+        except (ExtaggError, OSError):
+            saved = None
+        saved = total - todo + bar.saved if saved is None else saved
+        raise SweepInterrupted(f"interrupted: {saved} of {total} units saved in {config.run_dir}; rerun the same "
+                               "command to resume") from None
     finally:
-        if bar is not None:
-            bar.close()
+        bar.close(interrupted)
+
+
+class SweepInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a sweep; the message says how many units are saved and how to resume."""
 
 
 def _write_tables(run_dir: Path, rows, per_image, plan) -> None:
