@@ -111,7 +111,8 @@ def resolve_weights(weights: WeightsLike, layers: Sequence[str], order: Optional
 
 
 def _expand(layers: Optional[Sequence[str]], present: list[str]) -> Optional[list[str]]:
-    """``layers`` with layer patterns (:mod:`extagg.layer_patterns`) replaced by the matching layers of ``present`` (in their order)."""
+    """``layers`` with layer patterns (:mod:`extagg.layer_patterns`) replaced by the matching layers of ``present``
+    (in their order)."""
     if layers is None:
         return None
     if isinstance(layers, str):

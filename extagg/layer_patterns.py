@@ -5,7 +5,7 @@ A layer name is a dotted path (``layer3.1.conv2``), so its wildcards work like a
 * ``*`` matches any run of characters **within one dot-separated part**: ``layer*`` is ``layer1`` ..
   ``layer4`` on a torchvision ResNet, not ``layer1.0.conv1``; ``layer3.*`` is the children of ``layer3``.
 * ``**`` matches any run of characters, dots included: ``layer3.**`` is every descendant of ``layer3``,
-  ``**conv*`` every module whose last part starts with ``conv``... and ``**`` alone every module.
+  ``**.conv*`` every module below the top level whose last part starts with ``conv``, ``**`` every module.
 * ``?`` matches one character that is not a dot; ``[seq]`` / ``[!seq]`` one character in / not in ``seq``
   (never a dot), as in :mod:`fnmatch`.
 
