@@ -23,6 +23,7 @@ from .cli_args import number_in, output_file
 from .errors import InputError
 
 SAVE_SUFFIXES = (".pt", ".npy")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
 
 class _Once(argparse.Action):
@@ -88,7 +89,10 @@ def check_request(args, registry) -> tuple[list[str], list[str]]:
             if os.path.isfile(text):
                 raise InputError(f"{text!r} is a file, not a method string: give images before --method "
                                  f"(extagg explain {text} --method ...) or after '--'") from None
-            raise InputError(f"--method {text!r}: {exc}") from None
+            looks_like_file = os.sep in text or os.path.splitext(text)[1].lower() in IMAGE_SUFFIXES
+            hint = (f"; if {text!r} is an image, there is no such file (images come before --method)"
+                    if looks_like_file else "")
+            raise InputError(f"--method {text!r}: {exc}{hint}") from None
         if not found:
             raise InputError(f"--method pattern {text!r} matches no method; see `extagg methods`")
         methods += [m for m in found if m not in methods]

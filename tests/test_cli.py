@@ -81,6 +81,7 @@ def test_explain_grid_of_methods_and_layers(tmp_path, capsys):
     (["nothere.png", "--method", "gradcam"], "image 'nothere.png' does not exist"),
     (["normgrad", "--method", "gradcam"], "it is a method string: give every method after one --method"),
     (["PHOTO", "--method", "gradcm"], "did you mean 'gradcam'"),
+    (["--method", "gradcam", "cat.jpg"], "if 'cat.jpg' is an image, there is no such file"),
     (["PHOTO", "--save", "maps.txt"], "expected a .pt or .npy file name"),
 ])
 def test_explain_argument_mistakes_are_caught_before_the_model_loads(argv, message, tmp_path, capsys, monkeypatch):
