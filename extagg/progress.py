@@ -25,8 +25,18 @@ def tick(kind: str, amount: float = 1.0) -> None:
 @contextlib.contextmanager
 def listening(listener: Listener) -> Iterator[None]:
     """Call ``listener(kind, amount)`` for every :func:`tick` inside the ``with`` block (this thread)."""
-    token = _listener.set(listener)
+    token = listen(listener)
     try:
         yield
     finally:
-        _listener.reset(token)
+        stop(token)
+
+
+def listen(listener: Listener) -> contextvars.Token:
+    """Start calling ``listener`` for every :func:`tick` of this thread; give the token to :func:`stop`."""
+    return _listener.set(listener)
+
+
+def stop(token: contextvars.Token) -> None:
+    """Stop the listener :func:`listen` started (and restore the one before it)."""
+    _listener.reset(token)

@@ -11,12 +11,15 @@ from __future__ import annotations
 import sys
 from typing import Optional
 
+from ..progress import listen, stop
+
 SALIENCY_WEIGHT = 3.0
 """A forward+backward pass of one image counted as this many gradient-free forwards (curve images)."""
 
 
 class SweepProgress:
-    """tqdm bar over ``total`` units (none when ``enabled`` is false or tqdm is missing); counts what is saved."""
+    """tqdm bar over ``total`` units (none when ``enabled`` is false or tqdm is missing); counts what is saved.
+    It listens to :mod:`extagg.progress` ticks of this thread from creation until :meth:`close`."""
 
     def __init__(self, total: int, enabled: bool):
         self.bar = None
@@ -31,6 +34,7 @@ class SweepProgress:
         self._calls: list[tuple[str, int, float]] = []  # (metric, units, expected work) of this batch, in order
         self._work = 0.0
         self._shown = 0  # units of the current call already added to the bar (before it yields)
+        self._token = listen(self.tick) if self.bar is not None else None
 
     def begin_batch(self, calls: list[tuple[str, int, Optional[float]]]) -> None:
         """The wanted calls of the next batch in the order the driver computes them: (metric, units to do,
@@ -67,6 +71,10 @@ class SweepProgress:
             self.bar.update(saved - partial)
 
     def close(self, interrupted: bool = False) -> None:
+        """Stop listening and close the bar (wiped after an interruption)."""
+        if self._token is not None:
+            stop(self._token)
+            self._token = None
         if self.bar is not None:
             if interrupted:
                 self.bar.leave = False  # the bar is wiped: the one line that follows says where the run stands

@@ -193,39 +193,37 @@ def _class_map(config, plan, model, example, samples):
 
 
 def _compute(plan, config, registry, model, preprocess, samples, pending, done, store, group, class_map=None) -> None:
-    from ..progress import listening
     from .progress_bar import SweepProgress, batch_calls
 
     runner = BatchRunner(model, preprocess, plan, config, registry, class_map)
     todo = sum(1 for b in pending for u in _batch_units(plan, b) if u not in done) if pending else 0
     total = sum(len(plan.units(metric, plan.image_ids)) for metric in plan.metrics)
-    bar = SweepProgress(todo, group.rank == 0 and config.progress)
+    bar = SweepProgress(todo, group.rank == 0 and config.progress)  # listens to the passes until closed
     interrupted = False
     try:
-        with listening(bar.tick):
-            for first, mine in group.rounds(pending):  # whole batches of the one-process plan
-                finished = []
-                if mine is not None:
-                    ids = [plan.image_ids[i] for i in mine]
-                    batch = [samples[i] for i in mine]
-                    bar.begin_batch(batch_calls(plan, runner.driver, ids, done) if not group.distributed else [])
+        for first, mine in group.rounds(pending):  # whole batches of the one-process plan
+            finished = []
+            if mine is not None:
+                ids = [plan.image_ids[i] for i in mine]
+                batch = [samples[i] for i in mine]
+                bar.begin_batch(batch_calls(plan, runner.driver, ids, done) if not group.distributed else [])
 
-                    def want(metric, ids=ids):
-                        return any(u not in done for u in plan.units(metric, ids))
+                def want(metric, ids=ids):
+                    return any(u not in done for u in plan.units(metric, ids))
 
-                    for metric, values in runner.run(batch, want):
-                        new = [((m, layer, metric, image), values[m, layer][j])
-                               for j, image in enumerate(ids) for m, layer in plan.keys(metric)
-                               if (m, layer, metric, image) not in done]
-                        if group.distributed:
-                            finished += new
-                        else:
-                            store.append(new)
-                            bar.finished(metric, len(new), f"batch {first + 1}/{len(pending)}, {metric}")
-                if group.distributed:
-                    for part in group.gather(finished):
-                        store.append(part)
-                        bar.finished("", len(part))
+                for metric, values in runner.run(batch, want):
+                    new = [((m, layer, metric, image), values[m, layer][j])
+                           for j, image in enumerate(ids) for m, layer in plan.keys(metric)
+                           if (m, layer, metric, image) not in done]
+                    if group.distributed:
+                        finished += new
+                    else:
+                        store.append(new)
+                        bar.finished(metric, len(new), f"batch {first + 1}/{len(pending)}, {metric}")
+            if group.distributed:
+                for part in group.gather(finished):
+                    store.append(part)
+                    bar.finished("", len(part))
     except KeyboardInterrupt:
         interrupted = True
         try:  # what is on disk (a unit being written when Ctrl-C came may or may not be)
