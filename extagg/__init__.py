@@ -11,53 +11,55 @@ Quick tour::
 """
 from __future__ import annotations
 
-from typing import Iterable, Union
+from typing import TYPE_CHECKING, Iterable, Union
 
-from .capture import LayerCapture
-from .phase2 import Dense, Factored, PatchGeometry, Product, Scaled
-from .engine import saliency, saliency_per_example
-from .errors import (
-    DuplicateNameError,
-    ExtaggError,
-    InputError,
-    InvalidMethodError,
-    LayerMismatchError,
-    MethodSyntaxError,
-    PluginContractError,
-    PluginLoadError,
-    UnknownNameError,
-)
-from .hookspecs import hookimpl
-from .method import Call, Method
-from .plugins import make_plugin_manager
-from .registry import Registry, default_registry, reload_plugins
-from .result import SaliencyMaps
-from .combine import (
-    LayerWeights,
-    combination_sweep,
-    combine as combine_layers,
-    feature_spread_weights,
-    layer_order,
-    probe_accuracy_weights,
-)
+from .lazy import lazy_package
+
+_EXPORTS = {  # submodule -> the public names it defines, imported on first use (``import extagg`` imports no torch)
+    ".capture": ("LayerCapture",),
+    ".phase2": ("Dense", "Factored", "PatchGeometry", "Product", "Scaled"),
+    ".engine": ("saliency", "saliency_per_example"),
+    ".errors": ("DuplicateNameError", "ExtaggError", "InputError", "InvalidMethodError", "LayerMismatchError",
+                "MethodSyntaxError", "PluginContractError", "PluginLoadError", "UnknownNameError"),
+    ".hookspecs": ("hookimpl",),
+    ".method": ("Call", "Method"),
+    ".plugins": ("make_plugin_manager",),
+    ".registry": ("Registry", "default_registry", "reload_plugins"),
+    ".result": ("SaliencyMaps",),
+    ".combine": ("LayerWeights", "combination_sweep", "combine_layers=combine", "feature_spread_weights",
+                 "layer_order", "probe_accuracy_weights"),
+}
+if TYPE_CHECKING:  # what type checkers and IDEs see; at run time the names come through lazy_package below
+    from .capture import LayerCapture  # noqa: F401
+    from .combine import combine as combine_layers  # noqa: F401
+    from .engine import saliency, saliency_per_example  # noqa: F401
+    from .method import Method
+    from .registry import Registry, default_registry  # noqa: F401
+    from .result import SaliencyMaps  # noqa: F401
 
 __version__ = "0.1.0"
 
 
-def parse_method(text: Union[str, Method], registry: Registry = None) -> Method:
+def parse_method(text: Union[str, "Method"], registry: "Registry" = None) -> "Method":
     """Parse a method string with the default (or given) registry; ``str(result)`` is canonical."""
-    return (registry or default_registry()).parse(text)
+    return (registry or _default_registry()).parse(text)
 
 
 def methods(pattern: Union[str, Iterable[str]] = "*", exclude: Union[str, Iterable[str]] = (),
-            registry: Registry = None) -> list[str]:
+            registry: "Registry" = None) -> list[str]:
     """The design space as canonical strings, filtered by fnmatch wildcards (see :mod:`extagg.space`)."""
-    return (registry or default_registry()).methods(pattern, exclude)
+    return (registry or _default_registry()).methods(pattern, exclude)
 
 
-def describe(method: Union[str, Method], registry: Registry = None) -> str:
+def describe(method: Union[str, "Method"], registry: "Registry" = None) -> str:
     """Composition, formula and origin of a method."""
-    return (registry or default_registry()).describe(method)
+    return (registry or _default_registry()).describe(method)
+
+
+def _default_registry():
+    from .registry import default_registry
+
+    return default_registry()
 
 
 __all__ = [
@@ -68,3 +70,6 @@ __all__ = [
     "layer_order", "make_plugin_manager", "methods", "parse_method", "probe_accuracy_weights", "reload_plugins",
     "saliency", "saliency_per_example",
 ]
+
+
+lazy_package(__name__, _EXPORTS)

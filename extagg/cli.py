@@ -5,7 +5,7 @@ import argparse
 import sys
 from typing import Optional, Sequence
 
-from .cli_args import number_in, output_file
+from .cli_args import output_file
 from .errors import ExtaggError
 
 
@@ -16,11 +16,25 @@ def _registry():
 
 
 def cmd_methods(args) -> int:
-    names = _registry().methods(args.pattern or "*", exclude=args.exclude or ())
+    """Named methods whose name matches (``name = expansion``, first), then the matching compositions."""
+    import fnmatch
+
+    reg = _registry()
+    patterns, exclude = args.pattern or ["*"], args.exclude or ()
+    names = reg.methods(patterns, exclude=exclude)
+
+    def hit(text, pats):
+        return any(fnmatch.fnmatchcase(text, p.strip().lower()) for p in pats)
+
+    named = {n: str(reg.parse(n)) for n in reg.named_methods if hit(n, patterns)}
+    named = {n: e for n, e in named.items() if not (hit(n, exclude) or hit(e, exclude))}
+    width = max(map(len, named), default=0)
+    for name, expansion in named.items():
+        print(f"{name:<{width}} = {expansion}")
     for name in names:
         print(name)
-    if not names:
-        print(f"no method matches {args.pattern or '*'}", file=sys.stderr)
+    if not names and not named:
+        print(f"no method matches {' '.join(patterns)}", file=sys.stderr)
         return 1
     return 0
 
@@ -71,33 +85,6 @@ def cmd_metrics(args) -> int:
     return 0
 
 
-def cmd_explain(args) -> int:
-    import torch
-
-    from . import models
-    from .engine import saliency
-    from .layers import last_spatial_layer
-    from .viz import overlay, save_png
-
-    model, preprocess = models.load_model(args.model, args.weights, random_weights=args.random_weights)
-    path = args.image or models.sample_image_path()
-    image = models.load_image(path)
-    x = preprocess(image)[None]
-    layer = args.layer or last_spatial_layer(model, x)
-    targets = None if args.target is None else int(args.target)
-    maps = saliency(model, x, args.method, layers=layer, targets=targets)
-    m = maps[args.method, layer]
-    cls = int(maps.targets[0, 0])
-    with torch.no_grad():
-        prob = torch.softmax(model(x).float(), 1)[0, cls].item()
-    names = models.imagenet_categories()
-    label = names[cls] if cls < len(names) else str(cls)
-    out = save_png(overlay(image, m[0, 0], alpha=args.alpha), args.output)
-    print(f"image {path}: class {cls} ({label}, p={prob:.3f}); method {maps.methods[0]} at layer {layer} "
-          f"({tuple(m.shape[-2:])} map) -> {out}")
-    return 0
-
-
 def cmd_report(args) -> int:
     from pathlib import Path
 
@@ -115,8 +102,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="extagg", description="Extract & Aggregate saliency, composable.")
     sub = p.add_subparsers(dest="command", required=True)
 
-    s = sub.add_parser("methods", help="list the design space (canonical method strings)")
-    s.add_argument("pattern", nargs="*", help="fnmatch patterns, e.g. 'scaling+*' '*+norm' (default: all)")
+    s = sub.add_parser("methods", help="named methods (name = expansion) and the design space (canonical strings)",
+                       description="Named methods whose name matches a pattern, as 'name = expansion', then every "
+                                   "composition whose canonical string matches ('grad*' finds gradcam, gradcampp, "
+                                   "gradient, ...; a named method in a pattern matches its expansion).")
+    s.add_argument("pattern", nargs="*", help="fnmatch patterns, e.g. 'grad*' 'scaling+*' '*+norm' (default: all)")
     s.add_argument("--exclude", "-x", action="append", help="fnmatch pattern to leave out (repeatable)")
     s.set_defaults(func=cmd_methods)
 
@@ -132,20 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("method")
     s.set_defaults(func=cmd_describe)
 
-    s = sub.add_parser("explain", help="saliency overlay of one image as a PNG")
-    s.add_argument("image", nargs="?", help="image file (default: a photo of a cat shipped with scikit-image)")
-    s.add_argument("--model", default="efficientnet-lite0",
-                   help="efficientnet-lite0 (default, pretrained offline) or a torchvision model name")
-    s.add_argument("--weights", help="torchvision weights name (e.g. DEFAULT) or a state_dict file")
-    s.add_argument("--random-weights", action="store_true",
-                   help="torchvision model without weights: random initialisation, on purpose")
-    s.add_argument("--method", default="gradcam", help="method string (default: gradcam)")
-    s.add_argument("--layer", help="layer name (default: the last spatial layer)")
-    s.add_argument("--target", type=int, help="class index (default: the predicted class)")
-    s.add_argument("--alpha", type=number_in(0, 1), default=0.5, help="heatmap opacity in [0, 1] (default 0.5)")
-    s.add_argument("-o", "--output", type=output_file, default="extagg-explain.png",
-                   help="output PNG (default extagg-explain.png)")
-    s.set_defaults(func=cmd_explain)
+    from .explain_cli import add_explain_command
+
+    add_explain_command(sub)
 
     try:
         from .evaluation.cli import add_evaluate_command
@@ -174,6 +153,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except ExtaggError as exc:
         print(f"extagg: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as exc:  # Ctrl-C: one line (a sweep's says what is saved), no traceback
+        print(f"extagg: {exc or 'interrupted'}", file=sys.stderr)
+        return 130
     except BrokenPipeError:  # `extagg methods | head`
         sys.stderr.close()
         return 0

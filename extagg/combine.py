@@ -13,13 +13,13 @@ Weightings: ``"uniform"`` (``w_j = 1``), ``"linear"`` (``w_j = j`` in the model'
 layer and every combination of a set of methods in one call (the paper's Table 3 comparison); see
 ``docs/combination_and_meta.md``.
 
-Functions that take a model take ``layers`` as :func:`extagg.saliency` does (names, ``name@k``, fnmatch patterns,
+Functions that take a model take ``layers`` as :func:`extagg.saliency` does (names, ``name@k``, layer patterns,
 groups such as ``"stages"``, module objects; see :mod:`extagg.layer_request`). :func:`combine` works on maps
-already computed: its ``layers`` are names or fnmatch patterns over the layers those maps hold.
+already computed: its ``layers`` are names or layer patterns (``*`` within a dotted part, ``**`` across; see
+:mod:`extagg.layer_patterns`) over the layers those maps hold.
 """
 from __future__ import annotations
 
-import fnmatch
 import math
 from collections.abc import Mapping
 from typing import Any, Callable, Optional, Sequence, Union
@@ -33,6 +33,7 @@ from .engine import check_images, saliency, saliency_per_example
 from .errors import InputError, UnknownNameError
 from .guard import model_device_dtype, preserved
 from .layer_request import resolve_requested_layers
+from .layer_patterns import layer_filter
 from .layers import execution_order
 from .registry import default_registry
 from .targets import as_target_matrix
@@ -110,7 +111,8 @@ def resolve_weights(weights: WeightsLike, layers: Sequence[str], order: Optional
 
 
 def _expand(layers: Optional[Sequence[str]], present: list[str]) -> Optional[list[str]]:
-    """``layers`` with fnmatch patterns replaced by the matching layers of ``present`` (in their order)."""
+    """``layers`` with layer patterns (:mod:`extagg.layer_patterns`) replaced by the matching layers of ``present``
+    (in their order)."""
     if layers is None:
         return None
     if isinstance(layers, str):
@@ -118,10 +120,10 @@ def _expand(layers: Optional[Sequence[str]], present: list[str]) -> Optional[lis
     out: list[str] = []
     for item in layers:
         if not isinstance(item, str):
-            raise InputError(f"combine(layers=...) takes layer names or fnmatch patterns of the maps' layers, got "
+            raise InputError(f"combine(layers=...) takes layer names or layer patterns of the maps' layers, got "
                              f"{type(item).__name__} {item!r}")
         if any(c in item for c in "*?["):
-            found = [layer for layer in present if fnmatch.fnmatchcase(layer, item)]
+            found = layer_filter(present, item)
             if not found:
                 raise UnknownNameError("layer pattern", item, present)
         else:
@@ -167,7 +169,7 @@ def combine(maps, weights: WeightsLike = "uniform", mode: str = "sum", *, layers
     :param maps: an :func:`extagg.saliency` result (choose ``method`` if it holds several) or ``{layer: map}``.
     :param weights: ``"uniform"``, ``"linear"`` (needs ``order``), ``{layer: w}`` or :class:`LayerWeights`.
     :param mode: ``"sum"`` (weighted sum) or ``"product"`` (weighted geometric product, weights as exponents).
-    :param layers: which layers: names or fnmatch patterns over the maps' layers (default: all, for ``method``).
+    :param layers: which layers: names or layer patterns over the maps' layers (default: all, for ``method``).
     :param order: the model's layers shallow to deep, for ``"linear"`` (see :func:`layer_order`).
     :param size: (H, W) to resize every map to (bilinear, ``align_corners=False``); needed if sizes differ.
     """
@@ -197,7 +199,7 @@ def combine(maps, weights: WeightsLike = "uniform", mode: str = "sum", *, layers
 
 def requested_layers(model: torch.nn.Module, layers, images: Optional[torch.Tensor] = None,
                      forward_kwargs: Optional[dict] = None) -> list[str]:
-    """Layer names for a ``layers`` argument as :func:`extagg.saliency` takes it: names, ``name@k``, fnmatch
+    """Layer names for a ``layers`` argument as :func:`extagg.saliency` takes it: names, ``name@k``, layer
     patterns, groups (``"stages"``, ...) and module objects, in the order given, without duplicates. Patterns and
     groups need ``images`` (one no-grad forward pass of its first image)."""
     return resolve_requested_layers(model, layers, images, forward_kwargs)[0]

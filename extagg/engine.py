@@ -295,7 +295,8 @@ def saliency(
     :param methods: method strings (``"scaling+sum"``, a named method, ``"conv3x3+relu+norm"``) or one string;
         ``extagg.methods()`` lists the compositions, ``extagg.default_registry().named_methods`` the names.
     :param layers: ``named_modules()`` names, ``"input"`` for the image, ``"name@k"`` for the k-th call of a module
-        called several times per forward pass, fnmatch patterns (``"layer*"``), named groups (``"stages"``,
+        called several times per forward pass, layer patterns (``"layer*"``: ``*`` stops at a dot, ``**`` does not),
+        named groups (``"stages"``,
         ``"blocks"``, ``"spatial"``, ``"last"``; see :mod:`extagg.layer_select`) or module objects of the model
         (``model.layer4``); one or a sequence (see :mod:`extagg.layer_request`).
     :param targets: None (the predicted class), an int, N ints, or an (N, T) tensor (T maps per image).

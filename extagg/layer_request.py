@@ -1,8 +1,9 @@
 """The ``layers`` argument of :func:`extagg.saliency`, resolved to layer names and their modules.
 
 Accepted, alone or in a sequence, in any mix: ``named_modules()`` names, ``"input"``, ``"name@k"`` (the k-th
-call of a module called several times), fnmatch patterns (``"layer*"``, ``"features.*"``), the named groups of
-:mod:`extagg.layer_select` (``"stages"``, ``"blocks"``, ``"spatial"``, ``"last"``, or ``"group:NAME"``), and
+call of a module called several times), layer patterns (``"layer*"``, ``"features.*"``, ``"layer3.**"``; ``*``
+stops at a dot, ``**`` crosses dots: :mod:`extagg.layer_patterns`), the named groups of :mod:`extagg.layer_select`
+(``"stages"``, ``"blocks"``, ``"spatial"``, ``"last"``, or ``"group:NAME"``), and
 module objects of the model (``model.layer4``, as Captum, TorchCAM and pytorch-grad-cam users pass them).
 Patterns and groups cost one no-grad forward pass on the first image (the model left unchanged); names and
 module objects cost none. Unknown names raise :class:`~extagg.errors.UnknownNameError` with a "did you mean".

@@ -1,7 +1,9 @@
-"""Layer selection by name, fnmatch pattern or named group: ``select_layers(model, ["stages", "layer4.*"])``.
+"""Layer selection by name, pattern or named group: ``select_layers(model, ["stages", "layer4.*"])``.
 
 Names are ``named_modules()`` names, ``"input"`` (the image) and ``name@k`` (the k-th call of a module called
-several times per forward pass). A pattern (``*``, ``?``, ``[``) matches module names; a module called several
+several times per forward pass). A pattern (``*``, ``?``, ``[``) matches module names part by part
+(:mod:`extagg.layer_patterns`: ``*`` stops at a dot, ``**`` crosses dots; ``layer*`` is ``layer1`` .. ``layer4``
+on a ResNet, ``layer3.**`` every module inside ``layer3``); a module called several
 times expands to one ``name@k`` per call, and modules that are never called or return no single tensor (an
 attention module's tuple, an unused ``ModuleList``) are left out of what a pattern matches. Named groups, found from the model's structure and one no-grad forward
 pass on ``example`` (default: a zero 224x224 RGB image), never from class names:
@@ -21,20 +23,19 @@ name. Unknown names and patterns that match nothing raise :class:`~extagg.errors
 """
 from __future__ import annotations
 
-import fnmatch
 from typing import Optional, Sequence, Union
 
 import torch
 
 from .capture import INPUT, split_layer
 from .errors import InputError, UnknownNameError
+from .layer_patterns import is_layer_pattern, layer_filter, layer_match
 from .layers import execution_order
 
 GROUPS = ("blocks", "stages", "spatial", "last")
 CONTAINERS = (torch.nn.Sequential, torch.nn.ModuleList)
 ACTIVATIONS = (torch.nn.ReLU, torch.nn.ReLU6, torch.nn.LeakyReLU, torch.nn.ELU, torch.nn.GELU, torch.nn.SiLU,
                torch.nn.Hardswish, torch.nn.Mish, torch.nn.PReLU, torch.nn.Tanh, torch.nn.Sigmoid)
-_WILD = set("*?[")
 
 
 def _is_container(m: torch.nn.Module) -> bool:
@@ -123,7 +124,8 @@ class _Layout:
 
 def select_layers(model: torch.nn.Module, patterns: Union[str, Sequence[str]],
                   example: Optional[torch.Tensor] = None, forward_kwargs: Optional[dict] = None) -> list[str]:
-    """Layer names for :func:`extagg.saliency` from names, fnmatch patterns and groups, in the order given,
+    """Layer names for :func:`extagg.saliency` from names, patterns (``*`` within a dotted part, ``**`` across
+    parts) and groups, in the order given,
     without duplicates.
 
     :param patterns: e.g. ``["input", "stages", "_conv_head"]``, ``"layer4.*"``, ``"group:blocks"``.
@@ -146,13 +148,13 @@ def select_layers(model: torch.nn.Module, patterns: Union[str, Sequence[str]],
             if not found:
                 raise InputError(f"layer group {group!r} is empty for this model ({type(model).__name__}); "
                                  "name layers or patterns instead")
-        elif _WILD & set(p):
-            matched = [c for n in layout.modules if fnmatch.fnmatchcase(n, p) for c in layout.calls(n)]
-            if not matched and not fnmatch.fnmatchcase(INPUT, p):
+        elif is_layer_pattern(p):
+            matched = [c for n in layer_filter(layout.modules, p) for c in layout.calls(n)]
+            if not matched and not layer_match(INPUT, p):
                 raise UnknownNameError("layer pattern", p, [*known, *GROUPS])
             shapes = layout.shapes
             found = [c for c in matched if shapes.get(c)]  # called, with one tensor output (not a tuple)
-            if fnmatch.fnmatchcase(INPUT, p):
+            if layer_match(INPUT, p):
                 found.insert(0, INPUT)
             if not found:
                 raise InputError(f"layer pattern {p!r} matches only modules that are never called or return no "

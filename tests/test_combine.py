@@ -341,7 +341,8 @@ def test_layer_requests_are_the_ones_saliency_takes():
     assert not any(torch.equal(a.map, b.map) for a, b in zip(moved.entries, reference.entries))
     maps = {"body.1": rand(1, 1, 4, 4), "body.3": rand(1, 1, 4, 4, seed=1), "head": rand(1, 1, 4, 4, seed=2)}
     assert torch.equal(combine(maps, layers="body.*"), combine(maps, layers=by_name))
-    assert not torch.equal(combine(maps, layers="*"), combine(maps, layers=by_name))  # head joins: differs
+    assert not torch.equal(combine(maps, layers="**"), combine(maps, layers=by_name))  # head joins: differs
+    assert torch.equal(combine(maps, layers="*"), combine(maps, layers=["head"]))  # '*' stops at a dot
     with pytest.raises(extagg.errors.UnknownNameError, match="body"):
         combine(maps, layers="bdy.*")
     with pytest.raises(InputError, match="not a submodule"):

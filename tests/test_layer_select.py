@@ -59,7 +59,8 @@ def test_efficientnet_lite0_groups_and_repeated_calls():
 def test_patterns_order_and_duplicates(resnet):
     assert select_layers(resnet, ["layer4", "layer?.0", "layer4"]) == ["layer4", "layer1.0", "layer2.0", "layer3.0",
                                                                       "layer4.0"]
-    assert "layer2.0.downsample.0" in select_layers(resnet, "layer*.0")
+    assert select_layers(resnet, "layer*.0") == ["layer1.0", "layer2.0", "layer3.0", "layer4.0"]
+    assert "layer2.0.downsample.0" in select_layers(resnet, "layer**.0")
     assert select_layers(resnet, ["group:stages", "input"]) == ["layer1", "layer2", "layer3", "layer4", "input"]
     spatial = select_layers(resnet, "spatial")
     assert spatial[0] == "conv1" and "fc" not in spatial and "avgpool" not in spatial
@@ -110,7 +111,35 @@ def test_patterns_leave_out_modules_without_one_tensor_output():
     x = torch.randn(1, 4, 2, 2)
     assert select_layers(Net(), ["*"], x) == ["input", "proj"]  # out_proj is used functionally, never called
     with pytest.raises(InputError, match=r"never called or return no single tensor \(unused, unused.0\)"):
-        select_layers(Net(), ["unused*", "proj"], x)
+        select_layers(Net(), ["unused**", "proj"], x)
     with pytest.raises(InputError, match="never called or return no single tensor.*attn"):
         select_layers(Net(), ["att?"], x)
     assert select_layers(Net(), ["attn"], x) == ["attn"]  # a name is taken as given (capture then explains)
+
+
+def test_star_stops_at_a_dot_and_double_star_crosses():
+    """Layer patterns are matched part by part: with fnmatch's ``*`` (which crosses dots) ``layer*`` returned every
+    module inside the four stages (150+ names on a ResNet-50) instead of the four stages."""
+    model = torchvision.models.resnet50().eval()
+    names = [n for n, _ in model.named_modules() if n]
+    assert select_layers(model, "layer*") == ["layer1", "layer2", "layer3", "layer4"]
+    inside = select_layers(model, "layer3.**")
+    bases = list(dict.fromkeys(n.split("@")[0] for n in inside))  # a ReLU called 3 times: relu@0, relu@1, relu@2
+    assert bases == [n for n in names if n.startswith("layer3.")] and "layer3.5.conv2" in inside
+    assert select_layers(model, "layer3.*") == [f"layer3.{i}" for i in range(6)]
+    assert select_layers(model, "layer?.0.conv?") == [f"layer{s}.0.conv{c}" for s in range(1, 5) for c in (1, 2, 3)]
+    assert select_layers(model, "layer[14]") == ["layer1", "layer4"]
+    assert select_layers(model, "**downsample.0") == [f"layer{s}.0.downsample.0" for s in range(1, 5)]
+    assert select_layers(model, ["stages", "layer4.2.*"])[:5] == ["layer1", "layer2", "layer3", "layer4",
+                                                                  "layer4.2.conv1"]
+
+
+def test_layer_pattern_characters_never_cross_a_dot():
+    """``?`` and ``[..]`` match one character that is not a dot (fnmatch's would match the dot itself)."""
+    from extagg.layer_patterns import layer_match
+
+    assert layer_match("a.b", "a?b") is False and layer_match("a.b", "a[.]b") is False
+    assert layer_match("a.b", "a[!x]b") is False and layer_match("axb", "a[!y]b") is True
+    assert layer_match("a.b", "a**") is True and layer_match("a.b", "a*") is False
+    assert layer_match("a[b", "a[b") is True  # an unclosed bracket is a literal, as in fnmatch
+    assert layer_match("input", "inp*") is True and layer_match("Input", "inp*") is False

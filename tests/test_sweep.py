@@ -110,7 +110,7 @@ def test_a_sweep_over_token_layers(tmp_path):
     from test_tokens import TinyViT
 
     torch.manual_seed(0)
-    cfg = tiny_config(tmp_path, methods=("normgrad", "scaling+sum"), layers=("blocks.0*",),
+    cfg = tiny_config(tmp_path, methods=("normgrad", "scaling+sum"), layers=("blocks.0**",),
                       metrics=("sensitivity", "identity"), identity_extractor="linear", randomise=("head",),
                       combine=())
     result = run(cfg, model=TinyViT().eval(), samples=tiny_samples(2, 16))

@@ -20,50 +20,29 @@ need a model with the data set's classes or a ``class_map`` (:mod:`.class_map`).
 """
 from __future__ import annotations
 
-from .class_map import ClassMap, group_objective, read_class_map, resolve_class_map
-from .common import expand_layers, expand_methods
-from .datasets import (
-    VOC_CLASSES,
-    COCOPointing,
-    ImageFolderSamples,
-    Sample,
-    VOCPointing,
-    annotation_mask,
-    load_image,
-    polygon_rle_counts,
-    rle_counts_from_string,
-    rle_decode,
-    voc_sample,
-)
-from .difficult import compute_difficult_flags, difficult_by_rule, read_difficult_flags, write_difficult_flags
-from .faithfulness import deletion_insertion, deletion_insertion_curves, deletion_insertion_grid
-from .identity_check import identity_check
-from .pointing import (
-    CENTER,
-    PointingScore,
-    center_point,
-    gaussian_smooth,
-    pointing_game,
-    pointing_hit,
-    saliency_point,
-    spatial_softmax_objective,
-)
-from .randomisation import cascading_order, execution_positions, randomise_module
-from .records import Record, format_table, records_of, records_to_csv, records_to_json, summarise, write_records
-from .results import ImageValue, Result, reduce_values
-from .run import Evaluation, evaluate
-from .score import score
-from .shorthands import class_sensitivity, faithfulness, parameter_randomisation
-from .sensitivity import top_bottom_classes
-from .similarity import average_ranks, hog, hog_similarity, map_similarities, minmax, spearman, ssim
+from ..lazy import lazy_package
 
-__all__ = [
-    "CENTER", "COCOPointing", "Evaluation", "ImageValue", "Result", "evaluate", "records_of", "reduce_values", "ClassMap", "group_objective", "read_class_map", "resolve_class_map", "ImageFolderSamples", "PointingScore", "Record", "Sample", "VOCPointing",
-    "VOC_CLASSES", "annotation_mask", "average_ranks", "cascading_order", "center_point", "class_sensitivity",
-    "compute_difficult_flags", "deletion_insertion", "deletion_insertion_curves", "deletion_insertion_grid", "difficult_by_rule", "execution_positions", "faithfulness", "expand_layers", "expand_methods", "format_table",
-    "gaussian_smooth", "hog", "hog_similarity", "identity_check", "load_image", "map_similarities", "minmax",
-    "parameter_randomisation", "pointing_game", "pointing_hit", "polygon_rle_counts", "randomise_module",
-    "read_difficult_flags", "records_to_csv", "records_to_json", "rle_counts_from_string", "rle_decode",
-    "saliency_point", "score", "spatial_softmax_objective", "spearman", "ssim", "summarise", "top_bottom_classes",
-    "voc_sample", "write_difficult_flags", "write_records",
-]
+_EXPORTS = {  # submodule -> the public names it defines (imported on first use: no torch on import)
+    ".class_map": ("ClassMap", "group_objective", "read_class_map", "resolve_class_map"),
+    ".common": ("expand_layers", "expand_methods"),
+    ".datasets": ("VOC_CLASSES", "COCOPointing", "ImageFolderSamples", "Sample", "VOCPointing", "annotation_mask",
+                  "load_image", "polygon_rle_counts", "rle_counts_from_string", "rle_decode", "voc_sample"),
+    ".difficult": ("compute_difficult_flags", "difficult_by_rule", "read_difficult_flags", "write_difficult_flags"),
+    ".faithfulness": ("deletion_insertion", "deletion_insertion_curves", "deletion_insertion_grid"),
+    ".identity_check": ("identity_check",),
+    ".pointing": ("CENTER", "PointingScore", "center_point", "gaussian_smooth", "pointing_game", "pointing_hit",
+                  "saliency_point", "spatial_softmax_objective"),
+    ".randomisation": ("cascading_order", "execution_positions", "randomise_module"),
+    ".records": ("Record", "format_table", "records_of", "records_to_csv", "records_to_json", "summarise",
+                 "write_records"),
+    ".results": ("ImageValue", "Result", "reduce_values"),
+    ".run": ("Evaluation", "evaluate"),
+    ".score": ("score",),
+    ".shorthands": ("class_sensitivity", "faithfulness", "parameter_randomisation"),
+    ".sensitivity": ("top_bottom_classes",),
+    ".similarity": ("average_ranks", "hog", "hog_similarity", "map_similarities", "minmax", "spearman", "ssim"),
+}
+
+__all__ = sorted(name for names in _EXPORTS.values() for name in names)
+
+lazy_package(__name__, _EXPORTS)

@@ -59,7 +59,8 @@ def add_evaluate_command(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--year", default="2007", help="VOC year (default 2007)")
     p.add_argument("--methods", nargs="+", required=False, default=None,
                    help="method strings or fnmatch patterns (default: normgrad and normgrad-conv for identity)")
-    p.add_argument("--layers", nargs="+", default=["input"], help="layer names or fnmatch patterns (default input)")
+    p.add_argument("--layers", nargs="+", default=["input"],
+                   help="layer names or patterns (* stops at a dot, ** crosses dots; default input)")
     p.add_argument("--class-map", default=None, metavar="FILE.json",
                    help="pointing / identity with labels: JSON object {data-set class name or id: model class index "
                         "or [indices]}; needed unless the model has as many outputs as the data set has classes")

@@ -1,13 +1,13 @@
 """Shared plumbing of the evaluations: pattern expansion, batching, preprocessing, progress bars."""
 from __future__ import annotations
 
-import fnmatch
 from typing import Callable, Iterable, Iterator, Optional, Sequence, Union
 
 import torch
 
 from ..capture import INPUT
 from ..errors import InputError, UnknownNameError
+from ..layer_patterns import layer_filter
 from ..guard import model_device_dtype, preserved
 from ..maps import resize_maps
 from ..util import as_list
@@ -48,14 +48,15 @@ def expand_methods(patterns: Patterns, registry: Optional[Registry] = None) -> l
 
 def expand_layers(model: torch.nn.Module, patterns: Patterns,
                   keep: Optional[Callable[[str, Optional[torch.nn.Module]], bool]] = None) -> list[str]:
-    """Layer names: fnmatch wildcards over ``named_modules()`` names and ``"input"``; other names kept as given
+    """Layer names: wildcards (:mod:`extagg.layer_patterns`: ``*`` within a dotted part, ``**`` across) over
+    ``named_modules()`` names and ``"input"``; other names kept as given
     (checked by the engine). ``keep(name, module)`` filters the wildcard matches (e.g. only Conv2d)."""
     modules = {n: m for n, m in model.named_modules() if n}
     names = [INPUT, *modules]
     out: list[str] = []
     for p in _patterns(patterns, "layers"):
         if is_pattern(p):
-            found = [n for n in names if fnmatch.fnmatchcase(n, p) and (keep is None or keep(n, modules.get(n)))]
+            found = [n for n in layer_filter(names, p) if (keep is None or keep(n, modules.get(n)))]
             if not found:
                 raise UnknownNameError("layer pattern", p, names)
         else:

@@ -22,6 +22,7 @@ import torch
 from ..errors import ExtaggError, InputError, PluginError, UnknownNameError
 from ..metric_spec import FLOOR_PREFIX, Metric, Value
 from ..method import Call, scan
+from ..progress import tick
 from .common import logits as class_scores
 from .common import model_inputs, run_saliency
 from .context import BatchContext
@@ -243,6 +244,7 @@ class Driver:
         if inside:
             maps, _ = run_saliency(model, x, inside, list(layout.layers), targets=targets, resize=size,
                                    mismatched=self.mismatched, registry=self.registry)
+            tick("saliency", x.shape[0])  # the sweep's progress bar moves inside long metrics
         for method, layer in layout.pairs:
             if method in layout.external and method in methods:
                 maps[method, layer] = self.external_maps(method, model, x, targets, size)

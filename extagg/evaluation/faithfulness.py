@@ -18,6 +18,7 @@ import torch
 
 from ..errors import InputError, UnknownNameError
 from ..guard import compute_dtype, model_device_dtype, preserved
+from ..progress import tick
 from ..targets import class_logits
 from .common import resize
 from .pointing import gaussian_smooth
@@ -121,6 +122,7 @@ def _curves(model, x, ranks, target, mode, steps, base, batch_size) -> torch.Ten
             if start == 0:
                 _check_targets_in_range(target, scores.shape[1])
             probs[idx] = torch.softmax(scores.to(x.dtype), 1).gather(1, target[img][:, None])[:, 0]
+            tick("curve", len(idx))  # the sweep's progress bar moves per curve batch
     return probs[inverse].view(p, n, steps + 1)
 
 

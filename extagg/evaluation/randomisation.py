@@ -18,7 +18,6 @@ standard normal); BatchNorm running statistics (buffers) are kept.
 """
 from __future__ import annotations
 
-import fnmatch
 import math
 from typing import Callable, Union
 
@@ -26,6 +25,7 @@ import torch
 
 from ..errors import InputError, UnknownNameError
 from ..guard import model_device_dtype
+from ..layer_patterns import layer_filter
 from ..layers import execution_order
 from .common import any_pattern
 
@@ -162,7 +162,7 @@ def cascading_order(work: torch.nn.Module, randomise, x: torch.Tensor) -> list[s
         names = _default_blocks(work, called)
     else:
         for p in items:
-            found = [n for n in with_params if fnmatch.fnmatchcase(n, p)] if any_pattern([p]) else [p]
+            found = layer_filter(with_params, p) if any_pattern([p]) else [p]
             if p not in modules and not found:
                 raise UnknownNameError("layer to randomise", p, with_params)
             for n in found:

@@ -11,7 +11,9 @@ Python::
 ``SweepConfig()`` is the embedded default (EfficientNet-Lite0 from its wheel, scikit-image photos, the metrics
 that need no annotations). See docs/sweep.md for the outputs, resuming and ``torchrun``.
 """
-from .config import DEFAULT_LAYERS, DEFAULT_METHODS, METRICS, SweepConfig
-from .runner import SweepResult, sweep
+from ..lazy import lazy_package
 
 __all__ = ["DEFAULT_LAYERS", "DEFAULT_METHODS", "METRICS", "SweepConfig", "SweepResult", "sweep"]
+
+lazy_package(__name__, {".config": ("DEFAULT_LAYERS", "DEFAULT_METHODS", "METRICS", "SweepConfig"),
+                        ".runner": ("SweepResult", "sweep")})  # imported on first use: `extagg sweep --help` is fast

@@ -45,7 +45,8 @@ def add_sweep_command(subparsers) -> argparse.ArgumentParser:
       help=f"method strings or fnmatch patterns (default: {' '.join(default['methods'])})")
     a("--exclude", nargs="+", default=None, metavar="PATTERN", help="fnmatch patterns of methods to leave out")
     a("--layers", nargs="+", default=None, metavar="PATTERN-or-GROUP",
-      help="layer names, fnmatch patterns or groups: blocks, stages, spatial, last (default: "
+      help="layer names, patterns ('layer*': * stops at a dot; 'layer3.**': ** crosses dots) or groups: blocks, "
+           "stages, spatial, last (default: "
            f"{' '.join(default['layers'])})")
     a("--metrics", nargs="+", default=None, metavar="METRIC",
       help=f"metric calls, e.g. {', '.join(METRICS)}, 'sensitivity(pairing=random)', 'deletion(steps=16)' or a "

@@ -12,7 +12,9 @@ from typing import Any, Optional
 import attrs
 
 from ..errors import InputError
-from ..models import DEFAULT_MODEL
+
+DEFAULT_MODEL = "efficientnet-lite0"
+""":data:`extagg.models.DEFAULT_MODEL`, spelt here so that reading the configuration imports no torch."""
 
 METRICS = ("pointing", "sensitivity", "randomisation", "identity", "deletion", "insertion")
 """The built-in metrics (``extagg metrics`` lists every registered one, plugins' included); ``pointing`` needs

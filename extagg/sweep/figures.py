@@ -1,7 +1,10 @@
 """Figures of a finished sweep (matplotlib, ``pip install extagg[figures]``), written under ``RUN_DIR/figures``.
 
-* ``metric_vs_layer.png``: each metric's headline number against the layer and the layer combinations, one line
-  per method (the paper's Fig. 3 layout), with the metric's floors as dashed lines.
+* ``metric_vs_layer.png``: each metric's headline mean (± standard error, std / sqrt(n)) against the layer and the
+  layer combinations, one line per method (the paper's Fig. 3 layout), with the metric's floors as thinner lines.
+
+Every panel names the measure and the way it is better on its value axis, the subset and the number of images in
+its title; methods appear as asked, with the canonical string where it differs; text is 9 pt or more at 100 dpi.
 * ``grid.png``: every extractor x aggregator (with a closed form) on the first image at up to three layers
   (the paper's splash figure).
 * ``combination.png``: each method's best single layer against each layer combination, per metric.
@@ -27,114 +30,158 @@ def _plt():
     return plt
 
 
-def _short(layer: str, width: int = 12) -> str:
-    layer = layer.replace("combine:", "")
+FONT = {"font.size": 10, "axes.titlesize": 10, "axes.labelsize": 10, "xtick.labelsize": 9, "ytick.labelsize": 9,
+        "legend.fontsize": 9, "legend.title_fontsize": 9, "figure.titlesize": 11}
+"""Text sizes of every figure: legible at 100% zoom (9 pt and up at the saved dpi)."""
+DPI = 100
+FLOOR_STYLES = {"floor:cross-image": "--", "floor:smooth-noise": ":", "floor:centre": "-."}
+FLOOR_MARKERS = {"floor:cross-image": "|", "floor:smooth-noise": "x", "floor:centre": "d"}
+
+
+def _short(layer: str, width: int = 18) -> str:
+    layer = layer.replace("combine:", "combine ")
     return layer if len(layer) <= width else "…" + layer[-(width - 1):]
 
 
+def _n(h) -> str:
+    """The images behind each mean: ``n = 40`` (``n = 38-40`` where some maps are undefined)."""
+    ns = sorted({r.n for r in h.table.values()})
+    return f"n = {ns[0]}" if len(ns) == 1 else f"n = {ns[0]}-{ns[-1]}" if ns else "n = 0"
+
+
 def _title(h) -> str:
-    return f"{h.metric}: {h.measure} [{h.subset}] ({h.direction.arrow} better)"
+    return f"{h.metric}\n[{h.subset}], {_n(h)} images, mean ± s.e.m."
+
+
+def _axis(h) -> str:
+    """The measure and the way it is better, for the value axis."""
+    return f"{h.measure} ({h.direction.arrow} {h.direction.phrase})"
+
+
+def _sem(r) -> float:
+    """Standard error of a reduced row's mean: sample std / sqrt(n) (NaN where n < 2: no bar is drawn)."""
+    return r.std / math.sqrt(r.n) if r.n > 1 and math.isfinite(r.std) else math.nan
 
 
 def _name(plan, method: str) -> str:
-    return plan.layout.asked.get(method, method)
+    """The method as asked, with its canonical string where that differs (``gradcam = pooled-scaling+sum+relu``)."""
+    asked = plan.layout.asked.get(method, method)
+    return asked if asked == method else f"{asked} = {method}"
 
 
 def metric_vs_layer(plt, plan, rows, path: Path) -> Path:
-    """Each metric's headline number against the layer (combinations last), one line per method; its floors as
-    dashed lines of the same colour."""
+    """Each metric's headline mean (± s.e.m.) against the layer, then the layer combinations after a dotted rule,
+    one line per method; its floors as thinner lines of the same colour."""
     heads = headline_tables(plan, rows)
     cols = min(3, len(heads))
     nrows = math.ceil(len(heads) / cols)
-    fig, axes = plt.subplots(nrows, cols, figsize=(4.6 * cols, 3.6 * nrows), squeeze=False)
     layers = [*plan.layers, *plan.combinations, *plan.layout.external_layers()]
-    styles = {"floor:cross-image": "--", "floor:smooth-noise": ":", "floor:centre": "-."}
+    width = max(5.2, 0.55 * len(layers) + 1.6)
+    fig, axes = plt.subplots(nrows, cols, figsize=(width * cols, 4.4 * nrows + 0.9), squeeze=False)
+    floors_seen: dict = {}
     for ax, h in zip(axes.flat, heads):
         for method in plan.methods:
             xs = [i for i, layer in enumerate(layers) if (method, layer) in h.table]
             if not xs:
                 continue
-            line, = ax.plot(xs, [h.table[method, layers[i]].value for i in xs], marker="o", ms=3, lw=1.2,
-                            label=_name(plan, method))
+            cells = [h.table[method, layers[i]] for i in xs]
+            line = ax.errorbar(xs, [r.value for r in cells], yerr=[_sem(r) for r in cells], marker="o", ms=4, lw=1.4,
+                               capsize=3, label=_name(plan, method)).lines[0]
             for floor, table in h.floors.items():
                 fx = [i for i in xs if (method, layers[i]) in table]
-                ax.plot(fx, [table[method, layers[i]].value for i in fx], ls=styles.get(floor, "--"), lw=0.9,
+                floors_seen[floor] = FLOOR_STYLES.get(floor, "--")
+                ax.plot(fx, [table[method, layers[i]].value for i in fx], ls=floors_seen[floor], lw=1.0,
                         color=line.get_color(), alpha=0.7)
-        ax.set_xticks(range(len(layers)), [_short(layer) for layer in layers], rotation=45, ha="right", fontsize=7)
-        ax.set_title(_title(h), fontsize=8)
-        ax.set_ylabel(h.measure, fontsize=8)
-        ax.tick_params(axis="y", labelsize=7)
+        if plan.combinations:
+            ax.axvline(len(plan.layers) - 0.5, color="grey", ls=":", lw=1)
+        ax.set_xticks(range(len(layers)), [_short(layer) for layer in layers], rotation=35, ha="right")
+        ax.set_xlim(-0.5, len(layers) - 0.5)
+        ax.set_title(_title(h))
+        ax.set_ylabel(_axis(h))
+        ax.set_xlabel("layer" + (" | layer combination (mode:weighting)" if plan.combinations else ""))
         ax.grid(alpha=0.3)
-        if h.floors:
-            ax.text(0.01, 0.01, "floors: " + ", ".join(f"{styles.get(f, '--')} {f[6:]}" for f in h.floors),
-                    transform=ax.transAxes, fontsize=6, va="bottom")
     for ax in list(axes.flat)[len(heads):]:
         ax.axis("off")
     handles, labels = axes.flat[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=min(4, len(labels)), fontsize=7, frameon=False)
-    fig.tight_layout(rect=(0, 0.08 + 0.02 * math.ceil(len(labels) / 4), 1, 1))
-    fig.savefig(path, dpi=80)
+    for floor, style in floors_seen.items():
+        handles.append(plt.Line2D([], [], color="black", ls=style, lw=1.0))
+        labels.append(f"floor: {floor.removeprefix('floor:')}")
+    ncol = min(3, len(labels))
+    fig.legend(handles, labels, loc="lower center", ncol=ncol, frameon=False)
+    fig.tight_layout(rect=(0, (0.25 + 0.22 * math.ceil(len(labels) / ncol)) / (4.4 * nrows + 0.9), 1, 1))
+    fig.savefig(path, dpi=DPI)
     plt.close(fig)
     return path
 
 
 def _best(h, method: str, layers=None):
-    """(value, layer) of the method's best layer by the measure's direction, or None."""
-    cells = [(r.value, layer) for (m, layer), r in h.table.items() if m == method and (layers is None or layer in layers)
+    """(row, layer) of the method's best layer by the measure's direction, or None."""
+    cells = [(r, layer) for (m, layer), r in h.table.items() if m == method and (layers is None or layer in layers)
              and math.isfinite(r.value)]
-    return min(cells, key=lambda c: h.direction.key(c[0])) if cells else None
+    return min(cells, key=lambda c: h.direction.key(c[0].value)) if cells else None
 
 
 def ranking(plt, plan, rows, path: Path) -> Path:
-    """Methods ranked by their best layer, per metric, in the measure's direction (best on top)."""
+    """Methods ranked by their best layer (mean ± s.e.m.), per metric, in the measure's direction (best on top),
+    with the floors of that layer marked."""
     heads = headline_tables(plan, rows)
-    fig, axes = plt.subplots(1, len(heads), figsize=(4.0 * len(heads), 0.4 * len(plan.methods) + 1.6),
+    label_width = max(len(f"{_name(plan, m)} @ {_short(layer)}") for m in plan.methods
+                      for layer in [*plan.layers, *plan.combinations])
+    panel = 3.6 + 0.075 * label_width
+    cols = min(2, len(heads))
+    nrows = math.ceil(len(heads) / cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(panel * cols, (0.45 * len(plan.methods) + 2.0) * nrows),
                              squeeze=False)
     for ax, h in zip(axes.flat, heads):
         best = {m: b for m in plan.methods for b in [_best(h, m)] if b is not None}
-        order = sorted(best, key=lambda m: h.direction.key(best[m][0]))
-        ax.barh(range(len(order)), [best[m][0] for m in order], color="tab:blue")
+        order = sorted(best, key=lambda m: h.direction.key(best[m][0].value))
+        ax.barh(range(len(order)), [best[m][0].value for m in order], xerr=[_sem(best[m][0]) for m in order],
+                color="tab:blue", capsize=3)
         for floor, table in h.floors.items():
             ax.scatter([table[m, best[m][1]].value if (m, best[m][1]) in table else math.nan for m in order],
-                       range(len(order)), marker="|", s=120, label=floor[6:], zorder=3)
-        ax.set_yticks(range(len(order)), [f"{_name(plan, m)} @{_short(best[m][1], 10)}" for m in order], fontsize=7)
+                       range(len(order)), marker=FLOOR_MARKERS.get(floor, "|"), s=80, color="tab:orange"
+                       if floor.endswith("cross-image") else "black", label=f"floor: {floor[6:]}", zorder=3)
+        ax.set_yticks(range(len(order)), [f"{_name(plan, m)} @ {_short(best[m][1])}" for m in order])
         ax.invert_yaxis()
-        ax.set_title(_title(h), fontsize=8)
-        ax.set_xlabel(h.measure, fontsize=8)
-        ax.tick_params(axis="x", labelsize=7)
+        ax.axvline(0, color="grey", lw=0.8)
+        ax.set_title(_title(h))
+        ax.set_xlabel(_axis(h))
         if h.floors:
-            ax.legend(fontsize=6, title="floors", title_fontsize=6)
+            ax.legend(loc="best", framealpha=0.8)
+    for ax in list(axes.flat)[len(heads):]:
+        ax.axis("off")
     fig.tight_layout()
-    fig.savefig(path, dpi=80)
+    fig.savefig(path, dpi=DPI)
     plt.close(fig)
     return path
 
 
 def combination(plt, plan, rows, path: Path):
-    """Each method's best single layer against each layer combination, per metric."""
+    """Each method's best single layer against each layer combination (means ± s.e.m.), per metric."""
     heads = [h for h in headline_tables(plan, rows) if not plan.layout.companions.get(h.metric)]
     if not plan.combined or not heads:
         return None
     methods = [m for m in plan.methods if m in plan.combined]
-    fig, axes = plt.subplots(1, len(heads), figsize=(max(4.0, 0.9 * len(methods) + 1.5) * len(heads) * 0.6, 3.8),
+    fig, axes = plt.subplots(1, len(heads), figsize=(max(4.6, 1.1 * len(methods) + 2.0) * len(heads), 5.2),
                              squeeze=False)
     width = 0.8 / (1 + len(plan.combinations))
     for ax, h in zip(axes.flat, heads):
-        singles = [b[0] if (b := _best(h, m, plan.combined[m])) else math.nan for m in methods]
-        ax.bar([i - 0.4 + width / 2 for i in range(len(methods))], singles, width, label="best single layer",
+        singles = [_best(h, m, plan.combined[m]) for m in methods]
+        ax.bar([i - 0.4 + width / 2 for i in range(len(methods))], [b[0].value if b else math.nan for b in singles],
+               width, yerr=[_sem(b[0]) if b else math.nan for b in singles], capsize=3, label="best single layer",
                color="grey")
         for j, label in enumerate(plan.combinations, 1):
+            cells = [h.table.get((m, label)) for m in methods]
             ax.bar([i - 0.4 + width * (j + 0.5) for i in range(len(methods))],
-                   [h.table[m, label].value if (m, label) in h.table else math.nan for m in methods], width,
-                   label=label.replace("combine:", ""))
-        ax.set_xticks(range(len(methods)), [_short(_name(plan, m), 16) for m in methods], rotation=45, ha="right",
-                      fontsize=7)
-        ax.set_title(_title(h), fontsize=8)
-        ax.set_ylabel(h.measure, fontsize=8)
-        ax.tick_params(axis="y", labelsize=7)
-    axes.flat[0].legend(fontsize=6)
+                   [r.value if r else math.nan for r in cells], width,
+                   yerr=[_sem(r) if r else math.nan for r in cells], capsize=3, label=_short(label, 40))
+        ax.set_xticks(range(len(methods)), [_name(plan, m) for m in methods], rotation=30, ha="right")
+        ax.axhline(0, color="grey", lw=0.8)
+        ax.set_title(_title(h))
+        ax.set_ylabel(_axis(h))
+        ax.legend(loc="best")
     fig.tight_layout()
-    fig.savefig(path, dpi=80)
+    fig.savefig(path, dpi=DPI)
     plt.close(fig)
     return path
 
@@ -158,7 +205,8 @@ def grid(plt, plan, model, preprocess, sample, registry, path: Path):
     maps = saliency(model, x, methods, picks, resize=True, registry=registry, mismatched="skip")
     image = sample.image
     cols = len(aggregators) * len(picks)
-    fig, axes = plt.subplots(len(extractors), cols, figsize=(1.05 * cols, 1.1 * len(extractors) + 0.4), squeeze=False)
+    fig, axes = plt.subplots(len(extractors), cols, figsize=(1.35 * cols + 0.6, 1.4 * len(extractors) + 0.8),
+                             squeeze=False)
     small = torch.nn.functional.interpolate(image[None].float(), size=x.shape[-2:], mode="bilinear",
                                             align_corners=False)[0].mean(0)
     for r, e in enumerate(extractors):
@@ -173,14 +221,16 @@ def grid(plt, plan, model, preprocess, sample, registry, path: Path):
                     ax.imshow(small.cpu().numpy(), cmap="gray", alpha=0.35)
                     ax.imshow(m.numpy(), cmap="jet", alpha=0.65)
                 else:
-                    ax.text(0.5, 0.5, "slow", ha="center", va="center", fontsize=6, transform=ax.transAxes)
+                    ax.text(0.5, 0.5, "slow:\nnot drawn", ha="center", va="center", fontsize=9,
+                            transform=ax.transAxes)
                 if r == 0:
-                    ax.set_title(f"{a}\n@{_short(layer, 10)}", fontsize=6)
+                    ax.set_title(f"{a}\n@{_short(layer, 12)}", fontsize=9)
                 if li == 0 and ai == 0:
-                    ax.set_ylabel(e, fontsize=7)
-    fig.suptitle(f"extractor x aggregator on {sample.image_id} (normalised maps)", fontsize=8)
+                    ax.set_ylabel(e, fontsize=10)
+    fig.suptitle(f"extractor (rows) x aggregator at {len(picks)} layer(s) (columns) on image {sample.image_id}; "
+                 "each map min-max normalised", fontsize=11)
     fig.tight_layout()
-    fig.savefig(path, dpi=60)
+    fig.savefig(path, dpi=DPI)
     plt.close(fig)
     return path
 
@@ -196,11 +246,12 @@ def make_figures(run_dir, plan, rows, model, preprocess, samples, registry, conf
     folder = Path(run_dir) / "figures"
     folder.mkdir(parents=True, exist_ok=True)
     out = []
-    if headline_tables(plan, rows):
-        out.append(metric_vs_layer(plt, plan, rows, folder / "metric_vs_layer.png"))
-        out.append(ranking(plt, plan, rows, folder / "ranking.png"))
-        combined = combination(plt, plan, rows, folder / "combination.png")
-        if combined is not None:
-            out.append(combined)
-    out.append(grid(plt, plan, model, preprocess, samples[0], registry, folder / "grid.png"))
+    with plt.rc_context(FONT):
+        if headline_tables(plan, rows):
+            out.append(metric_vs_layer(plt, plan, rows, folder / "metric_vs_layer.png"))
+            out.append(ranking(plt, plan, rows, folder / "ranking.png"))
+            combined = combination(plt, plan, rows, folder / "combination.png")
+            if combined is not None:
+                out.append(combined)
+        out.append(grid(plt, plan, model, preprocess, samples[0], registry, folder / "grid.png"))
     return out

@@ -221,16 +221,13 @@ def _class_map(config, plan, model, example, samples):
 
 def _compute(plan, config, registry, model, preprocess, samples, pending, done, store, group, class_map=None,
              saver=None) -> None:
+    from .progress_bar import SweepProgress, batch_calls
+
     runner = BatchRunner(model, preprocess, plan, config, registry, class_map)
-    bar = None
-    if group.rank == 0 and config.progress and pending:
-        try:
-            from tqdm.auto import tqdm
-        except ImportError:  # pragma: no cover - tqdm is in the eval extra
-            tqdm = None
-        if tqdm is not None:
-            todo = sum(1 for b in pending for u in _batch_units(plan, b) if u not in done)
-            bar = tqdm(total=todo, desc="sweep", unit="unit", file=sys.stderr, smoothing=0.1)
+    todo = sum(1 for b in pending for u in _batch_units(plan, b) if u not in done) if pending else 0
+    total = sum(len(plan.units(metric, plan.image_ids)) for metric in plan.metrics)
+    bar = SweepProgress(todo, group.rank == 0 and config.progress)  # listens to the passes until closed
+    interrupted = False
     loaded = batches(samples, [m for _, m in group.rounds(pending) if m is not None], config.workers)
     try:
         for first, mine in group.rounds(pending):  # whole batches of the one-process plan
@@ -238,6 +235,7 @@ def _compute(plan, config, registry, model, preprocess, samples, pending, done, 
             if mine is not None:
                 ids = [plan.image_ids[i] for i in mine]
                 batch = next(loaded)  # decoded ahead by the DataLoader workers, in this order
+                bar.begin_batch(batch_calls(plan, runner.driver, ids, done) if not group.distributed else [])
 
                 def want(metric, ids=ids):
                     return any(u not in done for u in plan.units(metric, ids))
@@ -251,21 +249,30 @@ def _compute(plan, config, registry, model, preprocess, samples, pending, done, 
                         finished += new
                     else:
                         store.append(new)
-                        if bar is not None:
-                            bar.set_postfix_str(f"batch {first + 1}/{len(pending)}, {metric}", refresh=False)
-                            bar.update(len(new))
+                        bar.finished(metric, len(new), f"batch {first + 1}/{len(pending)}, {metric}")
             if group.distributed and saver is not None:  # a batch's maps are written before its units
                 saver.write_held([b for part in group.gather(saver.take(), "the exchange of maps") for b in part])
             if group.distributed:
                 for part in group.gather(finished):
                     store.append(part)
-                    if bar is not None:
-                        bar.update(len(part))
+                    bar.finished("", len(part))
             store.commit()  # the round's units, durable as one batch file (rank 0; the others hold none)
+    except KeyboardInterrupt:
+        interrupted = True
+        try:  # what is on disk: the committed batches (a batch being computed when Ctrl-C came is recomputed)
+            saved = sum(1 for u in store.load() if u[2] in plan.metrics) if group.rank == 0 else None
+        except (ExtaggError, OSError):
+            saved = None
+        saved = total - todo if saved is None else saved
+        raise SweepInterrupted(f"interrupted: {saved} of {total} units saved in {config.run_dir}; rerun the same "
+                               "command to resume") from None
     finally:
         loaded.close()
-        if bar is not None:
-            bar.close()
+        bar.close(interrupted)
+
+
+class SweepInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a sweep; the message says how many units are saved and how to resume."""
 
 
 def _write_tables(run_dir: Path, rows, per_image, plan) -> None:
