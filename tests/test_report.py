@@ -22,7 +22,7 @@ from extagg.report.data import cell_seed
 from extagg.sweep import sweep
 from extagg.sweep.saved_maps import batch_path, estimate_bytes, read_batches
 from extagg.sweep.store import RunStore
-from sweep_fixtures import tiny_config, tiny_model, tiny_samples
+from sweep_fixtures import tiny_config, tiny_model, tiny_samples, unit_lines
 
 FAST = dict(metrics=("sensitivity", "deletion"))
 
@@ -143,7 +143,7 @@ def test_the_sweep_writes_the_report_with_one_thumbnail_per_computed_map(referen
     d, result, text = reference
     assert (d / "report.html").is_file() and "report:" in text
     html, counts = build_report(d)
-    computed = {(u["image"], u["method"], u["layer"]) for u in map(json.loads, (d / "units.jsonl").open())}
+    computed = {(u["image"], u["method"], u["layer"]) for u in map(json.loads, unit_lines(d))}
     assert counts["thumbnails"] == len(computed) == html.count('class="thumb"')
     assert "http://" not in html.replace("http://www.w3.org/2000/svg", "") and "https://" not in html
 
@@ -208,7 +208,7 @@ def test_maps_are_written_before_units_and_kept_on_resume(tmp_path, monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         run(tiny_config(d, **FAST))
     monkeypatch.setattr(RunStore, "append", real_append)
-    logged = {json.loads(x)["image"] for x in (d / "units.jsonl").read_text().splitlines()}
+    logged = {json.loads(x)["image"] for x in unit_lines(d)}
     assert logged == {"im0", "im1"} and appended["n"] > 0
     assert batch_path(d, 0).is_file() and batch_path(d, 2).is_file()  # written before any unit of batch 2
     assert not batch_path(d, 4).exists()

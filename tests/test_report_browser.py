@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from extagg.sweep import SweepConfig, sweep
+from sweep_fixtures import unit_lines
 
 CHROMIUM = os.environ.get("EXTAGG_CHROMIUM", "/usr/bin/chromium")
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -45,7 +46,7 @@ def report(tmp_path_factory):
                       metrics=("sensitivity", "deletion(steps=2)"), batch_size=2, run_dir=str(d), progress=False,
                       figures=False)
     sweep(cfg, out=io.StringIO())
-    units = [json.loads(x) for x in (d / "units.jsonl").read_text().splitlines()]
+    units = [json.loads(x) for x in unit_lines(d)]
     return d, {(u["image"], u["method"], u["layer"]) for u in units}
 
 

@@ -10,7 +10,7 @@ import time
 
 from extagg.sweep import sweep
 from extagg.sweep.progress_bar import SweepProgress
-from sweep_fixtures import tiny_config, tiny_model, tiny_samples
+from sweep_fixtures import tiny_config, tiny_model, tiny_samples, unit_lines
 
 
 def test_the_bar_moves_during_randomisation_and_curves(tmp_path, monkeypatch):
@@ -47,18 +47,18 @@ from extagg.sweep.store import RunStore
 from sweep_fixtures import tiny_config, tiny_model, tiny_samples
 
 run_dir, ready = sys.argv[1], sys.argv[2]
-real_sweep, append = runner.sweep, RunStore.append
+real_sweep, commit = runner.sweep, RunStore.commit
 
 def tiny(config):  # what `extagg sweep -o RUN_DIR` runs, on the tiny model and 40 images
     return real_sweep(tiny_config(run_dir, progress=config.progress, metrics=("sensitivity", "deletion")),
                       model=tiny_model(), samples=tiny_samples(40))
 
-def slow_append(self, units):
-    append(self, units)
-    open(ready, "a").close()  # units are on disk: the parent may interrupt now
+def slow_commit(self):
+    commit(self)
+    open(ready, "a").close()  # a batch's units are on disk: the parent may interrupt now
     time.sleep(0.3)
 
-runner.sweep, RunStore.append = tiny, slow_append
+runner.sweep, RunStore.commit = tiny, slow_commit
 sys.exit(main(["sweep", "-o", run_dir]))
 """
 
@@ -87,5 +87,5 @@ def test_ctrl_c_prints_one_line_and_exits_130(tmp_path):
     assert line.startswith("extagg: interrupted: ") and "rerun the same command to resume" in line
     saved = int(line.split("interrupted: ")[1].split()[0])
     total = int(line.split(" of ")[1].split()[0])
-    on_disk = sum(1 for _ in open(run_dir / "units.jsonl"))
+    on_disk = len(unit_lines(run_dir))
     assert 0 < saved == on_disk < total and total % 40 == 0
