@@ -61,11 +61,15 @@ class _GivenDriver(Driver):
         self._given, self._given_targets, self._explain, self._name = given, given_targets, explain, name
         self._index = {image: i for i, image in enumerate(ids)}
         self._rows: list[int] = []
+        self._x_now = None
 
     def context(self, samples, calls):
         self._rows = [self._index[s.image_id] for s in samples]
         self._calls_now = calls
-        return super().context(samples, calls)
+        self._x_now = None  # the shared pass runs on the batch's own inputs
+        ctx = super().context(samples, calls)
+        self._x_now = ctx.x
+        return ctx
 
     def explained(self, scores, samples) -> torch.Tensor:
         return self._given_targets[[self._index[s.image_id] for s in samples]].cpu()
@@ -75,8 +79,8 @@ class _GivenDriver(Driver):
         out = []
         for t in range(targets.shape[1]):
             column = targets[:, t].cpu()
-            if model is self.model and torch.equal(column, self._given_targets[rows].cpu()) \
-                    and x.shape[0] == len(rows):
+            if model is self.model and (self._x_now is None or x is self._x_now) \
+                    and torch.equal(column, self._given_targets[rows].cpu()) and x.shape[0] == len(rows):
                 out.append(self._given[rows].to(x.device))
             elif self._explain is None:
                 names = ", ".join(sorted({c.name for c in self._calls_now}))
