@@ -35,8 +35,9 @@ def _completeness(ctx, perturb_baseline: str = "black", softmax: bool = False, n
     rows = torch.arange(ctx.n, device=x.device)
     y = _targets(ctx)
     base = torch.zeros_like(x) + baseline_values(x, perturb_baseline)
-    scores = predict(ctx.model, torch.cat([x, base]), softmax, _forward_batch(ctx))
-    delta = (scores[:ctx.n][rows, y] - scores[ctx.n:][rows, y]).to(maps.device)  # in the model's dtype
+    batch = _forward_batch(ctx)
+    at_x, at_base = predict(ctx.model, x, softmax, batch), predict(ctx.model, base, softmax, batch)
+    delta = (at_x[rows, y] - at_base[rows, y]).to(maps.device)  # in the model's dtype
     total = prepare(maps, normalise, abs).sum((-2, -1))
     bad = ~torch.isfinite(maps).flatten(2).all(-1)
     holds = (total == delta.to(torch.float64)[None]).to(torch.float64)  # Quantus's exact equality
@@ -59,7 +60,9 @@ COMPLETENESS = Metric(
     doc="Completeness: does the map sum to the difference of the explained class's score between the image and "
         "the baseline image (every pixel replaced)? holds is Quantus's exact-equality test (with its default "
         "normalisation it almost never holds); gap is the signed difference on the map as given, the "
-        "continuous form of the paper's axiom.",
+        "continuous form of the paper's axiom. The baseline image replaces every input value (the paper's); "
+        "Quantus 0.6.0 replaces only as many values as the attribution has, so with an (N, 1, H, W) map only "
+        "channel 0.",
     reference="Sundararajan et al., Axiomatic Attribution for Deep Networks, ICML 2017",
 )
 
@@ -179,7 +182,9 @@ INPUT_INVARIANCE = Metric(
     doc="Input invariance: a model copy whose first layer's bias absorbs a constant input shift (b - W m) computes "
         "the same function of the shifted input; does the method give the same map? Differs from Quantus 0.6.0 "
         "where the first layer pads: Quantus subtracts the smallest value over positions of the layer's response "
-        "to the shift, here its value away from the border (W m, the paper's); both agree without padding.",
+        "to the shift, here its value away from the border (W m, the paper's); both agree without padding. And "
+        "every input value is shifted here, where Quantus's default shift leaves each image's first value "
+        "(channel 0, pixel (0, 0)) as it was.",
     reference="Kindermans et al., The (Un)reliability of Saliency Methods, in Explainable AI (LNCS 11700), 2019 "
               "(arXiv 1711.00867, 2017)",
 )

@@ -58,26 +58,15 @@ def emit(keys, measures: dict, subset: str = "all") -> list:
     return out
 
 
-def check_baseline(value: str):
-    """Param check: one of :data:`BASELINES` or a number."""
-    if value in BASELINES:
-        return None
-    try:
-        float(value)
-    except ValueError:
-        return f"must be one of {', '.join(BASELINES)} or a number"
-    return None
-
-
 def baseline_param(default: str = "black") -> Param:
     return Param("perturb_baseline", str, default, "what a removed feature becomes, per image: black (the image's "
-                 "smallest value over all channels, Quantus's), white (largest), mean, zero, or a number",
-                 check=check_baseline)
+                 "smallest value over all channels, Quantus's), white (largest), mean, or zero",
+                 choices=BASELINES)
 
 
 def baseline_values(x: torch.Tensor, name: str) -> torch.Tensor:
     """(N, 1, 1, 1) fill values of Quantus's ``perturb_baseline`` for (N, C, H, W) ``x``: ``black`` / ``white``:
-    each image's smallest / largest value over all channels and pixels, ``mean`` its mean, else a number."""
+    each image's smallest / largest value over all channels and pixels, ``mean`` its mean, ``zero`` 0."""
     flat = x.flatten(1)
     if name == "black":
         v = flat.amin(1)
@@ -86,7 +75,7 @@ def baseline_values(x: torch.Tensor, name: str) -> torch.Tensor:
     elif name == "mean":
         v = flat.mean(1)
     else:
-        v = torch.full((x.shape[0],), 0.0 if name == "zero" else float(name), dtype=x.dtype, device=x.device)
+        v = torch.zeros((x.shape[0],), dtype=x.dtype, device=x.device)
     return v.reshape(-1, 1, 1, 1).to(x.dtype)
 
 
