@@ -242,3 +242,35 @@ def test_sweep_level_smoke():
         meas = reg.metrics[v.metric.split("(")[0]].measure(v.measure)
         assert math.isfinite(v.value) and meas.low <= v.value <= meas.high
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_run_maps_on_other_inputs_asks_explain_in_score():
+    """ctx.run_maps(model, targets, x=...) explains the inputs given: through score(), a pass of the user's own
+    model on other inputs calls explain instead of handing back the given maps (which are of the batch's inputs),
+    and inputs of another shape are refused."""
+    import types
+
+    from extagg.plugin import Measure, Metric, Value, hookimpl
+
+    seen = {}
+
+    def compute(ctx):
+        other = ctx.run_maps(ctx.model, ctx.explained, x=ctx.x + 1.0)
+        same = ctx.run_maps(ctx.model, ctx.explained)
+        with pytest.raises(InputError, match="x must have the batch's shape"):
+            ctx.run_maps(ctx.model, ctx.explained, x=ctx.x[:1])
+        seen["other"], seen["same"] = other, same
+        return [Value(k, i, "all", "v", 0.0) for k in ctx.keys for i in range(ctx.n)]
+
+    module = types.ModuleType("run_maps_probe")
+    module.register_metrics = hookimpl(lambda register: register(
+        Metric(name="probe", compute=compute, measures=[Measure(name="v", direction="higher")])))
+    registry = extagg.Registry.from_plugin_manager(extagg.make_plugin_manager(autoload=False, extra=[module]))
+    model = tiny_model()
+    x = torch.rand(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(7))
+    given = torch.zeros(2, SIZE, SIZE)
+    explain = lambda model, inputs, targets: inputs.sum(1)  # noqa: E731 - a map that shows which inputs it saw
+    score("probe", model, x, given, torch.tensor([0, 1]), explain=explain, registry=registry)
+    (other,), (same,) = seen["other"].values(), seen["same"].values()
+    torch.testing.assert_close(other[:, 0], (x + 1.0).sum(1))
+    torch.testing.assert_close(same[:, 0], given)

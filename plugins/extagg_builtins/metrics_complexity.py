@@ -39,9 +39,10 @@ def _sparseness(ctx, normalise: bool = True, abs: bool = True):
 SPARSENESS = Metric(
     name="sparseness",
     compute=_sparseness,
-    measures=[Measure(name="gini", direction="higher", low=-1, high=1,
+    measures=[Measure(name="gini", direction="higher",
                       doc="Gini index of the map's values: 0 for a flat map, towards 1 when a few pixels hold all "
-                          "of it (in [0, 1) for non-negative maps)")],
+                          "of it (in [0, 1) for non-negative maps, the default abs=true; unbounded for signed "
+                          "ones)")],
     params=abs_normalise_params(True, True),
     cost=FREE,
     doc="Sparseness: the Gini index of the map's absolute values; a sparse map explains with few features (Quantus's "

@@ -59,8 +59,8 @@ POINTING_GAME = Metric(
     cost=FREE,
     doc="Pointing game (Quantus's PointingGame): does the map's maximum fall inside the explained class's region? "
         "No tolerance radius (the built-in `pointing` is TorchRay's, with one). Differs from Quantus 0.6.0, which "
-        "returns a boolean array: an image with an empty region is NaN here (True there), and weighted gives the "
-        "number 1 - share (Quantus writes it into the boolean array).",
+        "returns a boolean array: an image with an empty region is NaN here (True there), and weighted gives "
+        "1 - the region's share for a hit (Quantus's weighted variant raises a TypeError).",
     reference="Zhang et al., Top-down Neural Attention by Excitation Backprop, IJCV 2018",
 )
 

@@ -102,6 +102,13 @@ def test_gini_matches_reference_on_random_maps():
 
 
 # ----------------------------------------------------------------------------------- the plugin contract
+def test_name_does_not_clash_with_the_builtin_sparseness(registry):
+    """The example's Gini metric has a name of its own: extagg's built-in ``sparseness`` (Quantus's Gini index)
+    would refuse a plugin metric of the same name, leaving the example's metric out with a warning."""
+    assert registry.metrics["hello-gini"].origin.plugin != registry.metrics["sparseness"].origin.plugin
+    assert registry.metrics["sparseness"].origin.distribution == "extagg"
+
+
 def test_registered_with_its_contract(registry):
     m = registry.metrics["hello-gini"]
     assert [(x.name, x.direction.value, x.low, x.high) for x in m.measures] == [("gini", "higher", 0, 1)]
