@@ -71,7 +71,7 @@ def test_command_wiring_and_bad_options(tmp_path, fake_models):
     args = parser.parse_args(["evaluate", "--metric", "identity", "--data", "folder", "--root", "x"])
     assert callable(args.func) and args.layers == ["input"] and args.output is None
     with pytest.raises(SystemExit):
-        parser.parse_args(["evaluate", "--metric", "pointing-game", "--data", "voc", "--root", "x"])
+        parser.parse_args(["evaluate", "--metric", "no-such-metric", "--data", "voc", "--root", "x"])
     with pytest.raises(InputError, match="localisation"):
         main(["evaluate", "--metric", "pointing", "--data", "folder", "--root", str(tmp_path), "--methods", "gradient"])
     with pytest.raises(InputError, match=".csv or .json"):

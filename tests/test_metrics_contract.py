@@ -25,7 +25,12 @@ from sweep_fixtures import tiny_config, tiny_model, tiny_samples, unit_lines
 
 QUIET = io.StringIO
 DRIVER_METRICS = ("sensitivity", "sensitivity(pairing=random)", "sensitivity(pairing=second)",
-                  "randomisation(hog_cell=8,mode=both)", "identity", "deletion(steps=3)", "insertion(steps=3)")
+                  "randomisation(hog_cell=8,mode=both)", "identity", "deletion(steps=3)", "insertion(steps=3)",
+                  "sparseness", "complexity", "effective-complexity", "completeness", "input-invariance",
+                  "non-sensitivity(features_in_step=16)")
+MASK_METRICS = ("pointing-game", "attribution-localisation", "top-k-intersection(k=100)", "relevance-mass-accuracy",
+                "relevance-rank-accuracy", "auc", "energy-pointing-game")
+"""Metrics that need a region of the explained class (the sweep-equals-evaluate test with masks)."""
 
 
 def _sweep(tmp_path, metrics, **kw):
@@ -53,6 +58,20 @@ def test_every_metric_of_the_paper_is_covered(registry):
     Quantus families are covered for every metric by tests/test_metrics_registry.py."""
     paper = {name for name, m in registry.metrics.items() if m.origin.plugin == "builtin-metrics"}
     assert {m.split("(")[0] for m in DRIVER_METRICS} | {"pointing"} == paper
+
+
+def test_evaluate_equals_sweep_for_the_metrics_with_masks(tmp_path):
+    """The localisation metrics read the explained class's mask (here each image's first annotated class): the
+    sweep's rows equal ``evaluate``'s, and the values are defined on (nearly) every image."""
+    samples = _pointing_samples()
+    cfg = tiny_config(tmp_path, metrics=MASK_METRICS, methods=("gradcam", "linear-approx"), layers=("0", "3"),
+                      combine=(), targets="label")
+    rows = sweep(cfg, model=tiny_model(), samples=samples, out=QUIET()).rows
+    got = evaluate(tiny_model(), samples, ["gradcam", "linear-approx"], ["0", "3"], list(MASK_METRICS),
+                   batch_size=2, targets="label")
+    assert {r.metric for r in rows} == set(MASK_METRICS) == {r.metric for r in got.rows}
+    _same(_table(rows), _table(got.rows))
+    assert all(r.n >= 3 for r in got.rows)  # NaN only where a map is all zero (Grad-CAM after its ReLU)
 
 
 def test_evaluate_equals_sweep_for_every_builtin_metric(tmp_path):

@@ -64,14 +64,14 @@ class BatchContext:
         return self._companions.get(key)
 
     def run_maps(self, model: torch.nn.Module, targets: torch.Tensor, methods: Optional[Sequence[str]] = None,
-                 size: Optional[tuple[int, int]] = None, x: Optional[torch.Tensor] = None) -> dict:
+                 size: Optional[tuple[int, int]] = None, *, x: Optional[torch.Tensor] = None) -> dict:
         """Another saliency pass of ``model`` on the batch: ``{(method, layer): (N, T, H, W)}`` for (N, T) or (N,)
-        ``targets``, with the run's layer combinations, resized to ``size`` (default: the input size).
-        ``x``: other (N, C, H, W) model inputs in place of the batch's (a perturbed copy of ``ctx.x``)."""
+        ``targets``, with the run's layer combinations, resized to ``size`` (default: the input size). ``x``:
+        (N, C, H, W) inputs to explain instead of the batch's (a shifted or perturbed copy of ``ctx.x``)."""
         if targets.ndim == 1:
             targets = targets[:, None]
-        if x is not None and (x.ndim != 4 or x.shape[0] != self.n):
-            raise InputError(f"run_maps(x=...) needs ({self.n}, C, H, W) model inputs, got {tuple(x.shape)}")
+        if x is not None and tuple(x.shape) != tuple(self.x.shape):
+            raise InputError(f"run_maps: x must have the batch's shape {tuple(self.x.shape)}, got {tuple(x.shape)}")
         return self._maps(model, self.x if x is None else x, methods, targets, size or self.size)
 
     # ----------------------------------------------------------------- a copy of the model

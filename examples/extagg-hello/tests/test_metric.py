@@ -1,4 +1,4 @@
-"""Tests of extagg-hello's ``sparseness`` metric, and of how extagg reports a metric plugin that misbehaves.
+"""Tests of extagg-hello's ``hello-gini`` metric, and of how extagg reports a metric plugin that misbehaves.
 
 The registry is built from extagg's built-ins plus the plugin modules under test (``autoload=False``), so the
 tests do not depend on what else is installed; one test checks the installed entry point and skips without it.
@@ -102,8 +102,15 @@ def test_gini_matches_reference_on_random_maps():
 
 
 # ----------------------------------------------------------------------------------- the plugin contract
+def test_name_does_not_clash_with_the_builtin_sparseness(registry):
+    """The example's Gini metric has a name of its own: extagg's built-in ``sparseness`` (Quantus's Gini index)
+    would refuse a plugin metric of the same name, leaving the example's metric out with a warning."""
+    assert registry.metrics["hello-gini"].origin.plugin != registry.metrics["sparseness"].origin.plugin
+    assert registry.metrics["sparseness"].origin.distribution == "extagg"
+
+
 def test_registered_with_its_contract(registry):
-    m = registry.metrics["sparseness"]
+    m = registry.metrics["hello-gini"]
     assert [(x.name, x.direction.value, x.low, x.high) for x in m.measures] == [("gini", "higher", 0, 1)]
     assert [(p.name, p.type, p.default) for p in m.params] == [("absolute", bool, True)]
     assert "Chalasani" in m.reference and "2020" in m.reference
@@ -114,12 +121,12 @@ def test_cli_metrics_and_describe(registry, monkeypatch, capsys):
     monkeypatch.setattr(cli, "_registry", lambda: registry)
     assert cli.main(["metrics"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    (line,) = [x for x in lines if x.startswith("sparseness(")]
+    (line,) = [x for x in lines if x.startswith("hello-gini(")]
     assert "gini (higher is better)" in line and "absolute=true" in line
     assert any(x.startswith("sensitivity(") for x in lines)  # the built-ins are listed next to it
-    assert cli.main(["describe", "sparseness(absolute=false)"]) == 0
+    assert cli.main(["describe", "hello-gini(absolute=false)"]) == 0
     out = capsys.readouterr().out
-    assert out.startswith("metric: sparseness(absolute=false)\n")
+    assert out.startswith("metric: hello-gini(absolute=false)\n")
     assert "measure gini: higher is better, range [0, 1]" in out
     assert "parameter absolute=false: bool" in out
     assert "Chalasani" in out
@@ -129,9 +136,9 @@ def test_cli_metrics_and_describe(registry, monkeypatch, capsys):
 def test_evaluate_equals_the_reference(registry):
     """Per image and reduced, for both parameter values, at the input and at a stride-2 layer (resized)."""
     model, samples = tiny_model(), tiny_samples()
-    out = evaluate(model, samples, list(METHODS), list(LAYERS), ["sparseness", "sparseness(absolute=false)"],
+    out = evaluate(model, samples, list(METHODS), list(LAYERS), ["hello-gini", "hello-gini(absolute=false)"],
                    registry=registry, batch_size=2)  # batches of 2 and 1 images
-    for metric, absolute in (("sparseness", True), ("sparseness(absolute=false)", False)):
+    for metric, absolute in (("hello-gini", True), ("hello-gini(absolute=false)", False)):
         for method in METHODS:
             for layer in LAYERS:
                 maps = reference_maps(model, samples, method, layer)
@@ -146,26 +153,26 @@ def test_evaluate_equals_the_reference(registry):
                 assert row.value == pytest.approx(np.mean(expected), rel=1e-9)
                 assert row.std == pytest.approx(np.std(expected, ddof=1), rel=1e-6)  # sample std
     # a signed map scores differently on its positive part: the parameter reaches compute
-    assert out.value("scaling+sum", "input", "sparseness", "gini") != \
-        out.value("scaling+sum", "input", "sparseness(absolute=false)", "gini")
+    assert out.value("scaling+sum", "input", "hello-gini", "gini") != \
+        out.value("scaling+sum", "input", "hello-gini(absolute=false)", "gini")
 
 
 def test_sweep_writes_its_rows(registry, tmp_path):
     model, samples = tiny_model(), tiny_samples()
-    config = SweepConfig(model="tiny", data="custom", methods=METHODS, layers=LAYERS, metrics=("sparseness",),
+    config = SweepConfig(model="tiny", data="custom", methods=METHODS, layers=LAYERS, metrics=("hello-gini",),
                          combine=(), run_dir=str(tmp_path), batch_size=2, progress=False, figures=False)
     result = sweep(config, model=model, samples=samples, registry=registry, out=io.StringIO())
     with open(tmp_path / "results.csv", newline="") as f:
-        rows = [r for r in csv.DictReader(f) if r["metric"] == "sparseness"]
+        rows = [r for r in csv.DictReader(f) if r["metric"] == "hello-gini"]
     assert {(r["method"], r["layer"], r["subset"]) for r in rows} == {
         (m, layer, "all") for m in METHODS for layer in LAYERS}
     assert {(r["measure"], r["direction"], r["n"], r["nan"]) for r in rows} == {("gini", "higher", "3", "0")}
-    reference = evaluate(model, samples, list(METHODS), list(LAYERS), "sparseness", registry=registry, batch_size=2)
+    reference = evaluate(model, samples, list(METHODS), list(LAYERS), "hello-gini", registry=registry, batch_size=2)
     for r in rows:
-        assert float(r["value"]) == reference.value(r["method"], r["layer"], "sparseness", "gini", r["subset"])
+        assert float(r["value"]) == reference.value(r["method"], r["layer"], "hello-gini", "gini", r["subset"])
     assert len(result.rows) == len(rows)
     summary = (tmp_path / "summary.txt").read_text()
-    assert "sparseness: gini [all] (higher is better" in summary and "floor:" not in summary
+    assert "hello-gini: gini [all] (higher is better" in summary and "floor:" not in summary
 
 
 # ----------------------------------------------------------------------------------- a metric plugin that misbehaves
@@ -241,7 +248,7 @@ def _installed() -> bool:
 @pytest.mark.skipif(not _installed(), reason="run `pip install -e examples/extagg-hello`")
 def test_installed_entry_point():
     registry = extagg.Registry.from_plugin_manager(extagg.make_plugin_manager())
-    origin = registry.metrics["sparseness"].origin
+    origin = registry.metrics["hello-gini"].origin
     assert (origin.plugin, origin.distribution) == ("extagg-hello-metrics", "extagg-hello")
 
 

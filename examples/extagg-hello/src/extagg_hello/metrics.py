@@ -1,8 +1,8 @@
-"""extagg-hello's metric: ``sparseness``, the Gini index of a saliency map (Chalasani et al. 2020).
+"""extagg-hello's metric: ``hello-gini``, the Gini index of a saliency map (Chalasani et al. 2020).
 
 A plugin of its own (entry point ``extagg-hello-metrics``), so that the aggregators and the filter of
-:mod:`extagg_hello` load without it. Once installed, ``extagg metrics`` lists it, ``extagg describe sparseness``
-shows its contract, and ``extagg evaluate`` / ``extagg sweep --metrics sparseness`` score every method at every
+:mod:`extagg_hello` load without it. Once installed, ``extagg metrics`` lists it, ``extagg describe hello-gini``
+shows its contract, and ``extagg evaluate`` / ``extagg sweep --metrics hello-gini`` score every method at every
 layer with it.
 
 The Gini index of the ``n`` nonnegative values ``c_(1) <= ... <= c_(n)`` of a map (Hurley and Rickard 2009) is
@@ -29,7 +29,7 @@ def gini(maps: torch.Tensor, absolute: bool = True) -> torch.Tensor:
     return torch.where(total > 0, g, torch.full_like(g, float("nan")))
 
 
-def _sparseness(ctx, absolute: bool = True):
+def _hello_gini(ctx, absolute: bool = True):
     """The Gini index of every (method, layer) map of the batch."""
     maps = ctx.maps_for()  # {(method, layer): (N, H, W)}, the explained class, resized to the model input
     out = []
@@ -38,9 +38,9 @@ def _sparseness(ctx, absolute: bool = True):
     return out
 
 
-SPARSENESS = Metric(
-    name="sparseness",
-    compute=_sparseness,
+HELLO_GINI = Metric(
+    name="hello-gini",
+    compute=_hello_gini,
     measures=[Measure(name="gini", direction="higher", low=0, high=1,
                       doc="Gini index of the map's values: 0 for a constant map, 1 - 1/n for one nonzero pixel")],
     params=[Param("absolute", bool, True, "score |map| (true) or the positive part max(map, 0) (false)")],
@@ -53,4 +53,4 @@ SPARSENESS = Metric(
 
 @hookimpl
 def register_metrics(register):
-    register(SPARSENESS)
+    register(HELLO_GINI)
