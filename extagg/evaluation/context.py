@@ -104,11 +104,15 @@ class BatchContext:
         """The batch's :class:`~extagg.evaluation.perturbation.Forwards` (made on first use, shared by every
         metric of the batch): perturbed copies of the images, each distinct one forwarded once, reading the
         explained classes."""
-        if getattr(self, "_forwards", None) is None:
+        if self.explained is None:
+            raise InputError("ctx.forwards() reads the explained classes of the shared pass; a per-image metric "
+                             "(Metric.per_image) has none: declare the metric without per_image to use it")
+        cache = self.__dict__.setdefault("_forwards", {})
+        if batch_size not in cache:
             from .perturbation import Forwards
 
-            self._forwards = Forwards(self.model, self.x, self.explained, batch_size)
-        return self._forwards
+            cache[batch_size] = Forwards(self.model, self.x, self.explained, batch_size)
+        return cache[batch_size]
 
     # ----------------------------------------------------------------- floors
     def smooth_noise(self, key, maps: torch.Tensor, salt: str = "") -> torch.Tensor:

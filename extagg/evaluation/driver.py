@@ -244,10 +244,10 @@ class Driver:
         if inside:
             maps, _ = run_saliency(model, x, inside, list(layout.layers), targets=targets, resize=size,
                                    mismatched=self.mismatched, registry=self.registry)
-            tick("saliency", x.shape[0])  # the sweep's progress bar moves inside long metrics
         for method, layer in layout.pairs:
             if method in layout.external and method in methods:
                 maps[method, layer] = self.external_maps(method, model, x, targets, size)
+        tick("saliency", x.shape[0])  # one pass (extagg's methods and the external explainers): the sweep's bar moves
         for method, layers in layout.combined.items():
             if method not in methods:
                 continue

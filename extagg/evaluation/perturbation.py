@@ -22,6 +22,7 @@ import torch
 
 from ..errors import InputError
 from ..guard import compute_dtype, model_device_dtype, preserved
+from ..progress import tick
 from ..targets import class_logits
 
 OUTPUTS = ("prob", "logit", "hit")
@@ -104,6 +105,7 @@ class Forwards:
         with preserved(self.model), torch.no_grad():
             self.model.eval()
             out = self.model(batch.to(self.model_dtype))
+        tick("curve", len(ids))  # the sweep's progress bar moves per batch of perturbed images
         if not isinstance(out, torch.Tensor) or out.ndim < 2:
             raise InputError("the model must return (N, C) class scores (or (N, C, h, w)) for perturbation metrics")
         scores = class_logits(out)

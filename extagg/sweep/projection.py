@@ -70,10 +70,12 @@ def projection_text(calibration_s: float, decode_s: float, cal_weight: int, todo
 
 
 def dry_run(config: Optional[SweepConfig] = None, *, model: Optional[torch.nn.Module] = None, preprocess=None,
-            samples: Optional[Sequence] = None, registry=None, out=None, calibrate: bool = True) -> dict:
+            samples: Optional[Sequence] = None, registry=None, out=None, calibrate: bool = True,
+            explainers: Optional[dict] = None) -> dict:
     """Print the preview and (``calibrate``) the projection of ``config``; compute nothing else, write nothing.
     Returns ``{"cost", "calibration_s", "decode_s", "projected_s", "batches", "images"}`` (times None without
-    calibration). A run directory made with another configuration is refused as the sweep would refuse it."""
+    calibration). A run directory made with another configuration is refused as the sweep would refuse it.
+    ``explainers``: the external explainers the sweep would be given (see :func:`extagg.sweep.sweep`)."""
     from ..evaluation.common import model_inputs
     from ..layer_select import select_layers
     from ..registry import default_registry
@@ -82,7 +84,7 @@ def dry_run(config: Optional[SweepConfig] = None, *, model: Optional[torch.nn.Mo
     from .data import ImageSource, batches, default_workers, image_ids
     from .fingerprint import KeptRandomState, model_record
     from .plan import make_plan, metric_calls
-    from .runner import batch_units, load_inputs, sweep_class_map, versions
+    from .runner import batch_units, load_inputs, resolve_explainers, sweep_class_map, versions
     from .store import RunStore
 
     config = config or SweepConfig()
@@ -91,13 +93,14 @@ def dry_run(config: Optional[SweepConfig] = None, *, model: Optional[torch.nn.Mo
     try:
         registry = registry or default_registry()
         config = config.resolved(registry)
+        config, explainers = resolve_explainers(config, explainers, registry)
         calls = metric_calls(config, registry)
         device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
         model, preprocess, samples, label = load_inputs(config, model, preprocess, samples, device)
         torch.manual_seed(config.seed)
         example = model_inputs(model, [samples[0].image], preprocess)
         layers = select_layers(model, list(config.layers), example)
-        plan = make_plan(config, model, registry, image_ids(samples), example, layers, calls)
+        plan = make_plan(config, model, registry, image_ids(samples), example, layers, calls, explainers)
         class_map = sweep_class_map(config, plan, model, example, samples)
         store = RunStore(config.run_dir, writer=False)
         done = {}
@@ -107,7 +110,8 @@ def dry_run(config: Optional[SweepConfig] = None, *, model: Optional[torch.nn.Mo
             store.check_config(record, defaults=SweepConfig().resolved(registry).result_dict())
             done = store.load()
         pending = [b for b in plan.batches if any(u not in done for u in batch_units(plan, b))]
-        cost = estimate(plan, config, registry, done, pending)
+        size = tuple(example.shape[-2:])
+        cost = estimate(plan, config, registry, done, pending, size=size)
         print(preview(plan, config, registry, cost, label), file=printing, flush=True)
         result = {"cost": cost, "calibration_s": None, "decode_s": None, "projected_s": None,
                   "batches": len(pending), "images": sum(len(b) for b in pending)}
@@ -126,7 +130,7 @@ def dry_run(config: Optional[SweepConfig] = None, *, model: Optional[torch.nn.Mo
         if str(device).startswith("cuda"):
             torch.cuda.synchronize()
         calibration_s = time.perf_counter() - t0
-        cal = estimate(plan, config, registry, {}, [first])
+        cal = estimate(plan, config, registry, {}, [first], size=size)
         workers = workers if isinstance(samples, ImageSource) else 0
         text = projection_text(calibration_s, decode_s, _weight(cal), _weight(cost), len(pending),
                                result["images"], workers, str(device))

