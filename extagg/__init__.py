@@ -27,6 +27,8 @@ from .errors import (
     PluginLoadError,
     UnknownNameError,
 )
+from .errors import ZeroGradientWarning
+from . import objectives
 from .hookspecs import hookimpl
 from .method import Call, Method
 from .plugins import make_plugin_manager
@@ -68,3 +70,4 @@ __all__ = [
     "layer_order", "make_plugin_manager", "methods", "parse_method", "probe_accuracy_weights", "reload_plugins",
     "saliency", "saliency_per_example",
 ]
+__all__ += ["ZeroGradientWarning", "objectives"]

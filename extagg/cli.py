@@ -74,7 +74,7 @@ def cmd_metrics(args) -> int:
 def cmd_explain(args) -> int:
     import torch
 
-    from . import models
+    from . import models, objectives
     from .engine import saliency
     from .layers import last_spatial_layer
     from .viz import overlay, save_png
@@ -85,8 +85,14 @@ def cmd_explain(args) -> int:
     x = preprocess(image)[None]
     layer = args.layer or last_spatial_layer(model, x)
     targets = None if args.target is None else int(args.target)
-    maps = saliency(model, x, args.method, layers=layer, targets=targets)
+    objective = objectives.from_arguments(args, model, x)  # --box / --mask-class: detection, segmentation
+    maps = saliency(model, x, args.method, layers=layer, targets=targets, objective=objective)
     m = maps[args.method, layer]
+    if objective is not None:
+        out = save_png(overlay(image, m[0, 0], alpha=args.alpha), args.output)
+        print(f"image {path}: {objective!r}; method {maps.methods[0]} at layer {layer} ({tuple(m.shape[-2:])} map) "
+              f"-> {out}")
+        return 0
     cls = int(maps.targets[0, 0])
     with torch.no_grad():
         prob = torch.softmax(model(x).float(), 1)[0, cls].item()
@@ -119,10 +125,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("method")
     s.set_defaults(func=cmd_describe)
 
+    from .objectives import add_arguments as add_objective_arguments
+
     s = sub.add_parser("explain", help="saliency overlay of one image as a PNG")
     s.add_argument("image", nargs="?", help="image file (default: a photo of a cat shipped with scikit-image)")
     s.add_argument("--model", default="efficientnet-lite0",
-                   help="efficientnet-lite0 (default, pretrained offline) or a torchvision model name")
+                   help="efficientnet-lite0 (default, pretrained offline), a torchvision model name or timm:NAME")
     s.add_argument("--weights", help="torchvision weights name (e.g. DEFAULT) or a state_dict file")
     s.add_argument("--random-weights", action="store_true",
                    help="torchvision model without weights: random initialisation, on purpose")
@@ -132,6 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--alpha", type=number_in(0, 1), default=0.5, help="heatmap opacity in [0, 1] (default 0.5)")
     s.add_argument("-o", "--output", type=output_file, default="extagg-explain.png",
                    help="output PNG (default extagg-explain.png)")
+    add_objective_arguments(s)
     s.set_defaults(func=cmd_explain)
 
     try:

@@ -7,8 +7,9 @@ attention module's tuple, an unused ``ModuleList``) are left out of what a patte
 pass on ``example`` (default: a zero 224x224 RGB image), never from class names:
 
 * ``blocks``: the outermost composite modules held in a plain ``Sequential`` / ``ModuleList`` (ResNet
-  bottlenecks ``layer3.1``, EfficientNet ``_blocks.7``); for a model without such blocks (VGG), every
-  activation module (``features.3``, the ReLU after each conv).
+  bottlenecks ``layer3.1``, EfficientNet ``_blocks.7``, a ViT's encoder blocks, whose (N, L, D) tokens are read
+  on the patch grid); for a model without such blocks (VGG), every activation module (``features.3``, the ReLU
+  after each conv). timm's models have their own stage and block modules (:mod:`extagg.timm_layers`).
 * ``stages``: the last block before each change of spatial size, named by its parent ``Sequential`` when it is
   that container's last child (ResNet ``layer1`` .. ``layer4``; EfficientNet ``_blocks.0``, ``_blocks.2``, ...;
   VGG the ReLU before each max-pool, ``features.3, .8, .15, .22, .29``).
@@ -28,6 +29,7 @@ import torch
 
 from .capture import INPUT, split_layer
 from .errors import InputError, UnknownNameError
+from . import timm_layers
 from .layers import execution_order
 
 GROUPS = ("blocks", "stages", "spatial", "last")
@@ -88,7 +90,7 @@ class _Layout:
             found = [n for n, m in self.modules.items() if isinstance(m, ACTIVATIONS)]
         position = {n: i for i, (n, _) in enumerate(self.order)}
         shapes = self.shapes
-        out = [c for n in found for c in self.calls(n) if len(shapes.get(c, ())) == 4]
+        out = [c for n in found for c in self.calls(n) if len(shapes.get(c, ())) in (3, 4)]  # maps, token sequences
         return sorted(out, key=position.__getitem__)
 
     def stages(self) -> list[str]:
@@ -113,6 +115,9 @@ class _Layout:
         return name
 
     def group(self, name: str) -> list[str]:
+        known = timm_layers.group(self.model, name, self.shapes)  # timm's stage and block modules
+        if known is not None:
+            return known
         if name == "spatial":
             return self.spatial()
         if name == "last":
@@ -138,7 +143,7 @@ def select_layers(model: torch.nn.Module, patterns: Union[str, Sequence[str]],
     out: list[str] = []
     for raw in items:
         p = raw.strip()
-        if p.startswith("group:") or (p in GROUPS and p not in layout.modules):
+        if p.startswith("group:") or (p in GROUPS and (p not in layout.modules or timm_layers.is_timm(model))):
             group = p.removeprefix("group:")
             if group not in GROUPS:
                 raise UnknownNameError("layer group", group, GROUPS)
