@@ -17,7 +17,8 @@ pass on ``example`` (default: a zero 224x224 RGB image), never from class names:
 * ``last``: the last of those (the classic CAM layer).
 
 ``group:NAME`` always means the group; a bare group name means the module if the model has a module of that
-name. Unknown names and patterns that match nothing raise :class:`~extagg.errors.UnknownNameError` with a
+name whose call returns one tensor (not a ``ModuleList`` that is never called; not in a timm model, whose
+``stages`` / ``blocks`` containers the groups replace). Unknown names and patterns that match nothing raise :class:`~extagg.errors.UnknownNameError` with a
 "did you mean".
 """
 from __future__ import annotations
@@ -143,7 +144,8 @@ def select_layers(model: torch.nn.Module, patterns: Union[str, Sequence[str]],
     out: list[str] = []
     for raw in items:
         p = raw.strip()
-        if p.startswith("group:") or (p in GROUPS and (p not in layout.modules or timm_layers.is_timm(model))):
+        if p.startswith("group:") or (p in GROUPS and (p not in layout.modules or timm_layers.is_timm(model)
+                                                       or not layout.shapes.get(p))):  # a module never called
             group = p.removeprefix("group:")
             if group not in GROUPS:
                 raise UnknownNameError("layer group", group, GROUPS)

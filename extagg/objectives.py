@@ -88,15 +88,16 @@ class BoxScore:
             wanted = self.boxes[min(i, self.boxes.shape[0] - 1)][None].to(found["boxes"].device, found["boxes"].dtype)
             of_class = (found["labels"] == self.label).nonzero().flatten()
             if of_class.numel() == 0:
-                raise InputError(f"{self!r}: image {i} has no predicted box of class {self.label} (its {len(found['labels'])} "
-                                 f"boxes are of classes {sorted(set(found['labels'].tolist()))[:10]}); choose a class "
+                raise InputError(f"{self!r}: image {i} has no predicted box of class {self.label} (its "
+                                 f"{len(found['labels'])} boxes are of classes {sorted(set(found['labels'].tolist()))[:10]}); choose a class "
                                  "the model detects, or lower the model's score threshold (box_score_thresh)")
             ious = box_iou(wanted, found["boxes"][of_class])[0]
             best = int(ious.argmax())
-            if float(ious[best].detach()) < self.iou_threshold:
+            best_iou = float(ious[best].detach())
+            if best_iou < self.iou_threshold:
                 raise InputError(f"{self!r}: image {i}: no predicted box of class {self.label} overlaps the box with "
-                                 f"IoU >= {self.iou_threshold} (best {float(ious[best].detach()):.3f}); give a box nearer a "
-                                 "prediction or a lower iou_threshold")
+                                 f"IoU >= {self.iou_threshold} (best {best_iou:.3f}); give a box nearer a prediction "
+                                 "or a lower iou_threshold")
             index = of_class[best]
             score = found["scores"][index]
             scores.append(score + ious[best] if self.iou_term else score)

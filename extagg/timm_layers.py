@@ -146,7 +146,7 @@ def _cached_weights(name: str) -> Path:
     if hub_id:
         for filename in ([cfg["hf_hub_filename"]] if cfg.get("hf_hub_filename")
                          else ["model.safetensors", "pytorch_model.bin"]):
-            found = try_to_load_from_cache(hub_id, filename)
+            found = try_to_load_from_cache(hub_id, filename, cache_dir=str(cache))
             if isinstance(found, str) and os.path.isfile(found):
                 return Path(found)
             wanted.append(f"{hub_id}/{filename}")
@@ -156,9 +156,9 @@ def _cached_weights(name: str) -> Path:
         if path.is_file():
             return path
         wanted.append(str(path))
-    raise InputError(f"the pretrained weights of timm model {name!r} are not in the local cache (looked for "
-                     f"{', '.join(wanted) or 'nothing: its pretrained config names no weights'} under the Hugging "
-                     f"Face cache {cache}); extagg does not download: fetch them once where there is a network "
+    looked = ", ".join(wanted) or "nothing: its pretrained config names no weights"
+    raise InputError(f"the pretrained weights of timm model {name!r} are not in the local cache (looked in the "
+                     f"Hugging Face cache {cache} for {looked}); extagg does not download: fetch them once where there is a network "
                      f"(timm.create_model({name!r}, pretrained=True)), give a state_dict file, or pass "
                      f"random_weights=True (--random-weights)")
 

@@ -98,7 +98,7 @@ def expected_grid(shape: tuple) -> tuple[str, set]:
             grids["nhwc"] = (shape[1], shape[2])
         if len(grids) == 1:
             return next(iter(grids)), set(grids.values())
-        return "nchw|nhwc", set(grids.values())
+        return "nchw/nhwc", set(grids.values())
     if len(shape) == 3:
         return "tokens", {(k, k) for k in range(1, int(shape[1] ** 0.5) + 1)}
     return f"{len(shape)}-D", set()
@@ -263,8 +263,10 @@ def main(argv: list[str]) -> int:
     ``--part K/N --rows FILE`` (every N-th model from the K-th, rows appended to FILE as JSON lines, for runs in
     parallel), ``--write FILE ...`` (docs/models.md from such files)."""
     torch.set_num_threads(1)  # one thread each is several times faster on a machine shared with other work
-    if argv[:1] == ["--write"]:
-        write_doc([_load(line) for path in argv[1:] for line in Path(path).read_text().splitlines() if line])
+    if argv[:1] == ["--write"]:  # a model's last row wins (a re-run given after the first run)
+        rows = {r["model"]: r for r in (_load(line) for path in argv[1:]
+                                        for line in Path(path).read_text().splitlines() if line)}
+        write_doc(list(rows.values()))
         return 0
     rows_file = None
     if argv[:1] == ["--part"]:

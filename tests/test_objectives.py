@@ -188,7 +188,8 @@ def test_command_line_objectives(segmenter, image, detection):
     objective = from_arguments(parse("--mask-class", str(cls)), segmenter, image)
     assert torch.equal(objective.mask, predicted == cls)
     absent = next(k for k in range(21) if not (predicted == k).any())
-    for flags, message in [(("--box", "1,2,3,4"), "go together"), (("--mask-class", "1", "--box-label", "2"), "not both"),
+    for flags, message in [(("--box", "1,2,3,4"), "go together"),
+                           (("--mask-class", "1", "--box-label", "2"), "not both"),
                            (("--box", "1,2,x,4", "--box-label", "1"), "four numbers"),
                            (("--mask-class", str(absent)), "no pixel is predicted")]:
         with pytest.raises(InputError, match=message):

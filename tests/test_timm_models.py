@@ -149,3 +149,32 @@ def test_explain_command_takes_a_timm_model(tmp_path, capsys):
     out = tmp_path / "overlay.png"
     assert main(["explain", "--model", "timm:convnext_tiny", "--random-weights", "-o", str(out)]) == 0
     assert out.stat().st_size > 0 and "((7, 7) map)" in capsys.readouterr().out
+
+
+def test_torchvision_vit_blocks_are_its_encoder_layers():
+    """A ViT's encoder blocks return (N, L, D) tokens: they are its ``blocks`` (before: the group was empty, since
+    only 4-D outputs counted), and ``stages`` is the last of them, its one token grid, named by the Sequential
+    that holds them (as ResNet's ``layer4``)."""
+    vit = torchvision.models.vit_b_16(image_size=32).eval()
+    x = torch.rand(1, 3, 32, 32)
+    names = [f"encoder.layers.encoder_layer_{i}" for i in range(12)]
+    assert select_layers(vit, "blocks", x) == names
+    assert select_layers(vit, "stages", x) == ["encoder.layers"]
+
+
+def test_a_bare_group_name_is_the_group_where_the_module_of_that_name_is_never_called():
+    """torchvision's MaxViT holds its stages in a ModuleList named ``blocks`` that is never called itself: the bare
+    name ``blocks`` is the group there (before: the uncalled module, refused later as 'not called')."""
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.blocks = torch.nn.ModuleList(
+                torch.nn.Sequential(torch.nn.Conv2d(c, 4, 3, padding=1), torch.nn.ReLU()) for c in (3, 4))
+
+        def forward(self, x):
+            for block in self.blocks:
+                x = block(x)
+            return x.mean((2, 3))
+
+    assert select_layers(Net().eval(), "blocks", torch.rand(1, 3, 8, 8)) == ["blocks.0", "blocks.1"]
