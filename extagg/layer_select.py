@@ -9,7 +9,8 @@ pass on ``example`` (default: a zero 224x224 RGB image), never from class names:
 * ``blocks``: the outermost composite modules held in a plain ``Sequential`` / ``ModuleList`` (ResNet
   bottlenecks ``layer3.1``, EfficientNet ``_blocks.7``, a ViT's encoder blocks, whose (N, L, D) tokens are read
   on the patch grid); for a model without such blocks (VGG), every activation module (``features.3``, the ReLU
-  after each conv). timm's models have their own stage and block modules (:mod:`extagg.timm_layers`).
+  after each conv); for a model without either (Inception v3: no containers, functional ReLUs), the model's own
+  composite children (``Mixed_5b``). timm's models have their own stage and block modules (:mod:`extagg.timm_layers`).
 * ``stages``: the last block before each change of spatial size, named by its parent ``Sequential`` when it is
   that container's last child (ResNet ``layer1`` .. ``layer4``; EfficientNet ``_blocks.0``, ``_blocks.2``, ...;
   VGG the ReLU before each max-pool, ``features.3, .8, .15, .22, .29``).
@@ -89,6 +90,8 @@ class _Layout:
             found.append(name)
         if not found:
             found = [n for n, m in self.modules.items() if isinstance(m, ACTIVATIONS)]
+        if not found:  # no containers, functional activations (Inception v3): the model's composite children
+            found = [n for n, m in self.model.named_children() if any(True for _ in m.children())]
         position = {n: i for i, (n, _) in enumerate(self.order)}
         shapes = self.shapes
         out = [c for n in found for c in self.calls(n) if len(shapes.get(c, ())) in (3, 4)]  # maps, token sequences

@@ -166,11 +166,18 @@ def test_a_bare_group_name_is_the_group_where_the_module_of_that_name_is_never_c
     """torchvision's MaxViT holds its stages in a ModuleList named ``blocks`` that is never called itself: the bare
     name ``blocks`` is the group there (before: the uncalled module, refused later as 'not called')."""
 
+    class Block(torch.nn.Module):
+        def __init__(self, c):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(c, 4, 3, padding=1)
+
+        def forward(self, x):
+            return torch.relu(self.conv(x))
+
     class Net(torch.nn.Module):
         def __init__(self):
             super().__init__()
-            self.blocks = torch.nn.ModuleList(
-                torch.nn.Sequential(torch.nn.Conv2d(c, 4, 3, padding=1), torch.nn.ReLU()) for c in (3, 4))
+            self.blocks = torch.nn.ModuleList(Block(c) for c in (3, 4))
 
         def forward(self, x):
             for block in self.blocks:
@@ -178,3 +185,11 @@ def test_a_bare_group_name_is_the_group_where_the_module_of_that_name_is_never_c
             return x.mean((2, 3))
 
     assert select_layers(Net().eval(), "blocks", torch.rand(1, 3, 8, 8)) == ["blocks.0", "blocks.1"]
+
+
+def test_inception_blocks_are_its_composite_children():
+    """Inception v3 has no block containers and only functional ReLUs: its blocks are the model's composite
+    children (before: both groups were empty, so every cell of its conformance row was refused)."""
+    model = torchvision.models.inception_v3(init_weights=False).eval()
+    blocks = select_layers(model, "blocks", torch.rand(1, 3, 299, 299))
+    assert blocks[0] == "Conv2d_1a_3x3" and blocks[-1] == "Mixed_7c" and "AuxLogits" not in blocks and len(blocks) == 16
