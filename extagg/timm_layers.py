@@ -100,12 +100,12 @@ def group(model: torch.nn.Module, name: str, shapes: dict) -> Optional[list[str]
 
 
 def _grid_size(module: torch.nn.Module, shape: tuple) -> tuple:
-    """The spatial size of an output: (h, w) of a 4-D map in its module's layout, L of a token sequence."""
-    from .layouts import output_kind
-
+    """The spatial size of an output: (h, w) of a 4-D map in its module's layout (:data:`LAYOUTS`), L of a token
+    sequence."""
     if len(shape) == 3:
         return (shape[1],)
-    return tuple(shape[1:3]) if output_kind(module) == "nhwc" else tuple(shape[2:4])
+    nhwc = LAYOUTS.get((type(module).__module__, type(module).__name__)) == "nhwc"
+    return tuple(shape[1:3]) if nhwc else tuple(shape[2:4])
 
 
 def preprocessing(model: torch.nn.Module, name: str):
