@@ -20,7 +20,8 @@ _EXPORTS = {  # submodule -> the public names it defines, imported on first use 
     ".phase2": ("Dense", "Factored", "PatchGeometry", "Product", "Scaled"),
     ".engine": ("saliency", "saliency_per_example"),
     ".errors": ("DuplicateNameError", "ExtaggError", "InputError", "InvalidMethodError", "LayerMismatchError",
-                "MethodSyntaxError", "PluginContractError", "PluginLoadError", "UnknownNameError"),
+                "MethodSyntaxError", "PluginContractError", "PluginLoadError", "UnknownNameError",
+                "ZeroGradientWarning"),
     ".hookspecs": ("hookimpl",),
     ".method": ("Call", "Method"),
     ".plugins": ("make_plugin_manager",),
@@ -68,7 +69,7 @@ __all__ = [
     "PluginContractError", "PluginLoadError", "Product", "Registry", "SaliencyMaps", "Scaled", "UnknownNameError",
     "combination_sweep", "combine_layers", "default_registry", "describe", "feature_spread_weights", "hookimpl",
     "layer_order", "make_plugin_manager", "methods", "parse_method", "probe_accuracy_weights", "reload_plugins",
-    "saliency", "saliency_per_example",
+    "saliency", "saliency_per_example", "ZeroGradientWarning", "objectives",
 ]
 
 

@@ -14,7 +14,7 @@ import attrs
 import torch
 
 from .capture import INPUT, LayerCapture, Probes
-from .errors import InputError, LayerMismatchError, PluginContractError
+from .errors import InputError, LayerMismatchError, PluginContractError, ZeroGradientWarning
 from .guard import compute_dtype, model_device_dtype, preserved
 from .layer_request import resolve_requested_layers
 from .layouts import told_per_layer
@@ -145,6 +145,22 @@ def _backward(scores: torch.Tensor, probes: list[torch.Tensor]) -> list[torch.Te
         return [torch.stack(gs, 1) for gs in zip(*per_target)]
 
 
+def _warn_zero(layers: list, grads: list, scores: torch.Tensor) -> None:
+    """A :class:`~extagg.errors.ZeroGradientWarning` naming the layers where the gradient is exactly zero on the
+    map's grid (a token layer: its patch tokens)."""
+    zero = [layer for layer, grad in zip(layers, grads) if grad is not None and not bool(grad.any())]
+    if zero:
+        shown = ", ".join(map(repr, zero[:6])) + (", ..." if len(zero) > 6 else "")
+        head = "at every requested layer" if len(zero) == len(layers) else f"at {len(zero)} of {len(layers)} layers"
+        warnings.warn(ZeroGradientWarning(
+            f"the gradient of the explained score (scores {scores.detach().flatten()[:4].tolist()}) is exactly zero "
+            f"{head} ({shown}), so their maps are all zero and say nothing about the input: a classifier head "
+            "whose weights are all zero (a randomly initialised torchvision ViT's), the last block of a ViT whose "
+            "head reads only the class token (its patch tokens get no gradient), or a score that does not depend "
+            "on the layer; load trained weights, choose an earlier layer or explain another score", zero),
+            stacklevel=4)
+
+
 def run_pass(model, images, needs: dict[str, set[str]], targets: Optional[torch.Tensor],
              objective: Optional[Objective], modules: Optional[dict] = None, replacements: Optional[dict] = None,
              forward_kwargs: Optional[dict] = None, told: Optional[dict] = None, backward: bool = True):
@@ -187,6 +203,7 @@ def run_pass(model, images, needs: dict[str, set[str]], targets: Optional[torch.
             grad=None if grad is None else grad.to(cdtype),
             training=raw.get("training"),
         ), forms[layer])
+    _warn_zero(layers, [captures[layer].grad for layer in layers], scores)
     return captures, scores.detach(), (None if objective is not None else matrix)
 
 

@@ -92,6 +92,16 @@ class PluginContractError(ExtaggError, TypeError):
     component, its plugin and distribution, and what was expected."""
 
 
+class ZeroGradientWarning(UserWarning):
+    """The explained score's gradient is exactly zero at a layer, so every map there is all zero and says nothing
+    about the input (a classifier head whose weights are all zero, as a randomly initialised torchvision ViT's;
+    a target that does not depend on the layer). Attribute ``layers``: the layers concerned."""
+
+    def __init__(self, message: str, layers: Sequence[str] = ()):
+        super().__init__(message)
+        self.layers = tuple(layers)
+
+
 @contextlib.contextmanager
 def raised_in(spec, what: str) -> Iterator[None]:
     """Blame plugin code for what it raises: an exception escaping the block (plugin code of the component record

@@ -62,6 +62,12 @@ def add_explain_command(subparsers) -> argparse.ArgumentParser:
       help="layer names, patterns ('layer*': * stops at a dot) or groups: stages, blocks, spatial, last "
            "(columns; default: last, the last spatial layer)")
     a("--target", type=int, help="class index (default: each image's predicted class)")
+    a("--box", metavar="X1,Y1,X2,Y2", help="detection models: explain the score of the predicted box of --box-label "
+      "best matched to this box (model input pixels)")
+    a("--box-label", type=int, metavar="K", help="detection models: the class of --box")
+    a("--iou-threshold", type=float, default=0.5, help="least IoU of the matched box (default 0.5)")
+    a("--mask-class", type=int, metavar="K",
+      help="segmentation models: explain class K's logit summed over the pixels predicted as K")
     a("--clip", type=number_in(50, 100), default=99.0,
       help="percentile each map is clipped at before scaling (and 100 - it below; default 99; 100: no clipping)")
     a("--alpha", type=number_in(0, 1), default=0.6, help="map opacity over the photo in [0, 1] (default 0.6)")
@@ -119,7 +125,7 @@ def run_explain(args) -> int:
 
     import torch
 
-    from . import models
+    from . import models, objectives
     from .engine import saliency
     from .layer_select import select_layers
     from .viz import explain_grid
@@ -134,12 +140,16 @@ def run_explain(args) -> int:
         x = preprocess(photo)[None]
         if layers is None:
             layers = select_layers(model, args.layers, x)
+        objective = objectives.from_arguments(args, model, x)  # --box / --mask-class: detection, segmentation
         maps = saliency(model, x, methods, layers, targets=args.target, resize=True, registry=registry,
-                        mismatched="skip")
-        cls = int(maps.targets[0, 0])
-        with torch.no_grad():
-            prob = torch.softmax(model(x).float(), 1)[0, cls].item()
-        label = names[cls] if cls < len(names) else str(cls)
+                        mismatched="skip", objective=objective)
+        if objective is not None:
+            cls, label, prob = "-", repr(objective), float("nan")
+        else:
+            cls = int(maps.targets[0, 0])
+            with torch.no_grad():
+                prob = torch.softmax(model(x).float(), 1)[0, cls].item()
+            label = names[cls] if cls < len(names) else str(cls)
         cells = {(m, layer): maps[m, layer][0, 0] if (m, layer) in maps else None for m in methods for layer in layers}
         photos.append(photo)
         rows.append((os.path.basename(path), cls, label, prob, cells))

@@ -9,8 +9,10 @@ attention module's tuple, an unused ``ModuleList``) are left out of what a patte
 pass on ``example`` (default: a zero 224x224 RGB image), never from class names:
 
 * ``blocks``: the outermost composite modules held in a plain ``Sequential`` / ``ModuleList`` (ResNet
-  bottlenecks ``layer3.1``, EfficientNet ``_blocks.7``); for a model without such blocks (VGG), every
-  activation module (``features.3``, the ReLU after each conv).
+  bottlenecks ``layer3.1``, EfficientNet ``_blocks.7``, a ViT's encoder blocks, whose (N, L, D) tokens are read
+  on the patch grid); for a model without such blocks (VGG), every activation module (``features.3``, the ReLU
+  after each conv); for a model without either (Inception v3: no containers, functional ReLUs), the model's own
+  composite children (``Mixed_5b``). timm's models have their own stage and block modules (:mod:`extagg.timm_layers`).
 * ``stages``: the last block before each change of spatial size, named by its parent ``Sequential`` when it is
   that container's last child (ResNet ``layer1`` .. ``layer4``; EfficientNet ``_blocks.0``, ``_blocks.2``, ...;
   VGG the ReLU before each max-pool, ``features.3, .8, .15, .22, .29``).
@@ -18,7 +20,8 @@ pass on ``example`` (default: a zero 224x224 RGB image), never from class names:
 * ``last``: the last of those (the classic CAM layer).
 
 ``group:NAME`` always means the group; a bare group name means the module if the model has a module of that
-name. Unknown names and patterns that match nothing raise :class:`~extagg.errors.UnknownNameError` with a
+name whose call returns one tensor (not a ``ModuleList`` that is never called; not in a timm model, whose
+``stages`` / ``blocks`` containers the groups replace). Unknown names and patterns that match nothing raise :class:`~extagg.errors.UnknownNameError` with a
 "did you mean".
 """
 from __future__ import annotations
@@ -29,6 +32,7 @@ import torch
 
 from .capture import INPUT, split_layer
 from .errors import InputError, UnknownNameError
+from . import timm_layers
 from .layer_patterns import is_layer_pattern, layer_filter, layer_match
 from .layers import execution_order
 
@@ -87,9 +91,11 @@ class _Layout:
             found.append(name)
         if not found:
             found = [n for n, m in self.modules.items() if isinstance(m, ACTIVATIONS)]
+        if not found:  # no containers, functional activations (Inception v3): the model's composite children
+            found = [n for n, m in self.model.named_children() if any(True for _ in m.children())]
         position = {n: i for i, (n, _) in enumerate(self.order)}
         shapes = self.shapes
-        out = [c for n in found for c in self.calls(n) if len(shapes.get(c, ())) == 4]
+        out = [c for n in found for c in self.calls(n) if len(shapes.get(c, ())) in (3, 4)]  # maps, token sequences
         return sorted(out, key=position.__getitem__)
 
     def stages(self) -> list[str]:
@@ -114,6 +120,9 @@ class _Layout:
         return name
 
     def group(self, name: str) -> list[str]:
+        known = timm_layers.group(self.model, name, self.shapes)  # timm's stage and block modules
+        if known is not None:
+            return known
         if name == "spatial":
             return self.spatial()
         if name == "last":
@@ -140,7 +149,8 @@ def select_layers(model: torch.nn.Module, patterns: Union[str, Sequence[str]],
     out: list[str] = []
     for raw in items:
         p = raw.strip()
-        if p.startswith("group:") or (p in GROUPS and p not in layout.modules):
+        if p.startswith("group:") or (p in GROUPS and (p not in layout.modules or timm_layers.is_timm(model)
+                                                       or not layout.shapes.get(p))):  # a module never called
             group = p.removeprefix("group:")
             if group not in GROUPS:
                 raise UnknownNameError("layer group", group, GROUPS)

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from .errors import InputError, LayerMismatchError
+from .timm_layers import LAYOUTS as TIMM_LAYOUTS
 
 LAYOUTS = ("nchw", "nhwc", "nld")
 INPUT = "input"  # extagg.capture.INPUT (which imports this module)
@@ -46,6 +47,7 @@ KNOWN = {  # torchvision classes by (module, class name): the layout of their 4-
 }
 KNOWN.update({("torchvision.models.convnext", "LayerNorm2d"): "nchw", ("torchvision.models.convnext", "CNBlock"): "nchw",
               ("torchvision.ops.misc", "FrozenBatchNorm2d"): "nchw"})
+KNOWN.update(TIMM_LAYOUTS)
 _MOVES = {(0, 2, 3, 1): ("nchw", "nhwc"), (0, 3, 1, 2): ("nhwc", "nchw")}  # Permute dims: (input, output) layout
 
 
