@@ -12,9 +12,9 @@ if ! "$VPY" -c 'import torch, torchvision, sys; sys.exit(not (torch.__version__.
   "$VPY" -m pip install -q --upgrade pip
   "$VPY" -m pip install -q torch==2.14.1 torchvision==0.29.1
 fi
-if ! "$VPY" -c 'import extagg, extagg_builtins, efficientnet_lite_pytorch, pytest, hypothesis, extagg_hello, matplotlib, playwright, pyarrow' 2>/dev/null \
+if ! "$VPY" -c 'import extagg, extagg_builtins, efficientnet_lite_pytorch, pytest, hypothesis, extagg_hello, matplotlib, playwright, pyarrow, timm' 2>/dev/null \
    || [ pyproject.toml -nt .venv/.extagg-installed ] || [ examples/extagg-hello/pyproject.toml -nt .venv/.extagg-installed ]; then
-  "$VPY" -m pip install -q -e ".[default-model,eval,figures,test,sweep]"
+  "$VPY" -m pip install -q -e ".[default-model,eval,figures,test,sweep,timm]"
   "$VPY" -m pip install -q -e examples/extagg-hello
   # The peers that comparison tests run against (pytorch-grad-cam, Captum, Zennit, pycocotools), with the torch pair pinned;
   # those tests skip where they are missing, so a failed install only warns.
