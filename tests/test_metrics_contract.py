@@ -57,7 +57,7 @@ def test_every_metric_of_the_paper_is_covered(registry):
     """The paper's metrics (the ``builtin-metrics`` plugin) are all in the sweep-equals-evaluate test below; the
     Quantus families are covered for every metric by tests/test_metrics_registry.py."""
     paper = {name for name, m in registry.metrics.items() if m.origin.plugin == "builtin-metrics"}
-    assert {m.split("(")[0] for m in DRIVER_METRICS} | {"pointing"} == paper
+    assert paper <= {m.split("(")[0] for m in DRIVER_METRICS} | {"pointing"}
 
 
 def test_evaluate_equals_sweep_for_the_metrics_with_masks(tmp_path):
