@@ -313,8 +313,10 @@ def _random_logit(ctx, normalise=True, abs=False, flatten=False):
 RANDOM_LOGIT = Metric(
     name="random-logit", compute=_random_logit,
     columns=lambda ctx, **_: [_off(ctx)],
-    measures=[Measure(name="ssim", direction="lower", low=-1, high=1,
-                      doc="SSIM between the map of the explained class and the map of a random other class")],
+    measures=[Measure(name="ssim", direction="lower",
+                      doc="SSIM between the map of the explained class and the map of a random other class (in "
+                          "[-1, 1] for the default 2-D SSIM; Quantus's 1-D SSIM of flattened maps, flatten=true, "
+                          "takes its data range from one map and can leave [-1, 1])")],
     params=[Param("normalise", bool, True, "divide each map by its max |value| (Quantus's default; Quantus divides "
                   "by the batch's max, per map here so that a number never depends on its batch)"),
             Param("abs", bool, False, "absolute maps (Quantus's default: no)"),
