@@ -76,38 +76,25 @@ def dry_run(config: Optional[SweepConfig] = None, *, model: Optional[torch.nn.Mo
     Returns ``{"cost", "calibration_s", "decode_s", "projected_s", "batches", "images"}`` (times None without
     calibration). A run directory made with another configuration is refused as the sweep would refuse it.
     ``explainers``: the external explainers the sweep would be given (see :func:`extagg.sweep.sweep`)."""
-    from ..evaluation.common import model_inputs
-    from ..layer_select import select_layers
-    from ..registry import default_registry
     from .compute import BatchRunner
     from .cost import estimate, preview
-    from .data import ImageSource, batches, default_workers, image_ids
-    from .fingerprint import KeptRandomState, model_record
-    from .plan import make_plan, metric_calls
-    from .runner import batch_units, load_inputs, resolve_explainers, sweep_class_map, versions
+    from .data import ImageSource, batches, default_workers
+    from .fingerprint import KeptRandomState
+    from .runner import batch_units, prepare, resume_defaults
     from .store import RunStore
 
     config = config or SweepConfig()
     printing = out if out is not None else sys.stdout
     kept = KeptRandomState()
     try:
-        registry = registry or default_registry()
-        config = config.resolved(registry)
-        config, explainers = resolve_explainers(config, explainers, registry)
-        calls = metric_calls(config, registry)
         device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
-        model, preprocess, samples, label = load_inputs(config, model, preprocess, samples, device)
-        torch.manual_seed(config.seed)
-        example = model_inputs(model, [samples[0].image], preprocess)
-        layers = select_layers(model, list(config.layers), example)
-        plan = make_plan(config, model, registry, image_ids(samples), example, layers, calls, explainers)
-        class_map = sweep_class_map(config, plan, model, example, samples)
+        run = prepare(config, model, preprocess, samples, registry, explainers, device)
+        config, registry, model, preprocess, samples = run.config, run.registry, run.model, run.preprocess, run.samples
+        plan, example, label, class_map = run.plan, run.example, run.label, run.class_map
         store = RunStore(config.run_dir, writer=False)
         done = {}
         if (store.dir / "config.json").exists():
-            record = {"config": config.result_dict(), "plan": plan.as_dict(),
-                      "versions": versions(registry, config, label), "model": model_record(model, preprocess)}
-            store.check_config(record, defaults=SweepConfig().resolved(registry).result_dict())
+            store.check_config(run.record(), defaults=resume_defaults(registry))
             done = store.load()
         pending = [b for b in plan.batches if any(u not in done for u in batch_units(plan, b))]
         size = tuple(example.shape[-2:])

@@ -105,6 +105,54 @@ def _load(config: SweepConfig, model, preprocess, samples, device: str):
     return (model if given_model else model.to(device)), preprocess, samples, label
 
 
+@attrs.frozen
+class Prepared:
+    """A configuration made ready to run: resolved, its explainers checked, the model, preprocessing and samples
+    loaded, one example input, the plan and the class map (what the sweep and its dry run both start from)."""
+
+    config: SweepConfig
+    registry: object
+    model: torch.nn.Module
+    preprocess: object
+    samples: Sequence
+    label: str
+    example: torch.Tensor
+    plan: SweepPlan
+    class_map: object
+
+    def record(self) -> dict:
+        """What a run directory records and a resume must match: configuration, plan, versions, and the model's
+        weights fingerprint and preprocessing."""
+        return {"config": self.config.result_dict(), "plan": self.plan.as_dict(),
+                "versions": versions(self.registry, self.config, self.label),
+                "model": model_record(self.model, self.preprocess)}
+
+
+def prepare(config: SweepConfig, model, preprocess, samples, registry, explainers, device: str) -> Prepared:
+    """Resolve ``config`` and its metric calls (a misspelt metric fails before the model loads), load the inputs,
+    seed, select the layers and make the plan and the class map."""
+    from ..evaluation.common import model_inputs
+    from ..layer_select import select_layers
+    from ..registry import default_registry
+
+    registry = registry or default_registry()
+    config = config.resolved(registry)
+    config, explainers = _explainers(config, explainers, registry)
+    calls = metric_calls(config, registry)
+    model, preprocess, samples, label = _load(config, model, preprocess, samples, device)
+    torch.manual_seed(config.seed)
+    example = model_inputs(model, [samples[0].image], preprocess)
+    layers = select_layers(model, list(config.layers), example)
+    plan = make_plan(config, model, registry, image_ids(samples), example, layers, calls, explainers)
+    class_map = _class_map(config, plan, model, example, samples)
+    return Prepared(config, registry, model, preprocess, samples, label, example, plan, class_map)
+
+
+def resume_defaults(registry) -> dict:
+    """The result fields of the default configuration: what a run directory written before a field existed had."""
+    return SweepConfig().resolved(registry).result_dict()
+
+
 def sweep(config: Optional[SweepConfig] = None, *, model: Optional[torch.nn.Module] = None, preprocess=None,
           samples: Optional[Sequence] = None, registry=None, out=None,
           explainers: Optional[dict] = None) -> SweepResult:
@@ -118,34 +166,21 @@ def sweep(config: Optional[SweepConfig] = None, *, model: Optional[torch.nn.Modu
         their names are recorded as ``config.explainers`` (a config naming explainers needs them given).
     :returns: the reduced rows and per-image values (on every rank; rank 0 also wrote them to ``run_dir``).
     """
-    from ..evaluation.common import model_inputs
-    from ..layer_select import select_layers
-    from ..registry import default_registry
-
     config = config or SweepConfig()
     start = time.perf_counter()
     kept, store = KeptRandomState(), None  # the caller's random state is put back at the end
     group = Group.from_env(config.device)
     try:
-        registry = registry or default_registry()
-        config = config.resolved(registry)
-        config, explainers = _explainers(config, explainers, registry)
-        calls = metric_calls(config, registry)  # before the model loads: a misspelt metric fails at once
-        device = group.device(config.device)
-        model, preprocess, samples, label = _load(config, model, preprocess, samples, device)
-        torch.manual_seed(config.seed)
-        example = model_inputs(model, [samples[0].image], preprocess)
-        layers = select_layers(model, list(config.layers), example)
-        plan = make_plan(config, model, registry, image_ids(samples), example, layers, calls, explainers)
-        class_map = _class_map(config, plan, model, example, samples)
-        record = {"config": config.result_dict(), "plan": plan.as_dict(), "versions": versions(registry, config, label)}
-        record["model"] = model_record(model, preprocess)  # weights fingerprint + preprocessing, checked on resume
+        run = prepare(config, model, preprocess, samples, registry, explainers, group.device(config.device))
+        config, registry, model, preprocess, samples = run.config, run.registry, run.model, run.preprocess, run.samples
+        plan, example, label, class_map = run.plan, run.example, run.label, run.class_map
+        record = run.record()
         group.check_same(record)  # every rank's record equals rank 0's, before any unit
         store = RunStore(config.run_dir, writer=group.rank == 0)
         state = None
         if group.rank == 0:
             try:
-                store.check_config(record, defaults=SweepConfig().resolved(registry).result_dict())
+                store.check_config(record, defaults=resume_defaults(registry))
                 state = ("ok", store.load())
             except ExtaggError as exc:
                 state = ("error", str(exc))
@@ -290,6 +325,5 @@ def _write_tables(run_dir: Path, rows, per_image, plan) -> None:
     write_atomic(run_dir / "summary.txt", summary_table(plan, rows) + "\n")
 
 
-load_inputs, batch_units, sweep_class_map, resolve_explainers = _load, _batch_units, _class_map, _explainers
-"""The sweep's own steps, public for the dry run (:mod:`.projection`): the model, preprocessing, samples and model
-label of a configuration; the units of a batch; the class map of a labelled run."""
+batch_units = _batch_units
+"""The units of a batch, public for the dry run (:mod:`.projection`)."""
