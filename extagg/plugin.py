@@ -59,14 +59,15 @@ from .method import Call
 from .evaluation.common import logits as class_scores
 from .evaluation.context import floats, seed_of
 from .evaluation.difficult import difficult_by_rule
-from .evaluation.perturbation import (Forwards, average_ranks, feature_ranks, group_ranks, linear_imputation,
-                                      pearson, replaced, replaced_at, spearman_ties, unit_trapezoid)
+from .evaluation.perturbation import (Forwards, feature_ranks, group_ranks, linear_imputation, replaced, replaced_at,
+                                      spearman_ties, unit_trapezoid)
 from .evaluation.pointing import center_point, pointing_hit, saliency_point
 from .evaluation.randomisation import randomise_module
 from .multipass import LazyWeights, chunk_problem, count_problem, noise
 from .propagation import KEEP, Modulate, Rule, Swap, UnsupportedLayerError, refuse_modules, rules_installed
 from .targets import class_logits
-from .evaluation.similarity import map_similarities, similarities_to, similarity_reference, spearman, ssim
+from .evaluation.similarity import (average_ranks, map_similarities, pearson, similarities_to, similarity_reference,
+                                    spearman, ssim)
 
 __all__ = [
     "IDENTITY", "REQUIRED", "Aggregator", "Contribution", "Dense", "Extractor", "Factored", "Filter", "LayerCapture",

@@ -24,6 +24,7 @@ from ..errors import InputError
 from ..guard import compute_dtype, model_device_dtype, preserved
 from ..progress import tick
 from ..targets import class_logits
+from .similarity import average_ranks, pearson
 
 OUTPUTS = ("prob", "logit", "hit")
 """What :meth:`Forwards.values` reads of each forwarded image: the softmax probability of the image's target
@@ -203,31 +204,10 @@ def unit_trapezoid(curves: torch.Tensor) -> torch.Tensor:
     return curves.sum(-1) - (curves[..., 0] + curves[..., -1]) / 2
 
 
-def pearson(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Pearson correlation along the last dimension, float64 (NaN where either side is constant)."""
-    a, b = a.double(), b.double()
-    a = a - a.mean(-1, keepdim=True)
-    b = b - b.mean(-1, keepdim=True)
-    return (a * b).sum(-1) / ((a * a).sum(-1) * (b * b).sum(-1)).sqrt()
-
-
-def average_ranks(v: torch.Tensor) -> torch.Tensor:
-    """Ranks 1..K along the last dimension, ties given their average rank (SciPy's ``rankdata``)."""
-    s, order = v.double().sort(dim=-1, stable=True)
-    k = v.shape[-1]
-    pos = torch.arange(k, dtype=torch.float64).expand_as(s)
-    new = torch.ones_like(s, dtype=torch.bool)
-    new[..., 1:] = s[..., 1:] != s[..., :-1]
-    group = new.long().cumsum(-1) - 1
-    sums = torch.zeros_like(s).scatter_add_(-1, group, pos)
-    counts = torch.zeros_like(s).scatter_add_(-1, group, torch.ones_like(s))
-    avg = (sums / counts.clamp(min=1)).gather(-1, group) + 1
-    return torch.empty_like(avg).scatter_(-1, order, avg)
-
-
 def spearman_ties(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Spearman correlation along the last dimension with average ranks for ties (SciPy's ``spearmanr``)."""
-    return pearson(average_ranks(a), average_ranks(b))
+    """Spearman correlation along the last dimension in float64 with average ranks for ties (SciPy's
+    ``spearmanr``); NaN where either side is constant."""
+    return pearson(average_ranks(a.double()), average_ranks(b.double()))
 
 
 # --------------------------------------------------------------------------------------------- imputation

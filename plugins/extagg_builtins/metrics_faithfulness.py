@@ -229,7 +229,7 @@ def faithfulness_correlation(fw: Forwards, maps: torch.Tensor, seeds, nr_runs: i
     p = maps.shape[0]
     flat = maps.reshape(p, n, 1, -1).expand(p, n, c, -1).reshape(p, n, -1)
     sums = flat.gather(2, subsets.reshape(1, n, -1).expand(p, n, -1)).view(p, n, nr_runs, -1).sum(-1)
-    return pearson(sums, delta[None].expand_as(sums))
+    return pearson(sums.double(), delta[None].expand_as(sums).double())
 
 
 def uniform_draws(seed: int, steps: int, nr_samples: int) -> torch.Tensor:

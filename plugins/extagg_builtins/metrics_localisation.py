@@ -15,7 +15,7 @@ import math
 
 import torch
 
-from extagg.plugin import Cost, InputError, Measure, Metric, Param, hookimpl
+from extagg.plugin import Cost, InputError, Measure, Metric, Param, average_ranks, hookimpl
 
 from .quantus_prep import abs_normalise_params, emit, flag, maps_of, nan_where, prepare, region_param, regions
 
@@ -188,10 +188,7 @@ def roc_auc(a: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
     between a region pixel and another counting one half (what the trapezoid over sklearn's ROC curve gives);
     NaN without positives or without negatives."""
     s = s.expand_as(a)
-    srt = a.sort(-1).values
-    low = torch.searchsorted(srt.contiguous(), a.contiguous(), right=False).to(torch.float64)
-    high = torch.searchsorted(srt.contiguous(), a.contiguous(), right=True).to(torch.float64)
-    ranks = (low + high + 1) / 2  # 1-based mid-ranks
+    ranks = average_ranks(a.to(torch.float64))  # 1-based mid-ranks
     pos = s.sum(-1).to(torch.float64)
     neg = s.shape[-1] - pos
     u = (ranks * s).sum(-1) - pos * (pos + 1) / 2
