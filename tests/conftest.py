@@ -60,6 +60,17 @@ def hermetic_default_registry():
     extagg.registry.default_registry.cache_clear()
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a module of many small model calls (``pytestmark =
+    pytest.mark.usefixtures("one_thread")``): several times faster where other work shares the cores (no timing is
+    tested)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def registry():
     """The built-in registry (see :func:`builtin_registry`)."""

@@ -27,13 +27,7 @@ def conformance():
     return module
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: several times faster where other work shares the cores (no timing is tested)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_the_committed_matrix_covers_every_torchvision_classifier(conformance):

@@ -15,13 +15,7 @@ DET_LAYER = "backbone.body.12"  # a 4-D map inside the detector's backbone (20x2
 SEG_LAYER = "backbone.12"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: several times faster where other work shares the cores (no timing is tested)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -18,22 +18,14 @@ from extagg.errors import InputError
 from extagg.evaluation import evaluate, score
 from extagg.evaluation.datasets import Sample
 from extagg.maps import resize_maps
+from tiny_nets import QUIET, seeded_convnet
 
 quantus = pytest.importorskip("quantus")
-QUIET = dict(disable_warnings=True, display_progressbar=False)
 SIZE = 6
 
 
 def tiny_model() -> torch.nn.Module:
-    g = torch.Generator().manual_seed(0)
-    net = torch.nn.Sequential(
-        torch.nn.Conv2d(3, 6, 3), torch.nn.ReLU(),
-        torch.nn.Conv2d(6, 8, 3, stride=2, padding=1), torch.nn.ReLU(),
-        torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(8, 5))
-    with torch.no_grad():
-        for p in net.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.5)
-    return net.eval()
+    return seeded_convnet(first_padding=0)
 
 
 def explainer(method: str, layer: str = "input"):

@@ -17,13 +17,7 @@ from tests.model_state import assert_unchanged, snapshot
 timm = pytest.importorskip("timm")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: several times faster where other work shares the cores (no timing is tested)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_timm_model_gets_its_own_preprocessing():
