@@ -57,7 +57,7 @@ from .metric_spec import FLOOR_PREFIX, Cost, Direction, Measure, Metric, Value
 from .errors import InputError, UnknownNameError
 from .method import Call
 from .evaluation.common import logits as class_scores
-from .evaluation.context import floats, seed_of
+from .evaluation.context import floats, seed_of, values_of
 from .evaluation.difficult import difficult_by_rule
 from .evaluation.perturbation import (Forwards, feature_ranks, group_ranks, linear_imputation, replaced, replaced_at,
                                       spearman_ties, unit_trapezoid)
@@ -74,7 +74,7 @@ __all__ = [
     "Modifier", "NamedMethod", "Param", "PatchGeometry", "Product", "Profile", "Scaled", "Stat", "apply_profile",
     "compose_profiles", "factored_max", "factored_min", "factored_norm", "factored_sum", "hookimpl", "reads_max",
     "reads_min", "reads_norm", "reads_sum", "Samples", "call_model", "FLOOR_PREFIX", "Cost", "Direction",
-    "Measure", "Metric", "Value", "InputError", "UnknownNameError", "Call", "floats", "seed_of", "difficult_by_rule",
+    "Measure", "Metric", "Value", "InputError", "UnknownNameError", "Call", "floats", "seed_of", "values_of", "difficult_by_rule",
     "center_point", "pointing_hit", "saliency_point", "randomise_module", "map_similarities", "similarities_to",
     "similarity_reference", "spearman", "ssim", "KEEP", "Modulate", "Rule", "Swap", "UnsupportedLayerError",
     "refuse_modules", "rules_installed", "class_logits", "LazyWeights", "chunk_problem", "count_problem", "noise",

@@ -149,5 +149,18 @@ def surrogates(maps: torch.Tensor, seeds: Sequence[int]) -> torch.Tensor:
     return out.reshape(m.shape).to(maps.dtype)
 
 
+def values_of(keys, measures: dict, subset: str = "all") -> list:
+    """:class:`~extagg.metric_spec.Value` records from ``{measure: (K, N) tensor}`` (or the same laid out flat,
+    key-major): row j is ``keys[j]``, column i image i of the batch; measure by measure, key by key."""
+    from ..metric_spec import Value
+
+    out = []
+    for measure, t in measures.items():
+        rows = t.detach().to("cpu", torch.float64).reshape(len(keys), -1).tolist() if keys else []
+        for k, row in zip(keys, rows):
+            out += [Value(k, i, subset, measure, v) for i, v in enumerate(row)]
+    return out
+
+
 def floats(t: torch.Tensor) -> list[float]:
     return [float(v) for v in t.detach().reshape(-1).to("cpu", torch.float64)]

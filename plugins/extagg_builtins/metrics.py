@@ -14,8 +14,8 @@ import math
 
 import torch
 
-from extagg.plugin import (Cost, Measure, Metric, Param, Value, floats, hookimpl, seed_of, similarities_to,
-                           similarity_reference, spearman)
+from extagg.plugin import (Cost, Measure, Metric, Param, Value, hookimpl, seed_of, similarities_to,
+                           similarity_reference, spearman, values_of)
 
 CROSS, SMOOTH = "floor:cross-image", "floor:smooth-noise"
 SIMILARITY = (-1.0, 1.0)
@@ -25,12 +25,7 @@ SIMILARITY_PIXELS = 1 << 22
 
 def _emit(out: list, keys, subset: str, measures: dict) -> None:
     """Append Values from {measure: (len(keys) * N,) tensor} laid out key-major."""
-    for measure, t in measures.items():
-        vals = floats(t)
-        n = len(vals) // max(1, len(keys))
-        for j, k in enumerate(keys):
-            for i in range(n):
-                out.append(Value(k, i, subset, measure, vals[j * n + i]))
+    out += values_of(keys, measures, subset)
 
 
 def _nan(out: list, keys, n: int, subset: str, measures) -> None:

@@ -20,9 +20,9 @@ import math
 
 import torch
 
-from extagg.plugin import (Cost, Forwards, InputError, Measure, Metric, Param, Value, feature_ranks, floats,
-                           group_ranks, hookimpl, linear_imputation, pearson, replaced, replaced_at, seed_of,
-                           spearman_ties, unit_trapezoid)
+from extagg.plugin import (Cost, Forwards, InputError, Measure, Metric, Param, feature_ranks, group_ranks, hookimpl,
+                           linear_imputation, pearson, replaced, replaced_at, seed_of, spearman_ties, unit_trapezoid,
+                           values_of)
 
 PREVIEW_FEATURES, PREVIEW_SIDE = 3 * 224 * 224, 224
 """The input the cost preview counts for (C * H * W features, H = W pixels)."""
@@ -54,7 +54,7 @@ def _forwards(ctx) -> Forwards:
 
 def _emit(ctx, values: torch.Tensor, measure: str, subset: str = "all") -> list:
     """Values from a (P, N) tensor laid out key-major."""
-    return [Value(k, i, subset, measure, v) for j, k in enumerate(ctx.keys) for i, v in enumerate(floats(values[j]))]
+    return values_of(ctx.keys, {measure: values}, subset)
 
 
 def _seeds(ctx, name: str) -> list[int]:

@@ -26,7 +26,8 @@ from contextlib import closing
 import numpy as np
 import torch
 
-from extagg.plugin import Cost, InputError, Measure, Metric, Param, Value, floats, hookimpl, seed_of, spearman
+from extagg.plugin import (Cost, InputError, Measure, Metric, Param, Value, floats, hookimpl, seed_of, spearman,
+                           values_of)
 
 ORDERS = ("top_down", "bottom_up", "independent")
 
@@ -79,8 +80,7 @@ def _order_params(order: str, skip: bool):
 
 
 def _emit(out, keys, subset, measure, per_key):
-    for k, vals in zip(keys, per_key):
-        out += [Value(k, i, subset, measure, v) for i, v in enumerate(floats(vals))]
+    out += values_of(keys, {measure: per_key}, subset)
 
 
 # --------------------------------------------------------------------------------------------- mprt

@@ -12,7 +12,7 @@ import math
 
 import torch
 
-from extagg.plugin import InputError, Param, Value, floats
+from extagg.plugin import InputError, Param, values_of
 
 BASELINES = ("black", "white", "mean", "zero")
 REGIONS = ("mask", "box")
@@ -48,14 +48,8 @@ def prepare(maps: torch.Tensor, normalise: bool = True, abs_: bool = False) -> t
     return out.abs() if abs_ else out
 
 
-def emit(keys, measures: dict, subset: str = "all") -> list:
-    """Values from ``{measure: (K, N) tensor}``."""
-    out = []
-    for measure, t in measures.items():
-        for j, k in enumerate(keys):
-            for i, v in enumerate(floats(t[j])):
-                out.append(Value(k, i, subset, measure, v))
-    return out
+emit = values_of
+"""Values from ``{measure: (K, N) tensor}``."""
 
 
 def baseline_param(default: str = "black") -> Param:
