@@ -57,7 +57,7 @@ from .metric_spec import FLOOR_PREFIX, Cost, Direction, Measure, Metric, Value
 from .errors import InputError, UnknownNameError
 from .method import Call
 from .evaluation.common import logits as class_scores
-from .evaluation.context import floats, seed_of, values_of
+from .evaluation.context import floats, rearranged, seed_of, values_of
 from .evaluation.difficult import difficult_by_rule
 from .evaluation.perturbation import (Forwards, feature_ranks, group_ranks, linear_imputation, replaced, replaced_at,
                                       spearman_ties, unit_trapezoid)
@@ -66,8 +66,8 @@ from .evaluation.randomisation import randomise_module
 from .multipass import LazyWeights, chunk_problem, count_problem, noise
 from .propagation import KEEP, Modulate, Rule, Swap, UnsupportedLayerError, refuse_modules, rules_installed
 from .targets import class_logits
-from .evaluation.similarity import (average_ranks, map_similarities, pearson, similarities_to, similarity_reference,
-                                    spearman, ssim)
+from .evaluation.similarity import (average_ranks, map_similarities, pearson, rank_correlation, ranked,
+                                    rearranged_side, similarities_to, similarity_reference, spearman, ssim)
 
 __all__ = [
     "IDENTITY", "REQUIRED", "Aggregator", "Contribution", "Dense", "Extractor", "Factored", "Filter", "LayerCapture",
@@ -79,5 +79,6 @@ __all__ = [
     "similarity_reference", "spearman", "ssim", "KEEP", "Modulate", "Rule", "Swap", "UnsupportedLayerError",
     "refuse_modules", "rules_installed", "class_logits", "LazyWeights", "chunk_problem", "count_problem", "noise",
     "Forwards", "average_ranks", "feature_ranks", "group_ranks", "linear_imputation", "pearson", "replaced",
-    "replaced_at", "spearman_ties", "unit_trapezoid", "class_scores",
+    "replaced_at", "spearman_ties", "unit_trapezoid", "class_scores", "ranked", "rank_correlation",
+    "rearranged_side", "rearranged",
 ]

@@ -121,7 +121,13 @@ class BatchContext:
         its smoothness) with random phases, then takes its map's own values in the surrogate's rank order (so its
         histogram). What any map of this smoothness and value distribution scores by chance. Seeded per (seed,
         image id, method, layer), so the floor never depends on the batch."""
-        return surrogates(maps, [seed_of(self.seed, image, key[0], key[1], salt) for image in self.image_ids])
+        return rearranged(maps, self.smooth_noise_order(key, maps, salt))
+
+    def smooth_noise_order(self, key, maps: torch.Tensor, salt: str = "") -> torch.Tensor:
+        """(N, H * W) the pixel each pixel of :meth:`smooth_noise`'s maps takes its value from: the surrogate is
+        ``rearranged(maps, order)``, so any per-value statistic of the map (its ranks, its ``abs``) rearranged
+        the same way is the surrogate's, without ranking the surrogate again."""
+        return surrogate_order(maps, [seed_of(self.seed, image, key[0], key[1], salt) for image in self.image_ids])
 
     @staticmethod
     def cross_image(maps: torch.Tensor) -> Optional[torch.Tensor]:
@@ -132,9 +138,9 @@ class BatchContext:
         return maps.roll(-1, 0)
 
 
-def surrogates(maps: torch.Tensor, seeds: Sequence[int]) -> torch.Tensor:
-    """Amplitude-adjusted Fourier surrogates of (N, H, W) ``maps`` (one seed per map), in float64; NaN maps stay
-    NaN."""
+def surrogate_order(maps: torch.Tensor, seeds: Sequence[int]) -> torch.Tensor:
+    """(N, H * W): the amplitude-adjusted Fourier surrogate of each of the (N, H, W) ``maps`` (one seed per map) as
+    a rearrangement of the map's own pixels (see :func:`surrogates`)."""
     m = maps.detach().to(torch.float64)
     h, w = m.shape[-2:]
     noise = torch.stack([torch.rand((h, w), dtype=torch.float64, generator=torch.Generator().manual_seed(s))
@@ -142,11 +148,21 @@ def surrogates(maps: torch.Tensor, seeds: Sequence[int]) -> torch.Tensor:
     phase = torch.fft.rfft2(noise - noise.mean((-2, -1), keepdim=True))
     amplitude = torch.fft.rfft2(m - m.mean((-2, -1), keepdim=True)).abs()
     shaped = torch.fft.irfft2(amplitude * torch.exp(1j * phase.angle()), s=(h, w))
-    flat = shaped.reshape(len(seeds), -1)
-    order = flat.argsort(dim=-1, stable=True)
-    values = m.reshape(len(seeds), -1).sort(dim=-1, stable=True).values
-    out = torch.empty_like(values).scatter_(-1, order, values)
-    return out.reshape(m.shape).to(maps.dtype)
+    # the surrogate's pixel of rank j takes the map's value of rank j
+    order = shaped.reshape(len(seeds), -1).argsort(dim=-1, stable=True)
+    source = m.reshape(len(seeds), -1).sort(dim=-1, stable=True).indices
+    return torch.empty_like(source).scatter_(-1, order, source)
+
+
+def rearranged(maps: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
+    """(..., H, W) ``maps`` with pixel i taking the value of pixel ``order[..., i]`` (flat indices)."""
+    return maps.reshape(*order.shape[:-1], -1).gather(-1, order).reshape(maps.shape)
+
+
+def surrogates(maps: torch.Tensor, seeds: Sequence[int]) -> torch.Tensor:
+    """Amplitude-adjusted Fourier surrogates of (N, H, W) ``maps`` (one seed per map): each keeps its map's values
+    and amplitude spectrum with random phases; NaN maps stay NaN."""
+    return rearranged(maps.detach(), surrogate_order(maps, seeds))
 
 
 def values_of(keys, measures: dict, subset: str = "all") -> list:

@@ -16,10 +16,10 @@ no float64, e.g. MPS).
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import attrs
 import torch
-import torch.nn.functional as F
 
 from ..errors import InputError
 from ..maps import normalise
@@ -40,18 +40,25 @@ def _pair(a: torch.Tensor, b: torch.Tensor, ndim: int, what: str) -> tuple[torch
 
 
 def average_ranks(x: torch.Tensor) -> torch.Tensor:
-    """Ranks 1..P along the last dimension, ties given their average rank (``scipy.stats.rankdata``)."""
+    """Ranks 1..P along the last dimension, ties given their average rank (``scipy.stats.rankdata``).
+
+    A tie group spanning sorted positions f..l gets (f + l) / 2 (exact: integers and halves); NaNs are each
+    their own group, ranked after every number in their order of appearance."""
     p = x.shape[-1]
     flat = x.reshape(-1, p)
-    values, order = flat.sort(dim=1, stable=True)
-    new = torch.ones_like(values, dtype=torch.bool)
-    new[:, 1:] = values[:, 1:] != values[:, :-1]
-    group = new.long().cumsum(1) - 1
-    pos = torch.arange(1, p + 1, device=x.device, dtype=values.dtype).expand_as(values)
-    first = torch.where(new, pos, torch.zeros_like(pos)).cummax(1).values
-    counts = torch.zeros_like(values).scatter_add_(1, group, torch.ones_like(values)).gather(1, group)
-    avg = first + (counts - 1) / 2
-    return torch.empty_like(avg).scatter_(1, order, avg).reshape(x.shape)
+    # the order among equal values cannot change a rank (they share one), only among NaNs: stable where any
+    values, order = flat.sort(dim=1, stable=bool(flat.is_floating_point() and torch.isnan(flat).any()))
+    starts = torch.ones_like(values, dtype=torch.bool)
+    torch.ne(values[:, 1:], values[:, :-1], out=starts[:, 1:])
+    ends = torch.ones_like(starts)
+    ends[:, :-1] = starts[:, 1:]
+    index = torch.int32 if p < 2 ** 31 - 1 else torch.int64
+    pos = torch.arange(1, p + 1, device=x.device, dtype=index).expand_as(values)
+    first = torch.where(starts, pos, 0).cummax(1).values
+    last = torch.where(ends, pos, p + 1).flip(1).cummin(1).values.flip(1)
+    dtype = values.dtype if values.is_floating_point() else torch.float64
+    avg = (first.to(torch.float64) + last) / 2
+    return torch.empty(flat.shape, device=x.device, dtype=dtype).scatter_(1, order, avg.to(dtype)).reshape(x.shape)
 
 
 def pearson(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -97,6 +104,29 @@ def _rank_pair(a: tuple[torch.Tensor, torch.Tensor], b: tuple[torch.Tensor, torc
     return torch.where(a[1] | b[1], torch.full_like(r, math.nan), r)
 
 
+def ranked(x: torch.Tensor, *, ndim: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
+    """One side of :func:`spearman`, computed once to pair with many: ``(average ranks (..., P) in float64,
+    NaN-or-constant flags (...))`` over the last ``ndim`` dims. ``rank_correlation(ranked(a), ranked(b)) ==
+    spearman(a, b)`` bit for bit. Ranks of a rearrangement of ``x`` (``x.flatten(-ndim)[..., order]``) are the
+    ranks rearranged the same way, with the same flags (:func:`rearranged_side`)."""
+    if not isinstance(x, torch.Tensor) or x.ndim < ndim:
+        raise InputError(f"ranked needs a tensor of at least {ndim} dimensions, got "
+                         f"{tuple(getattr(x, 'shape', ())) or type(x).__name__}")
+    return _rank_side(_float(x), _eps(x), ndim)
+
+
+def rank_correlation(a: tuple[torch.Tensor, torch.Tensor], b: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """:func:`spearman` of two :func:`ranked` sides (NaN where either side is flagged)."""
+    return _rank_pair(a, b)
+
+
+def rearranged_side(side: tuple[torch.Tensor, torch.Tensor], order: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The :func:`ranked` side of ``x`` rearranged by flat indices ``order`` (..., P): ranks gathered, flags kept
+    (a rearrangement keeps the values, so their ties, NaNs and range)."""
+    ranks, flags = side
+    return ranks.gather(-1, order.to(ranks.device)), flags
+
+
 def minmax(m: torch.Tensor) -> torch.Tensor:
     """Per-map min-max normalisation over the last two dims to [0, 1]; constant maps become zeros."""
     return normalise(_float(m))
@@ -128,10 +158,18 @@ def _ssim_side(a: torch.Tensor, r: int, sigma: float) -> tuple:
     """(maps, local means, local means of squares, filter) of one side of :func:`ssim` (checked, in float)."""
     h, w = a.shape[-2:]
     win = 2 * r + 1
-    g = gaussian_kernel1d(sigma, r, a.device, a.dtype)
+    g = gaussian_kernel1d(sigma, r, a.device, a.dtype).tolist()
 
     def filt(t):
-        return F.conv2d(F.conv2d(t, g.view(1, 1, 1, win)), g.view(1, 1, win, 1))
+        """The separable window over valid positions, as weighted sums of shifted views (several times faster than
+        a one-channel float64 ``conv2d`` on the CPU; the same sums up to the last bit)."""
+        for dim in (-1, -2):
+            n = t.shape[dim] - win + 1
+            acc = t.narrow(dim, 0, n) * g[0]
+            for k in range(1, win):
+                acc.add_(t.narrow(dim, k, n), alpha=g[k])
+            t = acc
+        return t
 
     x = a.reshape(-1, 1, h, w)
     return x, filt(x), filt(x * x), filt, a.shape[:-2]
@@ -262,21 +300,51 @@ def similarity_reference(a: torch.Tensor, *, hog_cell: int = 16) -> SimilarityRe
                                _compact(_rank_side(_float(a.abs()), eps, 2)), a.detach(), _hog_side(a01, hog_cell))
 
 
-def similarities_to(reference: SimilarityReference, b: torch.Tensor) -> dict[str, torch.Tensor]:
-    """:func:`map_similarities` of the reference's maps and ``b`` (same shape)."""
+def similarities_to(reference: SimilarityReference, b: torch.Tensor, *, order: Optional[torch.Tensor] = None,
+                    rows: Optional[torch.Tensor] = None) -> dict[str, torch.Tensor]:
+    """:func:`map_similarities` of the reference's maps and ``b`` (same shape). Where ``b`` is made of the
+    reference's own maps, say how, and their ranks (and statistics) are reused instead of computed again (the same
+    numbers, bit for bit):
+
+    * ``order`` (..., H * W): ``b`` rearranges each map's pixels (``b.flatten(-2) ==
+      maps.flatten(-2).gather(-1, order)``, as a smooth-noise surrogate does): the Spearman measures rearrange the
+      reference's ranks;
+    * ``rows`` (...): ``b`` is other maps of the reference (``b.flatten(0, -3) == maps.flatten(0, -3)[rows]``,
+      flat indices over the leading dims, as the cross-image floor pairs each map with another image's): Spearman,
+      HOG and the SSIM statistics of ``b`` are the reference's rows.
+    """
     if not isinstance(b, torch.Tensor) or tuple(b.shape) != reference.shape:
         raise InputError(f"map_similarities needs tensors of the same shape, got {reference.shape} and "
                          f"{tuple(getattr(b, 'shape', ())) or type(b).__name__}")
     eps = _eps(b)
     b = b.to(reference.device)
-    b01 = minmax(b)
+    mine = _ssim_side(*_ssim_args(minmax(reference.maps)))
+    if rows is not None:
+        rows = rows.to(reference.device).reshape(-1)
+        signed, absolute, hog_b = (_picked(_widen(reference.signed), rows), _picked(_widen(reference.absolute), rows),
+                                   _picked(reference.hog, rows))
+        theirs = tuple(t[rows] for t in mine[:3]) + mine[3:]
+    else:
+        b01 = minmax(b)
+        theirs, hog_b = _ssim_side(*_ssim_args(b01)), _hog_side(b01, reference.hog_cell)
+        if order is None:
+            signed, absolute = _rank_side(_float(b), eps, 2), _rank_side(_float(b.abs()), eps, 2)
+        else:
+            order = order.reshape(*reference.shape[:-2], -1)
+            signed, absolute = (_widen(rearranged_side(side, order)) for side in (reference.signed,
+                                                                                  reference.absolute))
     return {
-        "spearman": _rank_pair(_widen(reference.signed), _rank_side(_float(b), eps, 2)),
-        "spearman_abs": _rank_pair(_widen(reference.absolute), _rank_side(_float(b.abs()), eps, 2)),
-        "ssim": _ssim_pair(_ssim_side(*_ssim_args(minmax(reference.maps))), _ssim_side(*_ssim_args(b01)), 1.0,
-                           0.01, 0.03, True),
-        "hog": _rank_pair(reference.hog, _hog_side(b01, reference.hog_cell)),
+        "spearman": _rank_pair(_widen(reference.signed), signed),
+        "spearman_abs": _rank_pair(_widen(reference.absolute), absolute),
+        "ssim": _ssim_pair(mine, theirs, 1.0, 0.01, 0.03, True),
+        "hog": _rank_pair(reference.hog, hog_b),
     }
+
+
+def _picked(side: tuple, rows: torch.Tensor) -> tuple:
+    """A ranked side's ``rows`` (flat over its leading dims), in its shape."""
+    ranks, flags = side
+    return ranks.reshape(-1, ranks.shape[-1])[rows].reshape(ranks.shape), flags.reshape(-1)[rows].reshape(flags.shape)
 
 
 def _hog_side(m01: torch.Tensor, cell: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -14,8 +14,8 @@ import math
 
 import torch
 
-from extagg.plugin import (Cost, Measure, Metric, Param, Value, hookimpl, seed_of, similarities_to,
-                           similarity_reference, spearman, values_of)
+from extagg.plugin import (Cost, Measure, Metric, Param, Value, hookimpl, rank_correlation, ranked, rearranged,
+                           rearranged_side, seed_of, similarities_to, similarity_reference, spearman, values_of)
 
 CROSS, SMOOTH = "floor:cross-image", "floor:smooth-noise"
 SIMILARITY = (-1.0, 1.0)
@@ -67,14 +67,23 @@ def _sensitivity(ctx, pairing: str = "bottom"):
     a = torch.stack([top[k] for k in keys])
     b = torch.stack([other[k] for k in keys])
     out: list = []
-    _emit(out, keys, f"top-vs-{pairing}", {"spearman": spearman(a, b), "spearman_abs": spearman(a.abs(), b.abs())})
-    if ctx.n > 1:
-        c = torch.stack([ctx.cross_image(top[k]) for k in keys])
-        _emit(out, keys, CROSS, {"spearman": spearman(a, c), "spearman_abs": spearman(a.abs(), c.abs())})
-    else:
-        _nan(out, keys, ctx.n, CROSS, ("spearman", "spearman_abs"))
-    s = torch.stack([ctx.smooth_noise(k, top[k]) for k in keys]).to(a)
-    _emit(out, keys, SMOOTH, {"spearman": spearman(a, s), "spearman_abs": spearman(a.abs(), s.abs())})
+    # each map ranked once per measure (signed, absolute); its floors' partners are rearrangements of it, ranked
+    # by rearranging its ranks: the next image's map (cross-image) and its smooth-noise surrogate
+    order = torch.stack([ctx.smooth_noise_order(k, top[k]) for k in keys])
+    got: dict = {}
+    for measure, f in (("spearman", lambda t: t), ("spearman_abs", torch.abs)):
+        side = ranked(f(a))
+        got[f"top-vs-{pairing}", measure] = rank_correlation(side, ranked(f(b)))
+        if ctx.n > 1:
+            rolled = tuple(torch.stack([ctx.cross_image(t) for t in part]) for part in side)
+            got[CROSS, measure] = rank_correlation(side, rolled)
+        got[SMOOTH, measure] = rank_correlation(side, rearranged_side(side, order))
+        del side
+    for subset in (f"top-vs-{pairing}", CROSS, SMOOTH):
+        if subset == CROSS and ctx.n < 2:
+            _nan(out, keys, ctx.n, CROSS, ("spearman", "spearman_abs"))
+        else:
+            _emit(out, keys, subset, {m: got[subset, m] for m in ("spearman", "spearman_abs")})
     return out
 
 
@@ -134,16 +143,26 @@ def _randomisation(ctx, mode: str = "cascading", init: str = "reset", hog_cell: 
     spans = [(s, min(s + chunk, len(keys))) for s in range(0, len(keys), chunk)]
     references = [similarity_reference(torch.stack(refs[s:e]).flatten(0, 1), hog_cell=hog_cell) for s, e in spans]
 
-    def record(subset, others):
+    def record(subset, others, orders=None, rows=None):
+        """``others(s, e)``: the maps of keys[s:e] to compare; where they are made of the trained maps, how:
+        ``orders(s, e)`` rearranges each map's pixels, ``rows(s, e)`` takes other maps (see similarities_to)."""
         for (s, e), reference in zip(spans, references):
-            b = torch.stack(others[s:e]).flatten(0, 1).to(refs[0])
-            _emit(out, keys[s:e], subset, similarities_to(reference, b))
+            b = torch.stack(others(s, e)).flatten(0, 1).to(refs[0])
+            order = None if orders is None else torch.stack(orders(s, e)).flatten(0, 1)
+            _emit(out, keys[s:e], subset, similarities_to(reference, b, order=order,
+                                                          rows=None if rows is None else rows(s, e)))
 
-    if ctx.n > 1:
-        record(CROSS, [ctx.cross_image(r) for r in refs])
+    if ctx.n > 1:  # each map's partner is the next image's map of the same key: a row of the reference
+        partner = ctx.cross_image(torch.arange(ctx.n))
+        record(CROSS, lambda s, e: [ctx.cross_image(r) for r in refs[s:e]],
+               rows=lambda s, e: (torch.arange(e - s)[:, None] * ctx.n + partner).flatten())
     else:
         _nan(out, keys, ctx.n, CROSS, ("spearman", "spearman_abs", "ssim", "hog"))
-    record(SMOOTH, [ctx.smooth_noise(k, r) for k, r in zip(keys, refs)])
+    orders = {}  # the smooth-noise surrogates rearrange the trained maps: a span's orders, made when needed
+    surrogate = lambda s, e: orders.setdefault((s, e), [ctx.smooth_noise_order(k, r)  # noqa: E731
+                                                        for k, r in zip(keys[s:e], refs[s:e])])
+    record(SMOOTH, lambda s, e: [rearranged(r, o) for r, o in zip(refs[s:e], surrogate(s, e))],
+           lambda s, e: orders.pop((s, e)))
     blocks = ctx.blocks()
     work = ctx.work_model()
     methods = sorted({k[0] for k in keys}, key=[k[0] for k in keys].index)
@@ -155,7 +174,7 @@ def _randomisation(ctx, mode: str = "cascading", init: str = "reset", hog_cell: 
             if subset is None:
                 continue
             other = ctx.run_maps(work, ctx.explained, methods)
-            record(subset, [other[k][:, 0] for k in keys])
+            record(subset, lambda s, e: [other[k][:, 0] for k in keys[s:e]])
     finally:
         ctx.restore()
     return out
