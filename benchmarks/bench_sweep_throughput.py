@@ -26,6 +26,8 @@ Prints a table and writes JSON and the table under ``benchmarks/results/``.
     python benchmarks/bench_sweep_throughput.py --images 3 --out benchmarks/results/sweep_throughput_cpu.json
     python benchmarks/bench_sweep_throughput.py --config resnet50-space --images 1 --side 112 --steps 2 \\
         --reference-stride 46 --out benchmarks/results/sweep_throughput_resnet50_space.json
+
+``--device cuda`` runs all three on a GPU (times synchronised, the GPU's peak memory beside the process's RSS).
 """
 from __future__ import annotations
 
@@ -58,8 +60,12 @@ from extagg.sweep.plan import make_plan  # noqa: E402
 
 
 def timed(fn) -> float:
+    """Wall seconds of ``fn()``, CUDA work included (synchronised before and after)."""
+    sync = torch.cuda.synchronize if torch.cuda.is_initialized() else (lambda: None)
+    sync()
     t = time.perf_counter()
     fn()
+    sync()
     return time.perf_counter() - t
 
 
@@ -129,7 +135,7 @@ def limit_passes(model, x, events) -> None:
         elif out is not None:
             keep = last_backward.get(owner, i) != i
             if e[1] > 1:
-                seeds = torch.zeros(e[1], *out.shape, dtype=out.dtype)
+                seeds = torch.zeros(e[1], *out.shape, dtype=out.dtype, device=out.device)
                 for k in range(e[1]):
                     seeds[k, :, k % out.shape[1]] = 1
                 torch.autograd.grad(out, xi, grad_outputs=seeds, is_grads_batched=True, retain_graph=keep)
@@ -203,11 +209,15 @@ def main() -> None:
                          "46 for resnet50-space)")
     ap.add_argument("--rounds", type=int, default=1,
                     help="interleaved rounds (sweep, limit, reference each round); the minimum per kind is kept")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda[:k]: the sweep, the limit and the reference all "
+                    "run there (CUDA times synchronised; peak GPU memory reported beside the process's RSS)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     config, model, preprocess = CONFIGS[args.config](args)
+    config = attrs.evolve(config, device=args.device)
+    model = model.to(args.device)
     if args.methods or args.layers:
         config = attrs.evolve(config, **({"methods": tuple(args.methods)} if args.methods else {}),
                               **({"layers": tuple(args.layers)} if args.layers else {}))
@@ -241,11 +251,17 @@ def main() -> None:
     times: dict[str, list[float]] = {k: [] for k in kinds}
     load_before = os.getloadavg()[0]
     peaks: dict[str, float] = {}
+    gpu_peaks: dict[str, float] = {}
+    cuda = str(args.device).startswith("cuda")
     for _ in range(args.rounds):  # interleaved, so that a drift of the machine's load hits every kind alike
         for name, fn in kinds.items():
             fresh = C.reset_peak_rss()
+            if cuda:
+                torch.cuda.reset_peak_memory_stats()
             times[name].append(timed(fn) * (scale if name.startswith("reference") else 1.0))
             peaks[name] = peak_rss_mib() if fresh else float("nan")
+            if cuda:
+                gpu_peaks[name] = torch.cuda.max_memory_allocated() / 2 ** 20
     rows = {k: min(v) for k, v in times.items()}
     t_sweep = rows["sweep"]
     what = (f"{args.config}: {config.model}{' (random weights)' if config.random_weights else ''}, {n} photo(s) "
@@ -253,14 +269,17 @@ def main() -> None:
             f"({len(plan.pairs)} fitting pairs, {len(plan.twins)} identity twins), metrics {', '.join(plan.metrics)}, "
             f"{config.steps} curve intervals, randomised blocks {', '.join(plan.blocks)}; min of {args.rounds} "
             f"interleaved round(s); torch {torch.__version__}, {torch.get_num_threads()} threads, "
-            f"{platform.processor() or platform.machine()}; load average before: {load_before:.2f}")
+            f"{platform.processor() or platform.machine()}"
+            f"{', ' + torch.cuda.get_device_name(args.device) if cuda else ''}; load average before: {load_before:.2f}")
     lines = [what]
     if stride > 1:
         lines.append(f"reference: timed on {len(sample)} of the {len(fitting)} methods that fit a layer "
                      f"(every {stride}th) and extrapolated linearly (x {scale:.2f})")
-    lines.append(f"{'':42}{'seconds':>10}{'images/s':>11}{'time / sweep':>14}{'peak RSS MiB':>14}")
+    lines.append(f"{'':42}{'seconds':>10}{'images/s':>11}{'time / sweep':>14}{'peak RSS MiB':>14}"
+                 + (f"{'peak GPU MiB':>14}" if cuda else ""))
     for name, t in rows.items():
-        lines.append(f"{name:42}{t:>10.1f}{n / t:>11.5f}{t / t_sweep:>14.2f}{peaks[name]:>14.0f}")
+        lines.append(f"{name:42}{t:>10.1f}{n / t:>11.5f}{t / t_sweep:>14.2f}{peaks[name]:>14.0f}"
+                     + (f"{gpu_peaks[name]:>14.0f}" if cuda else ""))
     lines.append(f"sweep / limit = {t_sweep / rows[LIMIT]:.2f}; "
                  f"reference / sweep = {rows['reference (pass per method per metric)'] / t_sweep:.2f}; "
                  f"load average after: {os.getloadavg()[0]:.2f}")
@@ -277,7 +296,7 @@ def main() -> None:
                        "layers": list(plan.layers), "pairs": len(plan.pairs), "twins": len(plan.twins),
                        "metrics": list(plan.metrics), "steps": config.steps, "blocks": list(plan.blocks),
                        "reference_sample": sample, "fitting_methods": len(fitting), "reference_scale": scale,
-                       "seconds": rows,
+                       "seconds": rows, "device": args.device, "peak_gpu_mib": gpu_peaks,
                        "all_seconds": times, "peak_rss_mib": peaks, "cost": attrs.asdict(cost),
                        "model_calls": calls.counts(),
                        "threads": torch.get_num_threads(), "torch": torch.__version__,

@@ -116,3 +116,20 @@ def test_similarities_to_other_rows_of_the_reference_reuse_them():
         assert torch.equal(direct[k].nan_to_num(9), shared[k].nan_to_num(9)), k
     wrong = similarities_to(ref, m[rows], rows=rows.roll(1))
     assert all(not torch.equal(wrong[k], direct[k]) for k in ("spearman", "ssim"))
+
+
+def test_ranks_and_correlations_in_row_chunks_are_the_whole_computation(monkeypatch):
+    """Spearman ranks and Pearson sums are taken a few rows at a time (bounded memory): bit for bit the numbers
+    of all rows at once. A chunk that split a row would rank half a map; the counter-case shows that differs."""
+    import extagg.evaluation.similarity as similarity
+
+    g = torch.Generator().manual_seed(3)
+    a, b = torch.rand(7, 5, 9, 11, generator=g), torch.rand(7, 5, 9, 11, generator=g)
+    a[2, 1] = 0.25  # a constant map (NaN)
+    whole = (spearman(a, b), similarity.pearson(a.flatten(-2).double(), b.flatten(-2).double()), ranked(a)[0])
+    monkeypatch.setattr(similarity, "RANK_CHUNK", 3 * 99)  # three rows per chunk, a partial chunk at the end
+    chunked = (spearman(a, b), similarity.pearson(a.flatten(-2).double(), b.flatten(-2).double()), ranked(a)[0])
+    for w, c in zip(whole, chunked):
+        assert torch.equal(w.nan_to_num(9), c.nan_to_num(9))
+    half = average_ranks(a.flatten(-2)[..., :50].double())
+    assert not torch.equal(half, whole[2][..., :50])

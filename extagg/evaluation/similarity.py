@@ -62,13 +62,21 @@ def average_ranks(x: torch.Tensor) -> torch.Tensor:
 
 
 def pearson(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Pearson correlation along the last dimension; NaN where either side has zero variance."""
-    ac = a - a.mean(-1, keepdim=True)
-    bc = b - b.mean(-1, keepdim=True)
-    num = (ac * bc).sum(-1)
-    den = torch.sqrt((ac * ac).sum(-1) * (bc * bc).sum(-1))
-    r = torch.where(den > 0, num / den.clamp(min=torch.finfo(den.dtype).tiny), torch.full_like(num, math.nan))
-    return r.clamp(-1, 1)
+    """Pearson correlation along the last dimension; NaN where either side has zero variance. Rows are taken in
+    chunks of about :data:`RANK_CHUNK` values (bounded transient memory; each row's sums are the same)."""
+    a, b = torch.broadcast_tensors(a, b)
+    p = a.shape[-1]
+    fa, fb = a.reshape(-1, p), b.reshape(-1, p)
+    out = torch.empty(fa.shape[0], device=a.device, dtype=torch.promote_types(a.dtype, b.dtype))
+    step = max(1, RANK_CHUNK // max(p, 1))
+    for s in range(0, fa.shape[0], step):
+        ac = fa[s:s + step] - fa[s:s + step].mean(-1, keepdim=True)
+        bc = fb[s:s + step] - fb[s:s + step].mean(-1, keepdim=True)
+        num = (ac * bc).sum(-1)
+        den = torch.sqrt((ac * ac).sum(-1) * (bc * bc).sum(-1))
+        out[s:s + step] = torch.where(den > 0, num / den.clamp(min=torch.finfo(den.dtype).tiny),
+                                      torch.full_like(num, math.nan))
+    return out.clamp(-1, 1).reshape(a.shape[:-1])
 
 
 def _flat(x: torch.Tensor, eps: float) -> torch.Tensor:
@@ -93,10 +101,26 @@ def _eps(t: torch.Tensor) -> float:
     return torch.finfo(t.dtype).eps if t.is_floating_point() else 0.0
 
 
+RANK_CHUNK = 1 << 20
+"""Values ranked per step of :func:`_rank_side` (whole rows): the transient memory of a sort stays bounded however
+many maps are ranked at once."""
+
+
 def _rank_side(x: torch.Tensor, eps: float, ndim: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(average ranks, NaN-or-constant flags) of one side of :func:`spearman` (``x`` already in float)."""
+    """(average ranks in float, NaN-or-constant flags) of one side of :func:`spearman`, rows in chunks of about
+    :data:`RANK_CHUNK` values, each converted to float only while it is ranked (the same numbers as at once)."""
     x = x.reshape(*x.shape[: x.ndim - ndim], -1)
-    return average_ranks(x), torch.isnan(x).any(-1) | _flat(x, eps)
+    p = x.shape[-1]
+    flat = x.reshape(-1, p)
+    dtype = torch.float32 if x.device.type == "mps" else torch.float64
+    ranks = torch.empty(flat.shape, device=x.device, dtype=dtype)
+    flags = torch.empty(flat.shape[0], device=x.device, dtype=torch.bool)
+    step = max(1, RANK_CHUNK // max(p, 1))
+    for s in range(0, flat.shape[0], step):
+        part = _float(flat[s:s + step])
+        ranks[s:s + step] = average_ranks(part)
+        flags[s:s + step] = torch.isnan(part).any(-1) | _flat(part, eps)
+    return ranks.reshape(x.shape), flags.reshape(x.shape[:-1])
 
 
 def _rank_pair(a: tuple[torch.Tensor, torch.Tensor], b: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
@@ -112,7 +136,7 @@ def ranked(x: torch.Tensor, *, ndim: int = 2) -> tuple[torch.Tensor, torch.Tenso
     if not isinstance(x, torch.Tensor) or x.ndim < ndim:
         raise InputError(f"ranked needs a tensor of at least {ndim} dimensions, got "
                          f"{tuple(getattr(x, 'shape', ())) or type(x).__name__}")
-    return _rank_side(_float(x), _eps(x), ndim)
+    return _rank_side(x, _eps(x), ndim)
 
 
 def rank_correlation(a: tuple[torch.Tensor, torch.Tensor], b: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
@@ -293,11 +317,11 @@ def _widen(side: tuple) -> tuple:
 def similarity_reference(a: torch.Tensor, *, hog_cell: int = 16) -> SimilarityReference:
     """Prepare maps (..., H, W) to be compared with many others by :func:`similarities_to`."""
     eps = _eps(a)
-    x, _ = _pair(a, a, 2, "map_similarities")
+    _pair(a, a, 2, "map_similarities")
     a01 = minmax(a)
     _ssim_args(a01)  # the size check, once, up front
-    return SimilarityReference(tuple(a.shape), x.device, eps, hog_cell, _compact(_rank_side(x, eps, 2)),
-                               _compact(_rank_side(_float(a.abs()), eps, 2)), a.detach(), _hog_side(a01, hog_cell))
+    return SimilarityReference(tuple(a.shape), a.device, eps, hog_cell, _compact(_rank_side(a, eps, 2)),
+                               _compact(_rank_side(a.abs(), eps, 2)), a.detach(), _hog_side(a01, hog_cell))
 
 
 def similarities_to(reference: SimilarityReference, b: torch.Tensor, *, order: Optional[torch.Tensor] = None,
@@ -328,7 +352,7 @@ def similarities_to(reference: SimilarityReference, b: torch.Tensor, *, order: O
         b01 = minmax(b)
         theirs, hog_b = _ssim_side(*_ssim_args(b01)), _hog_side(b01, reference.hog_cell)
         if order is None:
-            signed, absolute = _rank_side(_float(b), eps, 2), _rank_side(_float(b.abs()), eps, 2)
+            signed, absolute = _rank_side(b, eps, 2), _rank_side(b.abs(), eps, 2)
         else:
             order = order.reshape(*reference.shape[:-2], -1)
             signed, absolute = (_widen(rearranged_side(side, order)) for side in (reference.signed,

@@ -19,8 +19,9 @@ from extagg.plugin import (Cost, Measure, Metric, Param, Value, hookimpl, rank_c
 
 CROSS, SMOOTH = "floor:cross-image", "floor:smooth-noise"
 SIMILARITY = (-1.0, 1.0)
-SIMILARITY_PIXELS = 1 << 22
-"""Map pixels (keys x images x H x W) whose randomisation similarities are computed in one batched call."""
+SIMILARITY_PIXELS = 1 << 20
+"""Map pixels (keys x images x H x W) whose randomisation similarities are computed in one batched call (their
+float64 temporaries are a few times 8 bytes per pixel)."""
 
 
 def _emit(out: list, keys, subset: str, measures: dict) -> None:
