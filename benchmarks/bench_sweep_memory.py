@@ -111,25 +111,11 @@ def child_images(args) -> dict:
 
 def space_setup(args):
     """``bench_sweep_throughput.resnet50_space``, the subset asked for, the samples, the inputs and the plan."""
-    import attrs
-
     import bench_sweep_throughput as T
-    from extagg import default_registry
-    from extagg.evaluation.common import model_inputs
-    from extagg.layer_select import select_layers
-    from extagg.sweep.data import load_samples
-    from extagg.sweep.plan import make_plan
 
     config, model, preprocess = T.resnet50_space(argparse.Namespace(images=1, side=args.side, steps=args.steps,
                                                                     randomise=args.randomise))
-    if args.methods or args.layers:
-        config = attrs.evolve(config, **({"methods": tuple(args.methods)} if args.methods else {}),
-                              **({"layers": tuple(args.layers)} if args.layers else {}))
-    registry = default_registry()
-    samples = load_samples(config)
-    x = model_inputs(model, [s.image for s in samples], preprocess)
-    layers = select_layers(model, list(config.layers), x[:1])
-    plan = make_plan(config, model, registry, [s.image_id for s in samples], x[:1], layers)
+    config, registry, samples, x, plan = T.set_up(config, model, preprocess, args.methods, args.layers)
     return config, model, preprocess, registry, samples, x, plan
 
 

@@ -188,6 +188,19 @@ SPACE = ("*", "deconvolution", "excitation-backprop", "guided-backprop", "rectif
 RESNET50_LAYERS = ("layer1", "layer2", "layer3", "layer4", "layer4.2.conv2")
 
 
+def set_up(config, model, preprocess, methods=None, layers=None):
+    """``(config, registry, samples, inputs, plan)`` of a configuration, with a subset of its methods or layers."""
+    if methods or layers:
+        config = attrs.evolve(config, **({"methods": tuple(methods)} if methods else {}),
+                              **({"layers": tuple(layers)} if layers else {}))
+    registry = default_registry()
+    samples = load_samples(config)
+    x = model_inputs(model, [s.image for s in samples], preprocess)
+    found = select_layers(model, list(config.layers), x[:1])
+    plan = make_plan(config, model, registry, [s.image_id for s in samples], x[:1], found)
+    return config, registry, samples, x, plan
+
+
 def peak_rss_mib() -> float:
     with open("/proc/self/status") as f:
         return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
@@ -218,14 +231,7 @@ def main() -> None:
     config, model, preprocess = CONFIGS[args.config](args)
     config = attrs.evolve(config, device=args.device)
     model = model.to(args.device)
-    if args.methods or args.layers:
-        config = attrs.evolve(config, **({"methods": tuple(args.methods)} if args.methods else {}),
-                              **({"layers": tuple(args.layers)} if args.layers else {}))
-    registry = default_registry()
-    samples = load_samples(config)
-    x = model_inputs(model, [s.image for s in samples], preprocess)
-    layers = select_layers(model, list(config.layers), x[:1])
-    plan = make_plan(config, model, registry, [s.image_id for s in samples], x[:1], layers)
+    config, registry, samples, x, plan = set_up(config, model, preprocess, args.methods, args.layers)
     cost = estimate(plan, config, registry, {}, list(plan.batches))
     print(preview(plan, config, registry, cost, config.model), flush=True)
     runner = BatchRunner(model, preprocess, plan, config, registry)
