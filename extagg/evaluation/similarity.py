@@ -185,8 +185,8 @@ def _ssim_side(a: torch.Tensor, r: int, sigma: float) -> tuple:
     g = gaussian_kernel1d(sigma, r, a.device, a.dtype).tolist()
 
     def filt(t):
-        """The separable window over valid positions, as weighted sums of shifted views (several times faster than
-        a one-channel float64 ``conv2d`` on the CPU; the same sums up to the last bit)."""
+        """The separable window over valid positions, as weighted sums of shifted views (a one-channel float64
+        ``conv2d`` takes a slow generic path on the CPU; the same sums up to the last bit)."""
         for dim in (-1, -2):
             n = t.shape[dim] - win + 1
             acc = t.narrow(dim, 0, n) * g[0]
