@@ -12,9 +12,9 @@ written, the others hard links to it), each with a plausible annotation, project
 Real images differ in size (VOC's are about 500 x 375 px, the photos 451 x 300 or 512 x 512), which changes only
 decoding, and the projection times decoding apart. Then, for example:
 
-    python benchmarks/scale_standin.py --voc /tmp/voc --folder /tmp/imagenet-val
-    extagg sweep --dry-run --data voc --root /tmp/voc -o /tmp/runs/voc2007
-    extagg sweep --dry-run --data folder --root /tmp/imagenet-val -o /tmp/runs/in50k
+    python benchmarks/scale_standin.py --voc DATA/voc --folder DATA/imagenet-val
+    extagg sweep --dry-run --data voc --root DATA/voc -o runs/voc2007
+    extagg sweep --dry-run --data folder --root DATA/imagenet-val -o runs/in50k
 """
 from __future__ import annotations
 
