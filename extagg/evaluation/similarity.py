@@ -340,8 +340,6 @@ def similarities_to(reference: SimilarityReference, b: torch.Tensor, *, order: O
     if not isinstance(b, torch.Tensor) or tuple(b.shape) != reference.shape:
         raise InputError(f"map_similarities needs tensors of the same shape, got {reference.shape} and "
                          f"{tuple(getattr(b, 'shape', ())) or type(b).__name__}")
-    eps = _eps(b)
-    b = b.to(reference.device)
     mine = _ssim_side(*_ssim_args(minmax(reference.maps)))
     if rows is not None:
         rows = rows.to(reference.device).reshape(-1)
@@ -349,6 +347,8 @@ def similarities_to(reference: SimilarityReference, b: torch.Tensor, *, order: O
                                    _picked(reference.hog, rows))
         theirs = tuple(t[rows] for t in mine[:3]) + mine[3:]
     else:
+        eps = _eps(b)
+        b = b.to(reference.device)
         b01 = minmax(b)
         theirs, hog_b = _ssim_side(*_ssim_args(b01)), _hog_side(b01, reference.hog_cell)
         if order is None:

@@ -144,26 +144,27 @@ def _randomisation(ctx, mode: str = "cascading", init: str = "reset", hog_cell: 
     spans = [(s, min(s + chunk, len(keys))) for s in range(0, len(keys), chunk)]
     references = [similarity_reference(torch.stack(refs[s:e]).flatten(0, 1), hog_cell=hog_cell) for s, e in spans]
 
-    def record(subset, others, orders=None, rows=None):
-        """``others(s, e)``: the maps of keys[s:e] to compare; where they are made of the trained maps, how:
-        ``orders(s, e)`` rearranges each map's pixels, ``rows(s, e)`` takes other maps (see similarities_to)."""
+    def record(subset, partners):
+        """``partners(s, e)``: (the maps of keys[s:e] to compare, and where they are made of the trained maps, how:
+        ``{"order": ...}`` rearranges each map's pixels, ``{"rows": ...}`` takes other maps; see similarities_to)."""
         for (s, e), reference in zip(spans, references):
-            b = torch.stack(others(s, e)).flatten(0, 1).to(refs[0])
-            order = None if orders is None else torch.stack(orders(s, e)).flatten(0, 1)
-            _emit(out, keys[s:e], subset, similarities_to(reference, b, order=order,
-                                                          rows=None if rows is None else rows(s, e)))
+            others, how = partners(s, e)
+            b = torch.stack(others).flatten(0, 1).to(refs[0])
+            _emit(out, keys[s:e], subset, similarities_to(reference, b, **how))
 
-    if ctx.n > 1:  # each map's partner is the next image's map of the same key: a row of the reference
-        partner = ctx.cross_image(torch.arange(ctx.n))
-        record(CROSS, lambda s, e: [ctx.cross_image(r) for r in refs[s:e]],
-               rows=lambda s, e: (torch.arange(e - s)[:, None] * ctx.n + partner).flatten())
+    def cross(s, e):  # each map's partner is the next image's map of the same key: a row of the reference
+        rows = (torch.arange(e - s)[:, None] * ctx.n + ctx.cross_image(torch.arange(ctx.n))).flatten()
+        return [ctx.cross_image(r) for r in refs[s:e]], {"rows": rows}
+
+    def smooth(s, e):  # the smooth-noise surrogates rearrange the trained maps
+        orders = [ctx.smooth_noise_order(k, r) for k, r in zip(keys[s:e], refs[s:e])]
+        return [rearranged(r, o) for r, o in zip(refs[s:e], orders)], {"order": torch.stack(orders).flatten(0, 1)}
+
+    if ctx.n > 1:
+        record(CROSS, cross)
     else:
         _nan(out, keys, ctx.n, CROSS, ("spearman", "spearman_abs", "ssim", "hog"))
-    orders = {}  # the smooth-noise surrogates rearrange the trained maps: a span's orders, made when needed
-    surrogate = lambda s, e: orders.setdefault((s, e), [ctx.smooth_noise_order(k, r)  # noqa: E731
-                                                        for k, r in zip(keys[s:e], refs[s:e])])
-    record(SMOOTH, lambda s, e: [rearranged(r, o) for r, o in zip(refs[s:e], surrogate(s, e))],
-           lambda s, e: orders.pop((s, e)))
+    record(SMOOTH, smooth)
     blocks = ctx.blocks()
     work = ctx.work_model()
     methods = sorted({k[0] for k in keys}, key=[k[0] for k in keys].index)
@@ -175,7 +176,7 @@ def _randomisation(ctx, mode: str = "cascading", init: str = "reset", hog_cell: 
             if subset is None:
                 continue
             other = ctx.run_maps(work, ctx.explained, methods)
-            record(subset, lambda s, e: [other[k][:, 0] for k in keys[s:e]])
+            record(subset, lambda s, e: ([other[k][:, 0] for k in keys[s:e]], {}))
     finally:
         ctx.restore()
     return out
