@@ -13,6 +13,7 @@ from extagg.evaluation import Sample, evaluate, score
 
 quantus = pytest.importorskip("quantus")
 from extagg_builtins.metrics_robustness import noise_steps  # noqa: E402
+from tiny_nets import torch_init_convnet
 
 LAYER = "2"
 N_SAMPLES = 4
@@ -20,10 +21,7 @@ N_SAMPLES = 4
 
 @pytest.fixture(scope="module")
 def setup():
-    torch.manual_seed(0)
-    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(8, 8, 3, padding=1),
-                              torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
-                              torch.nn.Linear(8, 5)).eval()
+    net = torch_init_convnet()
     x = torch.rand(3, 3, 32, 32)
     y = net(x).argmax(1)
     return net, x, y, explain(net, x, y)

@@ -6,14 +6,12 @@ import torch
 import extagg
 from extagg.errors import InputError
 from extagg.evaluation import Sample, evaluate, score
+from tiny_nets import torch_init_convnet
 
 
 @pytest.fixture(scope="module")
 def setup():
-    torch.manual_seed(0)
-    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(8, 8, 3, padding=1),
-                              torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
-                              torch.nn.Linear(8, 5)).eval()
+    net = torch_init_convnet()
     x = torch.rand(3, 3, 24, 24)
     return net, x
 

@@ -19,3 +19,12 @@ def seeded_convnet(first_padding: int = 1) -> torch.nn.Module:
         for p in net.parameters():
             p.copy_(torch.randn(p.shape, generator=g) * 0.5)
     return net.eval()
+
+
+def torch_init_convnet() -> torch.nn.Module:
+    """conv(3->8) -> relu -> conv(8->8) -> relu -> GAP -> linear, 5 classes, torch's default initialisation after
+    ``torch.manual_seed(0)`` (the global generator then continues, as the callers' inputs expect), in eval mode."""
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(),
+                               torch.nn.Conv2d(8, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+                               torch.nn.Flatten(), torch.nn.Linear(8, 5)).eval()
